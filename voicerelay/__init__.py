@@ -1,0 +1,24 @@
+"""voicerelay: a voice relay and debugger for speech-to-speech AI on the OpenAI Realtime protocol.
+
+The public names load lazily, so ``import voicerelay`` (and ``voicerelay --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["RealtimeConfig", "BackendServer", "__version__"]
+
+_LAZY = {
+    "RealtimeConfig": "voicerelay.protocol.config",
+    "BackendServer": "voicerelay.backend.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'voicerelay' has no attribute {name!r}")
