@@ -61,3 +61,10 @@ def read_recording(stem: str) -> np.ndarray:
     pcm, rate = soundfile.read(RECORDINGS / f"{stem}.wav", dtype="int16")
     assert rate == 24_000 and pcm.ndim == 1
     return pcm
+
+
+def room_noise(ms: int) -> np.ndarray:
+    """``ms`` of the recordings' own background noise (their first 250 ms, tiled): silence as a
+    microphone hears it, which server VAD must not take for speech."""
+    lead = read_recording("hello_there")[: 250 * 24]
+    return np.tile(lead, -(-ms // 250))[: ms * 24]

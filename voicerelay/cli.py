@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -93,6 +94,95 @@ def backend(
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         console.print("stopped.")
+
+
+Backend = Annotated[str | None, typer.Option(
+    help="embedded, openai, or a ws:// or wss:// URL. Default: openai when OPENAI_API_KEY is set, else embedded.",
+    show_default=False)]
+DialectOpt = Annotated[str, typer.Option("--dialect", help="Event names to send: ga or beta.")]
+Model = Annotated[str, typer.Option(help="Realtime model.")]
+Voice = Annotated[str, typer.Option(help="Assistant voice.")]
+Instructions = Annotated[str | None, typer.Option(help="System instructions for the assistant.", show_default=False)]
+TurnDetection = Annotated[str, typer.Option(
+    "--turn-detection", help="normal or aggressive (server VAD), or disabled (commit at the end of the input).")]
+
+
+def _config(model: str, voice: str, instructions: str | None, turn_detection: str) -> object:
+    from .protocol.config import ConfigError, RealtimeConfig
+
+    values: dict[str, object] = {"model": model, "voice": voice, "turn_detection_mode": turn_detection}
+    if instructions is not None:
+        values["instructions"] = instructions
+    try:
+        return RealtimeConfig.from_mapping(values)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _dialect(value: str) -> object:
+    from .protocol.events import Dialect
+
+    try:
+        return Dialect(value.lower())
+    except ValueError:
+        fail(f"--dialect must be ga or beta, not {value!r}")
+
+
+@app.command()
+def replay(
+    path: Annotated[Path, typer.Argument(help="A WAV (any rate, channels, sample format) or a recorded session folder.",
+                                         show_default=False)],
+    speed: Annotated[float, typer.Option(help="Pacing: 1 = real time, 0 = as fast as possible, or any factor.",
+                                         min=0)] = 1.0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the assistant's audio to this WAV.",
+                                             show_default=False)] = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write a JSON report to FILE ('-' for stdout).",
+                                                  show_default=False)] = None,
+    expect: Annotated[str | None, typer.Option(
+        help="Exit 1 unless this regular expression matches a user or assistant transcript.",
+        show_default=False)] = None,
+    record: Annotated[Path | None, typer.Option(help="Record the session into this new folder.",
+                                                show_default=False)] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="With a recorded session: show how the new transcripts differ from the recorded ones.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the replies after the input ends.",
+                                           min=0.1)] = 30.0,
+    backend: Backend = None,
+    dialect: DialectOpt = "ga",
+    model: Model = "gpt-realtime",
+    voice: Voice = "alloy",
+    instructions: Instructions = None,
+    turn_detection: TurnDetection = "normal",
+    log_level: LogLevel = "warning",
+) -> None:
+    """Push a WAV file or a recorded session through the pipeline and print the conversation.
+
+    Prints each user and assistant line with its latency. Exit codes: 0 done, 1 --expect matched nothing or the upstream failed, 2 unusable input.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from .replay import ReplayInputError, ReplayOptions
+    from .replay import replay as run_replay
+    from .upstream import choose_backend
+
+    _setup_logging(log_level)
+    try:
+        choose_backend(backend)
+    except ValueError as exc:
+        fail(str(exc))
+    options = ReplayOptions(path=path, config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
+                            backend=backend, dialect=_dialect(dialect), speed=speed, out=out,  # type: ignore[arg-type]
+                            json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
+    console = Console(stderr=json_path == "-", highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        code = asyncio.run(run_replay(options, console, err))
+    except ReplayInputError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 def main() -> None:

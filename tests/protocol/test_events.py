@@ -75,6 +75,15 @@ def test_to_dialect_beta_renames_and_reshapes(sdk: Any) -> None:
     assert ev.to_dialect(done, Dialect.GA) is done
 
 
+def test_session_events_keep_their_name_for_beta(sdk: Any) -> None:
+    updated = {"type": "session.updated", "event_id": "e", "session": {
+        "type": "realtime", "id": "sess_1", "object": "realtime.session", "model": "gpt-realtime",
+        "audio": {"output": {"voice": "alloy"}}}}
+    beta = ev.to_dialect(updated, Dialect.BETA)
+    assert beta is not None and beta["type"] == "session.updated" and beta["session"]["voice"] == "alloy"
+    sdk.BETA_SERVER.validate_python(beta)
+
+
 def test_session_shapes_round_trip() -> None:
     ga = {"type": "realtime", "instructions": "x", "output_modalities": ["audio"], "max_output_tokens": 100,
           "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None,

@@ -93,7 +93,11 @@ BETA_TO_GA_SERVER: dict[str, str] = {
     "response.text.done": "response.output_text.done",
     "transcription_session.updated": "session.updated",
 }
-GA_TO_BETA_SERVER: dict[str, str] = {ga: beta for beta, ga in BETA_TO_GA_SERVER.items()}
+#: GA -> beta renames. ``session.updated`` stays: beta only says ``transcription_session.updated``
+#: for transcription sessions, which voicerelay never opens.
+GA_TO_BETA_SERVER: dict[str, str] = {
+    ga: beta for beta, ga in BETA_TO_GA_SERVER.items() if beta != "transcription_session.updated"
+}
 
 GA_ONLY_SERVER_EVENTS: frozenset[str] = frozenset(
     {

@@ -1,0 +1,222 @@
+"""The official ``openai`` SDK against ``voicerelay backend``: voice turns in both dialects,
+a function-call round trip, cancel, truncate, barge-in and out-of-band speech.
+
+Events are read raw (``recv_bytes``) and validated with the SDK's strict unions, because the
+SDK's own ``recv()`` never validates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from voicerelay.backend.server import BackendServer
+from voicerelay.protocol.audio import pcm16_to_b64, rms_dbfs
+from voicerelay.protocol.events import say_exactly
+
+from ..conftest import SDK, read_recording, room_noise
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Get the current weather for a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+class Conn:
+    """An SDK connection plus strict validation of every received event."""
+
+    def __init__(self, conn: Any, beta: bool) -> None:
+        self.conn, self.beta, self.events = conn, beta, []  # type: ignore[var-annotated]
+
+    async def recv(self, timeout: float = 15) -> dict[str, Any]:
+        event = json.loads(await asyncio.wait_for(self.conn.recv_bytes(), timeout))
+        (SDK.BETA_SERVER if self.beta else SDK.GA_SERVER).validate_python(event)
+        self.events.append(event)
+        return event
+
+    async def until(self, *types: str, timeout: float = 20) -> list[dict[str, Any]]:
+        seen = []
+        async with asyncio.timeout(timeout):
+            while not seen or seen[-1]["type"] not in types:
+                seen.append(await self.recv())
+        return seen
+
+    async def send_audio(self, pcm: np.ndarray, chunk_ms: int = 100) -> None:
+        step = chunk_ms * 24
+        for i in range(0, pcm.size, step):
+            await self.conn.input_audio_buffer.append(audio=pcm16_to_b64(pcm[i : i + step]))
+
+
+async def open_conn(server: BackendServer, beta: bool = False) -> AsyncIterator[Conn]:
+    client = AsyncOpenAI(api_key="sk-local", websocket_base_url=server.base_url)
+    realtime = client.beta.realtime if beta else client.realtime
+    async with realtime.connect(model="gpt-realtime") as conn:
+        wrapped = Conn(conn, beta)
+        first = await wrapped.recv()
+        assert first["type"] == "session.created"
+        yield wrapped
+    await client.close()
+
+
+@pytest.fixture
+async def ga(backend: BackendServer) -> AsyncIterator[Conn]:
+    async for conn in open_conn(backend):
+        yield conn
+
+
+def with_tail(pcm: np.ndarray, ms: int = 800) -> np.ndarray:
+    """The recording plus more background noise, so server VAD surely closes the turn."""
+    return np.concatenate((pcm, room_noise(ms)))
+
+
+def decoded_audio(events: list[dict[str, Any]], etype: str = "response.output_audio.delta") -> np.ndarray:
+    raw = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == etype)
+    return np.frombuffer(raw, dtype="<i2")
+
+
+async def test_ga_voice_turn(ga: Conn) -> None:
+    await ga.conn.session.update(session={"type": "realtime", "audio": {"input": {
+        "transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+    await ga.until("session.updated")
+    await ga.send_audio(with_tail(read_recording("hello_there")))
+    events = await ga.until("response.done")
+    types = [e["type"] for e in events]
+    if "conversation.item.input_audio_transcription.completed" not in types:
+        events += await ga.until("conversation.item.input_audio_transcription.completed")
+        types = [e["type"] for e in events]
+    started, stopped = (next(e for e in events if e["type"] == t) for t in
+                        ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"))
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= 2500
+    assert started["item_id"] == stopped["item_id"]
+    assert types.index("input_audio_buffer.committed") > types.index("input_audio_buffer.speech_stopped")
+    completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert completed["transcript"] == "hello there"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "conversation.item.input_audio_transcription.delta")
+    assert deltas == "hello there"
+    audio = decoded_audio(events)
+    assert audio.size >= 24_000 // 2 and rms_dbfs(audio) > -35  # at least 0.5 s, clearly not silence
+    response_types = [t for t in types if t.startswith("response.")]
+    assert response_types[0] == "response.created" and response_types[-1] == "response.done"
+    done = events[types.index("response.done")]["response"]
+    assert done["status"] == "completed" and done["usage"]["total_tokens"] > 0
+    assert done["output"][0]["content"][0]["transcript"].startswith("Hello!")
+
+
+async def test_beta_voice_turn_uses_beta_names(backend: BackendServer) -> None:
+    async for beta in open_conn(backend, beta=True):
+        await beta.conn.session.update(session={"input_audio_transcription": {"model": "whisper-1"}})
+        await beta.until("session.updated")
+        await beta.send_audio(with_tail(read_recording("what_is_your_name")))
+        events = await beta.until("response.done")
+        types = {e["type"] for e in events}
+        assert "response.audio.delta" in types and "response.audio_transcript.done" in types
+        assert "conversation.item.created" in types
+        assert not types & {"response.output_audio.delta", "conversation.item.added", "conversation.item.done"}
+        assert decoded_audio(events, "response.audio.delta").size >= 12_000
+        transcript = next(e for e in events if e["type"] == "response.audio_transcript.done")["transcript"]
+        assert transcript == "My name is voicerelay. I am an offline test assistant."
+
+
+async def test_function_call_round_trip(ga: Conn) -> None:
+    await ga.conn.session.update(session={"type": "realtime", "tools": [WEATHER]})
+    await ga.until("session.updated")
+    await ga.send_audio(with_tail(read_recording("weather_in_paris")))
+    events = await ga.until("response.done")
+    args_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert args_done["name"] == "get_weather" and json.loads(args_done["arguments"]) == {"city": "paris"}
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    assert deltas == args_done["arguments"]
+    output = events[-1]["response"]["output"]
+    assert output[0]["type"] == "function_call" and output[0]["call_id"] == args_done["call_id"]
+    await ga.conn.conversation.item.create(item={"type": "function_call_output", "call_id": args_done["call_id"],
+                                                 "output": json.dumps({"temp_c": 18, "sky": "clear"})})
+    await ga.until("conversation.item.done")
+    await ga.conn.response.create()
+    events = await ga.until("response.done")
+    transcript = next(e for e in events if e["type"] == "response.output_audio_transcript.done")["transcript"]
+    assert transcript == "The result of get weather is temp c 18, sky clear."
+
+
+async def test_cancel_then_truncate_mid_response(ga: Conn) -> None:
+    await ga.conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+    await ga.until("session.updated")
+    await ga.conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "tell me a joke about a microphone and a speaker"}]})
+    await ga.conn.response.create()
+    first = (await ga.until("response.output_audio.delta"))[-1]
+    await ga.conn.response.cancel()
+    events = await ga.until("response.done")
+    done = events[-1]["response"]
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled"
+    assert done["output"][0]["status"] == "incomplete"
+    received_ms = (decoded_audio([first, *events]).size * 2) // 48
+    full_ms = len(read_recording("hello_there")) // 24  # any full reply is longer than what arrived
+    assert 0 < received_ms < full_ms
+    # truncating past what was generated is refused; within it, it works
+    await ga.conn.conversation.item.truncate(item_id=first["item_id"], content_index=0, audio_end_ms=received_ms + 500)
+    error = (await ga.until("error"))[-1]["error"]
+    assert error["code"] == "invalid_value" and "shorter than" in error["message"]
+    await ga.conn.conversation.item.truncate(item_id=first["item_id"], content_index=0, audio_end_ms=received_ms // 2)
+    truncated = (await ga.until("conversation.item.truncated"))[-1]
+    assert truncated["audio_end_ms"] == received_ms // 2 and truncated["item_id"] == first["item_id"]
+
+
+async def test_speech_during_a_response_barges_in(ga: Conn) -> None:
+    await ga.conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "tell me a joke"}]})
+    await ga.conn.response.create()
+    await ga.until("response.output_audio.delta")
+    await ga.send_audio(with_tail(read_recording("how_are_you")))
+    events = await ga.until("response.done")
+    types = [e["type"] for e in events]
+    assert "input_audio_buffer.speech_started" in types
+    assert events[-1]["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    # the new turn is answered after the interrupted one
+    events = await ga.until("response.done")
+    assert events[-1]["response"]["status"] == "completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == "I am fine, thank you for asking."
+
+
+async def test_out_of_band_say_is_spoken_verbatim(ga: Conn) -> None:
+    text = "Your table for two is booked at eight."
+    await ga.conn.send(say_exactly(text))
+    events = await ga.until("response.done")
+    types = [e["type"] for e in events]
+    assert "conversation.item.added" not in types  # out of band: not written to the conversation
+    assert events[-1]["response"]["conversation_id"] is None
+    assert next(e for e in events if e["type"] == "response.output_audio_transcript.done")["transcript"] == text
+    assert decoded_audio(events).size > 24_000
+
+
+async def test_manual_commit_with_turn_detection_disabled(ga: Conn) -> None:
+    await ga.conn.session.update(session={"type": "realtime", "audio": {"input": {
+        "turn_detection": None, "transcription": {"model": "whisper-1"}}}})
+    await ga.until("session.updated")
+    await ga.send_audio(with_tail(read_recording("what_can_you_do")))
+    await asyncio.sleep(0.3)
+    assert not [e for e in ga.events if e["type"].startswith("input_audio_buffer.speech")]
+    await ga.conn.input_audio_buffer.commit()
+    await ga.until("input_audio_buffer.committed")
+    completed = (await ga.until("conversation.item.input_audio_transcription.completed"))[-1]
+    assert completed["transcript"] == "what can you do"
+    await ga.conn.response.create()
+    events = await ga.until("response.done")
+    assert events[-1]["response"]["output"][0]["content"][0]["transcript"].startswith("I can greet you")
+
+
+async def test_concurrent_sessions_are_independent(backend: BackendServer) -> None:
+    async def one(stem: str, expect: str) -> str:
+        async for conn in open_conn(backend):
+            await conn.send_audio(with_tail(read_recording(stem)))
+            events = await conn.until("response.done")
+            assert not [e for e in conn.events if e["type"] == "error"]
+            return events[-1]["response"]["output"][0]["content"][0]["transcript"]
+        raise AssertionError("no connection")
+
+    a, b = await asyncio.gather(one("hello_there", "Hello"), one("how_are_you", "fine"))
+    assert a.startswith("Hello!") and b == "I am fine, thank you for asking."

@@ -1,0 +1,133 @@
+"""espeak-ng in-process: real synthesis, no mocks."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from voicerelay.backend.tts import (
+    DEFAULT_VOICE,
+    NOISE_FLOOR_RMS,
+    OPENAI_VOICES,
+    OUTPUT_RATE,
+    Synthesizer,
+    add_noise,
+    espeak_voice_for,
+)
+
+SENTENCE = "what is the weather in paris"
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def synthesizer() -> Synthesizer:
+    return Synthesizer()
+
+
+def test_sentence_gives_plausible_24khz_speech(synthesizer: Synthesizer) -> None:
+    pcm = synthesizer.synthesize(SENTENCE)
+    assert pcm.dtype == np.int16 and pcm.ndim == 1
+    seconds = pcm.size / OUTPUT_RATE
+    assert 1.0 < seconds < 3.0  # six words at 175 words per minute
+    assert rms(pcm) > 1000  # clearly audible, not silence
+    assert np.abs(pcm.astype(np.int32)).max() > 8000
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_text_gives_empty_audio(synthesizer: Synthesizer, text: str) -> None:
+    pcm = synthesizer.synthesize(text)
+    assert pcm.dtype == np.int16 and pcm.shape == (0,)
+
+
+def test_slower_rate_gives_longer_audio() -> None:
+    slow = Synthesizer(words_per_minute=120).synthesize(SENTENCE)
+    fast = Synthesizer(words_per_minute=260).synthesize(SENTENCE)
+    assert slow.size > 1.5 * fast.size
+
+
+def test_synthesis_is_deterministic(synthesizer: Synthesizer) -> None:
+    assert np.array_equal(synthesizer.synthesize(SENTENCE), synthesizer.synthesize(SENTENCE))
+
+
+def test_voices_sound_different(synthesizer: Synthesizer) -> None:
+    outputs = {name: synthesizer.synthesize(SENTENCE, name) for name in OPENAI_VOICES}
+    names = list(outputs)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = outputs[first], outputs[second]
+            assert a.size != b.size or not np.array_equal(a, b), (first, second)
+    # The voice given to the constructor is the default for every call.
+    assert np.array_equal(Synthesizer("coral").synthesize(SENTENCE), outputs["coral"])
+
+
+def test_openai_voice_names_map_to_distinct_espeak_voices() -> None:
+    mapped = [espeak_voice_for(name) for name in OPENAI_VOICES]
+    assert len(set(mapped)) == len(mapped)
+    for espeak_voice in mapped:
+        assert espeak_voice_for(espeak_voice) == espeak_voice  # espeak-ng knows it
+    assert espeak_voice_for("CORAL") == espeak_voice_for("coral")
+
+
+@pytest.mark.parametrize("name", ["nova", "", "en-gb", "en-us+nosuchvariant", "../../etc"])
+def test_unknown_voice_names_fall_back_to_en_us(synthesizer: Synthesizer, name: str) -> None:
+    assert espeak_voice_for(name) == DEFAULT_VOICE
+    assert np.array_equal(synthesizer.synthesize("hello", name), synthesizer.synthesize("hello", "en-us"))
+
+
+def test_espeak_voice_names_pass_through() -> None:
+    assert espeak_voice_for("en-gb-x-rp+f2") == "en-gb-x-rp+f2"
+    assert espeak_voice_for("en") == "en"
+
+
+def test_concurrent_synthesis_matches_sequential(synthesizer: Synthesizer) -> None:
+    texts = ("hello there", SENTENCE, "tell me a joke")
+    jobs = [(text, voice) for text in texts for voice in ("alloy", "coral", "sage")]
+    expected = [synthesizer.synthesize(text, voice) for text, voice in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda job: synthesizer.synthesize(*job), jobs))
+            assert all(np.array_equal(a, b) for a, b in zip(results, expected, strict=True))
+
+
+def test_add_noise_is_deterministic_and_seeded() -> None:
+    pcm = Synthesizer().synthesize("hello there")
+    assert np.array_equal(add_noise(pcm, seed=3), add_noise(pcm, seed=3))
+    assert not np.array_equal(add_noise(pcm, seed=3), add_noise(pcm, seed=4))
+    noisy = add_noise(pcm)
+    assert noisy.dtype == np.int16 and noisy.shape == pcm.shape
+
+
+@pytest.mark.parametrize("snr_db", [20.0, 30.0, 40.0])
+def test_add_noise_reaches_the_requested_snr(snr_db: float) -> None:
+    pcm = Synthesizer().synthesize(SENTENCE)
+    noise = add_noise(pcm, snr_db).astype(np.float64) - pcm
+    speech = pcm[pcm != 0]
+    measured = 20 * np.log10(rms(speech) / rms(noise))
+    assert abs(measured - snr_db) < 0.5
+
+
+def test_add_noise_turns_digital_silence_into_light_noise() -> None:
+    noisy = add_noise(np.zeros(24_000, dtype=np.int16))
+    assert abs(rms(noisy) - NOISE_FLOOR_RMS) < 1.0
+    zeros = np.flatnonzero(noisy != 0)
+    assert np.diff(zeros).max() < 20  # no long run of exact zeros left
+    assert add_noise(np.zeros(0, dtype=np.int16)).shape == (0,)
+
+
+def test_add_noise_clips_instead_of_wrapping() -> None:
+    loud = np.full(1000, 32767, dtype=np.int16)
+    noisy = add_noise(loud, snr_db=20.0)
+    assert noisy.min() > 0  # wrapped samples would be hugely negative
+
+
+def test_output_does_not_depend_on_what_was_said_before() -> None:
+    synthesizer = Synthesizer()
+    first = synthesizer.synthesize(SENTENCE, "echo")
+    for voice in OPENAI_VOICES:  # every voice leaves the generator in another state
+        synthesizer.synthesize("hello there, how are you today?", voice)
+    assert np.array_equal(synthesizer.synthesize(SENTENCE, "echo"), first)

@@ -1,0 +1,71 @@
+"""The command line as a user meets it: help, start-up, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+HEAVY = ["numpy", "websockets", "socketio", "textual", "sounddevice", "pocketsphinx", "soxr", "openai"]
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "voicerelay", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_lists_commands_and_loads_no_heavy_library() -> None:
+    code = ("import sys, runpy; sys.argv = ['voicerelay', '--help']\n"
+            "try:\n    runpy.run_module('voicerelay', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            f"import json; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "backend" in out.stdout
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == []
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and re.fullmatch(r"voicerelay \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_backend_serves_and_stops_on_ctrl_c() -> None:
+    with subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", "0"],
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"}) as proc:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        url = None
+        while time.monotonic() < deadline and url is None:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            match = re.search(r"ws://127\.0\.0\.1:(\d+)/v1/realtime", line)
+            url = match and match.group(0)
+        assert url, "the backend never printed its URL"
+        port = int(url.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        proc.send_signal(2)
+        assert proc.wait(timeout=5) == 0
+        assert "Traceback" not in proc.stderr.read()
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run("backend", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"voicerelay: error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = run("backend", "--nope")
+    assert result.returncode == 2 and "No such option" in result.stderr

@@ -1,0 +1,153 @@
+"""The embedded backend's WebSocket edge: ``/v1/realtime`` over ``websockets``.
+
+Each connection gets a :class:`~voicerelay.backend.session.BackendSession`. This module only
+does the I/O around it: the handshake (path, ``?model=``, the ``OpenAI-Beta`` header that picks
+the dialect), frame parsing and checking, translation of outgoing events for beta peers, the
+session cap (``session_expired``), and cleanup when the peer goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..protocol.events import Dialect, Event, elide, to_dialect
+from .engines import Engines
+from .session import BackendSession
+from .validate import EventError, check_event, error_event, parse_frame
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/realtime"
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # one 15 MiB append is ~20 MiB of base64
+
+
+def dialect_of(headers: Headers) -> Dialect:
+    """Beta when the client asks for ``OpenAI-Beta: realtime=v1``, GA otherwise."""
+    beta = headers.get("OpenAI-Beta", "")
+    return Dialect.BETA if "realtime=v1" in beta.replace(" ", "").lower() else Dialect.GA
+
+
+class BackendServer:
+    """The embedded Realtime server. Use as ``async with BackendServer(port=0) as server:``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, pace: float = 10.0,
+                 max_session_seconds: float = 3600.0, engines: Engines | None = None) -> None:
+        self.host, self.port = host, port
+        self.pace = pace
+        self.max_session_seconds = max_session_seconds
+        self.engines = engines or Engines()
+        self.connections = 0
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        """The Realtime endpoint, e.g. ``ws://127.0.0.1:8765/v1/realtime``."""
+        return f"ws://{self.host}:{self.port}{PATH}"
+
+    @property
+    def base_url(self) -> str:
+        """What the ``openai`` SDK takes as ``websocket_base_url``."""
+        return f"ws://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        self._server = await serve(self._handle, self.host, self.port, process_request=self._check_path,
+                                   max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("embedded Realtime backend listening on %s", self.url)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> BackendServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path.rstrip("/") != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"Not found. The Realtime endpoint is {PATH}\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        dialect = dialect_of(request.headers)
+        query = parse_qs(urlsplit(request.path).query)
+        model = (query.get("model") or [""])[0]
+        if not model:
+            await ws.send(json.dumps(error_event("missing_model", "You must provide a model parameter (?model=...).",
+                                                 "model")))
+            await ws.close(4000, "invalid_request_error.missing_model")
+            return
+        self.connections += 1
+
+        async def send(event: Event) -> None:
+            out = to_dialect(event, dialect)
+            if out is None:
+                return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("-> %s", elide(out))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(out))
+
+        session = BackendSession(send, self.engines, dialect=dialect, model=model, pace=self.pace,
+                                 max_session_seconds=self.max_session_seconds)
+        expiry = asyncio.get_running_loop().call_later(
+            self.max_session_seconds, lambda: asyncio.ensure_future(self._expire(ws, send)))
+        try:
+            await session.start()
+            async for message in ws:
+                try:
+                    event = parse_frame(message)
+                    check_event(event, dialect)
+                except EventError as exc:
+                    await send(exc.to_event())
+                    continue
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("<- %s", elide(event))
+                await session.handle(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            expiry.cancel()
+            await session.close()
+            self.connections -= 1
+
+    async def _expire(self, ws: ServerConnection, send: Any) -> None:
+        seconds = self.max_session_seconds
+        shown = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+        await send(error_event("session_expired", f"Your session hit the maximum duration of {shown}."))
+        await ws.close(1000, "invalid_request_error.session_expired")
+
+
+async def run(host: str, port: int, pace: float, max_session_seconds: float, ready: Any = None) -> None:
+    """Run a backend until cancelled (the ``voicerelay backend`` command)."""
+    engines = Engines()
+    async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
+                             engines=engines) as server:
+        await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
+        if ready is not None:
+            ready(server)
+        await server.serve_forever()
