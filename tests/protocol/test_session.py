@@ -1,0 +1,184 @@
+"""RealtimeSession driven by scripted server events: no sockets, no clock but the one we pass."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from voicerelay.protocol.config import RealtimeConfig
+from voicerelay.protocol.events import Dialect
+from voicerelay.protocol.session import (
+    Error,
+    PlayAudio,
+    Ready,
+    RealtimeSession,
+    SendEvent,
+    State,
+    StateChanged,
+    StopPlayback,
+    ToolCall,
+    Transcript,
+    TurnFinished,
+)
+
+MS_100 = base64.b64encode(b"\x01\x00" * 2400).decode()  # 100 ms of PCM16 at 24 kHz
+
+
+def sent(effects: list[Any]) -> list[dict[str, Any]]:
+    return [e.event for e in effects if isinstance(e, SendEvent)]
+
+
+def of(effects: list[Any], kind: type) -> list[Any]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def ready_session(config: RealtimeConfig | None = None, dialect: Dialect = Dialect.GA) -> RealtimeSession:
+    session = RealtimeSession(config or RealtimeConfig(), dialect)
+    first = session.connected()
+    assert sent(first)[0]["type"] == "session.update"
+    session.server_event({"type": "session.created", "session": {"expires_at": 0}}, 0.0)
+    effects = session.server_event({"type": "session.updated", "session": {"type": "realtime"}}, 0.0)
+    assert of(effects, Ready) and session.state is State.LISTENING
+    return session
+
+
+def reply(session: RealtimeSession, now: float, response_id: str = "resp_1", item_id: str = "item_a",
+          chunks: int = 3, beta: bool = False) -> list[Any]:
+    delta = "response.audio.delta" if beta else "response.output_audio.delta"
+    out = session.server_event({"type": "response.created", "response": {"id": response_id,
+                                                                          "conversation_id": "conv_1"}}, now)
+    for i in range(chunks):
+        out += session.server_event({"type": delta, "response_id": response_id, "item_id": item_id,
+                                     "delta": MS_100}, now + 0.1 * (i + 1))
+    return out
+
+
+def test_a_voice_turn_measures_latency_and_audio() -> None:
+    s = ready_session()
+    assert sent(s.audio(b"\0\0" * 480))[0]["type"] == "input_audio_buffer.append"
+    s.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 200, "item_id": "item_u"}, 1.0)
+    assert s.state is State.USER_SPEAKING
+    s.server_event({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1700, "item_id": "item_u"}, 2.0)
+    assert s.state is State.THINKING
+    effects = reply(s, 2.0)
+    assert [len(e.pcm) for e in of(effects, PlayAudio)] == [4800, 4800, 4800]
+    assert s.state is State.SPEAKING
+    s.server_event({"type": "response.output_audio_transcript.done", "response_id": "resp_1", "item_id": "item_a",
+                    "transcript": "Hello!"}, 2.5)
+    done = s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                                                                 "usage": {"total_tokens": 9}}}, 2.6)
+    turn = of(done, TurnFinished)[0].turn
+    assert turn.first_audio_ms == pytest.approx(100) and turn.streaming_ms == pytest.approx(500)
+    assert (turn.audio_in_ms, turn.audio_out_ms) == (1500, 300)
+    assert turn.usage == {"total_tokens": 9}
+    # the user transcript may arrive after response.done; it still lands on its turn
+    late = s.server_event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_u",
+                           "content_index": 0, "transcript": "hello there"}, 2.7)
+    assert of(late, Transcript)[0] == Transcript("user", "hello there", True, "item_u")
+    assert turn.user_transcript == "hello there" and turn.assistant_transcript == "Hello!"
+    assert s.state is State.SPEAKING  # until the front door has played it all
+    assert of(s.playback_idle(), StateChanged)[0].new is State.LISTENING
+
+
+def test_barge_in_stops_cancels_and_truncates_to_what_was_heard() -> None:
+    s = ready_session()
+    reply(s, 1.0, chunks=3)  # 300 ms received
+    effects = s.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
+                              "item_id": "item_u2"}, 1.5)
+    assert of(effects, StopPlayback) == [StopPlayback("item_a")]
+    assert [e["type"] for e in sent(effects)] == ["response.cancel"]
+    # deltas of the interrupted response are ignored from now on
+    late = s.server_event({"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_a",
+                           "delta": MS_100}, 1.6)
+    assert late == []
+    truncate = sent(s.playback_stopped("item_a", 180))
+    assert truncate == [{"type": "conversation.item.truncate", "item_id": "item_a", "content_index": 0,
+                         "audio_end_ms": 180}]
+    assert s.playback_stopped("item_a", 180) == []  # only once
+
+
+def test_truncate_is_clamped_to_received_audio_and_skipped_when_nothing_played() -> None:
+    s = ready_session()
+    reply(s, 1.0, chunks=2)  # 200 ms received
+    s.interrupt()
+    assert sent(s.playback_stopped("item_a", 5000))[0]["audio_end_ms"] == 200
+    s2 = ready_session()
+    reply(s2, 1.0, chunks=1)
+    s2.interrupt()
+    assert s2.playback_stopped("item_a", 0) == []
+
+
+def test_no_cancel_when_the_response_is_already_done() -> None:
+    s = ready_session()
+    reply(s, 1.0)
+    s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}, 1.4)
+    effects = s.interrupt()  # still playing locally, but nothing runs upstream
+    assert of(effects, StopPlayback) and sent(effects) == []
+
+
+def test_beta_names_are_understood() -> None:
+    s = ready_session(dialect=Dialect.BETA)
+    effects = reply(s, 1.0, beta=True)
+    assert len(of(effects, PlayAudio)) == 3
+    done = s.server_event({"type": "response.audio_transcript.done", "response_id": "resp_1", "item_id": "item_a",
+                           "transcript": "Hi"}, 1.2)
+    assert of(done, Transcript)[0].text == "Hi"
+
+
+def test_function_call_round_trip_requests_the_answer_after_the_output() -> None:
+    s = ready_session(RealtimeConfig(tools=({"type": "function", "name": "get_weather"},)))
+    s.server_event({"type": "response.created", "response": {"id": "resp_1", "conversation_id": "c"}}, 1.0)
+    s.server_event({"type": "response.output_item.added", "response_id": "resp_1", "output_index": 0,
+                    "item": {"type": "function_call", "call_id": "call_1", "name": "get_weather"}}, 1.0)
+    calls = of(s.server_event({"type": "response.function_call_arguments.done", "response_id": "resp_1",
+                               "call_id": "call_1", "arguments": '{"city":"paris"}'}, 1.1), ToolCall)
+    assert calls == [ToolCall("call_1", "get_weather", '{"city":"paris"}')]  # name taken from the item (beta)
+    done = s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}, 1.2)
+    assert not of(done, TurnFinished)  # the turn continues once the tool has answered
+    out = sent(s.tool_result("call_1", json.dumps({"temp_c": 18})))
+    assert [e["type"] for e in out] == ["conversation.item.create", "response.create"]
+    assert out[0]["item"] == {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 18}'}
+    assert s.turns[0].tool_calls == [{"name": "get_weather", "call_id": "call_1", "arguments": {"city": "paris"}}]
+
+
+def test_push_to_talk_commit_asks_for_a_response_and_refuses_tiny_buffers() -> None:
+    s = ready_session(RealtimeConfig(turn_detection_mode="disabled"))
+    s.audio(b"\0\0" * 1200)  # 50 ms
+    errors = of(s.commit(1.0), Error)
+    assert errors and errors[0].code == "input_audio_buffer_commit_empty"
+    s.audio(b"\0\0" * 2400)
+    assert [e["type"] for e in sent(s.commit(2.0))] == ["input_audio_buffer.commit", "response.create"]
+    assert s.state is State.THINKING and s.turns[-1].audio_in_ms == 150
+
+
+def test_fatal_errors_end_the_session_and_benign_ones_are_silent() -> None:
+    s = ready_session()
+    assert s.server_event({"type": "error", "error": {"code": "response_cancel_not_active", "message": "x"}}, 1) == []
+    effects = s.server_event({"type": "error", "error": {"code": "session_expired", "message": "cap"}}, 2)
+    assert of(effects, Error)[0].fatal and s.state is State.ENDED
+
+
+@pytest.mark.parametrize("event", [
+    "not a dict", {"no": "type"}, {"type": "response.output_audio.delta", "delta": "%%%", "response_id": "r",
+                                   "item_id": "i"},
+    {"type": "response.done", "response": "oops"}, {"type": "x.unknown.future"},
+])
+def test_odd_server_events_never_raise(event: Any) -> None:
+    s = ready_session()
+    effects = s.server_event(event, 1.0)
+    assert all(isinstance(e, Error) for e in effects)
+
+
+def test_history_is_replayed_when_reconnecting() -> None:
+    s = ready_session()
+    s.user_text("hello", 1.0)
+    s.server_event({"type": "response.output_audio_transcript.done", "transcript": "Hi there."}, 1.2)
+    s.reset_for_new_connection()
+    events = sent(s.connected())
+    assert [e["type"] for e in events] == ["session.update", "conversation.item.create", "conversation.item.create"]
+    assert events[1]["item"]["content"][0] == {"type": "input_text", "text": "hello"}
+    assert events[2]["item"]["role"] == "assistant"
+    assert events[2]["item"]["content"][0] == {"type": "output_text", "text": "Hi there."}

@@ -1,0 +1,327 @@
+"""``Relay``: one live session's asyncio wiring. Every front door drives one of these.
+
+It owns a :class:`~voicerelay.protocol.session.RealtimeSession` and one upstream connection at a
+time, and does only I/O and bookkeeping: front-door inputs and server events go into the
+session; the effects that come out are sent upstream (``SendEvent``, in order, through one
+queue) or handed to the observers (the front door itself, the TUI, the recorder, reports).
+
+Upstream lifecycle: connect (with retries), configure, pump events both ways. Before the
+server's session cap (``expires_at`` of ``session.created``) the relay *recycles* at a quiet
+moment: it opens a new session with the same configuration and the conversation's text history,
+and tells the observers with a :class:`Notice`. A connection lost mid-session is retried the
+same way a few times; then :meth:`Relay.run` raises an :class:`~voicerelay.upstream.UpstreamError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from .protocol.config import RealtimeConfig
+from .protocol.events import Event, elide
+from .protocol.session import Effect, Error, RealtimeSession, SendEvent, State
+from .upstream import UpstreamClosed, UpstreamError, UpstreamSpec, open_connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the relay did on its own: ``connected``, ``recycled``, ``reconnecting``, ``ended``."""
+
+    kind: str
+    message: str
+
+
+Observation = Effect | Notice
+Observer = Callable[[Observation], None]
+
+
+class EventRecorder(Protocol):
+    def record(self, direction: str, event: Event) -> None: ...
+
+
+#: End the proactive recycle this long (at most) before the server's cap.
+RECYCLE_MARGIN_MAX = 60.0
+#: Uncommitted audio kept for re-sending after a recycle or reconnect.
+RESEND_MAX_MS = 15_000
+
+
+class Relay:
+    def __init__(self, config: RealtimeConfig, spec: UpstreamSpec, *, max_queued_audio_ms: int = 5000,
+                 recorder: EventRecorder | None = None, reconnects: int = 2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.session = RealtimeSession(config, spec.dialect)
+        self.recorder = recorder
+        self.clock = clock
+        self.max_queued_audio_ms = max_queued_audio_ms
+        self.reconnects = reconnects
+        self.connections = 0
+        self.recycles = 0
+        self.dropped_audio_ms = 0.0
+        self.queued_audio_ms = 0.0
+        self._out: asyncio.Queue[Event] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._observers: list[Observer] = []
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._recycle = asyncio.Event()
+        self._fatal: Error | None = None
+        self._inflight: Event | None = None
+        # appends sent since the server last committed or cleared the buffer: a new connection
+        # gets them again, so an utterance cut by a recycle or a dropped connection is not lost
+        self._uncommitted: collections.deque[Event] = collections.deque()
+        self._uncommitted_ms = 0.0
+        self._expires_at: float | None = None  # clock() time of the server's cap
+        self._ws: ClientConnection | None = None
+
+    # ----------------------------------------------------------------------------- observing
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer`` with every effect and notice; returns an unsubscribe function."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Queue sizes and state, readable at any time (the TUI and monitors poll this)."""
+        remaining = None if self._expires_at is None else max(0.0, self._expires_at - self.clock())
+        return {
+            "state": self.session.state.value,
+            "queued_events": self._out.qsize(),
+            "queued_audio_ms": round(self.queued_audio_ms),
+            "dropped_audio_ms": round(self.dropped_audio_ms),
+            "turns": len(self.session.turns),
+            "connections": self.connections,
+            "recycles": self.recycles,
+            "session_remaining_s": None if remaining is None else round(remaining, 1),
+        }
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the upstream accepted the configuration."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # ----------------------------------------------------------------------------- front door inputs
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Queue one frame, waiting while the queue holds ``max_queued_audio_ms`` (back-pressure)."""
+        while self.queued_audio_ms >= self.max_queued_audio_ms and not self._stop.is_set():
+            self._space.clear()
+            await self._space.wait()
+        self._dispatch(self.session.audio(pcm))
+
+    def send_audio_nowait(self, pcm: bytes) -> bool:
+        """Queue one frame from a real-time source; when the queue is full the frame is dropped
+        (and counted in ``dropped_audio_ms``) rather than delaying the source."""
+        if self.queued_audio_ms >= self.max_queued_audio_ms:
+            self.dropped_audio_ms += len(pcm) / 48
+            return False
+        self._dispatch(self.session.audio(pcm))
+        return True
+
+    def commit(self) -> None:
+        self._dispatch(self.session.commit(self.clock()))
+
+    def clear(self) -> None:
+        self._dispatch(self.session.clear())
+
+    def user_text(self, text: str, respond: bool = True) -> None:
+        self._dispatch(self.session.user_text(text, self.clock(), respond))
+
+    def say(self, text: str) -> None:
+        self._dispatch(self.session.say(text))
+
+    def interrupt(self) -> None:
+        self._dispatch(self.session.interrupt())
+
+    def playback_stopped(self, item_id: str | None, played_ms: int) -> None:
+        self._dispatch(self.session.playback_stopped(item_id, played_ms))
+
+    def playback_idle(self) -> None:
+        self._dispatch(self.session.playback_idle())
+
+    def tool_result(self, call_id: str, output: str) -> None:
+        self._dispatch(self.session.tool_result(call_id, output))
+
+    async def stop(self) -> None:
+        """End the session: the upstream is closed and :meth:`run` returns."""
+        self._stop.set()
+        self._space.set()
+
+    # ----------------------------------------------------------------------------- effects
+
+    def _dispatch(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendEvent):
+                if effect.event["type"] == "input_audio_buffer.append":
+                    self.queued_audio_ms += len(effect.event["audio"]) * 3 / 4 / 48
+                self._out.put_nowait(effect.event)
+                continue
+            if isinstance(effect, Error) and effect.fatal:
+                self._fatal = effect
+            self._notify(effect)
+
+    def _notify(self, observation: Observation) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(observation)
+            except Exception:  # an observer's bug must not take the session down
+                log.exception("observer %r failed on %r", observer, type(observation).__name__)
+
+    # ----------------------------------------------------------------------------- the pump
+
+    async def run(self) -> None:
+        """Run the session until :meth:`stop`; raise ``UpstreamError`` if the upstream fails."""
+        retries_left = self.reconnects
+        try:
+            while not self._stop.is_set():
+                ws = await open_connection(self.spec)
+                if self.connections:
+                    self.session.reset_for_new_connection()
+                self.connections += 1
+                self._notify(Notice("connected", f"connected to {self.spec.describe()}"))
+                outcome = await self._pump(ws)
+                if outcome == "stopped":
+                    break
+                if outcome == "recycle":
+                    self.recycles += 1
+                    self._notify(Notice("recycled", "opened a new upstream session before the server's time limit "
+                                                    "(the conversation's text history was carried over)"))
+                    continue
+                if self._fatal is not None and self._fatal.code != "session_expired":
+                    raise UpstreamClosed(f"{self.spec.describe()} ended the session: {self._fatal.code}: "
+                                         f"{self._fatal.message}", self._fatal.code)
+                if retries_left <= 0:
+                    raise UpstreamClosed(f"lost the connection to {self.spec.describe()} ({outcome})")
+                retries_left -= 1
+                self._notify(Notice("reconnecting", f"lost the connection to {self.spec.describe()} ({outcome}); "
+                                                    "reconnecting"))
+        except UpstreamError as exc:
+            self._notify(Notice("ended", str(exc)))
+            self._dispatch(self.session.closed(str(exc)))
+            raise
+        self._dispatch(self.session.closed("stopped"))
+        self._notify(Notice("ended", "session ended"))
+
+    async def _pump(self, ws: ClientConnection) -> str:
+        """Serve one connection; return why it ended: stopped, recycle, or a close description."""
+        self._ws = ws
+        self._fatal = None
+        self._recycle.clear()
+        self._expires_at = None
+        try:
+            for effect in self.session.connected():  # configuration and history go first
+                await self._send(ws, effect.event)
+            resend, self._uncommitted, self._uncommitted_ms = list(self._uncommitted), collections.deque(), 0.0
+            for event in resend:
+                await self._send(ws, event)
+                self._keep_uncommitted(event)
+            if self._inflight is not None:
+                await self._send(ws, self._inflight)
+                self._inflight = None
+            tasks = {
+                asyncio.create_task(self._reader(ws), name="relay reader"),
+                asyncio.create_task(self._sender(ws), name="relay sender"),
+                asyncio.create_task(self._stop.wait(), name="relay stop"),
+                asyncio.create_task(self._recycle.wait(), name="relay recycle"),
+                asyncio.create_task(self._recycle_timer(), name="relay recycle timer"),
+            }
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if self._stop.is_set():
+                return "stopped"
+            if self._recycle.is_set() or (self._fatal is not None and self._fatal.code == "session_expired"):
+                return "recycle"
+            for task in done:
+                if task.exception() is not None and not isinstance(task.exception(), ConnectionClosed):
+                    raise task.exception()  # type: ignore[misc]
+            code = ws.close_code
+            return f"closed with code {code}" if code is not None and code != 1006 else "connection dropped"
+        except ConnectionClosed:
+            return "connection dropped"
+        finally:
+            self._ready.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+            self._ws = None
+
+    async def _send(self, ws: ClientConnection, event: Event) -> None:
+        await ws.send(json.dumps(event))
+        if self.recorder is not None:
+            self.recorder.record("up", event)
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        while True:
+            event = await self._out.get()
+            self._inflight = event
+            await self._send(ws, event)
+            self._inflight = None
+            if event["type"] == "input_audio_buffer.append":
+                self._keep_uncommitted(event)
+                self.queued_audio_ms = max(0.0, self.queued_audio_ms - len(event["audio"]) * 3 / 4 / 48)
+                if self.queued_audio_ms < self.max_queued_audio_ms:
+                    self._space.set()
+
+    def _keep_uncommitted(self, event: Event) -> None:
+        self._uncommitted.append(event)
+        self._uncommitted_ms += len(event["audio"]) * 3 / 4 / 48
+        while self._uncommitted_ms > RESEND_MAX_MS and len(self._uncommitted) > 1:
+            self._uncommitted_ms -= len(self._uncommitted.popleft()["audio"]) * 3 / 4 / 48
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        async for message in ws:
+            try:
+                event = json.loads(message)
+            except ValueError:
+                self._notify(Error("invalid_server_event", "the server sent a frame that is not JSON"))
+                continue
+            if self.recorder is not None:
+                self.recorder.record("down", event)
+            if isinstance(event, dict) and event.get("type") in ("input_audio_buffer.committed",
+                                                                 "input_audio_buffer.cleared"):
+                self._uncommitted.clear()
+                self._uncommitted_ms = 0.0
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("<- %s", elide(event) if isinstance(event, dict) else event)
+            effects = self.session.server_event(event, self.clock())
+            if isinstance(event, dict) and event.get("type") == "session.created":
+                self._note_expiry(event)
+            self._dispatch(effects)
+            if self.session.ready and not self._ready.is_set():
+                self._ready.set()
+            if self._fatal is not None:
+                return
+
+    def _note_expiry(self, event: Event) -> None:
+        expires = (event.get("session") or {}).get("expires_at")
+        if isinstance(expires, (int, float)) and expires > 0:
+            self._expires_at = self.clock() + (expires - time.time())
+
+    async def _recycle_timer(self) -> None:
+        """Recycle before the cap: at a quiet moment once inside the margin, or just before it."""
+        while self._expires_at is None:
+            await asyncio.sleep(0.1)
+        lifetime = self._expires_at - self.clock()
+        margin = min(RECYCLE_MARGIN_MAX, max(0.5, lifetime * 0.25))
+        await asyncio.sleep(max(0.0, lifetime - margin))
+        hard = self._expires_at - margin / 4
+        while self.clock() < hard and self.session.state not in (State.LISTENING, State.CONNECTING):
+            await asyncio.sleep(0.05)
+        self._recycle.set()

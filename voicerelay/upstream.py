@@ -1,0 +1,147 @@
+"""The upstream edge: a ``websockets`` client to a Realtime server, and backend selection.
+
+Exceptions (each ``str()`` is one line fit for a CLI)::
+
+    UpstreamError
+     ├── UpstreamUnavailable   connection refused, DNS, timeout (after retries)
+     ├── UpstreamRejected      the handshake was refused (HTTP 4xx/5xx)
+     └── UpstreamClosed        the server ended the session (an error event, a close)
+
+``--backend`` is ``embedded`` (the default without OPENAI_API_KEY: an in-process embedded
+backend on an ephemeral loopback port, reached over a real WebSocket), ``openai`` (the default
+with a key) or any ``ws://``/``wss://`` URL. The API key goes into the ``Authorization`` header
+and nowhere else: :class:`UpstreamSpec` hides it from ``repr`` and logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from .protocol.events import Dialect
+
+log = logging.getLogger(__name__)
+
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
+CONNECT_TIMEOUT = 10.0
+
+
+class UpstreamError(Exception):
+    """The Realtime server could not be used. ``str(exc)`` is one line."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamRejected(UpstreamError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamClosed(UpstreamError):
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """Where and how to connect. ``api_key`` never appears in ``repr``."""
+
+    url: str
+    dialect: Dialect = Dialect.GA
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    label: str = ""
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.dialect is Dialect.BETA:
+            headers["OpenAI-Beta"] = "realtime=v1"
+        return headers
+
+    def describe(self) -> str:
+        return self.label or self.url
+
+
+def with_model(url: str, model: str) -> str:
+    """``url`` with ``?model=`` set, unless it already names one."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("model", model)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def choose_backend(backend: str | None, env: dict[str, str] | None = None) -> str:
+    """``embedded``, ``openai`` or a URL: the default depends on OPENAI_API_KEY."""
+    env = os.environ if env is None else env
+    if backend in (None, ""):
+        return "openai" if env.get("OPENAI_API_KEY") else "embedded"
+    if backend in ("embedded", "openai") or backend.startswith(("ws://", "wss://")):
+        return backend
+    raise ValueError(f"--backend must be embedded, openai or a ws:// or wss:// URL, not {backend!r}")
+
+
+@contextlib.asynccontextmanager
+async def upstream_for(backend: str | None, model: str, dialect: Dialect = Dialect.GA,
+                       env: dict[str, str] | None = None, **embedded_options: object) -> AsyncIterator[UpstreamSpec]:
+    """Resolve ``--backend`` into a spec; for ``embedded``, run the backend for the duration."""
+    env = dict(os.environ) if env is None else env
+    choice = choose_backend(backend, env)
+    if choice == "embedded":
+        from .backend.server import BackendServer
+
+        async with BackendServer(host="127.0.0.1", port=0, **embedded_options) as server:  # type: ignore[arg-type]
+            yield UpstreamSpec(with_model(server.url, model), dialect, None, f"embedded backend ({server.url})")
+        return
+    key = env.get("OPENAI_API_KEY")
+    if choice == "openai":
+        if not key:
+            raise UpstreamRejected("--backend openai needs OPENAI_API_KEY in the environment")
+        yield UpstreamSpec(with_model(OPENAI_URL, model), dialect, key, "api.openai.com")
+        return
+    yield UpstreamSpec(with_model(choice, model), dialect, key, choice.split("?")[0])
+
+
+def backoff_delays(attempts: int, base: float = 0.25, cap: float = 2.0) -> list[float]:
+    """Exponential backoff with full jitter: the retry policy, in one place."""
+    return [random.uniform(0.5, 1.0) * min(cap, base * 2**i) for i in range(attempts)]
+
+
+async def open_connection(spec: UpstreamSpec, retries: int = 3) -> ClientConnection:
+    """Connect, retrying transient failures (refused, timeout, HTTP 5xx) with backoff."""
+    delays = backoff_delays(retries)
+    last: UpstreamError | None = None
+    for attempt in range(retries + 1):
+        try:
+            return await asyncio.wait_for(
+                connect(spec.url, additional_headers=spec.headers(), max_size=None, open_timeout=CONNECT_TIMEOUT,
+                        ping_interval=20, ping_timeout=20),
+                CONNECT_TIMEOUT + 1)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            last = UpstreamRejected(f"{spec.describe()} rejected the connection: HTTP {status}", status)
+            if status < 500:
+                raise last from None
+        except InvalidURI as exc:
+            raise UpstreamRejected(f"not a WebSocket URL: {exc.uri}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            last = UpstreamUnavailable(f"cannot reach {spec.describe()}: {reason}")
+        if attempt < retries:
+            log.info("%s; retrying in %.1f s", last, delays[attempt])
+            await asyncio.sleep(delays[attempt])
+    assert last is not None
+    raise last
