@@ -1,0 +1,1 @@
+"""Audio edges: devices, files (WAV read/write with resampling) and playback."""
