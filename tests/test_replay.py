@@ -1,0 +1,189 @@
+"""``voicerelay replay`` end to end: real WAVs through the relay to the embedded backend over a
+real WebSocket; the CLI's exit codes and messages as a user sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from rich.console import Console
+
+from voicerelay.backend.engines import Engines
+from voicerelay.backend.phrases import RECORDING_SENTENCES
+from voicerelay.backend.server import BackendServer
+from voicerelay.protocol.audio import rms_dbfs
+from voicerelay.replay import ReplayInputError, ReplayOptions, replay
+
+from .conftest import RECORDINGS, read_recording, room_noise
+
+
+async def run_replay(path: Path, backend: BackendServer, **kw: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    options = ReplayOptions(path=path, backend=backend.url, speed=kw.pop("speed", 0), **kw)  # type: ignore[arg-type]
+    code = await replay(options, Console(file=out, width=200), Console(file=err, width=200))
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    full_env.pop("OPENAI_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "voicerelay", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.mark.parametrize("stem", sorted(RECORDING_SENTENCES))
+async def test_each_recording_replays_to_its_transcript(backend: BackendServer, stem: str, tmp_path: Path) -> None:
+    reply_wav = tmp_path / "reply.wav"
+    report = tmp_path / "report.json"
+    code, out, err = await run_replay(RECORDINGS / f"{stem}.wav", backend, out=reply_wav, json_path=str(report))
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert [t["user"] for t in data["turns"]] == [RECORDING_SENTENCES[stem]]
+    turn = data["turns"][0]
+    assert turn["status"] == "completed" and turn["latency_ms"]["first_audio"] > 0
+    if turn["tool_calls"]:
+        pytest.fail("no tools were configured")
+    assert f"user  {RECORDING_SENTENCES[stem]}" in out and "assistant  " in out
+    pcm, rate = soundfile.read(reply_wav, dtype="int16")
+    assert rate == 24_000 and pcm.size >= 12_000 and rms_dbfs(pcm) > -35
+
+
+@pytest.mark.parametrize(("rate", "channels", "subtype"), [(44_100, 2, "FLOAT"), (8_000, 1, "PCM_16"),
+                                                           (48_000, 2, "PCM_24")])
+async def test_other_rates_and_channel_counts(backend: BackendServer, tmp_path: Path, rate: int, channels: int,
+                                              subtype: str) -> None:
+    pcm = read_recording("how_are_you").astype(np.float32) / 32768
+    resampled = soxr.resample(pcm, 24_000, rate)
+    data = np.repeat(resampled[:, None], channels, axis=1) if channels > 1 else resampled
+    path = tmp_path / f"in_{rate}.wav"
+    soundfile.write(path, data, rate, subtype=subtype)
+    code, out, err = await run_replay(path, backend, json_path=str(tmp_path / "r.json"))
+    assert code == 0, err
+    turns = json.loads((tmp_path / "r.json").read_text())["turns"]
+    assert [t["user"] for t in turns] == ["how are you today"]
+    assert turns[0]["assistant"] == "I am fine, thank you for asking."
+
+
+async def test_expect_passes_and_fails(backend: BackendServer) -> None:
+    wav = RECORDINGS / "what_is_your_name.wav"
+    assert (await run_replay(wav, backend, expect=r"name is voicerelay"))[0] == 0
+    code, _, err = await run_replay(wav, backend, expect=r"^nothing like this$")
+    assert code == 1 and "matched no transcript" in err
+
+
+async def test_a_recorded_session_replays_to_the_same_transcripts(backend: BackendServer, tmp_path: Path) -> None:
+    folder = tmp_path / "session"
+    code, _, err = await run_replay(RECORDINGS / "hello_there.wav", backend, record=folder)
+    assert code == 0, err
+    assert {p.name for p in folder.iterdir()} == {"session.jsonl", "input.wav", "output.wav"}
+    report = tmp_path / "again.json"
+    code, out, err = await run_replay(folder, backend, compare=True, json_path=str(report))
+    assert code == 0, err
+    compare = json.loads(report.read_text())["compare"]
+    assert compare["user"]["same"] and compare["assistant"]["same"], compare
+    assert compare["user"]["replayed"] == ["hello there"]
+    assert "user transcripts match the recording" in out
+
+
+async def test_turn_detection_disabled_commits_at_the_end(backend: BackendServer, tmp_path: Path) -> None:
+    from voicerelay.protocol.config import RealtimeConfig
+
+    report = tmp_path / "r.json"
+    code, _, err = await run_replay(RECORDINGS / "what_can_you_do.wav", backend, json_path=str(report),
+                                    config=RealtimeConfig(turn_detection_mode="disabled"))
+    assert code == 0, err
+    turns = json.loads(report.read_text())["turns"]
+    assert [t["user"] for t in turns] == ["what can you do"]
+    assert turns[0]["assistant"].startswith("I can greet you")
+
+
+async def test_the_relay_recycles_before_the_session_cap(engines: Engines, tmp_path: Path) -> None:
+    # two utterances 4 s apart in real time against a backend that caps sessions at 3 s
+    pcm = np.concatenate([read_recording("hello_there"), room_noise(2000), read_recording("how_are_you")])
+    path = tmp_path / "two_turns.wav"
+    soundfile.write(path, pcm, 24_000, subtype="PCM_16")
+    report = tmp_path / "r.json"
+    async with BackendServer(port=0, engines=engines, max_session_seconds=3) as server:
+        code, out, err = await run_replay(path, server, speed=1.0, json_path=str(report))
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["recycles"] >= 1 and "opened a new upstream session" in err
+    assert [t["user"] for t in data["turns"]] == ["hello there", "how are you today"]
+    assert not [e for e in data["errors"] if "session_expired" in e]
+
+
+async def test_backend_stopped_mid_response_ends_replay_quickly(engines: Engines, tmp_path: Path) -> None:
+    server = BackendServer(port=0, engines=engines, pace=0.5)  # a 3 s reply takes 6 s to stream
+    await server.start()
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", str(RECORDINGS / "what_is_your_name.wav"), "--speed", "0",
+        "--backend", server.url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    async with asyncio.timeout(30):
+        while b"user" not in await proc.stdout.readline():
+            pass
+    await asyncio.sleep(0.3)  # the reply is streaming now
+    stopped = time.monotonic()
+    await server.close()
+    async with asyncio.timeout(5):
+        code = await proc.wait()
+    elapsed = time.monotonic() - stopped
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 1 and elapsed < 5
+    assert "upstream failed" in stderr and "Traceback" not in stderr
+
+
+def test_replay_runs_on_the_embedded_backend_by_default(tmp_path: Path) -> None:
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--speed", "0", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"].startswith("embedded backend")
+    assert data["turns"][0]["user"] == "hello there"
+
+
+def _truncated_wav(tmp_path: Path) -> Path:
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, read_recording("hello_there"), 24_000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p / "missing.wav", "missing.wav"),
+    (lambda p: (p / "notes.wav").write_text("these are not samples") and p / "notes.wav", "notes.wav"),
+    (lambda p: (soundfile.write(p / "empty.wav", np.zeros(0, dtype=np.int16), 24_000) or p / "empty.wav"),
+     "empty.wav"),
+    (_truncated_wav, "truncated"),
+    (lambda p: (p / "folder").mkdir() or p / "folder", "session.jsonl"),
+], ids=["missing", "not audio", "empty", "truncated", "folder without session.jsonl"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make: object, message: str) -> None:
+    path = make(tmp_path)  # type: ignore[operator]
+    result = cli("replay", str(path), "--speed", "0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voicerelay: error:") and message in lines[0]
+
+
+def test_bad_options_are_exit_2() -> None:
+    wav = str(RECORDINGS / "hello_there.wav")
+    for args, message in ([["--expect", "("], "regular expression"], [["--backend", "http://x"], "--backend"],
+                          [["--dialect", "v2"], "--dialect"], [["--turn-detection", "eager"], "turn_detection_mode"]):
+        result = cli("replay", wav, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_replay_input_error_is_raised_in_process(tmp_path: Path) -> None:
+    with pytest.raises(ReplayInputError, match="cannot read"):
+        asyncio.run(replay(ReplayOptions(path=tmp_path / "nope.wav"), Console(file=io.StringIO()),
+                           Console(file=io.StringIO())))

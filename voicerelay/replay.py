@@ -1,0 +1,304 @@
+"""``voicerelay replay``: push a WAV file or a recorded session through the pipeline.
+
+The input is streamed in 20 ms frames through a :class:`~voicerelay.relay.Relay`, paced at
+``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
+silence closes the last turn; with turn detection disabled the relay commits. Then it waits for
+the replies (with a timeout), prints the transcript, and optionally writes the assistant audio,
+a JSON report and a recording.
+
+Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
+replies timed out; 2 unusable input (a one-line message, never a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import difflib
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .protocol.audio import ms_to_bytes
+from .protocol.config import RealtimeConfig
+from .protocol.events import Dialect
+from .protocol.session import Error, PlayAudio, StopPlayback, Transcript, TurnFinished
+from .relay import Notice, Observation, Relay
+from .upstream import UpstreamError, upstream_for
+
+FRAME_MS = 20
+
+
+class ReplayInputError(Exception):
+    """Input that cannot be replayed; ``str()`` is one line (exit code 2)."""
+
+
+@dataclasses.dataclass(slots=True)
+class ReplayOptions:
+    path: Path
+    config: RealtimeConfig = dataclasses.field(default_factory=RealtimeConfig)
+    backend: str | None = None
+    dialect: Dialect = Dialect.GA
+    speed: float = 1.0
+    out: Path | None = None
+    json_path: str | None = None
+    expect: str | None = None
+    record: Path | None = None
+    compare: bool = False
+    timeout: float = 30.0
+    progress: bool = True
+
+
+class _Source:
+    """Frames of 24 kHz PCM16 with the time (s from the start) each should be sent at."""
+
+    def __init__(self, path: Path, frame_ms: int = FRAME_MS) -> None:
+        self.path = path
+        self.recorded = None
+        if path.is_dir():
+            from .recording import RecordedSession, RecordingError
+
+            try:
+                self.recorded = RecordedSession.open(path)
+            except RecordingError as exc:
+                raise ReplayInputError(str(exc)) from None
+            self.chunks = list(self.recorded.input_chunks())
+            self.duration_s = sum(len(pcm) for _, pcm in self.chunks) / 48_000
+            self.stream = None
+        else:
+            from .audio.files import AudioFileError, AudioFileStream
+
+            try:
+                self.stream = AudioFileStream(path, chunk_ms=frame_ms)
+            except AudioFileError as exc:
+                raise ReplayInputError(str(exc)) from None
+            self.duration_s = self.stream.duration_s
+        self.frame_ms = frame_ms
+
+    async def frames(self) -> AsyncIterator[tuple[float, bytes]]:
+        if self.stream is not None:
+            from .audio.files import AudioFileError
+
+            t = 0.0
+            try:
+                for chunk in self.stream:
+                    yield t, chunk.tobytes()
+                    t += chunk.size / 24_000
+            except AudioFileError as exc:
+                raise ReplayInputError(str(exc)) from None
+            finally:
+                self.stream.close()
+        else:
+            for t, pcm in self.chunks:
+                yield t, pcm
+
+
+async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
+    """Run one replay; returns the exit code. Input problems raise :class:`ReplayInputError`."""
+    expect = None
+    if options.expect is not None:
+        try:
+            expect = re.compile(options.expect, re.IGNORECASE)
+        except re.error as exc:
+            raise ReplayInputError(f"--expect is not a valid regular expression: {exc}") from None
+    source = _Source(options.path)
+    writer = None
+    if options.out is not None:
+        from .audio.files import AudioFileError, WavWriter
+
+        try:
+            writer = WavWriter(options.out)
+        except AudioFileError as exc:
+            raise ReplayInputError(str(exc)) from None
+        except (OSError, RuntimeError) as exc:  # soundfile reports an unwritable path as either
+            raise ReplayInputError(f"cannot write {options.out}: {exc}") from None
+    recorder = None
+    if options.record is not None:
+        from .recording import Recorder, RecordingError
+
+        try:
+            recorder = Recorder(options.record, {"command": "replay", "input": str(options.path)})
+        except RecordingError as exc:
+            raise ReplayInputError(str(exc)) from None
+
+    errors: list[str] = []
+    started = time.monotonic()
+    embedded = {"pace": 0.0} if options.speed == 0 else {}
+    exit_code = 0
+    relay: Relay | None = None
+    try:
+        async with upstream_for(options.backend, options.config.model, options.dialect, **embedded) as spec:
+            relay = Relay(options.config, spec, recorder=recorder)
+            relay.subscribe(_printer(relay, console, err, errors, writer))
+            exit_code = await _drive(relay, source, options, err)
+    except UpstreamError as exc:
+        err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
+        errors.append(str(exc))
+        exit_code = 1
+    finally:
+        if writer is not None:
+            writer.close()
+        if recorder is not None:
+            recorder.close()
+
+    turns = relay.session.turns if relay is not None else []
+    report = {
+        "input": str(options.path), "backend": relay.spec.describe() if relay else options.backend,
+        "dialect": options.dialect.value, "model": options.config.model, "speed": options.speed,
+        "audio_seconds": {"in": round(source.duration_s, 3),
+                          "out": round(sum(t.audio_out_ms for t in turns) / 1000, 3)},
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "turns": [t.report() for t in turns], "errors": errors,
+        "recycles": relay.recycles if relay else 0,
+    }
+    if options.compare:
+        report["compare"] = _compare(source, turns, console)
+    if options.json_path is not None:
+        text = json.dumps(report, indent=2)
+        if options.json_path == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            Path(options.json_path).write_text(text + "\n")
+    if exit_code == 0 and expect is not None:
+        texts = [t.user_transcript for t in turns] + [t.assistant_transcript for t in turns]
+        if not any(expect.search(text) for text in texts):
+            err.print(f"[bold red]voicerelay: --expect {options.expect!r} matched no transcript[/]", highlight=False)
+            exit_code = 1
+    return exit_code
+
+
+def _printer(relay: Relay, console: Console, err: Console, errors: list[str], writer: Any) -> Any:
+    def observe(obs: Observation) -> None:
+        if isinstance(obs, PlayAudio):
+            if writer is not None:
+                writer.write(obs.pcm)
+        elif isinstance(obs, StopPlayback):
+            # no speakers here: everything received counts as heard
+            relay.playback_stopped(obs.item_id, 10**9)
+        elif isinstance(obs, Transcript) and obs.final and obs.text:
+            style = "bold cyan" if obs.role == "user" else "bold magenta"
+            console.print(f"[{style}]{obs.role:>9}[/]  {obs.text}", highlight=False)
+        elif isinstance(obs, TurnFinished):
+            turn = obs.turn
+            latency = f"{turn.first_audio_ms:.0f} ms to first audio" if turn.first_audio_ms is not None else "no audio"
+            console.print(f"[dim]{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
+                          f"{turn.audio_out_ms / 1000:.1f} s of reply audio[/]", highlight=False)
+            relay.playback_idle()
+        elif isinstance(obs, Error):
+            errors.append(f"{obs.code}: {obs.message}")
+            err.print(f"[red]error[/] {obs.code}: {obs.message}", highlight=False)
+        elif isinstance(obs, Notice) and obs.kind in ("recycled", "reconnecting"):
+            err.print(f"[yellow]{obs.message}[/]", highlight=False)
+
+    return observe
+
+
+async def _drive(relay: Relay, source: _Source, options: ReplayOptions, err: Console) -> int:
+    run = asyncio.create_task(relay.run(), name="relay")
+    try:
+        ready = asyncio.create_task(relay.wait_ready(15))
+        await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if run.done():
+            ready.cancel()
+            await run  # raises the upstream failure
+        await ready
+        progress = _progress(source, options, err)
+        t0 = time.monotonic()
+        async for t, pcm in source.frames():
+            if run.done():
+                break
+            if options.speed > 0:
+                delay = t0 + t / options.speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await relay.send_audio(pcm)
+            if progress is not None:
+                progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
+        if progress is not None:
+            progress.stop()
+        await _finish_turn(relay, options, t0)
+        await _wait_for_replies(relay, run, options.timeout, err)
+        if run.done():
+            await run
+        return 0
+    finally:
+        await relay.stop()
+        if not run.done():
+            await asyncio.wait_for(asyncio.shield(run), 5)
+        elif not run.cancelled() and run.exception() is not None:
+            exc = run.exception()
+            if isinstance(exc, UpstreamError):
+                raise exc
+
+
+async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
+    """Close the last turn: trailing silence for server VAD, a commit otherwise."""
+    td = options.config.turn_detection()
+    if td is None:
+        if relay.session.buffered_ms >= 100:
+            relay.commit()
+        return
+    silence = bytes(ms_to_bytes(FRAME_MS))
+    for _ in range((td["silence_duration_ms"] + 400) // FRAME_MS):
+        if options.speed > 0:
+            await asyncio.sleep(FRAME_MS / 1000 / options.speed)
+        await relay.send_audio(silence)
+
+
+async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float, err: Console) -> None:
+    """Until every turn has its response and transcripts (quiet for 300 ms), or the timeout."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline and not run.done():
+        session = relay.session
+        settled = (not session.response_active and relay.queued_audio_ms == 0
+                   and all(t.done_at is not None for t in session.turns)
+                   and all(t.user_transcript or t.user_item_id is None for t in session.turns)
+                   and session.state.value in ("listening", "speaking"))
+        if settled:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 0.3:
+                return
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.02)
+    if not run.done():
+        err.print(f"[yellow]voicerelay: stopped waiting for replies after {timeout:g} s[/]", highlight=False)
+
+
+def _progress(source: _Source, options: ReplayOptions, err: Console) -> Any:
+    if not options.progress or not err.is_terminal or source.duration_s < 10:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                        TimeRemainingColumn(), console=err, transient=True)
+    progress.add_task("replay", total=source.duration_s)
+    progress.start()
+    return progress
+
+
+def _compare(source: _Source, turns: list[Any], console: Console) -> dict[str, Any]:
+    if source.recorded is None:
+        return {"error": "--compare needs a recorded session folder"}
+    before = source.recorded.transcripts()
+    after = {"user": [t.user_transcript for t in turns if t.user_transcript],
+             "assistant": [t.assistant_transcript for t in turns if t.assistant_transcript]}
+    result: dict[str, Any] = {}
+    for role in ("user", "assistant"):
+        diff = list(difflib.unified_diff(before.get(role, []), after[role], f"recorded {role}", f"replayed {role}",
+                                         lineterm="", n=0))
+        result[role] = {"recorded": before.get(role, []), "replayed": after[role], "same": not diff}
+        if diff:
+            console.print(f"[yellow]{role} transcripts differ from the recording:[/]")
+            for line in diff:
+                console.print(f"  {line}", highlight=False, markup=False)
+        else:
+            console.print(f"[green]{role} transcripts match the recording[/]")
+    return result
