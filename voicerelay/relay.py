@@ -53,7 +53,7 @@ class EventRecorder(Protocol):
 
 #: End the proactive recycle this long (at most) before the server's cap.
 RECYCLE_MARGIN_MAX = 60.0
-#: Uncommitted audio kept for re-sending after a recycle or reconnect.
+#: Audio of unanswered turns kept for re-sending after a recycle or reconnect.
 RESEND_MAX_MS = 15_000
 
 
@@ -80,10 +80,12 @@ class Relay:
         self._recycle = asyncio.Event()
         self._fatal: Error | None = None
         self._inflight: Event | None = None
-        # appends sent since the server last committed or cleared the buffer: a new connection
-        # gets them again, so an utterance cut by a recycle or a dropped connection is not lost
-        self._uncommitted: collections.deque[Event] = collections.deque()
-        self._uncommitted_ms = 0.0
+        # appends (numbered) whose turn has not been answered yet: a new connection gets them
+        # again, so an utterance cut by a recycle or a dropped connection is not lost
+        self._unanswered: collections.deque[tuple[int, Event]] = collections.deque()
+        self._unanswered_ms = 0.0
+        self._append_seq = 0
+        self._committed_upto = 0  # appends numbered below this belong to a committed turn
         self._expires_at: float | None = None  # clock() time of the server's cap
         self._ws: ClientConnection | None = None
 
@@ -227,10 +229,13 @@ class Relay:
         try:
             for effect in self.session.connected():  # configuration and history go first
                 await self._send(ws, effect.event)
-            resend, self._uncommitted, self._uncommitted_ms = list(self._uncommitted), collections.deque(), 0.0
+            resend = [event for _, event in self._unanswered]
+            self._unanswered.clear()
+            self._unanswered_ms = 0.0
+            self._committed_upto = 0
             for event in resend:
                 await self._send(ws, event)
-                self._keep_uncommitted(event)
+                self._keep_unanswered(event)
             if self._inflight is not None:
                 await self._send(ws, self._inflight)
                 self._inflight = None
@@ -252,9 +257,11 @@ class Relay:
             for task in done:
                 if task.exception() is not None and not isinstance(task.exception(), ConnectionClosed):
                     raise task.exception()  # type: ignore[misc]
+            await self._drain(ws)
             code = ws.close_code
             return f"closed with code {code}" if code is not None and code != 1006 else "connection dropped"
         except ConnectionClosed:
+            await self._drain(ws)
             return "connection dropped"
         finally:
             self._ready.clear()
@@ -264,6 +271,8 @@ class Relay:
 
     async def _send(self, ws: ClientConnection, event: Event) -> None:
         await ws.send(json.dumps(event))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("-> %s", elide(event))
         if self.recorder is not None:
             self.recorder.record("up", event)
 
@@ -274,40 +283,63 @@ class Relay:
             await self._send(ws, event)
             self._inflight = None
             if event["type"] == "input_audio_buffer.append":
-                self._keep_uncommitted(event)
+                self._keep_unanswered(event)
                 self.queued_audio_ms = max(0.0, self.queued_audio_ms - len(event["audio"]) * 3 / 4 / 48)
                 if self.queued_audio_ms < self.max_queued_audio_ms:
                     self._space.set()
 
-    def _keep_uncommitted(self, event: Event) -> None:
-        self._uncommitted.append(event)
-        self._uncommitted_ms += len(event["audio"]) * 3 / 4 / 48
-        while self._uncommitted_ms > RESEND_MAX_MS and len(self._uncommitted) > 1:
-            self._uncommitted_ms -= len(self._uncommitted.popleft()["audio"]) * 3 / 4 / 48
+    def _keep_unanswered(self, event: Event) -> None:
+        self._append_seq += 1
+        self._unanswered.append((self._append_seq, event))
+        self._unanswered_ms += len(event["audio"]) * 3 / 4 / 48
+        while self._unanswered_ms > RESEND_MAX_MS and len(self._unanswered) > 1:
+            self._drop_oldest_unanswered()
+
+    def _drop_oldest_unanswered(self) -> None:
+        _, event = self._unanswered.popleft()
+        self._unanswered_ms -= len(event["audio"]) * 3 / 4 / 48
+
+    def _track_answers(self, event: Event) -> None:
+        """Forget resendable audio once its turn is answered (or the buffer was cleared)."""
+        etype = event.get("type")
+        if etype in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
+            self._committed_upto = self._append_seq + 1
+        if etype == "input_audio_buffer.cleared" or (
+                etype == "response.done" and ((event.get("response") or {}).get("metadata") or {}).get("voicerelay")
+                != "say"):
+            while self._unanswered and self._unanswered[0][0] < self._committed_upto:
+                self._drop_oldest_unanswered()
 
     async def _reader(self, ws: ClientConnection) -> None:
         async for message in ws:
-            try:
-                event = json.loads(message)
-            except ValueError:
-                self._notify(Error("invalid_server_event", "the server sent a frame that is not JSON"))
-                continue
-            if self.recorder is not None:
-                self.recorder.record("down", event)
-            if isinstance(event, dict) and event.get("type") in ("input_audio_buffer.committed",
-                                                                 "input_audio_buffer.cleared"):
-                self._uncommitted.clear()
-                self._uncommitted_ms = 0.0
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("<- %s", elide(event) if isinstance(event, dict) else event)
-            effects = self.session.server_event(event, self.clock())
-            if isinstance(event, dict) and event.get("type") == "session.created":
-                self._note_expiry(event)
-            self._dispatch(effects)
-            if self.session.ready and not self._ready.is_set():
-                self._ready.set()
+            self._on_message(message)
             if self._fatal is not None:
                 return
+
+    async def _drain(self, ws: ClientConnection) -> None:
+        """Read what the server said before it closed (its last words are often an ``error``)."""
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while self._fatal is None:
+                self._on_message(await asyncio.wait_for(ws.recv(), 1.0))
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            event = json.loads(message)
+        except ValueError:
+            self._notify(Error("invalid_server_event", "the server sent a frame that is not JSON"))
+            return
+        if self.recorder is not None:
+            self.recorder.record("down", event)
+        if isinstance(event, dict):
+            self._track_answers(event)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("<- %s", elide(event) if isinstance(event, dict) else event)
+        effects = self.session.server_event(event, self.clock())
+        if isinstance(event, dict) and event.get("type") == "session.created":
+            self._note_expiry(event)
+        self._dispatch(effects)
+        if self.session.ready and not self._ready.is_set():
+            self._ready.set()
 
     def _note_expiry(self, event: Event) -> None:
         expires = (event.get("session") or {}).get("expires_at")
