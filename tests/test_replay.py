@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,40 @@ def test_replay_input_error_is_raised_in_process(tmp_path: Path) -> None:
     with pytest.raises(ReplayInputError, match="cannot read"):
         asyncio.run(replay(ReplayOptions(path=tmp_path / "nope.wav"), Console(file=io.StringIO()),
                            Console(file=io.StringIO())))
+
+
+def test_connection_refused_is_a_clear_message() -> None:
+    with socket.socket() as sock:  # a port that surely has no listener
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--backend", f"ws://127.0.0.1:{port}/v1/realtime")
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert f"cannot reach ws://127.0.0.1:{port}/v1/realtime" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_rejected_handshake_and_fatal_error_are_clear(backend: BackendServer) -> None:
+    wav = RECORDINGS / "hello_there.wav"
+    rejected = await asyncio.to_thread(cli, "replay", str(wav), "--backend",
+                                       f"ws://127.0.0.1:{backend.port}/v1/elsewhere")
+    assert rejected.returncode == 1 and "rejected the connection: HTTP 404" in rejected.stderr
+    fatal = await asyncio.to_thread(cli, "replay", str(wav), "--backend",
+                                    f"ws://127.0.0.1:{backend.port}/v1/realtime?model=")
+    assert fatal.returncode == 1 and "ended the session: missing_model" in fatal.stderr
+    assert "Traceback" not in rejected.stderr + fatal.stderr
+
+
+async def test_the_api_key_is_never_logged_or_recorded(backend: BackendServer, tmp_path: Path) -> None:
+    key = "sk-test-" + "k3y" * 10
+    folder = tmp_path / "rec"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "voicerelay", "replay", str(RECORDINGS / "hello_there.wav"), "--speed", "0",
+         "--backend", backend.url, "--record", str(folder), "--log-level", "debug", "--json", "-"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "OPENAI_API_KEY": key, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "<-" in result.stderr  # debug logging of events really ran
+    written = "".join(p.read_bytes().decode("latin-1") for p in folder.iterdir())
+    for text in (result.stdout, result.stderr, written):
+        assert key not in text

@@ -32,10 +32,35 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _setup_logging(level: str) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(rich_tracebacks=False, show_path=False)])
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"--log-level must be debug, info, warning or error, not {level!r}")
+    # logs go to stderr: stdout carries transcripts and `--json -` reports
+    handler = RichHandler(console=Console(stderr=True), rich_tracebacks=False, show_path=False)
+    handler.addFilter(_redact_secrets)
+    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]", handlers=[handler])
+    # websockets' DEBUG logs every frame (whole base64 audio) and the handshake headers; our own
+    # debug lines show events with audio elided
+    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+_SECRET = None
+
+
+def _redact_secrets(record: logging.LogRecord) -> bool:
+    """A log filter: no API key or bearer token reaches a log line, whichever library wrote it."""
+    import re
+
+    global _SECRET
+    if _SECRET is None:
+        _SECRET = re.compile(r"(Bearer\s+)\S+|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+    message = record.getMessage()
+    redacted = _SECRET.sub(lambda m: (m.group(1) or "") + "…redacted", message)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+    return True
 
 
 def _version(value: bool) -> None:

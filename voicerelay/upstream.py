@@ -79,7 +79,7 @@ class UpstreamSpec:
 def with_model(url: str, model: str) -> str:
     """``url`` with ``?model=`` set, unless it already names one."""
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))  # an explicit URL is taken as given
     query.setdefault("model", model)
     return urlunsplit(parts._replace(query=urlencode(query)))
 
