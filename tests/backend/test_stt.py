@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from voicerelay.backend.engines import Engines
 from voicerelay.backend.phrases import RECORDING_SENTENCES, domain_sentences
 from voicerelay.backend.stt import (
     Recognizer,
     Transcription,
     normalize_phrase,
     recognizer_for,
-    stream_words,
     transcribe_general,
 )
 from voicerelay.backend.tts import OPENAI_VOICES, OUTPUT_RATE, Synthesizer, add_noise
@@ -138,9 +138,9 @@ def test_normalize_phrase(text: str, expected: str) -> None:
 
 @pytest.mark.parametrize("text", ["what is the weather in paris", "hello", "", "two  spaces ", " leading"])
 def test_stream_words_reassembles_the_text(text: str) -> None:
-    assert "".join(stream_words(text)) == text
+    assert "".join(Engines.stream_words(text)) == text
 
 
 def test_stream_words_gives_each_word_with_its_space() -> None:
-    assert stream_words("what is the weather") == ["what ", "is ", "the ", "weather"]
-    assert stream_words("") == []
+    assert Engines.stream_words("what is the weather") == ["what ", "is ", "the ", "weather"]
+    assert Engines.stream_words("") == []

@@ -38,10 +38,14 @@ def test_sentence_gives_plausible_24khz_speech(synthesizer: Synthesizer) -> None
     assert np.abs(pcm.astype(np.int32)).max() > 8000
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+@pytest.mark.parametrize("text", ["", "   ", "\n\t", "\0"])
 def test_empty_text_gives_empty_audio(synthesizer: Synthesizer, text: str) -> None:
     pcm = synthesizer.synthesize(text)
     assert pcm.dtype == np.int16 and pcm.shape == (0,)
+
+
+def test_nul_characters_are_spoken_around(synthesizer: Synthesizer) -> None:
+    assert np.array_equal(synthesizer.synthesize("\0hello\0there"), synthesizer.synthesize(" hello there"))
 
 
 def test_slower_rate_gives_longer_audio() -> None:

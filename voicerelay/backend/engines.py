@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-_DELTA = re.compile(r"\S+\s*")
+_DELTA = re.compile(r"\s*\S+\s*")
 
 
 class Engines:
@@ -41,8 +41,11 @@ class Engines:
 
     @staticmethod
     def stream_words(text: str) -> list[str]:
-        """``text`` cut into transcript deltas: each word with the spaces after it."""
-        return _DELTA.findall(text.strip())
+        """``text`` cut into transcript deltas: each word with the spaces after it.
+
+        ``"".join(stream_words(text)) == text``; leading spaces, if any, go with the first chunk.
+        """
+        return _DELTA.findall(text) or ([text] if text else [])
 
     def warm_up(self) -> None:
         """Load both engines now, so the first turn does not pay for it."""

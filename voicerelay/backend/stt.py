@@ -87,7 +87,6 @@ __all__ = [
     "Transcription",
     "normalize_phrase",
     "recognizer_for",
-    "stream_words",
     "transcribe_general",
 ]
 
@@ -350,10 +349,3 @@ def recognizer_for(extra_phrases: Iterable[str] = ()) -> Recognizer:
             _cache.popitem(last=False)
     return recognizer
 
-
-def stream_words(text: str) -> list[str]:
-    """Split a final transcript into delta chunks: each word with the spaces after it.
-
-    ``''.join(stream_words(text)) == text``; leading spaces, if any, go with the first chunk.
-    """
-    return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])

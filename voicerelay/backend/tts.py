@@ -139,14 +139,12 @@ def _steady_data_dir() -> Path | None:
         for entry in source.iterdir():
             if entry.name != "voices":
                 (data / entry.name).symlink_to(entry)
-        voices = source / "voices"
-        for entry in voices.iterdir():
-            if entry.name != "!v":
-                (data / "voices").mkdir(exist_ok=True)
-                (data / "voices" / entry.name).symlink_to(entry)
         variants = data / "voices" / "!v"
         variants.mkdir(parents=True)
-        for variant in (voices / "!v").iterdir():
+        for entry in (source / "voices").iterdir():
+            if entry.name != "!v":
+                (data / "voices" / entry.name).symlink_to(entry)
+        for variant in (source / "voices" / "!v").iterdir():
             (variants / variant.name).write_bytes(variant.read_bytes() + _STEADY_SETTINGS.encode())
         (variants / _STEADY_VARIANT).write_text(
             f"language variant\nname {_STEADY_VARIANT}{_STEADY_SETTINGS}", encoding="utf-8"
@@ -271,6 +269,7 @@ class Synthesizer:
         ``voice`` overrides the synthesizer's voice for this call. Empty or whitespace-only text
         gives an empty array. The same text, voice and rate always give the same samples.
         """
+        text = text.replace("\0", " ")  # espeak-ng reads a C string: a NUL would end it early
         if not text.strip():
             return np.zeros(0, dtype=np.int16)
         espeak_voice = espeak_voice_for(self.voice if voice is None else voice)
