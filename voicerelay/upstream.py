@@ -94,6 +94,21 @@ def choose_backend(backend: str | None, env: dict[str, str] | None = None) -> st
     raise ValueError(f"--backend must be embedded, openai or a ws:// or wss:// URL, not {backend!r}")
 
 
+def remote_spec(choice: str, model: str, dialect: Dialect, env: dict[str, str]) -> UpstreamSpec:
+    """The spec for ``openai`` or a URL (``choice`` as returned by :func:`choose_backend`)."""
+    key = env.get("OPENAI_API_KEY")
+    if choice == "openai":
+        if not key:
+            raise UpstreamRejected("--backend openai needs OPENAI_API_KEY in the environment")
+        return UpstreamSpec(with_model(OPENAI_URL, model), dialect, key, "api.openai.com")
+    return UpstreamSpec(with_model(choice, model), dialect, key, choice.split("?")[0])
+
+
+def embedded_spec(url: str, model: str, dialect: Dialect) -> UpstreamSpec:
+    """The spec for an embedded backend listening at ``url``."""
+    return UpstreamSpec(with_model(url, model), dialect, None, f"embedded backend ({url})")
+
+
 @contextlib.asynccontextmanager
 async def upstream_for(backend: str | None, model: str, dialect: Dialect = Dialect.GA,
                        env: dict[str, str] | None = None, **embedded_options: object) -> AsyncIterator[UpstreamSpec]:
@@ -104,15 +119,9 @@ async def upstream_for(backend: str | None, model: str, dialect: Dialect = Diale
         from .backend.server import BackendServer
 
         async with BackendServer(host="127.0.0.1", port=0, **embedded_options) as server:  # type: ignore[arg-type]
-            yield UpstreamSpec(with_model(server.url, model), dialect, None, f"embedded backend ({server.url})")
+            yield embedded_spec(server.url, model, dialect)
         return
-    key = env.get("OPENAI_API_KEY")
-    if choice == "openai":
-        if not key:
-            raise UpstreamRejected("--backend openai needs OPENAI_API_KEY in the environment")
-        yield UpstreamSpec(with_model(OPENAI_URL, model), dialect, key, "api.openai.com")
-        return
-    yield UpstreamSpec(with_model(choice, model), dialect, key, choice.split("?")[0])
+    yield remote_spec(choice, model, dialect, env)
 
 
 def backoff_delays(attempts: int, base: float = 0.25, cap: float = 2.0) -> list[float]:
@@ -127,8 +136,10 @@ async def open_connection(spec: UpstreamSpec, retries: int = 3) -> ClientConnect
     for attempt in range(retries + 1):
         try:
             return await asyncio.wait_for(
+                # no permessage-deflate: base64 audio barely compresses (1330 -> 850 bytes per 20 ms)
+                # and deflating it was most of the relay's CPU per chunk (benchmarks/replay_speed.py)
                 connect(spec.url, additional_headers=spec.headers(), max_size=None, open_timeout=CONNECT_TIMEOUT,
-                        ping_interval=20, ping_timeout=20),
+                        ping_interval=20, ping_timeout=20, compression=None),
                 CONNECT_TIMEOUT + 1)
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -230,6 +230,8 @@ class BackendSession:
                          "item_id": item_id})
         await self._commit(item_id)
         td = self.session["audio"]["input"]["turn_detection"] or {}
+        if self._active is not None and self._active.cancel_reason is not None:
+            self._active = None  # a cancelled response still winding down does not block the new turn
         if td.get("create_response", True) and self._active is None:
             await self._start_response({}, in_band=True)
 

@@ -1,0 +1,374 @@
+"""How fast ``voicerelay replay --speed 0`` runs, and what the relay itself costs per audio chunk.
+
+    python benchmarks/replay_speed.py             # about 30 s on 2 cores
+    python benchmarks/replay_speed.py --runs 10 --frames 50000
+
+1. Replay speed. The input is every recording, ``--repeat`` times over, with 1 s of the
+   recordings' own background noise between utterances, written to a temporary WAV. It is
+   replayed ``--runs`` times in this process with :func:`voicerelay.replay.replay` at speed 0
+   and ``backend=None``, which (OPENAI_API_KEY is removed from this process's environment)
+   starts the in-process embedded backend for each run, with pace 0. Speed is input audio
+   seconds per wall second of the whole ``replay()`` call. The first run is cold (it loads
+   pocketsphinx and libespeak-ng); later runs reuse what the process has loaded, so they are
+   the figure without engine start-up. Each row also splits the wall time (the ``Relay`` that
+   ``replay`` builds is swapped, in this process only, for a subclass that notes when
+   ``wait_ready`` returns, when frames go in and when ``stop`` is called): start-up (backend
+   bound, connected, ``session.update`` answered), streaming (ready -> last frame, the 900 ms
+   of closing silence included), settle (last frame -> replies and transcripts settled, which
+   includes replay's 300 ms of quiet) and close. "STT" is the wall time the backend spent in
+   ``Engines.transcribe`` during the run (the method is wrapped to add it up; calls run in
+   threads, so it may overlap itself). "from ready" is the speed without the start-up.
+   The turns column is what the relay's session reported; the transcripts are the user lines
+   replay printed, compared with the input's sentences as a multiset and in order.
+2. The relay's own cost per 20 ms chunk.
+   - sans-I/O: ``RealtimeSession.audio(frame)`` alone, and its parts (base64, the
+     ``json.dumps`` the sender does, and the zlib deflate that permessage-deflate does),
+     timed with ``time.perf_counter`` over ``--calls`` calls each;
+   - end to end: ``Relay.send_audio(frame)`` for ``--frames`` frames as fast as they are taken,
+     to an upstream that only reads (a ``websockets`` server on loopback in a child process
+     that sends ``session.created``, answers ``session.update`` with ``session.updated`` and
+     drains everything else). Wall = first frame handed to the relay -> last append received by
+     the upstream (same monotonic clock in both processes); CPU = this process's CPU time over
+     the same frames, the relay alone. Run with permessage-deflate (what ``websockets`` and the
+     embedded backend negotiate by default) and with the upstream declining it.
+
+Target printed beside the figure (not asserted): replay at speed 0 at least 20x real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import voicerelay  # noqa: F401
+except ImportError:  # run from a checkout without installing it
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
+
+import voicerelay.replay  # noqa: E402
+from voicerelay.backend.engines import Engines  # noqa: E402
+from voicerelay.backend.phrases import RECORDING_SENTENCES  # noqa: E402
+from voicerelay.protocol.audio import pcm16_to_b64  # noqa: E402
+from voicerelay.protocol.config import RealtimeConfig  # noqa: E402
+from voicerelay.protocol.events import input_audio_append  # noqa: E402
+from voicerelay.protocol.session import RealtimeSession  # noqa: E402
+from voicerelay.relay import Relay  # noqa: E402
+from voicerelay.replay import ReplayOptions, replay  # noqa: E402
+from voicerelay.upstream import UpstreamSpec  # noqa: E402
+
+RATE = 24_000
+FRAME_SAMPLES = RATE // 50  # 20 ms
+TARGET_SPEED = 20.0
+
+
+# ------------------------------------------------------------------------------------ audio
+
+
+def read_recording(stem: str) -> np.ndarray:
+    pcm, rate = soundfile.read(ROOT / "recordings" / f"{stem}.wav", dtype="int16")
+    assert rate == RATE and pcm.ndim == 1, f"{stem}.wav is not 24 kHz mono"
+    return pcm
+
+
+def room_noise(ms: int) -> np.ndarray:
+    """``ms`` of the recordings' own background noise: their first 250 ms, tiled."""
+    lead = read_recording("hello_there")[: 250 * 24]
+    return np.tile(lead, -(-ms // 250))[: ms * 24]
+
+
+def long_input(path: Path, repeat: int) -> tuple[float, list[str]]:
+    """Write every recording, ``repeat`` times, 1 s of noise between; return (seconds, sentences)."""
+    gap = room_noise(1000)
+    parts: list[np.ndarray] = []
+    said: list[str] = []
+    for _ in range(repeat):
+        for stem, text in RECORDING_SENTENCES.items():
+            if parts:
+                parts.append(gap)
+            parts.append(read_recording(stem))
+            said.append(text)
+    pcm = np.concatenate(parts)
+    soundfile.write(path, pcm, RATE, subtype="PCM_16")
+    return pcm.size / RATE, said
+
+
+# ------------------------------------------------------------------------------------ replay speed
+
+
+class TimedRelay(Relay):
+    """The relay ``replay()`` builds, noting when it became ready and when frames went in."""
+
+    last: TimedRelay | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.created_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+        self.stopped_at: float | None = None
+        TimedRelay.last = self
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        await super().wait_ready(timeout)
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+
+    async def send_audio(self, pcm: bytes) -> None:
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+        await super().send_audio(pcm)
+        self.last_frame_at = time.monotonic()
+
+    async def stop(self) -> None:
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+        await super().stop()
+
+
+class SttClock:
+    """Wraps ``Engines.transcribe`` to add up the wall time the embedded backend spends in it."""
+
+    seconds = 0.0
+    calls = 0
+
+    @classmethod
+    def install(cls) -> None:
+        original = Engines.transcribe
+
+        def transcribe(self: Engines, pcm24: np.ndarray, extra_phrases: Any = ()) -> str:
+            start = time.perf_counter()
+            try:
+                return original(self, pcm24, extra_phrases)
+            finally:
+                cls.seconds += time.perf_counter() - start
+                cls.calls += 1
+
+        Engines.transcribe = transcribe  # type: ignore[method-assign]
+
+
+async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, workdir: Path) -> None:
+    print(f"== replay --speed 0, embedded backend in process: {seconds:.1f} s of audio, {len(said)} utterances ==")
+    print(f"{'run':>4} {'wall':>7} {'speed':>7} {'start-up':>9} {'streaming':>10} {'settle':>7} {'close':>6} "
+          f"{'STT':>6}  {'from ready':>10}  turns (status), user transcripts")
+    voicerelay.replay.Relay = TimedRelay  # type: ignore[misc]  # this process only: see the module doc
+    SttClock.install()
+    totals: list[float] = []
+    from_ready: list[float] = []
+    streaming: list[float] = []
+    for run in range(1, runs + 1):
+        report = workdir / f"report{run}.json"
+        options = ReplayOptions(path=path, speed=0, backend=None, json_path=str(report), progress=False)
+        out, err = io.StringIO(), io.StringIO()
+        stt_before = SttClock.seconds
+        started = time.monotonic()
+        code = await replay(options, Console(file=out, width=200), Console(file=err, width=200))
+        ended = time.monotonic()
+        relay = TimedRelay.last
+        if code != 0 or relay is None or None in (relay.ready_at, relay.last_frame_at, relay.stopped_at):
+            print(f"{run:>4} replay failed (exit code {code}): {err.getvalue().strip()[:300]}")
+            continue
+        assert relay.ready_at is not None and relay.last_frame_at is not None and relay.stopped_at is not None
+        data = json.loads(report.read_text())
+        statuses = collections.Counter(t["status"] for t in data["turns"])
+        heard = [line.split(None, 1)[1] for line in out.getvalue().splitlines()
+                 if line.strip().startswith("user ") and len(line.split(None, 1)) == 2]
+        in_order = sum(a == b for a, b in zip(heard, said))
+        right = sum((collections.Counter(heard) & collections.Counter(said)).values())
+        wall = ended - started
+        totals.append(wall)
+        streaming.append(relay.last_frame_at - relay.ready_at)
+        if run > 1:
+            from_ready.append(ended - relay.ready_at)
+        state = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        print(f"{run:>4} {wall:>6.2f}s {seconds / wall:>6.1f}x {relay.ready_at - started:>8.2f}s "
+              f"{relay.last_frame_at - relay.ready_at:>9.2f}s {relay.stopped_at - relay.last_frame_at:>6.2f}s "
+              f"{ended - relay.stopped_at:>5.2f}s {SttClock.seconds - stt_before:>5.2f}s  "
+              f"{seconds / (ended - relay.ready_at):>9.1f}x  {len(data['turns'])} ({state}), "
+              f"{right}/{len(said)} as recorded ({in_order} in order)" + ("  [cold]" if run == 1 else ""))
+    if not totals:
+        return
+    speeds = [seconds / wall for wall in totals]
+    print(f"audio seconds per wall second, all {len(speeds)} runs: p50 {statistics.median(speeds):.1f}x  "
+          f"best {max(speeds):.1f}x   target >= {TARGET_SPEED:.0f}x: "
+          f"{'meets target' if statistics.median(speeds) >= TARGET_SPEED else 'MISSES target'}")
+    if len(speeds) > 1:
+        warm = speeds[1:]
+        print(f"  warm runs only (engines already loaded):    p50 {statistics.median(warm):.1f}x  "
+              f"best {max(warm):.1f}x")
+    if from_ready:
+        fast = [seconds / t for t in from_ready]
+        print(f"  warm runs, from relay ready (no start-up):  p50 {statistics.median(fast):.1f}x  "
+              f"best {max(fast):.1f}x")
+    fast = [seconds / t for t in streaming]
+    print(f"  streaming phase alone (ready -> last frame): p50 {statistics.median(fast):.1f}x  best {max(fast):.1f}x")
+    print(f"  STT: {SttClock.calls} Engines.transcribe calls, {SttClock.seconds:.2f} s in all runs "
+          f"({SttClock.seconds / sum(totals):.0%} of the replays' wall time)")
+
+
+# ------------------------------------------------------------------------------------ relay overhead
+
+
+def per_call_us(function: Any, calls: int) -> float:
+    """Best of 3 batches of ``calls`` calls, in microseconds per call."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        best = min(best, time.perf_counter() - start)
+    return best / calls * 1e6
+
+
+def input_frames() -> list[bytes]:
+    """Distinct 20 ms frames of speech and noise (the long input), so compression sees real audio."""
+    gap = room_noise(1000)
+    pcm = np.concatenate([part for stem in RECORDING_SENTENCES for part in (read_recording(stem), gap)])
+    return [pcm[i:i + FRAME_SAMPLES].tobytes() for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+
+
+def sans_io(frames: list[bytes], calls: int) -> None:
+    print(f"\n== relay cost per 20 ms chunk ({len(frames[0])} bytes; {len(frames)} distinct frames of speech "
+          "and noise, cycled) ==")
+    session = RealtimeSession(RealtimeConfig())
+    cycle = itertools.cycle(frames)
+    audio = per_call_us(lambda: session.audio(next(cycle)), calls)
+    b64 = per_call_us(lambda: pcm16_to_b64(next(cycle)), calls)
+    events = itertools.cycle([input_audio_append(pcm16_to_b64(frame)) for frame in frames])
+    dumps = per_call_us(lambda: json.dumps(next(events)), calls)
+    messages = [json.dumps(input_audio_append(pcm16_to_b64(frame))).encode() for frame in frames]
+    encoder = zlib.compressobj(wbits=-12, memLevel=5)  # websockets' permessage-deflate settings
+    sizes = [len(encoder.compress(m) + encoder.flush(zlib.Z_SYNC_FLUSH)) for m in messages]
+    cycled = itertools.cycle(messages)
+    deflate = per_call_us(lambda: encoder.compress(next(cycled)) + encoder.flush(zlib.Z_SYNC_FLUSH), calls)
+    print(f"sans-I/O RealtimeSession.audio(frame):     {audio:6.2f} us   (of which base64 of the frame {b64:.2f} us)")
+    print(f"  + the sender's json.dumps(event):        {dumps:6.2f} us   ({len(messages[0])} bytes)")
+    print(f"  + permessage-deflate of the message:     {deflate:6.2f} us   ({len(messages[0])} -> "
+          f"{statistics.median(sizes):.0f} bytes, median)")
+
+
+def _drain(conn: Any, expected: int, compression: bool) -> None:
+    asyncio.run(_drain_async(conn, expected, compression))
+
+
+async def _drain_async(conn: Any, expected: int, compression: bool) -> None:
+    async def handle(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "session.created", "session": {"type": "realtime"}}))
+        count = 0
+        async for message in ws:
+            if '"input_audio_buffer.append"' in message:
+                count += 1
+                if count == expected:
+                    conn.send(("received", count, time.monotonic()))
+            elif '"session.update"' in message:
+                session = json.loads(message)["session"]
+                await ws.send(json.dumps({"type": "session.updated", "session": session}))
+
+    async with serve(handle, "127.0.0.1", 0, compression="deflate" if compression else None, max_size=None,
+                     ping_interval=None) as server:
+        conn.send(server.sockets[0].getsockname()[1])
+        await asyncio.to_thread(conn.recv)
+
+
+async def relay_end_to_end(pcm_frames: list[bytes], frames: int, compression: bool) -> None:
+    warmup = 1000
+    context = multiprocessing.get_context("spawn")
+    conn, child = context.Pipe()
+    process = context.Process(target=_drain, args=(child, warmup + frames, compression), daemon=True)
+    process.start()
+    try:
+        if not await asyncio.to_thread(conn.poll, 30):
+            raise RuntimeError("the draining upstream did not start")
+        port = conn.recv()
+        spec = UpstreamSpec(f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime", label="draining upstream")
+        relay = Relay(RealtimeConfig(), spec)
+        run = asyncio.create_task(relay.run())
+        await relay.wait_ready(10)
+        negotiated = relay._ws.protocol.extensions if relay._ws is not None else []  # noqa: SLF001
+
+        async def drained() -> None:
+            while relay.snapshot()["queued_events"] or relay.queued_audio_ms:
+                await asyncio.sleep(0.001)
+
+        cycle = itertools.cycle(pcm_frames)
+        for _ in range(warmup):
+            await relay.send_audio(next(cycle))
+        await drained()
+        cpu, start = time.process_time(), time.monotonic()
+        for _ in range(frames):
+            await relay.send_audio(next(cycle))
+        await drained()
+        relay_done, cpu = time.monotonic(), time.process_time() - cpu
+        if not await asyncio.to_thread(conn.poll, 30):
+            raise RuntimeError("the upstream did not receive every frame")
+        _, received, last_at = conn.recv()
+        await relay.stop()
+        await asyncio.wait_for(run, 5)
+    finally:
+        try:
+            conn.send("stop")
+        except OSError:
+            pass
+        await asyncio.to_thread(process.join, 10)
+        if process.is_alive():
+            process.terminate()
+    label = "with permessage-deflate" if negotiated else "without compression    "
+    wall = last_at - start
+    print(f"Relay.send_audio -> upstream, {label}: {wall / frames * 1e6:6.1f} us/chunk wall, "
+          f"{cpu / frames * 1e6:6.1f} us/chunk relay CPU  ({frames} chunks in {wall:.2f} s, "
+          f"{frames * 0.02 / wall:.0f}x real time; relay queue empty after {(relay_done - start):.2f} s; "
+          f"{received - warmup} received)")
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="voicerelay-bench-") as tmp:
+        workdir = Path(tmp)
+        path = workdir / "long_input.wav"
+        seconds, said = long_input(path, args.repeat)
+        if args.runs > 0:
+            await replay_runs(path, seconds, said, args.runs, workdir)
+    frames = input_frames()
+    sans_io(frames, args.calls)
+    if args.frames > 0:
+        for compression in (True, False):
+            await relay_end_to_end(frames, args.frames, compression)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="replays of the long input (the first is cold)")
+    parser.add_argument("--repeat", type=int, default=2, help="times the set of recordings appears in the input")
+    parser.add_argument("--frames", type=int, default=20_000, help="chunks sent through the relay end to end")
+    parser.add_argument("--calls", type=int, default=100_000, help="calls per sans-I/O timing batch")
+    args = parser.parse_args()
+    os.environ.pop("OPENAI_API_KEY", None)  # backend=None must mean the embedded backend
+    started = time.perf_counter()
+    asyncio.run(main_async(args))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
