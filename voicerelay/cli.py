@@ -210,6 +210,103 @@ def replay(
     raise typer.Exit(code)
 
 
+def _load_toml(path: Path) -> dict[str, object]:
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        fail(f"--config {path}: no such file")
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        fail(f"--config {path}: {exc}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="A TOML file of ragent's configuration keys (voice, model, instructions, "
+        "turn_detection_mode, turn_detection_params, transcription_model, max_output_tokens, tools).",
+        show_default=False)] = None,
+    agent: Annotated[str | None, typer.Option(
+        help="Agent-wrapper mode: module:function called as on_transcript(session_id, transcript, chat_payload, "
+        "event_emitter, TTS).", show_default=False)] = None,
+    tools: Annotated[str | None, typer.Option(help="Function-calling mode: module:TOOLS, a list of function "
+                                              "schemas.", show_default=False)] = None,
+    functions: Annotated[str | None, typer.Option(help="Function-calling mode: module:FUNCTION_MAP, tool name -> "
+                                                  "callable.", show_default=False)] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        help="Origins allowed to connect (repeatable). Default: the gateway's own origin. '*' allows any page.",
+        show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(envvar="VOICERELAY_TOKEN", help="Require this token in the "
+                                              "Socket.IO auth payload ({token: ...}).", show_default=False)] = None,
+    max_sessions: Annotated[int, typer.Option(help="Concurrent browser sessions at most.", min=1)] = 100,
+    max_session_seconds: Annotated[float, typer.Option(help="A session ends after this long.", min=1)] = 3600.0,
+    max_chunk: Annotated[int, typer.Option("--max-chunk", help="Largest audio_data chunk, in base64 characters.",
+                                           min=64)] = 65536,
+    record: Annotated[Path | None, typer.Option(help="Record each session into a folder under this one.",
+                                                show_default=False)] = None,
+    backend: Backend = None,
+    dialect: DialectOpt = "ga",
+    model: Model = "gpt-realtime",
+    voice: Voice = "alloy",
+    instructions: Instructions = None,
+    turn_detection: TurnDetection = "normal",
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve the pipeline to browsers: a Socket.IO gateway (ragent's event contract) with a demo page.
+
+    GET / is the demo page, GET /health the gateway's status, GET /session-config the public session settings. The API key stays on the server.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from .gateway.agent import GatewayConfigError, load_object
+    from .protocol.config import ConfigError, RealtimeConfig
+    from .upstream import choose_backend
+
+    _setup_logging(log_level)
+    try:
+        choose_backend(backend)
+    except ValueError as exc:
+        fail(str(exc))
+    base = _config(model, voice, instructions, turn_detection)
+    if config_file is not None:
+        try:
+            base = RealtimeConfig.from_mapping(_load_toml(config_file), base)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            fail(f"--config {config_file}: {exc}")
+    try:
+        on_transcript = load_object(agent) if agent else None
+        tool_list = load_object(tools) if tools else None
+        function_map = load_object(functions) if functions else None
+        from .gateway.server import Gateway
+
+        gateway = Gateway(backend=backend, dialect=_dialect(dialect), config=base,  # type: ignore[arg-type]
+                          on_transcript=on_transcript, tools=tool_list, function_map=function_map,
+                          allow_origins=allow_origin or None, token=token, max_sessions=max_sessions,
+                          max_session_seconds=max_session_seconds, max_chunk_b64=max_chunk, record_dir=record)
+    except (GatewayConfigError, ConfigError) as exc:
+        fail(str(exc))
+
+    import uvicorn
+
+    console = Console(stderr=True)
+    console.print(f"[bold green]voicerelay gateway[/] on [cyan]http://{host}:{port}/[/]  "
+                  f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.", highlight=False)
+    server = uvicorn.Server(uvicorn.Config(gateway.asgi_app(), host=host, port=port, log_level=log_level.lower(),
+                                           lifespan="on", ws="websockets-sansio"))
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        fail(f"cannot listen on {host}:{port} (see the log above)")
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, conventional exit codes."""
     try:

@@ -17,6 +17,7 @@ Inputs                                   Effects
   playback_idle()                         TurnFinished     one turn's metrics
   tool_result(call_id, output)            Error            code, message, fatal or not
   say(text)                               Ready            the upstream accepted our configuration
+                                          ResponseDone     any response.done (say or not)
   server_event(event)
   closed(reason)
 
@@ -114,6 +115,15 @@ class Error:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """Any ``response.done``; ``say`` marks an out-of-band :meth:`RealtimeSession.say`."""
+
+    response_id: str
+    status: str
+    say: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ready:
     session: dict[str, Any]
 
@@ -165,7 +175,8 @@ class TurnFinished:
     turn: Turn
 
 
-Effect = SendEvent | PlayAudio | StopPlayback | Transcript | StateChanged | ToolCall | Error | Ready | TurnFinished
+Effect = (SendEvent | PlayAudio | StopPlayback | Transcript | StateChanged | ToolCall | Error | Ready | TurnFinished
+          | ResponseDone)
 
 #: Server error codes that end the session (the server closes right after them).
 FATAL_CODES = frozenset({"session_expired", "invalid_api_key", "invalid_model", "missing_model",
@@ -490,6 +501,7 @@ class RealtimeSession:
             self._active_response = None
         self._response_done = self._active_response is None
         status = str(response.get("status", "completed"))
+        out.append(ResponseDone(str(response_id or ""), status, is_say))
         if is_say:
             if self.state is State.THINKING and not self._playing_item:
                 self._set_state(State.LISTENING, out)

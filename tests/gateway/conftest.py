@@ -1,0 +1,121 @@
+"""A real gateway under uvicorn on a loopback port, and python-socketio clients for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import socketio
+import uvicorn
+
+from voicerelay.backend.engines import Engines
+from voicerelay.gateway.server import Gateway
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on an ephemeral loopback port; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                           ws="websockets-sansio"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+def make_gateway(engines: Engines) -> Callable[..., Gateway]:
+    def make(**kw: Any) -> Gateway:
+        kw.setdefault("backend", "embedded")
+        kw.setdefault("embedded_options", {"engines": engines, "pace": 20.0})
+        return Gateway(**kw)
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_gateway: Callable[..., Gateway]) -> AsyncIterator[tuple[Gateway, str]]:
+    gw = make_gateway()
+    async with serving(gw.asgi_app()) as url:
+        yield gw, url
+
+
+class Browser:
+    """A python-socketio client that records every event it receives."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, Any]] = []
+        self._arrived = asyncio.Event()
+        self.refusal: Any = None  # the server's reason when it refused the connection
+
+        @self.sio.event
+        async def connect_error(data: Any) -> None:
+            self.refusal = data
+
+        @self.sio.on("*")
+        async def any_event(name: str, data: Any = None) -> None:
+            self.events.append((name, data))
+            self._arrived.set()
+
+    async def connect(self, url: str, **kw: Any) -> Browser:
+        kw.setdefault("transports", ["websocket"])
+        try:
+            await self.sio.connect(url, **kw)
+        except socketio.exceptions.ConnectionError as exc:
+            reason = self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
+            raise socketio.exceptions.ConnectionError(f"{exc} ({reason})") from None
+        return self
+
+    async def emit(self, name: str, data: Any = None) -> None:
+        await self.sio.emit(name, data)
+
+    def of(self, name: str) -> list[Any]:
+        return [d for n, d in self.events if n == name]
+
+    async def wait_for(self, name: str, predicate: Callable[[Any], bool] = lambda d: True,
+                       timeout: float = 15.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                for n, d in self.events:
+                    if n == name and predicate(d):
+                        return d
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def start(self) -> str:
+        await self.emit("start_session", {"chat_payload": {"contextId": "ctx-1", "metadata": {"message_log": []}}})
+        created = await self.wait_for("session_created")
+        await self.wait_for("session_started")
+        return created["session_id"]
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+@pytest.fixture
+async def browsers() -> AsyncIterator[Callable[[], Browser]]:
+    made: list[Browser] = []
+
+    def make() -> Browser:
+        browser = Browser()
+        made.append(browser)
+        return browser
+
+    yield make
+    for browser in made:
+        if browser.sio.connected:
+            await browser.close()
+        http = getattr(browser.sio.eio, "http", None)  # left open by a refused connection
+        if http is not None and not http.closed:
+            await http.close()

@@ -1,0 +1,94 @@
+"""The browser contract (ragent's Voice Gateway events) and its payload checks. No I/O.
+
+Browser -> gateway: ``start_session``, ``audio_data``, ``commit_audio``, ``end_session``;
+voicerelay's additions: ``text_input`` and ``interrupt``.
+Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, ``ai_response``,
+``response_complete``, ``error``, ``session_ended``; voicerelay's additions:
+``user_transcript``, ``ai_transcript``, ``ai_state``, ``interrupted``, ``session_recycled``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import base64
+from typing import Any
+
+# browser -> gateway
+START_SESSION = "start_session"
+AUDIO_DATA = "audio_data"
+COMMIT_AUDIO = "commit_audio"
+END_SESSION = "end_session"
+TEXT_INPUT = "text_input"  # addition: {text, immediate_reply?}
+INTERRUPT = "interrupt"  # addition: stop the assistant now
+
+# gateway -> browser
+SESSION_CREATED = "session_created"
+SESSION_STARTED = "session_started"
+AUDIO_DELTA = "audio_delta"
+AI_RESPONSE = "ai_response"
+RESPONSE_COMPLETE = "response_complete"
+ERROR = "error"
+SESSION_ENDED = "session_ended"
+USER_TRANSCRIPT = "user_transcript"  # addition: {text, final, item_id}
+AI_TRANSCRIPT = "ai_transcript"  # addition: {text, final, item_id} (assistant deltas)
+AI_STATE = "ai_state"  # addition: {state}
+INTERRUPTED = "interrupted"  # addition: {item_id}: stop playback now
+SESSION_RECYCLED = "session_recycled"  # addition: {message}
+
+DEFAULT_MAX_CHUNK_B64 = 64 * 1024
+
+
+class ContractError(Exception):
+    """A browser event the gateway refuses: sent back as ``error {code, message}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def payload(self) -> dict[str, str]:
+        return error_payload(self.code, self.message)
+
+
+def error_payload(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+def parse_start(data: Any) -> dict[str, Any]:
+    """The ``chat_payload`` of ``start_session`` (``{}`` when none is given)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ContractError("invalid_payload", "start_session takes an object: {chat_payload: {...}}")
+    chat = data.get("chat_payload", {})
+    if chat is None:
+        return {}
+    if not isinstance(chat, dict):
+        raise ContractError("invalid_payload", "chat_payload must be an object")
+    return chat
+
+
+def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
+    """The PCM16 bytes of an ``audio_data`` event."""
+    if not isinstance(data, dict) or not isinstance(data.get("audio"), str):
+        raise ContractError("invalid_payload", "audio_data takes {audio: base64 PCM16 mono 24 kHz}")
+    audio = data["audio"]
+    if len(audio) > max_chunk_b64:
+        raise ContractError("chunk_too_large",
+                            f"audio chunk of {len(audio)} base64 characters is over the limit of {max_chunk_b64}")
+    try:
+        pcm = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise ContractError("invalid_audio", "audio is not valid base64") from None
+    if len(pcm) % 2:
+        raise ContractError("invalid_audio", f"audio has an odd byte count ({len(pcm)}): PCM16 needs whole samples")
+    return pcm
+
+
+def parse_text(data: Any) -> tuple[str, bool]:
+    """``text_input {text, immediate_reply=true}``."""
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str) or not data["text"].strip():
+        raise ContractError("invalid_payload", "text_input takes {text: non-empty string, immediate_reply?: bool}")
+    reply = data.get("immediate_reply", True)
+    if not isinstance(reply, bool):
+        raise ContractError("invalid_payload", "immediate_reply must be true or false")
+    return data["text"], reply
