@@ -10,7 +10,8 @@ audio rate).
 Use it as ``voicerelay serve`` or in Python::
 
     gateway = Gateway(on_transcript=my_agent)          # or tools=..., function_map=...
-    app.mount("/voice", gateway.asgi_app())            # FastAPI / Starlette
+    app = FastAPI(lifespan=gateway.lifespan)
+    app.mount("/voice", gateway.asgi_app())
 """
 
 from __future__ import annotations
@@ -376,6 +377,17 @@ class Gateway:
             self._backend_server = None
             self._spec = None
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> Any:
+        """For a host app that mounts the gateway: ``FastAPI(lifespan=gateway.lifespan)``.
+
+        Mounted apps get no lifespan events of their own, so the host must close the gateway.
+        """
+        try:
+            yield
+        finally:
+            await self.close()
+
     async def upstream_reachable(self) -> bool:
         if self.backend == "embedded":
             return True
@@ -480,10 +492,8 @@ class Gateway:
         session = self._session(sid)
         text, reply = c.parse_text(data)
         assert session.relay is not None
+        # in agent-wrapper mode the final user transcript this produces calls on_transcript
         session.relay.user_text(text, respond=reply and self.on_transcript is None)
-        if self.on_transcript is not None:
-            session._last_user = text
-            session._spawn(session._run_agent(text))
 
     async def _on_interrupt(self, sid: str, data: Any) -> None:
         session = self._session(sid)
@@ -498,7 +508,17 @@ class Gateway:
     def asgi_app(self, other_asgi_app: Any = None) -> Any:
         """The ASGI application: Socket.IO at ``/socket.io``, the HTTP routes, else ``other_asgi_app``."""
         http = _HttpRoutes(self, other_asgi_app)
-        return socketio.ASGIApp(self.sio, other_asgi_app=http, socketio_path="socket.io")
+        inner = socketio.ASGIApp(self.sio, other_asgi_app=http, socketio_path="socket.io")
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            # mounted under a prefix (Starlette/FastAPI mount): route on the path inside the mount
+            root = scope.get("root_path", "")
+            path = scope.get("path", "")
+            if root and path.startswith(root):
+                scope = {**scope, "path": path[len(root):] or "/"}
+            await inner(scope, receive, send)
+
+        return app
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "sessions": len(self.sessions), "connections": len(self._clients),
@@ -528,9 +548,6 @@ class _HttpRoutes:
         if scope["type"] != "http":
             return
         path = scope.get("path", "/")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
         if scope.get("method") not in ("GET", "HEAD"):
             await _respond(send, 405, b"method not allowed\n", "text/plain")
             return
