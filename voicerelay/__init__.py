@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RealtimeConfig", "BackendServer", "__version__"]
+__all__ = ["BackendServer", "Gateway", "RealtimeConfig", "__version__"]
 
 _LAZY = {
     "RealtimeConfig": "voicerelay.protocol.config",
     "BackendServer": "voicerelay.backend.server",
+    "Gateway": "voicerelay.gateway.server",
 }
 
 

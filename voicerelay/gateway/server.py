@@ -58,12 +58,17 @@ RATE_WINDOW_S = 5.0
 RATE_LIMIT = 2.0  # times real time, sustained over RATE_WINDOW_S
 
 
-def find_socketio_client() -> Path | None:
-    """The browser Socket.IO client installed by ``npm install`` (never committed, never a CDN)."""
-    candidates = []
-    if os.environ.get("VOICERELAY_NODE_MODULES"):
-        candidates.append(Path(os.environ["VOICERELAY_NODE_MODULES"]))
-    candidates += [Path.cwd() / "node_modules", Path(__file__).resolve().parents[2] / "node_modules"]
+def find_socketio_client(node_modules: str | os.PathLike[str] | None = None) -> Path | None:
+    """The browser Socket.IO client installed by ``npm install`` (never committed, never a CDN).
+
+    Looks in ``node_modules`` when given, else in $VOICERELAY_NODE_MODULES, ./node_modules and
+    the checkout's node_modules.
+    """
+    if node_modules is not None:
+        candidates = [Path(node_modules)]
+    else:
+        candidates = [Path(os.environ["VOICERELAY_NODE_MODULES"])] if os.environ.get("VOICERELAY_NODE_MODULES") else []
+        candidates += [Path.cwd() / "node_modules", Path(__file__).resolve().parents[2] / "node_modules"]
     for base in candidates:
         if (base / SOCKETIO_JS).is_file():
             return base / SOCKETIO_JS
@@ -314,7 +319,8 @@ class Gateway:
                  allow_origins: list[str] | str | None = None, token: str | None = None, max_sessions: int = 100,
                  max_chunk_b64: int = c.DEFAULT_MAX_CHUNK_B64, max_session_seconds: float = 3600.0,
                  record_dir: str | os.PathLike[str] | None = None, tool_timeout: float = 30.0,
-                 embedded_options: Mapping[str, Any] | None = None) -> None:
+                 embedded_options: Mapping[str, Any] | None = None,
+                 node_modules: str | os.PathLike[str] | None = None) -> None:
         check_modes(on_transcript, tools, function_map)
         base = config or RealtimeConfig()
         base = RealtimeConfig.from_mapping(dict(config_overrides or {}), base)
@@ -347,7 +353,7 @@ class Gateway:
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors,
                                         max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4))
         self._register()
-        self.socketio_js = find_socketio_client()
+        self.socketio_js = find_socketio_client(node_modules)
         if self.socketio_js is None:
             log.warning("demo page: %s", INSTALL_HINT)
 

@@ -1,0 +1,74 @@
+"""The demo page in headless Chromium (Debian's, driven by Playwright; no browser download):
+a recording as the fake microphone, the user transcript shown and the reply played."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from ..conftest import read_recording, room_noise
+from .conftest import serving
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def chromium_args(fake_mic: Path) -> list[str]:
+    return ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-quic", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={fake_mic}",
+            "--autoplay-policy=no-user-gesture-required"]
+
+
+async def test_the_demo_page_hears_the_microphone_and_plays_the_reply(make_gateway: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    mic = tmp_path / "mic.wav"  # Chromium loops the file: speech, then a long pause
+    soundfile.write(mic, np.concatenate((room_noise(500), read_recording("hello_there"), room_noise(6000))), 24_000,
+                    subtype="PCM_16")
+    gw = make_gateway()
+    console: list[str] = []
+    async with serving(gw.asgi_app()) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
+        try:
+            context = await browser.new_context()
+            await context.grant_permissions(["microphone"], origin=url)
+            page = await context.new_page()
+            page.on("console", lambda msg: console.append(msg.text))
+            await page.goto(url)
+            await page.click("#start")
+            await page.wait_for_function("window.voicerelay.sessionStarted", timeout=15_000)
+            await page.wait_for_function("window.voicerelay.userTranscript === 'hello there'", timeout=30_000)
+            await page.wait_for_function("window.voicerelay.deltasPlayed > 5", timeout=30_000)
+            state = await page.evaluate("window.voicerelay")
+            assert state["assistantTranscript"] == "Hello! I am the voicerelay test assistant. How can I help?"
+            assert state["chunksSent"] > 20 and state["errors"] == []
+            assert "hello there" in await page.inner_text("#log")
+            await page.click("#stop")
+            await page.wait_for_function("window.voicerelay.sessionStarted === false", timeout=5_000)
+        finally:
+            await browser.close()
+    assert not [line for line in console if "error" in line.lower()], console
+
+
+async def test_the_page_says_how_to_install_a_missing_socketio_client(make_gateway: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    gw = make_gateway(node_modules=tmp_path)  # an empty node_modules: socket.io-client not installed
+    assert gw.socketio_js is None
+    async with serving(gw.asgi_app()) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(tmp_path / "none.wav"))
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.click("#start")
+            notice = await page.wait_for_selector("#notice:not([hidden])", timeout=5_000)
+            assert "npm install" in await notice.inner_text()
+        finally:
+            await browser.close()
