@@ -48,7 +48,7 @@ from ..protocol.session import (
 from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec, choose_backend, embedded_spec, remote_spec
 from . import contract as c
-from .agent import GatewayConfigError, call_maybe_async, check_modes, run_tool
+from .agent import call_maybe_async, check_modes, run_tool
 
 log = logging.getLogger(__name__)
 

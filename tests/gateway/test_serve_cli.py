@@ -1,0 +1,95 @@
+"""``voicerelay serve`` as a user starts it: configuration errors are one line and exit 2; a
+TOML config and --record work; the session length limit ends sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import Browser
+
+
+def serve(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(cwd or "")}
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--port", "0", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def agent_pkg(tmp_path: Path) -> Path:
+    (tmp_path / "myagent.py").write_text(
+        "TOOLS = [{'type': 'function', 'name': 'get_weather', 'description': 'weather'}]\n"
+        "FUNCTION_MAP = {'get_weather': lambda city='': {'temp_c': 18}}\n"
+        "def on_transcript(session_id, transcript, chat_payload, emitter, tts):\n    return None\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--agent", "myagent:on_transcript", "--tools", "myagent:TOOLS", "--functions", "myagent:FUNCTION_MAP"],
+     "cannot be used together"),
+    (["--agent", "nosuchmodule:fn"], "cannot import nosuchmodule"),
+    (["--agent", "myagent:missing"], "has no attribute missing"),
+    (["--tools", "myagent:TOOLS"], "needs both"),
+    (["--config", "missing.toml"], "no such file"),
+    (["--backend", "http://nope"], "--backend"),
+])
+def test_configuration_errors_are_one_line(agent_pkg: Path, args: list[str], message: str) -> None:
+    result = serve(*args, cwd=agent_pkg)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("voicerelay: error:") and message in last
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_toml_value_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "voicerelay.toml").write_text('voice = "echo"\nturn_detection_mode = "sometimes"\n')
+    result = serve("--config", "voicerelay.toml", cwd=tmp_path)
+    assert result.returncode == 2 and "turn_detection_mode" in result.stderr
+
+
+async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
+    (tmp_path / "voicerelay.toml").write_text(
+        'voice = "echo"\ninstructions = "Be brief."\nturn_detection_mode = "aggressive"\n'
+        "[turn_detection_params]\nsilence_duration_ms = 300\n")
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "serve", "--port", "0", "--config", str(tmp_path / "voicerelay.toml"),
+        "--record", str(tmp_path / "rec"), "--max-session-seconds", "3", stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    try:
+        url = None
+        async with asyncio.timeout(30):
+            while url is None:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "serve exited early"
+                match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+                url = match and match.group(1)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url) as http:
+            config = (await http.get("/session-config")).json()
+        assert config["voice"] == "echo" and config["turn_detection"]["silence_duration_ms"] == 300
+        browser = await Browser().connect(url)
+        try:
+            session_id = await browser.start()
+            await browser.emit("text_input", {"text": "hello"})
+            await browser.wait_for("ai_response")
+            error = await browser.wait_for("error", timeout=10)
+            assert error["code"] == "session_timeout"
+            assert (await browser.wait_for("session_ended"))["status"] == "expired"
+        finally:
+            await browser.close()
+        folder = tmp_path / "rec" / session_id
+        assert {p.name for p in folder.iterdir()} == {"session.jsonl", "input.wav", "output.wav"}
+        assert "hello" in (folder / "session.jsonl").read_text()
+    finally:
+        proc.terminate()
+        await proc.wait()
