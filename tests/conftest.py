@@ -3,7 +3,7 @@ strict event validators (the official ``openai`` types are the reference for eve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -43,11 +43,12 @@ def sdk() -> type[SDK]:
 
 
 @pytest.fixture(scope="session")
-def engines() -> Engines:
+def engines() -> Iterator[Engines]:
     """One set of speech engines for the whole run (loading them takes a moment)."""
     shared = Engines()
     shared.warm_up()
-    return shared
+    yield shared
+    shared.close()
 
 
 @pytest.fixture

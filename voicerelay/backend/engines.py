@@ -1,12 +1,20 @@
-"""The speech engines behind every embedded-backend session, created once per process.
+"""The speech engines behind every embedded-backend session, shared by all of them.
 
 Loading pocketsphinx and libespeak-ng takes a moment, so :class:`Engines` loads each on first
 use and shares it between sessions. Its methods are blocking: sessions call them through
 ``asyncio.to_thread``.
+
+Speech recognition runs in worker *processes*: pocketsphinx's decoder is one C call that holds
+the GIL, so in a thread it still stalled the event loop (the loop kept ~15 % of its throughput
+during a decode, and the backend held only 8 real-time sessions: benchmarks/backend_latency.py).
+Synthesis stays in-process: espeak-ng releases the GIL and takes ~1 ms per second of speech.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -16,10 +24,40 @@ import numpy as np
 _DELTA = re.compile(r"\s*\S+\s*")
 
 
+def _transcribe_in_worker(pcm: bytes, extra_phrases: tuple[str, ...]) -> str:
+    from .stt import recognizer_for
+
+    return recognizer_for(extra_phrases).transcribe(np.frombuffer(pcm, dtype=np.int16))
+
+
 class Engines:
-    def __init__(self) -> None:
+    """``stt_processes``: recognition worker processes (default: one per core, at most 4);
+    0 recognises in the calling thread (simpler to debug, but it blocks the event loop)."""
+
+    def __init__(self, stt_processes: int | None = None) -> None:
         self._lock = threading.Lock()
         self._tts = None
+        self.stt_processes = min(4, os.cpu_count() or 1) if stt_processes is None else stt_processes
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._closed = False
+
+    def _stt_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the speech engines are closed")
+            if self._pool is None:
+                # spawn, not fork: the parent runs threads (asyncio.to_thread, espeak-ng)
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.stt_processes, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the recognition workers."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _synthesizer(self):  # noqa: ANN202 - typed by tts.Synthesizer
         with self._lock:
@@ -35,9 +73,10 @@ class Engines:
 
     def transcribe(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:
         """Lower-case words heard in int16 mono 24 kHz audio ('' for none)."""
-        from .stt import recognizer_for
-
-        return recognizer_for(tuple(extra_phrases)).transcribe(pcm24)
+        pcm = np.ascontiguousarray(pcm24, dtype=np.int16).tobytes()
+        if self.stt_processes == 0:
+            return _transcribe_in_worker(pcm, tuple(extra_phrases))
+        return self._stt_pool().submit(_transcribe_in_worker, pcm, tuple(extra_phrases)).result()
 
     @staticmethod
     def stream_words(text: str) -> list[str]:
@@ -48,6 +87,13 @@ class Engines:
         return _DELTA.findall(text) or ([text] if text else [])
 
     def warm_up(self) -> None:
-        """Load both engines now, so the first turn does not pay for it."""
+        """Load both engines (in every recognition worker) now, so the first turn does not pay for it."""
         self.synthesize("ready")
-        self.transcribe(np.zeros(2400, dtype=np.int16))
+        silence = np.zeros(2400, dtype=np.int16)
+        if self.stt_processes == 0:
+            self.transcribe(silence)
+            return
+        pool = self._stt_pool()
+        jobs = [pool.submit(_transcribe_in_worker, silence.tobytes(), ()) for _ in range(self.stt_processes)]
+        for job in jobs:
+            job.result()

@@ -46,6 +46,7 @@ class BackendServer:
         self.host, self.port = host, port
         self.pace = pace
         self.max_session_seconds = max_session_seconds
+        self._owns_engines = engines is None
         self.engines = engines or Engines()
         self.connections = 0
         self._server: Server | None = None
@@ -65,12 +66,20 @@ class BackendServer:
                                    max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
+        if self._owns_engines:  # load the engines while the first session is still talking
+            self._warm = asyncio.ensure_future(asyncio.to_thread(self.engines.warm_up))
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._owns_engines:
+            warm = getattr(self, "_warm", None)
+            if warm is not None:
+                with contextlib.suppress(Exception):
+                    await warm
+            await asyncio.to_thread(self.engines.close)
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -145,9 +154,12 @@ class BackendServer:
 async def run(host: str, port: int, pace: float, max_session_seconds: float, ready: Any = None) -> None:
     """Run a backend until cancelled (the ``voicerelay backend`` command)."""
     engines = Engines()
-    async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
-                             engines=engines) as server:
-        await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
-        if ready is not None:
-            ready(server)
-        await server.serve_forever()
+    try:
+        async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
+                                 engines=engines) as server:
+            await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
+            if ready is not None:
+                ready(server)
+            await server.serve_forever()
+    finally:
+        await asyncio.to_thread(engines.close)
