@@ -95,6 +95,23 @@ async def test_bad_input_gets_its_code_and_nobody_else_notices(gateway: tuple[Ga
     assert not bystander.of("error")
 
 
+async def test_say_and_get_state(gateway: tuple[Gateway, str], browsers: Any) -> None:
+    _, url = gateway
+    browser = await browsers().connect(url)
+    await browser.emit("get_state")
+    assert (await browser.wait_for("session_state")) == {"session_id": None, "chat_active": False, "ai_state": None}
+    session_id = await browser.start()
+    await browser.emit("say", {"text": "The kitchen is now open."})
+    assert (await browser.wait_for("ai_response"))["response"] == "The kitchen is now open."
+    browser.events.clear()
+    await browser.emit("get_state")
+    state = await browser.wait_for("session_state")
+    assert state["session_id"] == session_id and state["chat_active"] is True
+    assert state["ai_state"] in ("listening", "speaking") and state["queues"]["dropped_audio_ms"] == 0
+    await browser.emit("say", {"text": ""})
+    assert (await browser.wait_for("error"))["code"] == "invalid_payload"
+
+
 async def test_unknown_events_are_ignored(gateway: tuple[Gateway, str], browsers: Any) -> None:
     _, url = gateway
     browser = await browsers().connect(url)

@@ -1,10 +1,11 @@
 """The browser contract (ragent's Voice Gateway events) and its payload checks. No I/O.
 
 Browser -> gateway: ``start_session``, ``audio_data``, ``commit_audio``, ``end_session``;
-voicerelay's additions: ``text_input`` and ``interrupt``.
+voicerelay's additions: ``text_input``, ``interrupt``, ``say`` and ``get_state``.
 Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, ``ai_response``,
 ``response_complete``, ``error``, ``session_ended``; voicerelay's additions:
-``user_transcript``, ``ai_transcript``, ``ai_state``, ``interrupted``, ``session_recycled``.
+``user_transcript``, ``ai_transcript``, ``ai_state``, ``interrupted``, ``session_recycled``,
+``session_state``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ COMMIT_AUDIO = "commit_audio"
 END_SESSION = "end_session"
 TEXT_INPUT = "text_input"  # addition: {text, immediate_reply?}
 INTERRUPT = "interrupt"  # addition: stop the assistant now
+SAY = "say"  # addition: {text}: speak this text verbatim through the session
+GET_STATE = "get_state"  # addition: answered with session_state
 
 # gateway -> browser
 SESSION_CREATED = "session_created"
@@ -34,6 +37,7 @@ AI_TRANSCRIPT = "ai_transcript"  # addition: {text, final, item_id} (assistant d
 AI_STATE = "ai_state"  # addition: {state}
 INTERRUPTED = "interrupted"  # addition: {item_id}: stop playback now
 SESSION_RECYCLED = "session_recycled"  # addition: {message}
+SESSION_STATE = "session_state"  # addition: {session_id|null, chat_active, ai_state, ...}
 
 DEFAULT_MAX_CHUNK_B64 = 64 * 1024
 
@@ -82,6 +86,13 @@ def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
     if len(pcm) % 2:
         raise ContractError("invalid_audio", f"audio has an odd byte count ({len(pcm)}): PCM16 needs whole samples")
     return pcm
+
+
+def parse_say(data: Any) -> str:
+    """``say {text}``."""
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str) or not data["text"].strip():
+        raise ContractError("invalid_payload", "say takes {text: non-empty string}")
+    return data["text"]
 
 
 def parse_text(data: Any) -> tuple[str, bool]:

@@ -206,6 +206,20 @@ class GatewaySession:
             with contextlib.suppress(Exception):
                 await self.emit(c.SESSION_ENDED, {"status": status})
 
+    def state(self) -> dict[str, Any]:
+        """What a client mirrors (``session_state``) and a monitor shows."""
+        snapshot = self.relay.snapshot() if self.relay is not None else {}
+        turns = self.relay.session.turns if self.relay is not None else []
+        last = next((t.first_audio_ms for t in reversed(turns) if t.first_audio_ms is not None), None)
+        return {
+            "session_id": self.id, "chat_active": not self.ended and self.relay is not None,
+            "ai_state": snapshot.get("state"), "client": self.client,
+            "duration_s": round(time.monotonic() - self.started_at, 1), "errors": self.errors,
+            "turns": len(turns), "last_latency_ms": None if last is None else round(last),
+            "queues": {k: snapshot.get(k) for k in ("queued_events", "queued_audio_ms", "dropped_audio_ms")},
+            "session_remaining_s": snapshot.get("session_remaining_s"),
+        }
+
     # ----------------------------------------------------------------------------- from the browser
 
     def audio(self, pcm: bytes) -> None:
@@ -441,6 +455,8 @@ class Gateway:
             c.END_SESSION: self._on_end,
             c.TEXT_INPUT: self._on_text,
             c.INTERRUPT: self._on_interrupt,
+            c.SAY: self._on_say,
+            c.GET_STATE: self._on_get_state,
         }
         for name, handler in handlers.items():
             sio.on(name, self._guarded(handler))
@@ -505,6 +521,17 @@ class Gateway:
         session = self._session(sid)
         assert session.relay is not None
         session.relay.interrupt()
+
+    async def _on_say(self, sid: str, data: Any) -> None:
+        session = self._session(sid)
+        text = c.parse_say(data)
+        assert session.relay is not None
+        session.relay.say(text)
+
+    async def _on_get_state(self, sid: str, data: Any) -> None:
+        session = self.sessions.get(sid)
+        await self.sio.emit(c.SESSION_STATE, session.state() if session else
+                            {"session_id": None, "chat_active": False, "ai_state": None}, to=sid)
 
     async def _on_end(self, sid: str, data: Any) -> None:
         await self._session(sid).end("ended")
