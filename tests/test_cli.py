@@ -69,3 +69,8 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
 def test_unknown_option_is_a_usage_error() -> None:
     result = run("backend", "--nope")
     assert result.returncode == 2 and "No such option" in result.stderr
+
+
+def test_inspect_needs_an_http_url() -> None:
+    result = run("inspect", "ws://127.0.0.1:1")
+    assert result.returncode == 2 and "http(s)://" in result.stderr

@@ -248,6 +248,9 @@ def serve(
                                            min=64)] = 65536,
     record: Annotated[Path | None, typer.Option(help="Record each session into a folder under this one.",
                                                 show_default=False)] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        envvar="VOICERELAY_ADMIN_TOKEN", help="Require this token from monitors (voicerelay inspect) on /monitor.",
+        show_default=False)] = None,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
     model: Model = "gpt-realtime",
@@ -288,7 +291,8 @@ def serve(
         gateway = Gateway(backend=backend, dialect=_dialect(dialect), config=base,  # type: ignore[arg-type]
                           on_transcript=on_transcript, tools=tool_list, function_map=function_map,
                           allow_origins=allow_origin or None, token=token, max_sessions=max_sessions,
-                          max_session_seconds=max_session_seconds, max_chunk_b64=max_chunk, record_dir=record)
+                          max_session_seconds=max_session_seconds, max_chunk_b64=max_chunk, record_dir=record,
+                          admin_token=admin_token)
     except (GatewayConfigError, ConfigError) as exc:
         fail(str(exc))
 
@@ -305,6 +309,27 @@ def serve(
         pass
     if not server.started:
         fail(f"cannot listen on {host}:{port} (see the log above)")
+
+
+@app.command()
+def inspect(
+    url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000", show_default=False)],
+    token: Annotated[str | None, typer.Option(envvar="VOICERELAY_ADMIN_TOKEN",
+                                              help="The gateway's admin token, when it has one.",
+                                              show_default=False)] = None,
+) -> None:
+    """Watch every session of a running [bold]voicerelay serve[/], live (read-only).
+
+    Lists the sessions (state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Reconnects by itself when the gateway restarts.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        fail(f"inspect takes the gateway's http(s):// URL, not {url!r}")
+    from .tui.inspect_app import InspectApp
+
+    InspectApp(url.rstrip("/"), token).run()
 
 
 def main() -> None:

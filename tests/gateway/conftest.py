@@ -16,9 +16,9 @@ from voicerelay.gateway.server import Gateway
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app on an ephemeral loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+async def serving(app: Any, port: int = 0) -> AsyncIterator[str]:
+    """Serve an ASGI app on a loopback port (ephemeral by default); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                                            ws="websockets-sansio"))
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -8,11 +8,19 @@ Speech recognition runs in worker *processes*: pocketsphinx's decoder is one C c
 the GIL, so in a thread it still stalled the event loop (the loop kept ~15 % of its throughput
 during a decode, and the backend held only 8 real-time sessions: benchmarks/backend_latency.py).
 Synthesis stays in-process: espeak-ng releases the GIL and takes ~1 ms per second of speech.
+
+The workers start with multiprocessing's "spawn" method (the parent runs threads, so fork is
+unsafe), which imports the main module again in each worker: a script that embeds the backend
+(or a Gateway) must keep its start-up code under ``if __name__ == "__main__":``, as for any
+use of multiprocessing. ``python -m voicerelay``, console scripts, uvicorn and pytest are fine.
+If the workers die, recognition falls back to the calling thread with a warning.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
+import logging
 import multiprocessing
 import os
 import re
@@ -22,6 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 
 _DELTA = re.compile(r"\s*\S+\s*")
+log = logging.getLogger(__name__)
 
 
 def _transcribe_in_worker(pcm: bytes, extra_phrases: tuple[str, ...]) -> str:
@@ -76,7 +85,17 @@ class Engines:
         pcm = np.ascontiguousarray(pcm24, dtype=np.int16).tobytes()
         if self.stt_processes == 0:
             return _transcribe_in_worker(pcm, tuple(extra_phrases))
-        return self._stt_pool().submit(_transcribe_in_worker, pcm, tuple(extra_phrases)).result()
+        try:
+            return self._stt_pool().submit(_transcribe_in_worker, pcm, tuple(extra_phrases)).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            log.warning("speech recognition workers died; recognising in-process from now on (a script that "
+                        "starts voicerelay needs `if __name__ == '__main__':`)")
+            with self._lock:
+                self.stt_processes = 0
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return _transcribe_in_worker(pcm, tuple(extra_phrases))
 
     @staticmethod
     def stream_words(text: str) -> list[str]:

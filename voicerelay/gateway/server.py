@@ -49,6 +49,7 @@ from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec, choose_backend, embedded_spec, remote_spec
 from . import contract as c
 from .agent import call_maybe_async, check_modes, run_tool
+from .monitor import Monitor, SessionLog
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class GatewaySession:
         self._item_started: dict[str, float] = {}  # item_id -> when its first delta went out
         self._say_waiters: list[asyncio.Future[str]] = []
         self._recorder: Any = None
+        self.log = SessionLog()  # what /monitor shows of this session
 
     # ----------------------------------------------------------------------------- to the browser
 
@@ -143,10 +145,17 @@ class GatewaySession:
 
             self._recorder = Recorder(self.gateway.record_dir / self.id,
                                       {"command": "serve", "session_id": self.id, "client": self.client})
-        self.relay = Relay(config, spec, recorder=self._recorder)
+        self.relay = Relay(config, spec, recorder=self)
         self.relay.subscribe(self._observe)
         await self.emit(c.SESSION_CREATED, {"session_id": self.id, "status": "created"})
         self.task = asyncio.create_task(self._run(), name=f"gateway session {self.id}")
+
+    def record(self, direction: str, event: dict[str, Any]) -> None:
+        """The Relay's recorder hook: every wire event, to the recording and any monitor."""
+        if self._recorder is not None:
+            self._recorder.record(direction, event)
+        if self.gateway.monitor.watchers:
+            self.log.add_event(direction, event)
 
     async def _run(self) -> None:
         assert self.relay is not None
@@ -202,6 +211,7 @@ class GatewaySession:
         if self._recorder is not None:
             self._recorder.close()
         self.gateway.sessions.pop(self.sid, None)
+        self.gateway.monitor.closed(self, status)
         if notify:
             with contextlib.suppress(Exception):
                 await self.emit(c.SESSION_ENDED, {"status": status})
@@ -237,6 +247,7 @@ class GatewaySession:
     # ----------------------------------------------------------------------------- from the relay
 
     def _observe(self, obs: Observation) -> None:
+        self.gateway.monitor.touch(self)  # a set insertion; the monitor publishes at most 10/s
         if isinstance(obs, PlayAudio):
             self._item_started.setdefault(obs.item_id, time.monotonic())
             self._delta_index += 1
@@ -265,6 +276,8 @@ class GatewaySession:
             self._emit_soon(c.SESSION_RECYCLED, {"message": obs.message})
 
     def _transcript(self, obs: Transcript) -> None:
+        if obs.final and obs.text:
+            self.log.add_transcript(obs.role, obs.text)
         if obs.role == "user":
             self._emit_soon(c.USER_TRANSCRIPT, {"text": obs.text, "final": obs.final, "item_id": obs.item_id})
             if obs.final and obs.text:
@@ -334,7 +347,7 @@ class Gateway:
                  max_chunk_b64: int = c.DEFAULT_MAX_CHUNK_B64, max_session_seconds: float = 3600.0,
                  record_dir: str | os.PathLike[str] | None = None, tool_timeout: float = 30.0,
                  embedded_options: Mapping[str, Any] | None = None,
-                 node_modules: str | os.PathLike[str] | None = None) -> None:
+                 node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None) -> None:
         check_modes(on_transcript, tools, function_map)
         base = config or RealtimeConfig()
         base = RealtimeConfig.from_mapping(dict(config_overrides or {}), base)
@@ -367,6 +380,7 @@ class Gateway:
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors,
                                         max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4))
         self._register()
+        self.monitor = Monitor(self, admin_token)
         self.socketio_js = find_socketio_client(node_modules)
         if self.socketio_js is None:
             log.warning("demo page: %s", INSTALL_HINT)
@@ -392,6 +406,7 @@ class Gateway:
         """End every session and stop the embedded backend, if one was started."""
         for session in list(self.sessions.values()):
             await session.end("shutdown")
+        await self.monitor.close()
         if self._backend_server is not None:
             await self._backend_server.close()
             self._backend_server = None

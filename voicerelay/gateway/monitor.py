@@ -1,0 +1,162 @@
+"""The ``/monitor`` namespace: a read-only, rate-bounded view of every session of a gateway.
+
+Monitors (``voicerelay inspect``) connect to ``/monitor`` (with the admin token when the gateway
+has one) and receive:
+
+* ``sessions``: ``{sessions: [state, ...]}``, the full picture, on connect and after a resync;
+* ``session_update``: one session's state, coalesced: at most ``MAX_RATE`` per second each;
+* ``session_closed``: ``{session_id, status}``;
+* ``session_detail``: for the session a monitor selected (``select {session_id}``), new
+  transcript lines and raw Realtime events (audio elided) since the last batch.
+
+The audio path never waits for a monitor. Sessions only mark themselves dirty and append to
+bounded ring buffers; one publisher task sends at most ``MAX_RATE`` batches per second. A
+monitor whose outgoing queue is backed up (it stopped reading) is skipped, and gets a full
+resync once it drains: memory stays bounded and no session notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..protocol.events import Event, elide
+
+if TYPE_CHECKING:
+    from .server import Gateway, GatewaySession
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/monitor"
+MAX_RATE = 10  # updates per second per session, at most
+BACKLOG_LIMIT = 64  # packets queued for a monitor before it is skipped
+EVENT_LOG = 200
+TRANSCRIPT_LOG = 100
+
+
+class SessionLog:
+    """What a monitor can see of one session beyond its state: bounded, newest last."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.transcripts: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=TRANSCRIPT_LOG)
+        self.events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=EVENT_LOG)
+
+    def add_transcript(self, role: str, text: str) -> None:
+        self.seq += 1
+        self.transcripts.append((self.seq, {"role": role, "text": text, "t": time.time()}))
+
+    def add_event(self, direction: str, event: Event) -> None:
+        self.seq += 1
+        self.events.append((self.seq, {"dir": direction, "t": time.time(), "event": elide(event)}))
+
+    def since(self, seq: int) -> dict[str, list[dict[str, Any]]]:
+        return {"transcripts": [t for s, t in self.transcripts if s > seq],
+                "events": [e for s, e in self.events if s > seq]}
+
+
+class _Watcher:
+    __slots__ = ("selected", "seen", "stale")
+
+    def __init__(self) -> None:
+        self.selected: str | None = None
+        self.seen = 0  # SessionLog.seq already sent
+        self.stale = True  # needs a full "sessions" resync
+
+
+class Monitor:
+    def __init__(self, gateway: Gateway, admin_token: str | None) -> None:
+        self.gateway = gateway
+        self.admin_token = admin_token
+        self.watchers: dict[str, _Watcher] = {}
+        self._dirty: set[str] = set()
+        self._closed: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.skipped = 0  # batches not sent to a backed-up monitor
+        sio = gateway.sio
+        sio.on("connect", self._on_connect, namespace=NAMESPACE)
+        sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
+        sio.on("select", self._on_select, namespace=NAMESPACE)
+
+    # ----------------------------------------------------------------------------- from sessions
+
+    def touch(self, session: GatewaySession) -> None:
+        """A session changed: publish it at the next tick (cheap: the audio path calls this)."""
+        if self.watchers:
+            self._dirty.add(session.id)
+
+    def closed(self, session: GatewaySession, status: str) -> None:
+        if self.watchers:
+            self._closed.append({"session_id": session.id, "status": status})
+
+    # ----------------------------------------------------------------------------- monitors
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if self.admin_token is not None:
+            given = auth.get("token") if isinstance(auth, dict) else None
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
+                import socketio
+
+                raise socketio.exceptions.ConnectionRefusedError("unauthorized: the admin token is required")
+        self.watchers[sid] = _Watcher()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._publish(), name="monitor publisher")
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        self.watchers.pop(sid, None)
+
+    async def _on_select(self, sid: str, data: Any = None) -> None:
+        watcher = self.watchers.get(sid)
+        if watcher is None:
+            return
+        session_id = data.get("session_id") if isinstance(data, dict) else None
+        watcher.selected = session_id if isinstance(session_id, str) else None
+        watcher.seen = 0
+
+    def _backed_up(self, sid: str) -> bool:
+        try:
+            eio_sid = self.gateway.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+            return self.gateway.sio.eio.sockets[eio_sid].queue.qsize() > BACKLOG_LIMIT
+        except (KeyError, AttributeError):
+            return False
+
+    async def _publish(self) -> None:
+        """One task for all monitors: at most MAX_RATE batches a second, never blocking a session."""
+        sio = self.gateway.sio
+        while self.watchers:
+            await asyncio.sleep(1 / MAX_RATE)
+            dirty, self._dirty = self._dirty, set()
+            closed, self._closed = self._closed, []
+            sessions = {s.id: s for s in list(self.gateway.sessions.values())}
+            updates = [sessions[i].state() for i in dirty if i in sessions]
+            for sid, watcher in list(self.watchers.items()):
+                if self._backed_up(sid):
+                    watcher.stale = True
+                    self.skipped += 1
+                    continue
+                with contextlib.suppress(Exception):
+                    if watcher.stale:
+                        watcher.stale = False
+                        await sio.emit("sessions", {"sessions": [s.state() for s in sessions.values()]},
+                                       to=sid, namespace=NAMESPACE)
+                    else:
+                        for update in updates:
+                            await sio.emit("session_update", update, to=sid, namespace=NAMESPACE)
+                        for item in closed:
+                            await sio.emit("session_closed", item, to=sid, namespace=NAMESPACE)
+                    session = sessions.get(watcher.selected or "")
+                    if session is not None and session.log.seq > watcher.seen:
+                        detail = {"session_id": session.id, **session.log.since(watcher.seen)}
+                        watcher.seen = session.log.seq
+                        await sio.emit("session_detail", detail, to=sid, namespace=NAMESPACE)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

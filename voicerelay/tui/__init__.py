@@ -1,0 +1,1 @@
+"""Textual screens onto running sessions (``voicerelay inspect``)."""

@@ -1,0 +1,199 @@
+"""``voicerelay inspect URL``: every session of a running ``serve``, live.
+
+It connects to the gateway's ``/monitor`` namespace (read-only), lists the sessions in a table
+that updates as they change, and shows the transcripts and raw event log of the selected one.
+It reconnects by itself when the gateway restarts, and resyncs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import socketio
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
+
+from .monitor_state import MonitorState
+
+COLUMNS = ("session", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors", "turns")
+
+
+class InspectApp(App[None]):
+    TITLE = "voicerelay inspect"
+    AUTO_FOCUS = "#sessions"
+    CSS = """
+    #sessions { height: 1fr; }
+    #detail { height: 1fr; }
+    #transcripts, #events { width: 1fr; border: round $panel; }
+    #status { height: 1; padding: 0 1; }
+    #filter { display: none; }
+    #filter.visible { display: block; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("p", "pause", "pause/resume events"),
+        Binding("slash", "filter", "filter events"),
+        Binding("question_mark", "help", "help"),
+    ]
+
+    def __init__(self, url: str, token: str | None = None, socketio_path: str = "socket.io") -> None:
+        super().__init__()
+        self.url = url
+        self.token = token
+        self.socketio_path = socketio_path
+        self.model = MonitorState()
+        self.selected: str | None = None
+        self.paused = False
+        self.event_filter = ""
+        self.problem: str | None = None
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.5, reconnection_delay_max=3)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("connecting…", id="status")
+        with Vertical():
+            yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
+            with Horizontal(id="detail"):
+                yield RichLog(id="transcripts", wrap=True, markup=True)
+                yield RichLog(id="events", wrap=False, markup=False)
+        yield Input(placeholder="show events whose type contains…", id="filter")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        table = self.query_one("#sessions", DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        self.query_one("#transcripts", RichLog).border_title = "transcripts"
+        self.query_one("#events", RichLog).border_title = "events"
+        for name in ("sessions", "session_update", "session_closed", "session_detail"):
+            self.sio.on(name, self._handler(name), namespace="/monitor")
+        self.sio.on("connect", self._connected, namespace="/monitor")
+        self.sio.on("disconnect", self._disconnected, namespace="/monitor")
+        self.run_worker(self._connect(), exclusive=True, group="connect")
+
+    async def _connect(self) -> None:
+        try:
+            await self.sio.connect(self.url, namespaces=["/monitor"], transports=["websocket"],
+                                   auth={"token": self.token} if self.token else None,
+                                   socketio_path=self.socketio_path, retry=True)
+        except socketio.exceptions.ConnectionError as exc:
+            self.problem = f"cannot connect to {self.url}: {exc}"
+            self._status()
+
+    async def on_unmount(self) -> None:
+        await self.sio.disconnect()
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
+
+    # ----------------------------------------------------------------------------- monitor events
+
+    def _handler(self, name: str) -> Any:
+        async def handle(data: Any = None) -> None:
+            changed = self.model.apply(name, data)
+            if name == "sessions":
+                self._redraw_table()
+                if self.selected:
+                    await self.sio.emit("select", {"session_id": self.selected}, namespace="/monitor")
+            elif changed is not None:
+                self._redraw_row(changed)
+                if name == "session_detail" and changed == self.selected:
+                    self._append_detail(data)
+            self._status()
+
+        return handle
+
+    async def _connected(self) -> None:
+        self.model.connected = True
+        self.problem = None
+        self._status()
+
+    async def _disconnected(self, *args: Any) -> None:
+        self.model.connected = False
+        self._status()
+
+    # ----------------------------------------------------------------------------- drawing
+
+    def _status(self) -> None:
+        live = sum(1 for v in self.model.sessions.values() if v.ended is None)
+        if self.problem:
+            text = f"[red]{self.problem}[/]"
+        elif self.model.connected:
+            text = f"[green]connected[/] to {self.url} · {live} live session(s)"
+        else:
+            text = f"[yellow]disconnected[/] from {self.url}: reconnecting…"
+        if self.paused:
+            text += " · [yellow]events paused[/]"
+        if self.event_filter:
+            text += f" · filter: {self.event_filter}"
+        self.query_one("#status", Static).update(text)
+
+    def _redraw_table(self) -> None:
+        table = self.query_one("#sessions", DataTable)
+        for session_id in self.model.sessions:
+            self._redraw_row(session_id, table)
+
+    def _redraw_row(self, session_id: str, table: DataTable[Any] | None = None) -> None:
+        table = table or self.query_one("#sessions", DataTable)
+        view = self.model.sessions.get(session_id)
+        if view is None:
+            return
+        row = self.model.row(view)
+        if session_id in table.rows:
+            for column, value in zip(COLUMNS, row, strict=True):
+                table.update_cell(session_id, column, value)
+        else:
+            table.add_row(*row, key=session_id)
+
+    async def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        session_id = event.row_key.value if event.row_key is not None else None
+        if session_id == self.selected or session_id is None:
+            return
+        self.selected = session_id
+        self.query_one("#transcripts", RichLog).clear()
+        self.query_one("#events", RichLog).clear()
+        view = self.model.sessions.get(session_id)
+        if view is not None:
+            self._append_detail({"transcripts": list(view.transcripts), "events": list(view.events)})
+        if self.sio.connected:
+            await self.sio.emit("select", {"session_id": session_id}, namespace="/monitor")
+
+    def _append_detail(self, data: dict[str, Any]) -> None:
+        transcripts = self.query_one("#transcripts", RichLog)
+        for line in data.get("transcripts", []):
+            color = "cyan" if line.get("role") == "user" else "magenta"
+            transcripts.write(f"[bold {color}]{line.get('role')}[/] {line.get('text')}")
+        if self.paused:
+            return
+        events = self.query_one("#events", RichLog)
+        for entry in data.get("events", []):
+            event = entry.get("event") or {}
+            etype = str(event.get("type", ""))
+            if self.event_filter and self.event_filter not in etype:
+                continue
+            arrow = "→" if entry.get("dir") == "up" else "←"
+            events.write(f"{arrow} {json.dumps(event, separators=(',', ':'))[:300]}")
+
+    # ----------------------------------------------------------------------------- keys
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self._status()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("visible")
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.event_filter = event.value.strip()
+        event.input.remove_class("visible")
+        self.query_one("#sessions", DataTable).focus()
+        self._status()
+
+    def action_help(self) -> None:
+        self.notify("↑/↓ select a session · p pause/resume the event log · / filter events by type · q quit",
+                    title="voicerelay inspect", timeout=8)

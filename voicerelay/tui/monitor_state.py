@@ -1,0 +1,84 @@
+"""What ``inspect`` knows about a gateway's sessions: plain Python, fed by monitor events.
+
+The Textual app only draws this; tests can feed it directly.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+MAX_LINES = 500
+
+
+@dataclasses.dataclass(slots=True)
+class SessionView:
+    state: dict[str, Any]
+    ended: str | None = None  # the closing status once it ended
+    transcripts: collections.deque[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=MAX_LINES))
+    events: collections.deque[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=MAX_LINES))
+
+    @property
+    def id(self) -> str:
+        return str(self.state.get("session_id", ""))
+
+
+class MonitorState:
+    def __init__(self) -> None:
+        self.sessions: dict[str, SessionView] = {}
+        self.connected = False
+        self.resyncs = 0
+
+    def apply(self, name: str, data: Any) -> str | None:
+        """Apply one monitor event; returns the id of the session it changed (or ``None``)."""
+        if not isinstance(data, dict):
+            return None
+        if name == "sessions":
+            self.resyncs += 1
+            fresh = {s["session_id"]: s for s in data.get("sessions", []) if isinstance(s, dict)}
+            for session_id, view in self.sessions.items():
+                if session_id not in fresh and view.ended is None:
+                    view.ended = "gone"  # ended while we were not looking (e.g. the gateway restarted)
+            for session_id, state in fresh.items():
+                view = self.sessions.get(session_id)
+                if view is None:
+                    self.sessions[session_id] = SessionView(state)
+                else:
+                    view.state, view.ended = state, None
+            return None
+        session_id = data.get("session_id")
+        if not isinstance(session_id, str):
+            return None
+        if name == "session_update":
+            view = self.sessions.get(session_id)
+            if view is None:
+                self.sessions[session_id] = SessionView(data)
+            else:
+                view.state = data
+        elif name == "session_closed":
+            view = self.sessions.get(session_id)
+            if view is not None:
+                view.ended = str(data.get("status", "ended"))
+        elif name == "session_detail":
+            view = self.sessions.get(session_id)
+            if view is None:
+                return None
+            view.transcripts.extend(data.get("transcripts", []))
+            view.events.extend(data.get("events", []))
+        else:
+            return None
+        return session_id
+
+    def row(self, view: SessionView) -> tuple[str, ...]:
+        s = view.state
+        queues = s.get("queues") or {}
+        latency = s.get("last_latency_ms")
+        return (
+            view.id, str(s.get("client") or ""), view.ended and f"ended ({view.ended})" or str(s.get("ai_state")),
+            f"{s.get('duration_s', 0):.0f} s", f"{queues.get('queued_audio_ms') or 0} ms",
+            f"{queues.get('dropped_audio_ms') or 0} ms", "-" if latency is None else f"{latency} ms",
+            str(s.get("errors", 0)), str(s.get("turns", 0)),
+        )
