@@ -251,6 +251,11 @@ def serve(
     admin_token: Annotated[str | None, typer.Option(
         envvar="VOICERELAY_ADMIN_TOKEN", help="Require this token from monitors (voicerelay inspect) on /monitor.",
         show_default=False)] = None,
+    redis: Annotated[str | None, typer.Option(
+        help="Run as one node of several sharing this Redis (redis://host:port/db): sessions and actions "
+        "reach across nodes.", show_default=False)] = None,
+    node_id: Annotated[str | None, typer.Option(help="This node's name in the cluster (default: random).",
+                                                show_default=False)] = None,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
     model: Model = "gpt-realtime",
@@ -292,7 +297,7 @@ def serve(
                           on_transcript=on_transcript, tools=tool_list, function_map=function_map,
                           allow_origins=allow_origin or None, token=token, max_sessions=max_sessions,
                           max_session_seconds=max_session_seconds, max_chunk_b64=max_chunk, record_dir=record,
-                          admin_token=admin_token)
+                          admin_token=admin_token, redis_url=redis, node_id=node_id)
     except (GatewayConfigError, ConfigError) as exc:
         fail(str(exc))
 

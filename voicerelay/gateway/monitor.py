@@ -77,6 +77,7 @@ class Monitor:
         self._dirty: set[str] = set()
         self._closed: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        self._remote_seen: tuple[int, dict[str, dict[str, Any]]] = (0, {})
         self.skipped = 0  # batches not sent to a backed-up monitor
         sio = gateway.sio
         sio.on("connect", self._on_connect, namespace=NAMESPACE)
@@ -103,6 +104,7 @@ class Monitor:
                 import socketio
 
                 raise socketio.exceptions.ConnectionRefusedError("unauthorized: the admin token is required")
+        self.gateway.start_cluster()
         self.watchers[sid] = _Watcher()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._publish(), name="monitor publisher")
@@ -134,6 +136,7 @@ class Monitor:
             closed, self._closed = self._closed, []
             sessions = {s.id: s for s in list(self.gateway.sessions.values())}
             updates = [sessions[i].state() for i in dirty if i in sessions]
+            remote = self._remote_changes(updates, closed)
             for sid, watcher in list(self.watchers.items()):
                 if self._backed_up(sid):
                     watcher.stale = True
@@ -142,7 +145,7 @@ class Monitor:
                 with contextlib.suppress(Exception):
                     if watcher.stale:
                         watcher.stale = False
-                        await sio.emit("sessions", {"sessions": [s.state() for s in sessions.values()]},
+                        await sio.emit("sessions", {"sessions": [s.state() for s in sessions.values()] + remote},
                                        to=sid, namespace=NAMESPACE)
                     else:
                         for update in updates:
@@ -154,6 +157,19 @@ class Monitor:
                         detail = {"session_id": session.id, **session.log.since(watcher.seen)}
                         watcher.seen = session.log.seq
                         await sio.emit("session_detail", detail, to=sid, namespace=NAMESPACE)
+
+    def _remote_changes(self, updates: list[dict[str, Any]], closed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Other nodes' sessions (multi-node): add their changes to this tick; return them all."""
+        cluster = self.gateway.cluster
+        if cluster is None:
+            return []
+        version, seen = self._remote_seen
+        if cluster.remote_version != version:
+            current = dict(cluster.remote)
+            updates += [state for i, state in current.items() if seen.get(i) != state]
+            closed += [{"session_id": i, "status": "ended"} for i in seen if i not in current]
+            self._remote_seen = (cluster.remote_version, current)
+        return list(self._remote_seen[1].values())
 
     async def close(self) -> None:
         if self._task is not None:

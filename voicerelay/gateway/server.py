@@ -48,7 +48,7 @@ from ..protocol.session import (
 from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec, choose_backend, embedded_spec, remote_spec
 from . import contract as c
-from .agent import call_maybe_async, check_modes, run_tool
+from .agent import GatewayConfigError, call_maybe_async, check_modes, run_tool
 from .monitor import Monitor, SessionLog
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,15 @@ class GatewaySession:
         self._say_waiters: list[asyncio.Future[str]] = []
         self._recorder: Any = None
         self.log = SessionLog()  # what /monitor shows of this session
+        self.followers: set[str] = set()  # other connections (any node) that acted on this session
 
     # ----------------------------------------------------------------------------- to the browser
 
     async def emit(self, name: str, data: Any = None) -> None:
-        await self.gateway.sio.emit(name, data, to=self.sid)
+        # the browser is connected to this node: never through Redis (audio must not depend on it)
+        await self.gateway.sio.emit(name, data, to=self.sid, ignore_queue=True)
+        for follower in list(self.followers):  # programs acting on this session, maybe on other nodes
+            await self.gateway.sio.emit(name, data, to=follower)
 
     def _emit_soon(self, name: str, data: Any = None) -> None:
         self._spawn(self.emit(name, data))
@@ -222,7 +226,8 @@ class GatewaySession:
         turns = self.relay.session.turns if self.relay is not None else []
         last = next((t.first_audio_ms for t in reversed(turns) if t.first_audio_ms is not None), None)
         return {
-            "session_id": self.id, "chat_active": not self.ended and self.relay is not None,
+            "session_id": self.id, "node": self.gateway.node_id,
+            "chat_active": not self.ended and self.relay is not None,
             "ai_state": snapshot.get("state"), "client": self.client,
             "duration_s": round(time.monotonic() - self.started_at, 1), "errors": self.errors,
             "turns": len(turns), "last_latency_ms": None if last is None else round(last),
@@ -347,7 +352,8 @@ class Gateway:
                  max_chunk_b64: int = c.DEFAULT_MAX_CHUNK_B64, max_session_seconds: float = 3600.0,
                  record_dir: str | os.PathLike[str] | None = None, tool_timeout: float = 30.0,
                  embedded_options: Mapping[str, Any] | None = None,
-                 node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None) -> None:
+                 node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None,
+                 redis_url: str | None = None, node_id: str | None = None) -> None:
         check_modes(on_transcript, tools, function_map)
         base = config or RealtimeConfig()
         base = RealtimeConfig.from_mapping(dict(config_overrides or {}), base)
@@ -377,7 +383,18 @@ class Gateway:
             cors: Any = "*"
         else:
             cors = allow_origins  # None = same origin only (python-socketio's default)
-        self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors,
+        self.cluster = None
+        manager = None
+        if redis_url is not None:
+            from .cluster import Cluster
+
+            if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise GatewayConfigError(f"--redis takes a redis://, rediss:// or unix:// URL, not {redis_url!r}")
+
+            manager = socketio.AsyncRedisManager(redis_url)
+            self.cluster = Cluster(self, redis_url, node_id)
+        self.node_id = self.cluster.node_id if self.cluster else None
+        self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,
                                         max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4))
         self._register()
         self.monitor = Monitor(self, admin_token)
@@ -407,6 +424,8 @@ class Gateway:
         for session in list(self.sessions.values()):
             await session.end("shutdown")
         await self.monitor.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._backend_server is not None:
             await self._backend_server.close()
             self._backend_server = None
@@ -448,6 +467,7 @@ class Gateway:
 
         @sio.event
         async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+            self.start_cluster()
             if self.token is not None:
                 given = auth.get("token") if isinstance(auth, dict) else None
                 if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
@@ -525,31 +545,77 @@ class Gateway:
         assert session.relay is not None
         session.relay.commit()
 
+    def start_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
+
+    def session_by_id(self, session_id: str) -> GatewaySession | None:
+        return next((s for s in self.sessions.values() if s.id == session_id), None)
+
+    async def _route(self, sid: str, action: str, data: Any) -> None:
+        """An action on the caller's own session, or (with ``session_id``) on any session of the cluster."""
+        target = data.get("session_id") if isinstance(data, dict) else None
+        if target is None:
+            if action == c.GET_STATE and sid not in self.sessions:
+                await self.sio.emit(c.SESSION_STATE, {"session_id": None, "chat_active": False, "ai_state": None},
+                                    to=sid)
+                return
+            await self.act_locally(action, self._session(sid).id, data, sid)
+            return
+        if not isinstance(target, str):
+            raise c.ContractError("invalid_payload", "session_id must be a string")
+        if self.session_by_id(target) is not None:
+            await self.act_locally(action, target, data, sid)
+            return
+        if self.cluster is not None and self.cluster.node_of(target) is not None:
+            from .cluster import ClusterUnavailable
+
+            try:
+                await self.cluster.send(target, action, data, sid)
+            except ClusterUnavailable as exc:
+                raise c.ContractError("cluster_degraded", str(exc)) from None
+            return
+        raise c.ContractError("no_session", f"no session {target}")
+
+    async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
+        """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""
+        session = self.session_by_id(session_id)
+        try:
+            if session is None or session.relay is None:
+                raise c.ContractError("no_session", f"no session {session_id}")
+            if reply_to != session.sid:
+                session.followers.add(reply_to)
+            if action == c.TEXT_INPUT:
+                text, reply = c.parse_text(data)
+                # in agent-wrapper mode the final user transcript this produces calls on_transcript
+                session.relay.user_text(text, respond=reply and self.on_transcript is None)
+            elif action == c.SAY:
+                session.relay.say(c.parse_say(data))
+            elif action == c.INTERRUPT:
+                session.relay.interrupt()
+            elif action == c.END_SESSION:
+                await session.end("ended")
+                if reply_to != session.sid:
+                    await self.sio.emit(c.SESSION_ENDED, {"status": "ended", "session_id": session_id}, to=reply_to)
+            elif action == c.GET_STATE:
+                await self.sio.emit(c.SESSION_STATE, session.state(), to=reply_to)
+        except c.ContractError as exc:
+            await self.sio.emit(c.ERROR, exc.payload(), to=reply_to)
+
     async def _on_text(self, sid: str, data: Any) -> None:
-        session = self._session(sid)
-        text, reply = c.parse_text(data)
-        assert session.relay is not None
-        # in agent-wrapper mode the final user transcript this produces calls on_transcript
-        session.relay.user_text(text, respond=reply and self.on_transcript is None)
+        await self._route(sid, c.TEXT_INPUT, data)
 
     async def _on_interrupt(self, sid: str, data: Any) -> None:
-        session = self._session(sid)
-        assert session.relay is not None
-        session.relay.interrupt()
+        await self._route(sid, c.INTERRUPT, data)
 
     async def _on_say(self, sid: str, data: Any) -> None:
-        session = self._session(sid)
-        text = c.parse_say(data)
-        assert session.relay is not None
-        session.relay.say(text)
+        await self._route(sid, c.SAY, data)
 
     async def _on_get_state(self, sid: str, data: Any) -> None:
-        session = self.sessions.get(sid)
-        await self.sio.emit(c.SESSION_STATE, session.state() if session else
-                            {"session_id": None, "chat_active": False, "ai_state": None}, to=sid)
+        await self._route(sid, c.GET_STATE, data)
 
     async def _on_end(self, sid: str, data: Any) -> None:
-        await self._session(sid).end("ended")
+        await self._route(sid, c.END_SESSION, data)
 
     # ----------------------------------------------------------------------------- HTTP
 
@@ -569,8 +635,14 @@ class Gateway:
         return app
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "sessions": len(self.sessions), "connections": len(self._clients),
-                "backend": self.backend if self.backend in ("embedded", "openai") else "custom"}
+        health: dict[str, Any] = {"status": "ok", "sessions": len(self.sessions), "connections": len(self._clients),
+                                  "backend": self.backend if self.backend in ("embedded", "openai") else "custom"}
+        if self.cluster is not None:
+            health["cluster"] = {"node": self.cluster.node_id, "redis": "degraded" if self.cluster.degraded else "ok",
+                                 "error": self.cluster.last_error, "remote_sessions": len(self.cluster.remote)}
+            if self.cluster.degraded:
+                health["status"] = "degraded"
+        return health
 
     def session_config(self) -> dict[str, Any]:
         mode = "agent" if self.on_transcript else "functions" if self.function_map else "realtime"

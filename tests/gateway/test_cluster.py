@@ -1,0 +1,187 @@
+"""Multi-node serve on a real Redis: two gateway processes, actions and monitoring across
+nodes, and a Redis outage that local audio does not notice."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import socketio
+
+from ..conftest import read_recording, room_noise
+from .conftest import Browser
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (.ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([REDIS or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.1):
+                return
+            import time
+
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def node(name: str, redis_url: str) -> AsyncIterator[str]:
+    port = free_port()
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "serve", "--port", str(port), "--redis", redis_url, "--node-id", name,
+        "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def health(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        return (await http.get("/health")).json()
+
+
+async def until_health(url: str, predicate: Any, timeout: float = 15.0) -> None:
+    async def check() -> bool:
+        return bool(predicate(await health(url)))
+
+    await eventually(check, timeout)
+
+
+async def eventually(check: Any, timeout: float = 15.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+
+
+async def test_two_nodes_share_sessions_and_survive_a_redis_outage(redis_server: RedisServer) -> None:
+    async with node("node-a", redis_server.url) as url_a, node("node-b", redis_server.url) as url_b:
+        browser_b = await Browser().connect(url_b)
+        browser_a = await Browser().connect(url_a)
+        program = await Browser().connect(url_a)  # a program on node A acting on node B's session
+        monitor = socketio.AsyncClient(reconnection=False)
+        seen: dict[str, dict[str, Any]] = {}
+
+        def remember(data: Any) -> None:
+            for state in data.get("sessions", [data]):
+                seen[state["session_id"]] = state
+
+        monitor.on("sessions", remember, namespace="/monitor")
+        monitor.on("session_update", remember, namespace="/monitor")
+        try:
+            session_b = await browser_b.start()
+            session_a = await browser_a.start()
+            await until_health(url_a, lambda h: h["cluster"]["remote_sessions"] == 1)
+            # an action from node A reaches the session on node B, and its replies come back
+            await program.emit("text_input", {"text": "what is your name", "session_id": session_b})
+            reply = await program.wait_for("ai_response")
+            assert reply["response"] == "My name is voicerelay. I am an offline test assistant."
+            assert (await browser_b.wait_for("ai_response")) == reply  # the browser on B heard it too
+            # inspect on node A lists both nodes' sessions
+            await monitor.connect(url_a, namespaces=["/monitor"], transports=["websocket"])
+            await eventually(lambda: _async({session_a, session_b} <= set(seen)))
+            assert {seen[session_a]["node"], seen[session_b]["node"]} == {"node-a", "node-b"}
+
+            # Redis goes away: local audio keeps flowing, cross-node actions report degraded
+            redis_server.stop()
+            await until_health(url_b, lambda h: h["status"] == "degraded")
+            browser_b.events.clear()
+            pcm = np.concatenate((read_recording("how_are_you"), room_noise(800)))
+            for i in range(0, pcm.size, 1200):
+                await browser_b.emit("audio_data", {"audio": base64.b64encode(pcm[i:i + 1200].tobytes()).decode()})
+            reply = await browser_b.wait_for("ai_response")
+            assert reply == {"transcript": "how are you today", "response": "I am fine, thank you for asking."}
+            assert browser_b.of("audio_delta")
+            program.events.clear()
+            await until_health(url_a, lambda h: h["status"] == "degraded")
+            await program.emit("text_input", {"text": "hello", "session_id": session_b})
+            assert (await program.wait_for("error"))["code"] == "cluster_degraded"
+
+            # Redis is back: cross-node actions work again by themselves
+            redis_server.start()
+            await until_health(url_a, lambda h: h["status"] == "ok", timeout=20)
+            await until_health(url_b, lambda h: h["status"] == "ok", timeout=20)
+            program.events.clear()
+
+            async def acted() -> bool:
+                await program.emit("text_input", {"text": "thanks", "session_id": session_b})
+                with contextlib.suppress(TimeoutError):
+                    await program.wait_for("ai_response", timeout=3)
+                    return True
+                return False
+
+            await eventually(acted, timeout=25)
+        finally:
+            await monitor.disconnect()
+            for browser in (browser_a, browser_b, program):
+                await browser.close()
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+def test_redis_url_must_be_usable(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--redis", "not-a-url", "--port", "0"],
+                            capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2 and "--redis" in result.stderr
