@@ -150,7 +150,8 @@ async def test_two_nodes_share_sessions_and_survive_a_redis_outage(redis_server:
             for i in range(0, pcm.size, 1200):
                 await browser_b.emit("audio_data", {"audio": base64.b64encode(pcm[i:i + 1200].tobytes()).decode()})
             reply = await browser_b.wait_for("ai_response")
-            assert reply == {"transcript": "how are you today", "response": "I am fine, thank you for asking."}
+            assert reply == {"transcript": "how are you today", "response": "I am fine, thank you for asking.",
+                             "session_id": session_b}
             assert browser_b.of("audio_delta")
             program.events.clear()
             await until_health(url_a, lambda h: h["status"] == "degraded")

@@ -31,7 +31,7 @@ async def test_a_voice_session_follows_the_contract(gateway: tuple[Gateway, str]
     assert session_id and browser.of("session_created")[0]["status"] == "created"
     await send_wav(browser, np.concatenate((read_recording("hello_there"), room_noise(800))))
     response = await browser.wait_for("ai_response")
-    assert response == {"transcript": "hello there",
+    assert response == {"transcript": "hello there", "session_id": session_id,
                         "response": "Hello! I am the voicerelay test assistant. How can I help?"}
     complete = await browser.wait_for("response_complete")
     assert complete["response_id"].startswith("resp_") and complete["status"] == "completed"

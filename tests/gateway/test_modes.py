@@ -44,8 +44,9 @@ async def test_agent_wrapper_speaks_emits_and_updates_context(make_gateway: Any,
         session_id = await browser.start()
         await say_wav(browser, "what_is_your_name")
         response = await browser.wait_for("ai_response")
-        assert response == {"transcript": "what is your name", "response": "Agent heard what is your name."}
-        assert (await browser.wait_for("agent_note")) == {"heard": "what is your name"}
+        assert response == {"transcript": "what is your name", "response": "Agent heard what is your name.",
+                            "session_id": session_id}
+        assert (await browser.wait_for("agent_note")) == {"heard": "what is your name", "session_id": session_id}
         assert browser.of("audio_delta")  # TTS reached the browser as audio
         # only the agent spoke: the responder's own answer never came
         assert [d["response"] for d in browser.of("ai_response")] == ["Agent heard what is your name."]

@@ -182,3 +182,40 @@ def test_history_is_replayed_when_reconnecting() -> None:
     assert events[1]["item"]["content"][0] == {"type": "input_text", "text": "hello"}
     assert events[2]["item"]["role"] == "assistant"
     assert events[2]["item"]["content"][0] == {"type": "output_text", "text": "Hi there."}
+
+
+def test_a_reply_asked_for_during_a_cancelled_response_waits_for_its_done() -> None:
+    s = ready_session()
+    reply(s, 1.0)  # resp_1 running and playing
+    effects = s.user_text("tell me a joke", 1.2)  # barges in, then asks for an answer
+    types = [e["type"] for e in sent(effects)]
+    assert types == ["response.cancel", "conversation.item.create"]  # no response.create yet
+    assert s.state is State.THINKING
+    # the cancelled response's transcript is not an answer
+    assert s.server_event({"type": "response.output_audio_transcript.done", "response_id": "resp_1",
+                           "item_id": "item_a", "transcript": "Hel"}, 1.3) == []
+    done = s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "cancelled"}}, 1.4)
+    assert [e["type"] for e in sent(done)] == ["response.create"]
+
+
+def test_interrupt_returns_to_listening_at_once() -> None:
+    s = ready_session()
+    reply(s, 1.0)
+    effects = s.interrupt()
+    assert StateChanged(State.SPEAKING, State.LISTENING) in effects and s.state is State.LISTENING
+
+
+def test_say_is_out_of_band_and_never_truncated() -> None:
+    s = ready_session()
+    assert sent(s.say("Welcome."))[0]["response"]["conversation"] == "none"
+    s.server_event({"type": "response.created", "response": {"id": "resp_say", "conversation_id": None,
+                                                              "metadata": {"voicerelay": "say"}}}, 1.0)
+    s.server_event({"type": "response.output_audio.delta", "response_id": "resp_say", "item_id": "item_s",
+                    "delta": MS_100}, 1.1)
+    final = of(s.server_event({"type": "response.output_audio_transcript.done", "response_id": "resp_say",
+                               "item_id": "item_s", "transcript": "Welcome."}, 1.2), Transcript)
+    assert final == [Transcript("assistant", "Welcome.", True, "item_s", out_of_band=True)]
+    assert s.turns == []  # a say is nobody's turn
+    effects = s.interrupt()
+    assert of(effects, StopPlayback) == [StopPlayback("item_s")] and sent(effects) == []
+    assert s.playback_stopped("item_s", 100) == []  # not in the conversation: nothing to truncate

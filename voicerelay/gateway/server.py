@@ -43,7 +43,6 @@ from ..protocol.session import (
     StopPlayback,
     ToolCall,
     Transcript,
-    TurnFinished,
 )
 from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec, choose_backend, embedded_spec, remote_spec
@@ -111,15 +110,19 @@ class GatewaySession:
         self._last_user = ""
         self._assistant = ""
         self._item_started: dict[str, float] = {}  # item_id -> when its first delta went out
+        self._item_ms: dict[str, int] = {}  # item_id -> audio ms sent to the browser
         self._say_waiters: list[asyncio.Future[str]] = []
         self._recorder: Any = None
         self.log = SessionLog()  # what /monitor shows of this session
         self.followers: set[str] = set()  # other connections (any node) that acted on this session
+        self._answering_says = 0  # TTS() calls of the agent still to be heard
 
     # ----------------------------------------------------------------------------- to the browser
 
     async def emit(self, name: str, data: Any = None) -> None:
         # the browser is connected to this node: never through Redis (audio must not depend on it)
+        if isinstance(data, dict) and "session_id" not in data:
+            data = {**data, "session_id": self.id}  # an addition: followers act on several sessions
         await self.gateway.sio.emit(name, data, to=self.sid, ignore_queue=True)
         for follower in list(self.followers):  # programs acting on this session, maybe on other nodes
             await self.gateway.sio.emit(name, data, to=follower)
@@ -255,6 +258,7 @@ class GatewaySession:
         self.gateway.monitor.touch(self)  # a set insertion; the monitor publishes at most 10/s
         if isinstance(obs, PlayAudio):
             self._item_started.setdefault(obs.item_id, time.monotonic())
+            self._item_ms[obs.item_id] = self._item_ms.get(obs.item_id, 0) + len(obs.pcm) // 48
             self._delta_index += 1
             self._emit_soon(c.AUDIO_DELTA, {"audio": base64.b64encode(obs.pcm).decode(), "index": self._delta_index})
         elif isinstance(obs, StopPlayback):
@@ -270,8 +274,7 @@ class GatewaySession:
             self._emit_soon(c.AI_STATE, {"state": obs.new.value})
         elif isinstance(obs, ResponseDone):
             self._emit_soon(c.RESPONSE_COMPLETE, {"response_id": obs.response_id, "status": obs.status})
-        elif isinstance(obs, TurnFinished):
-            self._schedule_idle(obs.turn.audio_out_ms)
+            self._schedule_idle()
         elif isinstance(obs, ToolCall):
             self._spawn(self._run_tool(obs))
         elif isinstance(obs, Error):
@@ -292,24 +295,32 @@ class GatewaySession:
             return
         self._emit_soon(c.AI_TRANSCRIPT, {"text": obs.text, "final": obs.final, "item_id": obs.item_id})
         if obs.final:
-            self._emit_soon(c.AI_RESPONSE, {"transcript": self._last_user, "response": obs.text})
+            answers = not obs.out_of_band
+            if obs.out_of_band and self._answering_says:
+                self._answering_says -= 1  # the agent's TTS() answers the user; a program's say does not
+                answers = True
+            heard = self._last_user if answers else ""
+            self._emit_soon(c.AI_RESPONSE, {"transcript": heard, "response": obs.text})
             for waiter in self._say_waiters:
                 if not waiter.done():
                     waiter.set_result(obs.text)
                     break
 
-    def _schedule_idle(self, audio_out_ms: int) -> None:
+    def _schedule_idle(self) -> None:
+        """The browser plays in real time: it is idle once the last item's audio has run out."""
         relay = self.relay
         if relay is None:
             return
-        started = min(self._item_started.values(), default=time.monotonic())
-        remaining = max(0.0, started + audio_out_ms / 1000 - time.monotonic())
+        ends = [self._item_started[i] + self._item_ms.get(i, 0) / 1000 for i in self._item_started]
+        remaining = max(0.0, max(ends, default=0.0) - time.monotonic())
         asyncio.get_running_loop().call_later(remaining, relay.playback_idle)
         self._item_started.clear()
+        self._item_ms.clear()
 
     async def say(self, text: str) -> str:
         """``TTS(text)`` of agent-wrapper mode: speak through the upstream, wait until it is said."""
         assert self.relay is not None
+        self._answering_says += 1
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._say_waiters.append(waiter)
         try:
@@ -474,7 +485,9 @@ class Gateway:
                     raise socketio.exceptions.ConnectionRefusedError("unauthorized: a valid token is required")
             if len(self._clients) >= self.max_sessions:
                 raise socketio.exceptions.ConnectionRefusedError("too many sessions: try again later")
-            self._clients[sid] = environ.get("REMOTE_ADDR") or str((environ.get("asgi.scope") or {}).get("client"))
+            address = environ.get("REMOTE_ADDR") or str((environ.get("asgi.scope") or {}).get("client"))
+            client_id = auth.get("client_id") if isinstance(auth, dict) else None
+            self._clients[sid] = f"{client_id} ({address})" if isinstance(client_id, str) and client_id else address
 
         @sio.event
         async def disconnect(sid: str, *args: Any) -> None:

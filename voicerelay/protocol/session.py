@@ -92,6 +92,7 @@ class Transcript:
     text: str  # the delta when partial, the whole text when final
     final: bool
     item_id: str
+    out_of_band: bool = False  # said by say(): not an answer to the user
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,6 +204,8 @@ class RealtimeSession:
         self._pending_truncate: str | None = None
         self._pending_tool_calls: set[str] = set()
         self._call_names: dict[str, str] = {}  # call_id -> name (beta omits it from arguments.done)
+        self._say_responses: set[str] = set()  # out-of-band responses of say()
+        self._create_when_done = False  # a response.create waiting for a cancelled response to finish
         self._tool_outputs_sent = False
         self._turn_by_item: dict[str, Turn] = {}
         self._current: Turn | None = None
@@ -298,7 +301,10 @@ class RealtimeSession:
 
     def interrupt(self) -> list[Effect]:
         """A local barge-in (a key, a button): stop playback and cancel the running response."""
-        return self._barge_in()
+        out = self._barge_in()
+        if self.state in (State.SPEAKING, State.THINKING):
+            self._set_state(State.LISTENING, out)
+        return out
 
     def playback_stopped(self, item_id: str | None, played_ms: int) -> list[Effect]:
         """The front door stopped playing ``item_id`` after ``played_ms`` were heard."""
@@ -421,9 +427,11 @@ class RealtimeSession:
 
     def _on_response_created(self, event: Event, now: float) -> list[Effect]:
         response = event.get("response") or {}
+        if (response.get("metadata") or {}).get("voicerelay") == "say":
+            self._say_responses.add(str(response.get("id")))
+            return []  # out of band: nobody's turn, no state change until its audio plays
         if response.get("conversation_id") is not None or self._active_response is None:
-            if (response.get("metadata") or {}).get("voicerelay") != "say":
-                self._active_response = response.get("id")
+            self._active_response = response.get("id")
         self._response_done = False
         out: list[Effect] = []
         if self.state in (State.LISTENING, State.USER_SPEAKING):
@@ -444,10 +452,11 @@ class RealtimeSession:
         self._received_bytes[item_id] = self._received_bytes.get(item_id, 0) + len(pcm)
         self._response_items[item_id] = response_id
         self._playing_item = item_id
-        turn = self._turn()
-        if turn.first_delta_at is None:
-            turn.first_delta_at = now
-        turn.audio_out_ms += len(pcm) // BYTES_PER_MS
+        if response_id not in self._say_responses:
+            turn = self._turn()
+            if turn.first_delta_at is None:
+                turn.first_delta_at = now
+            turn.audio_out_ms += len(pcm) // BYTES_PER_MS
         out.append(PlayAudio(pcm, response_id, item_id))
         self._set_state(State.SPEAKING, out)
         return out
@@ -460,7 +469,12 @@ class RealtimeSession:
     _on_response_output_text_delta = _on_response_output_audio_transcript_delta
 
     def _on_response_output_audio_transcript_done(self, event: Event, now: float) -> list[Effect]:
+        response_id = event.get("response_id")
+        if response_id in self._ignored_responses:
+            return []  # interrupted: the user did not hear it, so it is not an answer
         text = str(event.get("transcript", event.get("text", "")))
+        if response_id in self._say_responses:
+            return [Transcript("assistant", text, True, str(event.get("item_id", "")), out_of_band=True)]
         turn = self._turn()
         turn.assistant_transcript = (turn.assistant_transcript + " " + text).strip()
         if text:
@@ -502,6 +516,10 @@ class RealtimeSession:
         self._response_done = self._active_response is None
         status = str(response.get("status", "completed"))
         out.append(ResponseDone(str(response_id or ""), status, is_say))
+        if self._create_when_done and self._active_response is None:
+            self._create_when_done = False
+            out.append(SendEvent(response_create()))
+            self._response_done = False
         if is_say:
             if self.state is State.THINKING and not self._playing_item:
                 self._set_state(State.LISTENING, out)
@@ -545,6 +563,10 @@ class RealtimeSession:
 
     def _request_response(self) -> list[Effect]:
         self._response_done = False
+        if self._active_response is not None:
+            # one response at a time: ask once the running (usually just cancelled) one is done
+            self._create_when_done = True
+            return []
         return [SendEvent(response_create())]
 
     def _barge_in(self) -> list[Effect]:
@@ -554,7 +576,8 @@ class RealtimeSession:
             response_id = self._response_items.get(item_id)
             if response_id:
                 self._ignored_responses.add(response_id)
-            self._pending_truncate = item_id
+            # out-of-band items are not in the conversation: nothing to truncate
+            self._pending_truncate = None if response_id in self._say_responses else item_id
             self._playing_item = None
             out.append(StopPlayback(item_id))
         if self._active_response is not None:
