@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -76,16 +75,7 @@ MAX_P95_MS = 1000.0
 # ------------------------------------------------------------------------------------ audio
 
 
-def read_recording(stem: str) -> np.ndarray:
-    pcm, rate = soundfile.read(ROOT / "recordings" / f"{stem}.wav", dtype="int16")
-    assert rate == RATE and pcm.ndim == 1, f"{stem}.wav is not 24 kHz mono"
-    return pcm
-
-
-def room_noise(ms: int) -> np.ndarray:
-    """``ms`` of the recordings' own background noise: their first 250 ms, tiled."""
-    lead = read_recording("hello_there")[: 250 * 24]
-    return np.tile(lead, -(-ms // 250))[: ms * 24]
+from common import read_recording, room_noise  # noqa: E402
 
 
 def append_messages(pcm: np.ndarray) -> list[str]:
@@ -151,7 +141,8 @@ class BackendProcess:
     def __init__(self, pace: float) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, pace), name="embedded backend", daemon=True)
+        # not daemonic: the backend runs its own speech-recognition worker processes
+        self._process = context.Process(target=_serve, args=(child, pace), name="embedded backend", daemon=False)
         self.url = ""
 
     def __enter__(self) -> BackendProcess:

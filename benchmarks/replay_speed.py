@@ -84,16 +84,7 @@ TARGET_SPEED = 20.0
 # ------------------------------------------------------------------------------------ audio
 
 
-def read_recording(stem: str) -> np.ndarray:
-    pcm, rate = soundfile.read(ROOT / "recordings" / f"{stem}.wav", dtype="int16")
-    assert rate == RATE and pcm.ndim == 1, f"{stem}.wav is not 24 kHz mono"
-    return pcm
-
-
-def room_noise(ms: int) -> np.ndarray:
-    """``ms`` of the recordings' own background noise: their first 250 ms, tiled."""
-    lead = read_recording("hello_there")[: 250 * 24]
-    return np.tile(lead, -(-ms // 250))[: ms * 24]
+from common import read_recording, room_noise  # noqa: E402
 
 
 def long_input(path: Path, repeat: int) -> tuple[float, list[str]]:

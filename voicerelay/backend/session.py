@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[Event], Awaitable[None]]
 
 CHUNK_MS = 100  # audio per output delta
+STT_TAIL_MS = 150  # audio after the end of speech that the recogniser still hears
 MIN_COMMIT_MS = 100
 DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
@@ -228,7 +229,7 @@ class BackendSession:
         self._pending_item = None
         await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms,
                          "item_id": item_id})
-        await self._commit(item_id)
+        await self._commit(item_id, speech_end_ms=audio_end_ms)
         td = self.session["audio"]["input"]["turn_detection"] or {}
         if self._active is not None and self._active.cancel_reason is not None:
             self._active = None  # a cancelled response still winding down does not block the new turn
@@ -253,8 +254,12 @@ class BackendSession:
         self._pending_item = None
         await self.send({"type": "input_audio_buffer.cleared"})
 
-    async def _commit(self, item_id: str) -> None:
+    async def _commit(self, item_id: str, speech_end_ms: int | None = None) -> None:
         audio = bytes(self._buffer)
+        # the recogniser hears the speech, not the silence that ended the turn (it is most of the cost)
+        heard = audio
+        if speech_end_ms is not None:
+            heard = audio[: max(0, speech_end_ms + STT_TAIL_MS - self._buffer_start_ms) * BYTES_PER_MS] or audio
         self._buffer_start_ms += len(self._buffer) // BYTES_PER_MS
         self._buffer.clear()
         previous = self.order[-1] if self.order else None
@@ -266,7 +271,7 @@ class BackendSession:
         self._transcripts[item_id] = future
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         await self._announce_item(item, previous)
-        self._spawn(self._transcribe(item_id, audio, future), f"transcribe {item_id}")
+        self._spawn(self._transcribe(item_id, heard, future), f"transcribe {item_id}")
 
     async def _transcribe(self, item_id: str, audio: bytes, future: asyncio.Future[str]) -> None:
         extra = [f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools]
@@ -286,6 +291,7 @@ class BackendSession:
         future.set_result(text)
         if self.session["audio"]["input"]["transcription"] is None:
             return
+        audio = self._user_audio.get(item_id, audio)  # usage counts the whole committed item
         for delta in self.engines.stream_words(text):
             await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                              "content_index": 0, "delta": delta})
