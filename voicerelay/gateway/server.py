@@ -116,6 +116,7 @@ class GatewaySession:
         self.log = SessionLog()  # what /monitor shows of this session
         self.followers: set[str] = set()  # other connections (any node) that acted on this session
         self._answering_says = 0  # TTS() calls of the agent still to be heard
+        self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     # ----------------------------------------------------------------------------- to the browser
 
@@ -128,7 +129,13 @@ class GatewaySession:
             await self.gateway.sio.emit(name, data, to=follower)
 
     def _emit_soon(self, name: str, data: Any = None) -> None:
-        self._spawn(self.emit(name, data))
+        """Queue an event for the browser: one task sends them all, in order (observers are sync)."""
+        self._outbox.put_nowait((name, data))
+
+    async def _send_outbox(self) -> None:
+        while True:
+            name, data = await self._outbox.get()
+            await self.emit(name, data)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -155,6 +162,7 @@ class GatewaySession:
         self.relay = Relay(config, spec, recorder=self)
         self.relay.subscribe(self._observe)
         await self.emit(c.SESSION_CREATED, {"session_id": self.id, "status": "created"})
+        self._spawn(self._send_outbox())
         self.task = asyncio.create_task(self._run(), name=f"gateway session {self.id}")
 
     def record(self, direction: str, event: dict[str, Any]) -> None:
@@ -209,6 +217,10 @@ class GatewaySession:
                 self.task.cancel()
                 with contextlib.suppress(BaseException):
                     await self.task
+        if notify:  # what the relay said before the end reaches the browser before session_ended
+            with contextlib.suppress(Exception):
+                while not self._outbox.empty():
+                    await self.emit(*self._outbox.get_nowait())
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
