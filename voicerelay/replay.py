@@ -217,8 +217,6 @@ async def _drive(relay: Relay, source: _Source, options: ReplayOptions, err: Con
                 delay = t0 + t / options.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            else:
-                await _wait_for_the_reply(relay, run)
             await relay.send_audio(pcm)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
@@ -237,15 +235,6 @@ async def _drive(relay: Relay, source: _Source, options: ReplayOptions, err: Con
             exc = run.exception()
             if isinstance(exc, UpstreamError):
                 raise exc
-
-
-async def _wait_for_the_reply(relay: Relay, run: asyncio.Task[None]) -> None:
-    """At --speed 0 there is no real time to barge in on: let each reply finish before the next
-    utterance (otherwise every utterance of a long file would cancel the previous reply)."""
-    from .protocol.session import State
-
-    while relay.session.state in (State.THINKING, State.SPEAKING) and not run.done():
-        await asyncio.sleep(0.002)
 
 
 async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:

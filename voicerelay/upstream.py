@@ -118,6 +118,9 @@ async def upstream_for(backend: str | None, model: str, dialect: Dialect = Diale
     if choice == "embedded":
         from .backend.server import BackendServer
 
+        # one session (replay, talk): recognise in a thread; worker processes would cost a second
+        # of start-up for nothing (they pay off for many concurrent sessions: backend, serve)
+        embedded_options.setdefault("stt_processes", 0)
         async with BackendServer(host="127.0.0.1", port=0, **embedded_options) as server:  # type: ignore[arg-type]
             yield embedded_spec(server.url, model, dialect)
         return

@@ -42,12 +42,13 @@ class BackendServer:
     """The embedded Realtime server. Use as ``async with BackendServer(port=0) as server:``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, pace: float = 10.0,
-                 max_session_seconds: float = 3600.0, engines: Engines | None = None) -> None:
+                 max_session_seconds: float = 3600.0, engines: Engines | None = None,
+                 stt_processes: int | None = None) -> None:
         self.host, self.port = host, port
         self.pace = pace
         self.max_session_seconds = max_session_seconds
         self._owns_engines = engines is None
-        self.engines = engines or Engines()
+        self.engines = engines or Engines(stt_processes)
         self.connections = 0
         self._server: Server | None = None
 
