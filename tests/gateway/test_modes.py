@@ -143,3 +143,20 @@ async def test_mounted_in_fastapi_with_ragent_overrides(engines: Any, browsers: 
         await browser.emit("text_input", {"text": "how are you"})
         assert (await browser.wait_for("ai_response"))["response"] == "I am fine, thank you for asking."
         assert json.dumps(config).count("sk-") == 0
+
+
+async def test_a_function_that_hangs_is_cut_off_by_the_timeout(make_gateway: Any, browsers: Any) -> None:
+    async def get_weather(city: str) -> dict[str, Any]:
+        await asyncio.sleep(30)
+        return {}
+
+    gw = make_gateway(tools=[WEATHER], function_map={"get_weather": get_weather}, tool_timeout=0.5)
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        await browser.start()
+        started = time.monotonic()
+        await browser.emit("text_input", {"text": "what is the weather in paris"})
+        error = await browser.wait_for("error")
+        assert error["code"] == "tool_error" and "timed out after 0.5 s" in error["message"]
+        assert time.monotonic() - started < 5
+        assert (await browser.wait_for("ai_response"))["response"].startswith("Sorry, get weather failed:")
