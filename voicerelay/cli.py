@@ -117,7 +117,7 @@ def backend(
         asyncio.run(run(host, port, pace, max_session_seconds, ready))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("stopped.")
 
 
@@ -335,6 +335,105 @@ def inspect(
     from .tui.inspect_app import InspectApp
 
     InspectApp(url.rstrip("/"), token).run()
+
+
+Duplex = Annotated[str, typer.Option("--duplex", help=(
+    "full, or half: mute the microphone while the assistant speaks (laptop speakers without echo "
+    "cancellation; the assistant can then be interrupted with Enter, not by voice)."))]
+
+
+@app.command()
+def talk(
+    input_device: Annotated[str | None, typer.Option(
+        "--input-device", help="Microphone: an index or part of a name from [bold]voicerelay devices[/].",
+        show_default=False)] = None,
+    output_device: Annotated[str | None, typer.Option(
+        "--output-device", help="Speakers: an index or part of a name from [bold]voicerelay devices[/].",
+        show_default=False)] = None,
+    push_to_talk: Annotated[bool, typer.Option(
+        "--push-to-talk", help="Turn detection off: Enter starts a turn, Enter again sends it.")] = False,
+    text: Annotated[bool, typer.Option("--text", help="Also type messages: each line is sent as the user's.")
+                    ] = False,
+    duplex: Duplex = "full",
+    record: Annotated[Path | None, typer.Option(help="Record the session into this new folder.",
+                                                show_default=False)] = None,
+    backend: Backend = None,
+    dialect: DialectOpt = "ga",
+    model: Model = "gpt-realtime",
+    voice: Voice = "alloy",
+    instructions: Instructions = None,
+    turn_detection: TurnDetection = "normal",
+    log_level: LogLevel = "warning",
+) -> None:
+    """Talk with the assistant: microphone in, speakers out, interrupt it by speaking.
+
+    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. Exit codes: 0 done, 1 the upstream failed, 2 unusable options or devices.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from .audio.devices import DeviceError
+    from .talk import TalkError, TalkOptions
+    from .talk import talk as run_talk
+    from .upstream import choose_backend
+
+    _setup_logging(log_level)
+    try:
+        choose_backend(backend)
+    except ValueError as exc:
+        fail(str(exc))
+    if duplex not in ("full", "half"):
+        fail(f"--duplex must be full or half, not {duplex!r}")
+    options = TalkOptions(config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
+                          backend=backend, dialect=_dialect(dialect), input_device=input_device,  # type: ignore[arg-type]
+                          output_device=output_device, push_to_talk=push_to_talk, text=text, duplex=duplex,
+                          record=record)
+    try:
+        code = asyncio.run(run_talk(options, Console(highlight=False), Console(stderr=True, highlight=False)))
+    except (DeviceError, TalkError) as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def devices() -> None:
+    """List the sound devices: index, name, channels, usable rates; the defaults are marked.
+
+    [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .audio.devices import DeviceError, list_devices, load_sounddevice, pulse_devices, supported_rates
+
+    try:
+        sd = load_sounddevice()
+        found = list_devices(sd)
+    except DeviceError as exc:
+        fail(str(exc))
+    console = Console(highlight=False)
+    if not found:
+        console.print("PortAudio sees no sound device.")
+    table = Table(box=None, pad_edge=False)
+    for column, justify in (("index", "right"), ("name", "left"), ("host API", "left"), ("in", "right"),
+                            ("out", "right"), ("default", "left"), ("rates (Hz)", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for device in found:
+        marks = [kind for kind in ("input", "output") if device.is_default(kind)]  # type: ignore[arg-type]
+        rates = sorted({r for kind in ("input", "output") if device.channels(kind) > 0  # type: ignore[arg-type]
+                        for r in supported_rates(device, kind, sd)}, reverse=True)  # type: ignore[arg-type]
+        table.add_row(str(device.index), device.name, device.hostapi, str(device.inputs), str(device.outputs),
+                      "* " + " and ".join(marks) if marks else "",
+                      f"{' '.join(map(str, rates))} (default {device.default_rate})" if rates else "none usable")
+    if found:
+        console.print(table)
+    pulse = pulse_devices()
+    if pulse and any(pulse.values()):
+        console.print("\nPulseAudio/PipeWire (reached through the [bold]pulse[/] or [bold]default[/] device above; "
+                      "pick one per run with PULSE_SOURCE=NAME / PULSE_SINK=NAME):")
+        console.print(f"  sources: {', '.join(pulse.get('sources', [])) or '-'}")
+        console.print(f"  sinks:   {', '.join(pulse.get('sinks', [])) or '-'}")
 
 
 def main() -> None:

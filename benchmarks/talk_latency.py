@@ -1,0 +1,191 @@
+"""Latency and CPU of ``voicerelay talk`` on the virtual sound card of the tests.
+
+    python benchmarks/talk_latency.py               # about 40 s
+    python benchmarks/talk_latency.py --replies 5 --listen-seconds 10
+
+Set-up: a private PulseAudio server (``tests/audio_rig.py``: microphone ``vr_mic``, speakers
+``vr_speaker``), reached by PortAudio through ALSA's ``pulse`` device at its own rate (44.1 kHz,
+so both directions go through the soxr resamplers). The embedded backend runs in a child process
+(``voicerelay backend``, pace 10), so only the talk side is measured: :func:`voicerelay.talk.talk`
+runs in this process, exactly as the CLI runs it, against ``ws://`` that backend. Speech is played
+into the microphone with ``paplay``.
+
+1. Microphone frame -> sent upstream: from a 20 ms frame being complete to its
+   ``input_audio_buffer.append`` having been written to the WebSocket (the relay's recorder
+   hook, called right after the send, notes it; frames are matched by content, in order). The
+   microphone delivers 40 ms blocks, two frames each: the first frame of a block was complete
+   20 ms before the callback, and that wait counts. The device's own input latency
+   (``stream.latency``) is printed beside it: it comes before the callback.
+2. Delta received -> played: for each reply, from its first ``response.output_audio.delta``
+   arriving to the first sample of it reaching the speaker (the output callback's
+   ``outputBufferDacTime``): the pre-roll wait, the next output block, the resampler and the
+   device's output latency. (Later deltas queue behind the audio already playing: their wait
+   is the reply itself, not latency.)
+3. CPU % of one core: this process's CPU time (all its threads: PortAudio's callbacks, soxr,
+   the event loop, the WebSocket) over wall time, while listening (``--listen-seconds`` of
+   microphone input and no reply; the output stream rests) and while playing (2.5 s from 0.3 s
+   into each reply, the microphone still streaming).
+
+Targets printed beside the figures (not asserted): <= 30 ms, <= 60 ms, < 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.audio_rig import AudioRig, available  # noqa: E402
+
+FRAME_MS = 20
+#: Utterances whose replies last 3.4 s or more.
+REPLIES = ["what_can_you_do", "hello_there", "what_is_your_name"]
+PLAYING_WINDOW_S = 2.5
+
+
+class Probe:
+    """Watches one running talk session: frame times in, append times out, replies played."""
+
+    def __init__(self) -> None:
+        self.talk: Any = None
+        self.frames: dict[bytes, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self.mic_to_sent: list[float] = []
+        self.items: list[str] = []  # reply items, in order
+
+    def attach(self, talk: Any) -> None:
+        self.talk = talk
+        forward = talk.on_mic_frames
+
+        def on_frames(frames: list[bytes]) -> None:  # PortAudio's input thread, once per block
+            now = time.monotonic()
+            for k, frame in enumerate(frames):  # the earlier frames of a block were complete earlier
+                self.frames[frame].append(now - (len(frames) - 1 - k) * FRAME_MS / 1000)
+            forward(frames)
+
+        talk.mic.on_frames = on_frames
+        talk.relay.recorder = self  # record() is called after each send and on each receive
+
+    def record(self, direction: str, event: dict[str, Any]) -> None:
+        if direction == "up" and event.get("type") == "input_audio_buffer.append":
+            stamps = self.frames.get(base64.b64decode(event["audio"]))
+            if stamps:
+                self.mic_to_sent.append((time.monotonic() - stamps.popleft()) * 1000)
+        elif direction == "down" and event.get("type") == "response.output_item.added":
+            self.items.append(event["item"]["id"])
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def main(args: argparse.Namespace, backend_url: str) -> None:
+    from rich.console import Console
+
+    from voicerelay.protocol.events import Dialect
+    from voicerelay.talk import TalkOptions, talk
+
+    probe = Probe()
+    options = TalkOptions(backend=backend_url, dialect=Dialect.GA)
+    quiet = Console(file=io.StringIO())
+    session = asyncio.create_task(talk(options, quiet, quiet, on_start=probe.attach))
+    try:
+        while probe.talk is None or not probe.talk.live_audio:
+            await asyncio.sleep(0.05)
+            if session.done():
+                await session
+        talk_ = probe.talk
+        mic, speaker = talk_.mic, talk_.speaker
+        await asyncio.sleep(1.0)
+
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(args.listen_seconds)
+        listening = (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
+
+        first_audio, playing_cpu, playing_wall = [], 0.0, 0.0
+        for n in range(args.replies):
+            stem = REPLIES[n % len(REPLIES)]
+            replies_before = len(probe.items)
+            play = await asyncio.create_subprocess_exec(
+                "paplay", "--device=vr_mic_feed", str(ROOT / "recordings" / f"{stem}.wav"),
+                env={**os.environ, "PULSE_SINK": "vr_mic_feed"})
+            await play.wait()
+            deadline = time.monotonic() + 20
+            while len(probe.items) == replies_before or talk_.buffer.idle:  # until the reply sounds
+                await asyncio.sleep(0.02)
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no reply to {stem}")
+            await asyncio.sleep(0.3)  # into the reply (all replies here last 3 s or more)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            await asyncio.sleep(PLAYING_WINDOW_S)  # one sleep: no polling of ours inside the window
+            playing_cpu += time.process_time() - cpu0
+            playing_wall += time.monotonic() - wall0
+            if talk_.buffer.idle:
+                raise SystemExit(f"the reply to {stem} ended inside the measuring window")
+            while not talk_.buffer.idle:
+                await asyncio.sleep(0.05)
+            latency = talk_.buffer.first_audio_latency(probe.items[-1])
+            if latency is not None:
+                first_audio.append(latency * 1000)
+            await asyncio.sleep(0.5)
+        underruns, overflows, underflows = talk_.buffer.underruns, mic.overflows, speaker.underflows
+        talk_.quit()
+        await session
+    finally:
+        if not session.done():
+            session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+
+    sent = probe.mic_to_sent
+    print(f"devices: microphone {mic.device.name!r} at {mic.rate} Hz (input latency {mic.latency * 1000:.1f} ms), "
+          f"speaker {speaker.device.name!r} at {speaker.rate} Hz (output latency {speaker.latency * 1000:.1f} ms); "
+          f"20 ms frames; input blocks of 40 ms, output blocks of 20 ms")
+    print(f"microphone frame -> sent upstream:  p50 {statistics.median(sent):5.1f} ms   p95 {pct(sent, 95):5.1f} ms"
+          f"   max {max(sent):5.1f} ms   ({len(sent)} frames)      target <= 30 ms")
+    print(f"delta received -> played:           p50 {statistics.median(first_audio):5.1f} ms   "
+          f"max {max(first_audio):5.1f} ms   ({len(first_audio)} replies: "
+          f"{', '.join(f'{v:.0f}' for v in first_audio)})      target <= 60 ms")
+    print(f"CPU, one core:  listening {listening:4.1f} %  ({args.listen_seconds:g} s)   "
+          f"playing {playing_cpu / playing_wall * 100:4.1f} %  ({playing_wall:.1f} s of replies)      target < 5 %")
+    print(f"playback underruns {underruns}, microphone overflows {overflows}, speaker underflows {underflows}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replies", type=int, default=3, help="replies to play (default 3)")
+    parser.add_argument("--listen-seconds", type=float, default=5.0, help="listening window (default 5)")
+    args = parser.parse_args()
+    if not available():
+        raise SystemExit("needs PulseAudio: apt-get install pulseaudio pulseaudio-utils")
+    os.environ.pop("OPENAI_API_KEY", None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", str(port), "--pace", "10"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert backend.stderr is not None
+        backend.stderr.readline()  # its banner: listening
+        with tempfile.TemporaryDirectory(prefix="vr-bench-") as folder, AudioRig(Path(folder)) as rig:
+            os.environ.update(rig.env())  # before PortAudio starts: it reads them once
+            asyncio.run(main(args, f"ws://127.0.0.1:{port}/v1/realtime"))
+    finally:
+        backend.send_signal(signal.SIGINT)
+        backend.wait(10)
+        if backend.stderr is not None:
+            backend.stderr.close()

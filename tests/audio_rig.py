@@ -1,0 +1,135 @@
+"""A virtual microphone and speakers on a private PulseAudio server, for tests and benchmarks.
+
+The Python twin of ``../shared/testing/audio_rig.sh``: a PulseAudio daemon (a child process, not
+daemonised, so it is stopped and reaped like any other) with everything it writes under one
+folder, two null sinks ``vr_speaker`` and ``vr_mic_feed`` (24 kHz mono s16le) and a virtual
+source ``vr_mic`` fed by ``vr_mic_feed``'s monitor.
+
+- PortAudio (sounddevice) sees Pulse through ALSA's ``pulse``/``default`` devices; the Pulse
+  device a process uses is chosen with ``PULSE_SOURCE``/``PULSE_SINK`` (see :meth:`AudioRig.env`).
+- Speech goes into the virtual microphone with ``paplay --device=vr_mic_feed``; what an app
+  played is captured from ``vr_speaker.monitor`` with ``parecord``.
+- A null sink's monitor yields nothing while nothing plays into it, so a silence stream keeps
+  each sink clocked (as the shell rig does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+SINKS = ("vr_speaker", "vr_mic_feed")
+RATE = 24_000
+
+
+def available() -> bool:
+    """True when the PulseAudio daemon and its command-line tools are installed."""
+    return all(shutil.which(tool) for tool in ("pulseaudio", "pactl", "pacat", "paplay", "parecord"))
+
+
+class AudioRig:
+    """``rig = AudioRig(folder); rig.start() ... rig.stop()`` (or use it as a context manager)."""
+
+    def __init__(self, folder: Path) -> None:
+        # unix socket paths are limited to 107 bytes: keep the server's socket short
+        self.folder = Path(folder)
+        self.client_env = {
+            "XDG_RUNTIME_DIR": str(self.folder / "xdg"),
+            "XDG_CONFIG_HOME": str(self.folder / "config"),
+            "PULSE_RUNTIME_PATH": str(self.folder / "run"),
+            "PULSE_STATE_PATH": str(self.folder / "state"),
+            "PULSE_COOKIE": str(self.folder / "cookie"),
+            "PULSE_SERVER": f"unix:{self.folder / 'run' / 'native'}",
+        }
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._keepalive: list[subprocess.Popen[bytes]] = []
+        self._log = None
+
+    def env(self, source: str | None = "vr_mic", sink: str | None = "vr_speaker") -> dict[str, str]:
+        """The environment of a process that should use this rig's devices."""
+        env = {**os.environ, **self.client_env}
+        for key, value in (("PULSE_SOURCE", source), ("PULSE_SINK", sink)):
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def pactl(self, *args: str) -> str:
+        return subprocess.run(["pactl", *args], env=self.env(None, None), capture_output=True, text=True,
+                              timeout=10, check=True).stdout
+
+    def start(self) -> Self:
+        for sub in ("xdg", "config", "run", "state"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder / "xdg", 0o700)
+        os.chmod(self.folder / "run", 0o700)
+        sinks = [f"--load=module-null-sink sink_name={name} rate={RATE} channels=1 format=s16le "
+                 f"sink_properties=device.description={name}" for name in SINKS]
+        self._log = open(self.folder / "pulse.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._daemon = subprocess.Popen(
+            ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "-n",
+             "--use-pid-file=no", "--log-target=stderr",
+             f"--load=module-native-protocol-unix auth-anonymous=1 socket={self.folder / 'run' / 'native'}",
+             *sinks,
+             ("--load=module-virtual-source source_name=vr_mic master=vr_mic_feed.monitor "
+              "source_properties=device.description=vr_mic")],
+            env=self.env(None, None), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self._wait(lambda: self._run_ok("pactl", "info"), "the PulseAudio server did not start")
+            self.pactl("set-default-sink", "vr_speaker")
+            self.pactl("set-default-source", "vr_mic")
+            for sink in SINKS:  # keep both null sinks clocked (see the module docstring)
+                self._keepalive.append(subprocess.Popen(
+                    ["pacat", "--playback", "--latency-msec=20", f"--device={sink}", f"--rate={RATE}",
+                     "--channels=1", "--format=s16le", "/dev/zero"],
+                    env=self.env(None, None), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL))
+            self._wait(lambda: self.pactl("list", "short", "sinks").count("RUNNING") >= len(SINKS),
+                       "the rig's sinks did not start running")
+            time.sleep(0.3)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _run_ok(self, *cmd: str) -> bool:
+        return subprocess.run(cmd, env=self.env(None, None), capture_output=True, timeout=10, check=False).returncode == 0
+
+    def _wait(self, ok: object, message: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._daemon is not None and self._daemon.poll() is not None:
+                break
+            if ok():  # type: ignore[operator]
+                return
+            time.sleep(0.05)
+        log = (self.folder / "pulse.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{message}; pulse.log ends with:\n{log}")
+
+    def stop(self) -> None:
+        for proc in [*self._keepalive, self._daemon]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [*self._keepalive, self._daemon]:
+            if proc is not None:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        self._keepalive.clear()
+        self._daemon = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,309 @@
+"""``voicerelay talk`` and ``voicerelay devices`` end to end, on a virtual sound card.
+
+A private PulseAudio server (``tests/audio_rig.py``) gives a microphone ``vr_mic`` fed by
+``paplay --device=vr_mic_feed`` and speakers ``vr_speaker`` recorded from their monitor with
+``parecord``. ``voicerelay talk`` runs as a subprocess whose PortAudio reaches them through ALSA's
+``pulse`` device (``PULSE_SOURCE``/``PULSE_SINK``), against the embedded backend of the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from voicerelay.backend.server import BackendServer
+
+from . import audio_rig
+from .conftest import RECORDINGS
+
+pytestmark = pytest.mark.skipif(not audio_rig.available(),
+                                reason="needs PulseAudio for the virtual sound card: "
+                                       "apt-get install pulseaudio pulseaudio-utils")
+
+#: A capture sample louder than this is sound; PulseAudio's resampling leaves +-1 on silence.
+LOUD = 8
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[audio_rig.AudioRig]:
+    with audio_rig.AudioRig(tmp_path_factory.mktemp("pa")) as started:
+        yield started
+
+
+def _env(rig: audio_rig.AudioRig, **extra: str) -> dict[str, str]:
+    env = {**rig.env(), "COLUMNS": "200", "NO_COLOR": "1", **extra}
+    env.pop("OPENAI_API_KEY", None)
+    return env
+
+
+class Talker:
+    """A running ``voicerelay talk`` whose output lines are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []  # stdout and stderr, interleaved as read
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pumps = [asyncio.create_task(self._pump(stream)) for stream in (proc.stdout, proc.stderr)]
+
+    async def _pump(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode().rstrip())
+
+    async def expect(self, pattern: str, after: int = 0, timeout: float = 20) -> int:
+        """Wait for a line matching ``pattern`` (from line ``after`` on); returns the index after it."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(after, len(self.lines)):
+                if regex.search(self.lines[i]):
+                    return i + 1
+            if self.proc.returncode is not None and all(p.done() for p in self._pumps):
+                break
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    async def type(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def quit(self) -> tuple[int, float]:
+        """Ctrl-C; returns the exit code and how long it took to exit."""
+        started = time.monotonic()
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(self.proc.wait(), 10)
+        elapsed = time.monotonic() - started
+        await self.close()
+        return code, elapsed
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(*self._pumps)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self.proc.stdin.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def talking(rig: audio_rig.AudioRig, backend: BackendServer, *args: str) -> AsyncIterator[Talker]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "talk", "--backend", backend.url, *args, env=_env(rig),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    talker = Talker(proc)
+    try:
+        await talker.expect("Ctrl-C quits")
+        yield talker
+    finally:
+        await talker.close()
+
+
+@contextlib.asynccontextmanager
+async def speaker_capture(rig: audio_rig.AudioRig, path: Path) -> AsyncIterator[None]:
+    """Record what reaches the speakers (``vr_speaker.monitor``) into ``path``."""
+    proc = await asyncio.create_subprocess_exec(
+        "parecord", "--latency-msec=20", "--device=vr_speaker.monitor", "--rate=24000", "--channels=1",
+        "--format=s16le", "--file-format=wav", str(path), env=rig.env(None, None))
+    await asyncio.sleep(0.3)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 5)
+
+
+async def say(rig: audio_rig.AudioRig, stem: str) -> None:
+    """Play a recording into the virtual microphone (in real time)."""
+    proc = await asyncio.create_subprocess_exec("paplay", "--device=vr_mic_feed", str(RECORDINGS / f"{stem}.wav"),
+                                                env=rig.env(None, None))
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+def recorded_events(folder: Path) -> list[dict]:
+    return [json.loads(line)["event"] for line in (folder / "session.jsonl").read_text().splitlines()[1:]]
+
+
+def reply_audio(folder: Path, item_id: str) -> np.ndarray:
+    """The reply audio received for ``item_id``, from the recording's output.wav."""
+    refs = [e["delta"] for e in recorded_events(folder)
+            if e["type"] == "response.output_audio.delta" and e.get("item_id") == item_id]
+    pcm, _ = soundfile.read(folder / "output.wav", dtype="int16")
+    start, size = refs[0]["offset"] // 2, sum(r["bytes"] for r in refs) // 2
+    assert all(b["offset"] == a["offset"] + a["bytes"] for a, b in itertools.pairwise(refs))
+    return pcm[start:start + size]
+
+
+def heard_extent_ms(capture: np.ndarray, reply: np.ndarray) -> tuple[float, float]:
+    """How much of ``reply`` reached the speakers, from the capture: (at least, at most) in ms.
+
+    The capture is aligned on the reply's first sound. The played part ends where the capture
+    goes quiet for 600 ms (the next reply comes seconds later); if that falls in a pause of the
+    reply, the cut lies somewhere in the pause: up to the reply's next sound.
+    """
+    onset = int(np.flatnonzero(np.abs(capture) > LOUD)[0]) - int(np.flatnonzero(np.abs(reply) > LOUD)[0])
+    loud = np.abs(capture[onset:].astype(np.int32)) > LOUD
+    quiet_run = 24 * 600
+    window = np.convolve(loud, np.ones(quiet_run, dtype=np.int32), mode="valid")  # loud samples per window
+    quiet = np.flatnonzero(window == 0)
+    end = int(quiet[0]) if quiet.size else loud.size
+    later_sound = np.flatnonzero(np.abs(reply[end:]) > LOUD)
+    return end / 24, (end + (int(later_sound[0]) if later_sound.size else reply.size - end)) / 24
+
+
+async def test_a_spoken_turn_is_transcribed_and_the_reply_is_heard(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                                 tmp_path: Path) -> None:
+    capture = tmp_path / "speaker.wav"
+    async with speaker_capture(rig, capture), talking(rig, backend, "--record", str(tmp_path / "rec")) as talker:
+        await say(rig, "hello_there")
+        seen = await talker.expect(r"^\s+user  hello there$")
+        seen = await talker.expect(r"^assistant  Hello! I am the voicerelay test assistant", seen)
+        await talker.expect(r"\[listening\]", seen, timeout=15)  # the reply was played to its end
+        code, elapsed = await talker.quit()
+    assert code == 0 and elapsed < 2, talker.lines
+    assert not [line for line in talker.lines if "Traceback" in line or "error" in line.lower()], talker.lines
+    item = next(e["item"]["id"] for e in recorded_events(tmp_path / "rec") if e["type"] == "response.output_item.added")
+    reply = reply_audio(tmp_path / "rec", item)
+    heard, _ = soundfile.read(capture, dtype="int16")
+    loud = np.flatnonzero(np.abs(heard) > LOUD)
+    assert loud.size, "the speakers stayed silent"
+    span = heard[loud[0]:loud[-1] + 1]
+    assert abs(span.size - reply.size) < 24 * 100  # all of it, give or take the reply's own edges
+    level = 20 * np.log10(np.sqrt(np.mean(span.astype(np.float64) ** 2)) / 32768)
+    assert level > -35, level
+
+
+async def test_barge_in_truncates_at_what_the_speakers_played(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                              tmp_path: Path) -> None:
+    capture = tmp_path / "speaker.wav"
+    folder = tmp_path / "rec"
+    async with speaker_capture(rig, capture), talking(rig, backend, "--record", str(folder)) as talker:
+        await say(rig, "what_can_you_do")
+        seen = await talker.expect(r"^assistant  I can greet you")  # a 4 s reply, all received, now playing
+        await asyncio.sleep(1.0)
+        await say(rig, "hello_there")  # speech while the reply plays
+        seen = await talker.expect(r"\[interrupted: \d+\.\d s of 4\.\d s heard\]", seen)
+        await talker.expect(r"^\s+user  hello there$", seen)
+        code, elapsed = await talker.quit()
+    assert code == 0 and elapsed < 2, talker.lines
+    events = recorded_events(folder)
+    truncates = [e for e in events if e["type"] == "conversation.item.truncate"]
+    assert len(truncates) == 1, truncates
+    truncate = truncates[0]
+    reply = reply_audio(folder, truncate["item_id"])
+    heard, _ = soundfile.read(capture, dtype="int16")
+    at_least, at_most = heard_extent_ms(heard, reply)
+    print(f"truncate audio_end_ms={truncate['audio_end_ms']}, the speakers played {at_least:.0f}-{at_most:.0f} ms "
+          f"of {reply.size / 24:.0f} ms")
+    assert 500 < at_least < reply.size / 24 - 1000  # really cut, in the middle
+    assert at_least - 100 <= truncate["audio_end_ms"] <= at_most + 100
+    assert any(e["type"] == "conversation.item.truncated" for e in events)
+    assert not [e for e in events if e["type"] == "error" and e["error"]["code"] != "response_cancel_not_active"]
+
+
+async def test_push_to_talk_and_typed_messages(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
+    async with talking(rig, backend, "--push-to-talk", "--text") as talker:
+        await talker.type("how are you")
+        seen = await talker.expect(r"^assistant  I am fine, thank you for asking\.$")
+        await say(rig, "what_is_your_name")  # not recording yet: nobody hears it
+        await talker.type("")  # Enter: talk
+        seen = await talker.expect(r"\[recording", seen)
+        await say(rig, "hello_there")
+        await talker.type("")  # Enter: send
+        seen = await talker.expect(r"^\s+user  hello there$", seen)
+        await talker.expect(r"^assistant  Hello!", seen)
+        code, _ = await talker.quit()
+    assert code == 0
+    assert not [line for line in talker.lines if "your name" in line.lower()]
+
+
+async def test_half_duplex_does_not_let_the_reply_interrupt_itself(rig: audio_rig.AudioRig,
+                                                                   backend: BackendServer) -> None:
+    """Speech reaching the microphone while the reply plays (an echo) is muted, not a barge-in."""
+    async with talking(rig, backend, "--duplex", "half") as talker:
+        await say(rig, "what_can_you_do")
+        seen = await talker.expect(r"^assistant  I can greet you")
+        await asyncio.sleep(0.5)
+        await say(rig, "hello_there")
+        await talker.expect(r"\[listening\]", seen, timeout=15)
+        code, _ = await talker.quit()
+    assert code == 0
+    assert not [line for line in talker.lines if "interrupted" in line or "hello there" in line], talker.lines
+
+
+def cli(*args: str, env: dict[str, str]) -> tuple[int, list[str], str]:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "voicerelay", *args], capture_output=True, text=True, timeout=60,
+                            env=env, stdin=subprocess.DEVNULL, check=False)
+    return result.returncode, result.stderr.strip().splitlines(), result.stdout
+
+
+def test_devices_lists_the_rig(rig: audio_rig.AudioRig) -> None:
+    code, err, out = cli("devices", env=_env(rig))
+    assert code == 0, err
+    rows = {line.split()[1]: line for line in out.splitlines() if re.match(r"\s*\d+\s", line)}
+    assert set(rows) == {"pulse", "default"}, out
+    assert "* input and output" in rows["default"] and "44100" in rows["default"]
+    assert "vr_mic" in out and "vr_speaker" in out  # the PulseAudio devices behind them
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input-device", "no such mic"], "no input device matches 'no such mic'; input devices: 0 'pulse', 1 'default'"),
+    (["--output-device", "UL"], "'UL' matches several output devices: 0 'pulse', 1 'default'; give its index"),
+    (["--input-device", "7"], "no input device has index 7"),
+    (["--duplex", "quarter"], "--duplex must be full or half"),
+], ids=["unknown name", "ambiguous name", "unknown index", "bad duplex"])
+def test_bad_device_options_are_one_line(rig: audio_rig.AudioRig, args: list[str], message: str) -> None:
+    code, err, _ = cli("talk", *args, env=_env(rig))
+    assert code == 2 and len(err) == 1 and err[0].startswith("voicerelay: error: ") and message in err[0], err
+
+
+def test_no_portaudio_library_names_the_package(rig: audio_rig.AudioRig, tmp_path: Path) -> None:
+    # ctypes.util.find_library is how sounddevice finds libportaudio: make it find nothing
+    (tmp_path / "sitecustomize.py").write_text(
+        "import ctypes.util\n_find = ctypes.util.find_library\n"
+        "ctypes.util.find_library = lambda name: None if 'portaudio' in name else _find(name)\n")
+    env = _env(rig, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    for command in ("talk", "devices"):
+        code, err, _ = cli(command, env=env)
+        assert code == 2 and len(err) == 1 and "install the Debian package libportaudio2" in err[0], err
+
+
+def test_no_input_device(tmp_path: Path) -> None:
+    # no sound card and no sound server: ALSA (and so PortAudio) has no device at all
+    env = {**os.environ, "PULSE_SERVER": f"unix:{tmp_path}/nothing", "XDG_RUNTIME_DIR": str(tmp_path),
+           "COLUMNS": "200"}
+    code, err, _ = cli("talk", env=env)
+    assert code == 2 and len(err) == 1 and "no input device: PortAudio sees no microphone" in err[0], err
+
+
+def test_an_unreachable_upstream_is_one_line_and_exit_1(rig: audio_rig.AudioRig) -> None:
+    with socket.socket() as sock:  # a port that surely has no listener
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, err, _ = cli("talk", "--backend", f"ws://127.0.0.1:{port}/v1/realtime", env=_env(rig))
+    assert code == 1 and f"cannot reach ws://127.0.0.1:{port}/v1/realtime" in "\n".join(err), err
+    assert not [line for line in err if "Traceback" in line]
+
+
+def test_recording_into_a_used_folder_is_refused(rig: audio_rig.AudioRig, tmp_path: Path) -> None:
+    (tmp_path / "session.jsonl").write_text("")
+    code, err, _ = cli("talk", "--record", str(tmp_path), env=_env(rig))
+    assert code == 2 and len(err) == 1 and "already holds a recorded session" in err[0], err

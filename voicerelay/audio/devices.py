@@ -1,0 +1,311 @@
+"""Sound cards through sounddevice (PortAudio): listing, choosing, and the two streams of ``talk``.
+
+- :func:`load_sounddevice` imports sounddevice, turning a missing PortAudio library into a
+  :class:`DeviceError` that names the Debian package (``libportaudio2``).
+- :func:`list_devices` / :func:`select_device`: ``--input-device`` / ``--output-device`` take an
+  index or a case-insensitive part of a name; no match, or several, is a one-line error listing
+  the candidates.
+- :class:`Microphone` opens the input at the device's own rate (its default rate, else 48000,
+  44100, 24000, 16000 Hz), resamples with :class:`soxr.ResampleStream` and delivers 24 kHz PCM16
+  frames (20 ms by default) from PortAudio's thread, a block (two frames by default) at a time.
+- :class:`Speaker` opens the output the same way and pulls 24 kHz samples from a function
+  (a :class:`~voicerelay.audio.playback.PlaybackBuffer`'s ``read``), telling it how long each
+  sample will take to be heard; :meth:`Speaker.pause` stops it at once, dropping what the
+  device holds (barge-in, or nothing to play: an idle output stream still costs CPU).
+
+Every :class:`DeviceError` message is one line fit for a CLI. sounddevice is imported only when a
+device is used, so the rest of voicerelay works on machines without PortAudio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import soxr
+
+from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
+
+__all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
+           "pulse_devices", "select_device", "supported_rates"]
+
+Kind = Literal["input", "output"]
+
+#: Rates tried after the device's default one.
+FALLBACK_RATES = (48_000, 44_100, 24_000, 16_000)
+#: soxr quality of the live paths: "LQ" keeps the resampler's delay to a few milliseconds
+#: (HQ holds 20-40 ms and releases it in bursts) and is band-limited, which speech needs.
+LIVE_QUALITY = "LQ"
+_PCM16 = np.dtype("<i2")
+
+
+class DeviceError(Exception):
+    """A sound device that cannot be used. ``str()`` is one line."""
+
+
+def load_sounddevice() -> ModuleType:
+    """Import sounddevice, or raise :class:`DeviceError` saying what to install."""
+    try:
+        import sounddevice
+    except OSError:  # sounddevice raises OSError('PortAudio library not found') on import
+        raise DeviceError("the PortAudio library is not installed: install the Debian package libportaudio2 "
+                          "(apt-get install libportaudio2)") from None
+    except ImportError:
+        raise DeviceError("the sounddevice package is not installed: pip install sounddevice") from None
+    return sounddevice
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Device:
+    index: int
+    name: str
+    hostapi: str
+    inputs: int
+    outputs: int
+    default_rate: int
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, kind: Kind) -> int:
+        return self.inputs if kind == "input" else self.outputs
+
+    def is_default(self, kind: Kind) -> bool:
+        return self.default_input if kind == "input" else self.default_output
+
+    def label(self) -> str:
+        return f"{self.index} {self.name!r}"
+
+
+def list_devices(sd: ModuleType | None = None) -> list[Device]:
+    """Every device PortAudio sees, with the default input and output marked."""
+    sd = sd or load_sounddevice()
+    try:
+        hostapis = [api["name"] for api in sd.query_hostapis()]
+        found = sd.query_devices()
+    except sd.PortAudioError as exc:
+        raise DeviceError(f"PortAudio cannot list the sound devices: {' '.join(str(exc).split())}") from None
+    default_in, default_out = (_default_index(sd, kind) for kind in ("input", "output"))
+    return [Device(index=i, name=str(d["name"]), hostapi=hostapis[d["hostapi"]] if d["hostapi"] < len(hostapis) else "",
+                   inputs=int(d["max_input_channels"]), outputs=int(d["max_output_channels"]),
+                   default_rate=int(d["default_samplerate"]), default_input=i == default_in,
+                   default_output=i == default_out)
+            for i, d in enumerate(found)]
+
+
+def _default_index(sd: ModuleType, kind: Kind) -> int:
+    try:
+        return int(sd.query_devices(kind=kind)["index"])
+    except (sd.PortAudioError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def supported_rates(device: Device, kind: Kind, sd: ModuleType | None = None) -> list[int]:
+    """Which of the default and fallback rates PortAudio accepts for ``device`` (mono PCM16)."""
+    sd = sd or load_sounddevice()
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    rates = []
+    for rate in _rates(device):
+        try:
+            check(device=device.index, channels=1, dtype="int16", samplerate=rate)
+        except (sd.PortAudioError, ValueError):
+            continue
+        rates.append(rate)
+    return rates
+
+
+def select_device(spec: str | None, kind: Kind, devices: list[Device]) -> Device:
+    """The ``kind`` device named by ``spec`` (an index or part of a name), or the default one."""
+    candidates = [d for d in devices if d.channels(kind) > 0]
+    listing = ", ".join(d.label() for d in candidates)
+    if not candidates:
+        what = "microphone" if kind == "input" else "speaker"
+        raise DeviceError(f"no {kind} device: PortAudio sees no {what} on this machine"
+                          + (f" (devices: {', '.join(d.label() for d in devices)})" if devices else ""))
+    if spec is None or spec.strip() == "":
+        return next((d for d in candidates if d.is_default(kind)), candidates[0])
+    spec = spec.strip()
+    if spec.isdigit():
+        match = [d for d in candidates if d.index == int(spec)]
+        if not match:
+            raise DeviceError(f"no {kind} device has index {spec}; {kind} devices: {listing}")
+        return match[0]
+    wanted = spec.casefold()
+    exact = [d for d in candidates if d.name.casefold() == wanted]
+    match = exact or [d for d in candidates if wanted in d.name.casefold()]
+    if not match:
+        raise DeviceError(f"no {kind} device matches {spec!r}; {kind} devices: {listing}")
+    if len(match) > 1:
+        raise DeviceError(f"{spec!r} matches several {kind} devices: {', '.join(d.label() for d in match)}; "
+                          "give its index or more of its name")
+    return match[0]
+
+
+def pulse_devices(timeout: float = 2.0) -> dict[str, list[str]] | None:
+    """The PulseAudio (or PipeWire) sources and sinks, when ``pactl`` reaches a server; else None.
+
+    PortAudio sees such a server as one ALSA device (``pulse``/``default``); the server's own
+    device is chosen per process with ``PULSE_SOURCE`` / ``PULSE_SINK``.
+    """
+    if shutil.which("pactl") is None:
+        return None
+    found: dict[str, list[str]] = {}
+    for kind in ("sources", "sinks"):
+        try:
+            result = subprocess.run(["pactl", "list", "short", kind], capture_output=True, text=True,
+                                    timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode != 0:
+            return None
+        found[kind] = [line.split("\t")[1] for line in result.stdout.splitlines() if line.count("\t") >= 1]
+    return found
+
+
+def _rates(device: Device) -> list[int]:
+    rates = [device.default_rate] if device.default_rate > 0 else []
+    return rates + [r for r in FALLBACK_RATES if r not in rates]
+
+
+class _DeviceStream:
+    """What the two streams share: opening at the first usable rate, latency, start and close."""
+
+    device: Device
+    rate: int
+
+    def _open(self, sd: ModuleType, kind: Kind, make: Callable[[int], Any]) -> None:
+        """``make(rate)`` at the device's default rate, then the fallback rates; the first that opens."""
+        failures = []
+        for rate in _rates(self.device):
+            try:
+                self._stream = make(rate)
+            except (sd.PortAudioError, ValueError) as exc:
+                failures.append(f"{rate}: {' '.join(str(exc).split())}")
+                continue
+            self.rate = int(self._stream.samplerate)
+            return
+        raise DeviceError(f"cannot open {kind} device {self.device.label()} at any usable rate "
+                          f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz; {failures[-1]})")
+
+    @property
+    def latency(self) -> float:
+        """The device's own latency, in seconds, as PortAudio reports it."""
+        return float(self._stream.latency)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._stream.active)
+
+    def start(self) -> None:
+        """Start (or resume) the stream."""
+        self._stream.start()
+
+    def close(self) -> None:
+        """Stop and close the stream (idempotent)."""
+        if not self._stream.closed:
+            self._stream.abort()
+            self._stream.close()
+
+
+class Microphone(_DeviceStream):
+    """The input stream: 24 kHz PCM16 frames of ``frame_ms`` to ``on_frames``, from PortAudio's thread.
+
+    ``on_frames(frames)`` gets a list of ``bytes`` frames (one block's worth) and must return
+    quickly; it may be replaced before :meth:`start`. Blocks of ``block_ms`` (40 by default:
+    each device wake-up costs CPU, and half of them cost 20 ms of latency at most, before the
+    frame leaves). ``overflows`` counts blocks the device dropped because the callback was late.
+    """
+
+    def __init__(self, device: Device, on_frames: Callable[[list[bytes]], None], *, frame_ms: int = 20,
+                 block_ms: int = 40, sd: ModuleType | None = None) -> None:
+        sd = sd or load_sounddevice()
+        self.device = device
+        self.overflows = 0
+        self.on_frames = on_frames
+        self._splitter = FrameSplitter(frame_ms)
+        self._resampler: soxr.ResampleStream | None = None
+
+        def make(rate: int) -> Any:
+            return sd.RawInputStream(samplerate=rate, blocksize=rate * block_ms // 1000, device=device.index,
+                                     channels=1, dtype="int16", callback=self._callback)
+
+        self._open(sd, "input", make)
+        if self.rate != SAMPLE_RATE:
+            self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16", quality=LIVE_QUALITY)
+
+    def _callback(self, indata: Any, frames: int, time: Any, status: Any) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        pcm = np.frombuffer(indata, dtype=_PCM16)
+        if self._resampler is not None:
+            pcm = self._resampler.resample_chunk(pcm)
+        out = self._splitter.feed(pcm.tobytes())
+        if out:
+            self.on_frames(out)
+
+
+class Speaker(_DeviceStream):
+    """The output stream, fed from ``pull(frames, delay)`` with 24 kHz int16 samples.
+
+    ``pull`` gets the number of 24 kHz samples wanted and ``delay``, the seconds until the first
+    of them is heard (the device's latency for this block, plus what the resampler holds).
+    ``underflows`` counts blocks the device played late.
+    """
+
+    def __init__(self, device: Device, pull: Callable[[int, float], np.ndarray], *, block_ms: int = 20,
+                 sd: ModuleType | None = None) -> None:
+        sd = sd or load_sounddevice()
+        self.device = device
+        self.underflows = 0
+        self._pull = pull
+        self._lock = threading.Lock()  # pause() against the callback, for the resampler state
+        self._pending = np.zeros(0, dtype=_PCM16)  # resampled, not handed yet
+
+        def make(rate: int) -> Any:
+            return sd.RawOutputStream(samplerate=rate, blocksize=rate * block_ms // 1000, device=device.index,
+                                      channels=1, dtype="int16", callback=self._callback)
+
+        self._open(sd, "output", make)
+        self._resampler = self._new_resampler()
+
+    def _new_resampler(self) -> soxr.ResampleStream | None:
+        if self.rate == SAMPLE_RATE:
+            return None
+        return soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="int16", quality=LIVE_QUALITY)
+
+    def _callback(self, outdata: Any, frames: int, time: Any, status: Any) -> None:
+        if status.output_underflow:
+            self.underflows += 1
+        latency = time.outputBufferDacTime - time.currentTime
+        if not 0 < latency < 2:  # a host API that does not report it
+            latency = self._stream.latency
+        with self._lock:
+            if self._resampler is None:
+                outdata[:] = self._pull(frames, latency).tobytes()
+                return
+            pending = self._pending
+            for _ in range(8):  # soxr releases its output in bursts: pull until a block is there
+                if pending.size >= frames:
+                    break
+                held = pending.size + self._resampler.delay()
+                want = math.ceil((frames - pending.size) * SAMPLE_RATE / self.rate) + 8
+                more = self._resampler.resample_chunk(self._pull(want, latency + held / self.rate))
+                pending = np.concatenate((pending, more))
+            block = pending[:frames]
+            if block.size < frames:
+                block = np.concatenate((block, np.zeros(frames - block.size, dtype=_PCM16)))
+            outdata[:] = block.tobytes()
+            self._pending = pending[frames:]
+
+    def pause(self) -> None:
+        """Stop now, dropping what the device and the resampler hold; :meth:`start` resumes."""
+        self._stream.abort()
+        with self._lock:
+            self._pending = np.zeros(0, dtype=_PCM16)
+            self._resampler = self._new_resampler()

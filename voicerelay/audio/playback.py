@@ -1,0 +1,227 @@
+"""The playback buffer: a jitter buffer for reply audio and the cursor of what was really heard.
+
+Plain Python and numpy, no device. The event loop feeds it reply deltas (24 kHz PCM16, with
+their item id); the sound card's output callback reads exactly the samples it needs; on barge-in
+:meth:`~PlaybackBuffer.stop` drops everything queued and tells how many milliseconds of the item
+were heard. One lock guards it all: the two sides run on different threads.
+
+Theory of operation
+-------------------
+*Jitter.* Deltas arrive in bursts; the device asks for a block every few milliseconds. An item
+starts playing only once ``preroll_ms`` are queued (or its response is complete, see
+:meth:`~PlaybackBuffer.finish`, or it waited ``max_wait_ms``). Servers send faster than real
+time, so the queue soon holds much more; deltas that only keep up with real time still leave no
+gap while each is late by less than the pre-roll minus one delta's length. If the queue does run
+dry before the response is complete, playback pauses and takes a new pre-roll (an *underrun*,
+counted) instead of stuttering block by block.
+
+*Heard, not handed.* A sample handed to the device is heard later: after the device's output
+latency and whatever the caller still holds downstream (a resampler). ``read`` is told that
+delay (PortAudio: ``outputBufferDacTime - currentTime``, else ``stream.latency``), so the
+buffer knows when the last handed sample will have been heard. At any moment, the audio still
+*in flight* is what lies between now and then. Played ms of an item = samples handed for it
+minus its part of what is in flight; never more than was received.
+
+*Stop.* :meth:`~PlaybackBuffer.stop` assumes the caller also drops what the device holds
+(PortAudio: abort the stream), so the audio in flight at that moment is never heard: it is
+taken off the items' counts for good. Afterwards the buffer is empty and accepts new items.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from voicerelay.protocol.audio import SAMPLE_RATE
+
+__all__ = ["PlaybackBuffer"]
+
+_PCM16 = np.dtype("<i2")
+_KEEP_ITEMS = 32  # per-item counters kept for played_ms() after the item is gone
+
+
+@dataclasses.dataclass(slots=True)
+class _Item:
+    received: int = 0  # samples fed
+    handed: int = 0  # samples given to the device (less those dropped in flight by stop())
+    complete: bool = False  # its response is done: no pre-roll needed
+    first_fed_at: float | None = None
+    first_heard_at: float | None = None  # when its first sample reached the speaker (clock time)
+
+
+class PlaybackBuffer:
+    """Reply audio between the event loop (``feed``) and the output callback (``read``).
+
+    ``latency`` is the default delay (seconds) between ``read`` and the speaker, used when
+    ``read`` is not told one. ``clock`` is ``time.monotonic`` unless a test gives its own.
+    """
+
+    def __init__(self, *, preroll_ms: float = 80.0, max_wait_ms: float = 500.0, latency: float = 0.0,
+                 rate: int = SAMPLE_RATE, clock: Callable[[], float] = time.monotonic) -> None:
+        if preroll_ms < 0 or max_wait_ms < 0 or latency < 0:
+            raise ValueError("preroll_ms, max_wait_ms and latency must not be negative")
+        self.rate = rate
+        self.preroll = int(preroll_ms * rate / 1000)
+        self.max_wait = max_wait_ms / 1000
+        self.latency = latency
+        self.underruns = 0
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[str, np.ndarray]] = collections.deque()
+        self._offset = 0  # samples of the head chunk already handed
+        self._queued = 0  # samples queued (all chunks, less the head's offset)
+        self._items: dict[str, _Item] = {}
+        self._handed_order: list[str] = []  # items in the order they were handed (last = most recent)
+        self._playing = False  # False: waiting for a pre-roll
+        self._heard_by = clock()  # when the last handed sample will have been heard
+
+    # ---------------------------------------------------------------------- event-loop side
+
+    def feed(self, pcm: bytes | bytearray | memoryview, item_id: str) -> None:
+        """Queue one delta of reply audio (24 kHz PCM16) of ``item_id``."""
+        samples = np.frombuffer(pcm, dtype=_PCM16)
+        if samples.size == 0:
+            return
+        with self._lock:
+            item = self._items.get(item_id)
+            if item is None:
+                item = self._items[item_id] = _Item()
+                self._forget_old_items()
+            if item.first_fed_at is None:
+                item.first_fed_at = self._clock()
+            item.received += samples.size
+            self._queue.append((item_id, samples))
+            self._queued += samples.size
+
+    def finish(self) -> None:
+        """Every item fed so far is complete (its response is done): play it without waiting for a pre-roll."""
+        with self._lock:
+            for item in self._items.values():
+                item.complete = True
+
+    def stop(self) -> tuple[str | None, int]:
+        """Drop everything queued; return ``(item_id, played_ms)`` of the item being played.
+
+        The caller must drop what the device holds too (see the module docstring). The item
+        is the one handed most recently, or the next one queued when nothing was handed yet
+        (``played_ms`` 0), or ``None`` when there was nothing at all.
+        """
+        with self._lock:
+            now = self._clock()
+            for item_id, samples in self._unheard(now).items():
+                self._items[item_id].handed -= samples
+            current = self._handed_order[-1] if self._handed_order else (self._queue[0][0] if self._queue else None)
+            self._queue.clear()
+            self._offset = self._queued = 0
+            self._handed_order.clear()
+            self._playing = False
+            self._heard_by = now
+            played = self._items[current].handed if current is not None else 0
+            return current, played * 1000 // self.rate
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` heard so far (what is still in flight does not count)."""
+        with self._lock:
+            item = self._items.get(item_id)
+            if item is None:
+                return 0
+            return (item.handed - self._unheard(self._clock()).get(item_id, 0)) * 1000 // self.rate
+
+    def received_ms(self, item_id: str) -> int:
+        with self._lock:
+            item = self._items.get(item_id)
+            return 0 if item is None else item.received * 1000 // self.rate
+
+    def first_audio_latency(self, item_id: str) -> float | None:
+        """Seconds from the first delta of ``item_id`` being fed to its first sample being heard."""
+        with self._lock:
+            item = self._items.get(item_id)
+            if item is None or item.first_fed_at is None or item.first_heard_at is None:
+                return None
+            return item.first_heard_at - item.first_fed_at
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight: everything fed has been heard (or dropped)."""
+        with self._lock:
+            return not self._queued and self._clock() >= self._heard_by
+
+    @property
+    def queued_ms(self) -> float:
+        with self._lock:
+            return self._queued * 1000 / self.rate
+
+    # ---------------------------------------------------------------------- output-callback side
+
+    def read(self, frames: int, delay: float | None = None) -> np.ndarray:
+        """Exactly ``frames`` samples (int16) for the device, zero-filled where there is nothing to play.
+
+        ``delay``: seconds from now until the first returned sample is heard (the device's
+        output latency plus anything the caller still holds); ``latency`` when not given.
+        """
+        out = np.zeros(frames, dtype=_PCM16)
+        with self._lock:
+            now = self._clock()
+            if delay is not None and delay >= 0:
+                self.latency = delay
+            if not self._playing and self._queue and self._ready(now):
+                self._playing = True
+            if not self._playing:
+                return out
+            filled = 0
+            while filled < frames and self._queue:
+                item_id, chunk = self._queue[0]
+                take = min(frames - filled, chunk.size - self._offset)
+                out[filled:filled + take] = chunk[self._offset:self._offset + take]
+                item = self._items[item_id]
+                if item.first_heard_at is None:
+                    item.first_heard_at = now + self.latency + filled / self.rate
+                item.handed += take
+                if not self._handed_order or self._handed_order[-1] != item_id:
+                    self._handed_order.append(item_id)
+                    del self._handed_order[:-_KEEP_ITEMS]
+                filled += take
+                self._offset += take
+                self._queued -= take
+                if self._offset == chunk.size:
+                    self._queue.popleft()
+                    self._offset = 0
+            if filled:
+                self._heard_by = now + self.latency + filled / self.rate
+            if filled < frames:  # ran dry: the next audio takes a pre-roll again
+                self._playing = False
+                if self._handed_order and not self._items[self._handed_order[-1]].complete:
+                    self.underruns += 1  # a gap before its response was complete
+            return out
+
+    # ---------------------------------------------------------------------- internals
+
+    def _ready(self, now: float) -> bool:
+        """May playback start: pre-roll queued, the head item complete, or it waited long enough."""
+        if self._queued >= self.preroll:
+            return True
+        head = self._items[self._queue[0][0]]
+        return head.complete or (head.first_fed_at is not None and now - head.first_fed_at >= self.max_wait)
+
+    def _unheard(self, now: float) -> dict[str, int]:
+        """Samples handed to the device and not heard yet at ``now``, per item: the newest handed."""
+        left = max(0, round((self._heard_by - now) * self.rate))
+        unheard = {}
+        for item_id in dict.fromkeys(reversed(self._handed_order)):
+            if left <= 0:
+                break
+            unheard[item_id] = min(left, self._items[item_id].handed)
+            left -= unheard[item_id]
+        return unheard
+
+    def _forget_old_items(self) -> None:
+        while len(self._items) > _KEEP_ITEMS:
+            oldest = next(iter(self._items))
+            if oldest in self._handed_order or any(item_id == oldest for item_id, _ in self._queue):
+                break
+            del self._items[oldest]

@@ -1,0 +1,494 @@
+"""``voicerelay talk``: the microphone and the speakers through the pipeline, with barge-in done right.
+
+Threads: PortAudio runs the two device callbacks on its own threads. The microphone's resamples
+to 24 kHz frames and hands them to the event loop (``call_soon_threadsafe``), where they go to
+:meth:`Relay.send_audio_nowait <voicerelay.relay.Relay.send_audio_nowait>` (a late upstream
+drops frames, it never blocks the device). The speaker's reads a
+:class:`~voicerelay.audio.playback.PlaybackBuffer`, which the event loop fills with the
+``PlayAudio`` effects. Everything else happens on the event loop.
+
+Barge-in: the session decides it (server VAD's ``speech_started``, a key, a typed message) and
+emits ``StopPlayback``. :meth:`Talk._stop_playback` then drops the buffer's queue and what the
+device holds (the output stream is aborted: silence within one output block), reads how much of
+the item was really heard, and reports it with ``relay.playback_stopped`` once the session's
+other effects (``response.cancel``) are queued: the truncate follows the cancel. The output
+stream starts again with the next reply audio; it also rests after a second without any (an
+idle stream costs CPU).
+
+Modes: server VAD by default; ``push_to_talk`` (turn detection disabled: Enter starts and ends
+a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex="half"``
+(the microphone sends silence while reply audio plays and for a short echo tail after it: for
+speakers without echo cancellation, whose sound would otherwise reach the microphone and
+interrupt the assistant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from .audio.devices import Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.playback import PlaybackBuffer
+from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
+from .protocol.config import RealtimeConfig
+from .protocol.events import Dialect
+from .protocol.session import Error, PlayAudio, ResponseDone, StateChanged, StopPlayback, Transcript
+from .relay import Notice, Observation, Relay
+from .upstream import UpstreamError, upstream_for
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+#: Reply audio queued before an item starts playing (absorbs the deltas' arrival jitter).
+PREROLL_MS = 80
+#: Half duplex: the microphone stays muted this long after the last reply sample (room echo).
+ECHO_TAIL_S = 0.3
+#: The output stream is paused after this long without reply audio (an idle stream still costs CPU).
+SPEAKER_REST_S = 1.0
+TICK_S = 0.1
+#: Ctrl-C: how long the upstream may take to close before it is abandoned.
+CLOSE_TIMEOUT_S = 1.5
+
+
+class TalkError(Exception):
+    """Unusable options or input for ``talk``; ``str()`` is one line (exit code 2)."""
+
+
+@dataclasses.dataclass(slots=True)
+class TalkOptions:
+    config: RealtimeConfig = dataclasses.field(default_factory=RealtimeConfig)
+    backend: str | None = None
+    dialect: Dialect = Dialect.GA
+    input_device: str | None = None
+    output_device: str | None = None
+    push_to_talk: bool = False
+    text: bool = False
+    duplex: str = "full"  # "full" | "half"
+    record: Path | None = None
+
+
+class PlainView:
+    """What a person at a terminal sees: transcript lines and a one-line state.
+
+    In a terminal (and without ``--text``, whose typing it would overwrite) the state line and
+    the partial transcripts are a live region under the transcript; otherwise final lines only,
+    and the state as a dim line when it changes.
+    """
+
+    def __init__(self, console: Console, err: Console, live: bool) -> None:
+        self.console = console
+        self.err = err
+        self._partial = {"user": "", "assistant": ""}
+        self._status = Text("connecting…")
+        self._live = Live(console=console, auto_refresh=False, transient=True, redirect_stdout=False,
+                          redirect_stderr=False) if live and console.is_terminal else None
+
+    @property
+    def live(self) -> bool:
+        """True when the state line is drawn live (a terminal)."""
+        return self._live is not None
+
+    def __enter__(self) -> Self:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def line(self, text: str, style: str = "", err: bool = False) -> None:
+        console = self.console if self._live is not None or not err else self.err
+        console.print(Text(text, style=style), highlight=False)
+
+    def transcript(self, role: str, text: str, final: bool, note: str = "") -> None:
+        if not final:
+            self._partial[role] += text
+            return
+        self._partial[role] = ""
+        if text:
+            style = "bold cyan" if role == "user" else "bold magenta"
+            label = Text(f"{role:>9}  ", style=style)
+            self.console.print(label + Text(text) + Text(note, style="dim"), highlight=False)
+
+    def state(self, state: str) -> None:
+        if self._live is None:
+            self.line(f"{'':>9}  [{state}]", "dim")
+
+    def status(self, text: Text) -> None:
+        self._status = text
+        if self._live is None:
+            return
+        body = Text()
+        for role in ("user", "assistant"):
+            if self._partial[role]:
+                body += Text(f"{role:>9}  ", style="dim") + Text(self._partial[role] + "…\n", style="dim")
+        self._live.update(body + self._status, refresh=True)
+
+
+class Talk:
+    """The front door: devices, keyboard and screen around one :class:`Relay`."""
+
+    def __init__(self, relay: Relay, options: TalkOptions, view: PlainView, loop: asyncio.AbstractEventLoop,
+                 buffer: PlaybackBuffer, mic: Microphone, speaker: Speaker, stop: asyncio.Event) -> None:
+        self.relay = relay
+        self.options = options
+        self.view = view
+        self.loop = loop
+        self.buffer = buffer
+        self.mic = mic
+        self.speaker = speaker
+        self.recording = not options.push_to_talk  # push-to-talk: only between two Enters
+        self.live_audio = False  # frames go upstream once the session is ready
+        self.level_dbfs = float("-inf")
+        self.interrupted: dict[str, int] = {}  # item_id -> ms heard when it was cut
+        self._unmute_at = 0.0
+        self._sounding_at = 0.0  # the last tick that found reply audio in the buffer
+        self._silence = bytes(ms_to_bytes(FRAME_MS))
+        self._state = relay.session.state.value
+        self._stop = stop
+
+    def quit(self) -> None:
+        """End the session, as Ctrl-C does."""
+        self._stop.set()
+
+    async def run(self, on_start: Callable[[Talk], None] | None = None) -> None:
+        """Connect, then stream until Ctrl-C or :meth:`quit`; raises the upstream's failure."""
+        self.relay.subscribe(self.observe)
+        self.mic.on_frames = self.on_mic_frames
+        run = asyncio.create_task(self.relay.run(), name="relay")
+        keyboard = None
+        try:
+            if not await _wait_ready(self.relay, run, self._stop):
+                return
+            if on_start is not None:
+                on_start(self)
+            self.mic.start()  # the speakers start with the first reply audio
+            self.live_audio = True
+            keyboard = _Keyboard(self.loop, self.on_line, cbreak=not self.options.text)
+            self.view.err.print(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options),
+                                highlight=False)
+            with self.view:
+                ticker = _Every(self.loop, TICK_S, self.tick)
+                stopping = asyncio.create_task(self._stop.wait())
+                try:
+                    await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ticker.cancel()
+                    stopping.cancel()
+                    await asyncio.gather(stopping, return_exceptions=True)
+            if run.done():
+                await run  # raises the upstream's failure
+        finally:
+            if keyboard is not None:
+                keyboard.close()
+            self.live_audio = False
+            self.mic.close()  # silence first, then the upstream
+            self.speaker.close()
+            await self.relay.stop()
+            if not run.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(run), CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    run.cancel()
+                    await asyncio.gather(run, return_exceptions=True)
+                except UpstreamError:
+                    pass
+
+    # ------------------------------------------------------------------ audio thread -> loop
+
+    def on_mic_frames(self, frames: list[bytes]) -> None:
+        """PortAudio's input thread: hand the frames to the event loop."""
+        self.loop.call_soon_threadsafe(self._mic_frames, frames)
+
+    def _mic_frames(self, frames: list[bytes]) -> None:
+        if not self.live_audio or not self.recording:
+            return
+        muted = self._muted()
+        for frame in frames:
+            if muted:
+                frame = self._silence
+            self.relay.send_audio_nowait(frame)
+        if not muted and self.view.live:
+            self.level_dbfs = rms_dbfs(np.frombuffer(frames[-1], dtype="<i2"))
+
+    def _muted(self) -> bool:
+        """Half duplex: reply audio is playing, or its echo may still be in the room."""
+        return self.options.duplex == "half" and (not self.buffer.idle or time.monotonic() < self._unmute_at)
+
+    # ------------------------------------------------------------------ effects
+
+    def observe(self, obs: Observation) -> None:
+        if isinstance(obs, PlayAudio):
+            self.buffer.feed(obs.pcm, obs.item_id)
+            if not self.speaker.active:
+                self.speaker.start()
+        elif isinstance(obs, StopPlayback):
+            self._stop_playback(obs.item_id)
+        elif isinstance(obs, Transcript):
+            note = ""
+            if obs.final and obs.role == "assistant" and obs.item_id in self.interrupted:
+                note = f"  (interrupted after {self.interrupted[obs.item_id] / 1000:.1f} s)"
+            self.view.transcript(obs.role, obs.text, obs.final, note)
+        elif isinstance(obs, ResponseDone):
+            self.buffer.finish()  # what is queued may play out without a pre-roll
+        elif isinstance(obs, StateChanged):
+            self._state = obs.new.value
+            self.view.state(obs.new.value)
+        elif isinstance(obs, Error):
+            self.view.line(f"error {obs.code}: {obs.message}", "red", err=True)
+        elif isinstance(obs, Notice) and obs.kind in ("recycled", "reconnecting"):
+            self.view.line(obs.message, "yellow", err=True)
+
+    def _stop_playback(self, item_id: str | None) -> None:
+        """Barge-in: silence now, then report what was heard (after the session's cancel is queued)."""
+        self.buffer.stop()
+        self.speaker.pause()
+        played = self.buffer.played_ms(item_id) if item_id else 0
+        if item_id:
+            self.interrupted[item_id] = played
+            self.view.line(f"{'':>9}  [interrupted: {played / 1000:.1f} s of "
+                           f"{self.buffer.received_ms(item_id) / 1000:.1f} s heard]", "dim")
+        self.loop.call_soon(self.relay.playback_stopped, item_id, played)
+
+    # ------------------------------------------------------------------ keyboard
+
+    def on_line(self, line: str) -> None:
+        """One line typed (or Enter in a terminal)."""
+        line = line.strip()
+        if line and self.options.text:
+            self.relay.user_text(line)
+        elif line:
+            self.view.line("typed text is ignored without --text", "yellow", err=True)
+        elif self.options.push_to_talk:
+            self._toggle_talking()
+        elif self._assistant_audible():
+            self.relay.interrupt()
+
+    def _assistant_audible(self) -> bool:
+        session = self.relay.session
+        return session.playing_item is not None or session.response_active or not self.buffer.idle
+
+    def _toggle_talking(self) -> None:
+        if not self.recording:
+            if self._assistant_audible():
+                self.relay.interrupt()
+            self.recording = True
+            self.view.line(f"{'':>9}  [recording: Enter sends]", "dim", err=True)
+        else:
+            self.recording = False
+            self.relay.commit()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def tick(self) -> None:
+        """Every TICK_S: report idle playback, rest the speakers, refresh the state line."""
+        session = self.relay.session
+        idle = self.buffer.idle
+        if idle and session.playing_item is not None and not session.response_active:
+            self.relay.playback_idle()
+        now = time.monotonic()
+        if not idle:
+            self._sounding_at = now
+            self._unmute_at = now + ECHO_TAIL_S
+        elif self.speaker.active and now - self._sounding_at >= SPEAKER_REST_S:
+            self.speaker.pause()
+        if self.view.live:
+            self.view.status(self._status_line())
+
+    def _status_line(self) -> Text:
+        snap = self.relay.snapshot()
+        colours = {"listening": "green", "user_speaking": "cyan", "thinking": "yellow", "speaking": "magenta"}
+        line = Text("● ", style=colours.get(self._state, "red")) + Text(self._state.replace("_", " "), style="bold")
+        if self.options.push_to_talk:
+            line += Text("  recording, Enter sends" if self.recording else "  Enter to talk", style="cyan")
+        mic = "muted" if self._muted() else ("-∞" if self.level_dbfs == float("-inf") else f"{self.level_dbfs:.0f} dBFS")
+        line += Text(f"  │ mic {mic} │ reply queued {self.buffer.queued_ms / 1000:.1f} s"
+                     f" │ upstream queue {snap['queued_audio_ms']} ms │ dropped {snap['dropped_audio_ms']} ms"
+                     f" │ turns {snap['turns']} │ Ctrl-C quits", style="dim")
+        return line
+
+
+async def talk(options: TalkOptions, console: Console, err: Console,
+               on_start: Callable[[Talk], None] | None = None) -> int:
+    """Run ``voicerelay talk`` until Ctrl-C (or :meth:`Talk.quit`); returns the exit code.
+
+    Unusable devices raise :class:`~voicerelay.audio.devices.DeviceError`, other bad options
+    :class:`TalkError`. ``on_start`` is called with the :class:`Talk` once it is wired, before its
+    devices start (a window onto it: a benchmark, a TUI).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C is not swallowed
+            loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    try:
+        return await _talk(options, console, err, stop, on_start)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _talk(options: TalkOptions, console: Console, err: Console, stop: asyncio.Event,
+                on_start: Callable[[Talk], None] | None) -> int:
+    sd = load_sounddevice()
+    devices = list_devices(sd)
+    mic_device = select_device(options.input_device, "input", devices)
+    speaker_device = select_device(options.output_device, "output", devices)
+    config = options.config
+    if options.push_to_talk and config.turn_detection_mode != "disabled":
+        config = dataclasses.replace(config, turn_detection_mode="disabled")
+    buffer = PlaybackBuffer(preroll_ms=PREROLL_MS)
+    with contextlib.ExitStack() as opened:  # closed last to first: the recorder after the relay is done
+        speaker = Speaker(speaker_device, buffer.read, block_ms=FRAME_MS, sd=sd)
+        opened.callback(speaker.close)
+        buffer.latency = speaker.latency
+        mic = Microphone(mic_device, lambda frames: None, frame_ms=FRAME_MS, sd=sd)  # wired by Talk
+        opened.callback(mic.close)
+        recorder = None
+        if options.record is not None:
+            from .recording import Recorder, RecordingError
+
+            try:
+                recorder = Recorder(options.record, {"command": "talk", "input_device": mic_device.name,
+                                                     "output_device": speaker_device.name})
+            except RecordingError as exc:
+                raise TalkError(str(exc)) from None
+            opened.callback(recorder.close)
+        try:
+            async with upstream_for(options.backend, config.model, options.dialect) as spec:
+                relay = Relay(config, spec, recorder=recorder)
+                view = PlainView(console, err, live=not options.text)
+                await Talk(relay, options, view, asyncio.get_running_loop(), buffer, mic, speaker, stop).run(on_start)
+        except UpstreamError as exc:
+            err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
+            return 1
+        finally:
+            log.info("playback underruns %d, microphone overflows %d, speaker underflows %d", buffer.underruns,
+                     mic.overflows, speaker.underflows)
+    return 0
+
+
+class _Every:
+    """Call ``function`` every ``seconds`` on the event loop until :meth:`cancel`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, function: Callable[[], None]) -> None:
+        self.loop, self.seconds, self.function = loop, seconds, function
+        self._handle = loop.call_later(seconds, self._run)
+
+    def _run(self) -> None:
+        self._handle = self.loop.call_later(self.seconds, self._run)
+        self.function()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+async def _wait_ready(relay: Relay, run: asyncio.Task[None], stop: asyncio.Event) -> bool:
+    """Until the upstream accepted the configuration (True), or Ctrl-C (False); raises its failure."""
+    ready = asyncio.create_task(relay.wait_ready(15))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({run, ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (ready, stopping):
+            task.cancel()
+        await asyncio.gather(ready, stopping, return_exceptions=True)
+    if run.done():
+        await run
+    if stop.is_set():
+        return False
+    if not relay.ready:
+        raise UpstreamError("the upstream did not accept the session configuration within 15 s")
+    return True
+
+
+def _banner(upstream: str, mic: Microphone, speaker: Speaker, options: TalkOptions) -> str:
+    rate = f" → {SAMPLE_RATE // 1000} kHz" if mic.rate != SAMPLE_RATE else ""
+    mode = "push-to-talk (Enter starts and sends a turn)" if options.push_to_talk else "server VAD"
+    extras = [mode]
+    if options.text:
+        extras.append("type a line to send it")
+    if options.duplex == "half":
+        extras.append("half duplex")
+    if options.record is not None:
+        extras.append(f"recording to {options.record}")
+    return (f"[bold green]talking[/] to {upstream}\n"
+            f"  microphone {mic.device.label()} at {mic.rate} Hz{rate}, speaker {speaker.device.label()} at "
+            f"{speaker.rate} Hz\n  {', '.join(extras)}. Ctrl-C quits.")
+
+
+class _Keyboard:
+    """Lines (or, in a terminal without ``--text``, single Enter presses) from stdin, on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_line: Any, cbreak: bool) -> None:
+        self.loop = loop
+        self.on_line = on_line
+        self._fd: int | None = None
+        self._saved: Any = None
+        self._pending = b""
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            return
+        if cbreak and os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():  # (a background job may not)
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)  # keys arrive one by one, without echo; Ctrl-C still signals
+        try:
+            loop.add_reader(fd, self._readable)
+        except (OSError, ValueError):  # a regular file cannot be watched: no keyboard then
+            self._restore(fd)
+            return
+        self._fd = fd
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 4096)
+        except OSError:
+            data = b""
+        if not data:  # end of input
+            self.loop.remove_reader(self._fd)
+            return
+        self._pending += data.replace(b"\r", b"\n")
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self.on_line(line.decode("utf-8", "replace"))
+
+    def _restore(self, fd: int) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+            self._restore(self._fd)
+            self._fd = None
+
+
+__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "talk"]
