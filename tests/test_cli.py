@@ -74,3 +74,20 @@ def test_unknown_option_is_a_usage_error() -> None:
 def test_inspect_needs_an_http_url() -> None:
     result = run("inspect", "ws://127.0.0.1:1")
     assert result.returncode == 2 and "http(s)://" in result.stderr
+
+
+def test_backend_stops_on_sigterm_and_leaves_no_workers() -> None:
+    with subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", "0"],
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"}) as proc:
+        assert proc.stderr is not None
+        while "Ctrl-C stops it" not in (line := proc.stderr.readline()):
+            assert line, "the backend exited early"
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children  # its speech-recognition workers
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        proc.stderr.read()
+    deadline = time.monotonic() + 5
+    while (alive := [pid for pid in children if os.path.exists(f"/proc/{pid}")]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive == [], [open(f"/proc/{pid}/cmdline").read() for pid in alive]

@@ -154,7 +154,13 @@ class BackendServer:
 
 async def run(host: str, port: int, pace: float, max_session_seconds: float, ready: Any = None) -> None:
     """Run a backend until cancelled (the ``voicerelay backend`` command)."""
+    import signal
+
     engines = Engines()
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM ends it like Ctrl-C
+        loop.add_signal_handler(signal.SIGTERM, lambda: main.cancel() if main else None)
     try:
         async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
                                  engines=engines) as server:

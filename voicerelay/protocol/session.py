@@ -571,6 +571,9 @@ class RealtimeSession:
 
     def _barge_in(self) -> list[Effect]:
         out: list[Effect] = []
+        if self._active_response is not None:  # cancel first: a front door may report playback at once
+            self._ignored_responses.add(self._active_response)
+            out.append(SendEvent(response_cancel()))
         item_id = self._playing_item
         if item_id is not None:
             response_id = self._response_items.get(item_id)
@@ -580,9 +583,6 @@ class RealtimeSession:
             self._pending_truncate = None if response_id in self._say_responses else item_id
             self._playing_item = None
             out.append(StopPlayback(item_id))
-        if self._active_response is not None:
-            self._ignored_responses.add(self._active_response)
-            out.append(SendEvent(response_cancel()))
         return out
 
 
