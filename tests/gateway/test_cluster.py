@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import re
 import shutil
 import socket
 import subprocess
