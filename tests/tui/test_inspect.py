@@ -50,7 +50,7 @@ async def test_inspect_lists_live_sessions_and_one_ending(gateway: tuple[Gateway
         await second.emit("end_session")
         await until(lambda: app.model.sessions[second_id].ended is not None, pause=lambda: pilot.pause(0.05))
         await pilot.pause(0.2)
-        assert table.get_cell(second_id, "state") == "ended (ended)"
+        assert table.get_cell(second_id, "state") == "ended"
         assert table.get_cell(first_id, "state") in ("listening", "speaking")
         await pilot.press("p")
         await pilot.pause()

@@ -39,9 +39,12 @@ class InspectApp(App[None]):
         Binding("question_mark", "help", "help"),
     ]
 
-    def __init__(self, url: str, token: str | None = None, socketio_path: str = "socket.io") -> None:
+    def __init__(self, url: str, token: str | None = None, socketio_path: str = "socket.io",
+                 connect: bool = True) -> None:
+        """``connect=False`` draws only what is fed to :meth:`feed` (screenshots, snapshot tests)."""
         super().__init__()
         self.url = url
+        self.connect = connect
         self.token = token
         self.socketio_path = socketio_path
         self.model = MonitorState()
@@ -72,7 +75,15 @@ class InspectApp(App[None]):
             self.sio.on(name, self._handler(name), namespace="/monitor")
         self.sio.on("connect", self._connected, namespace="/monitor")
         self.sio.on("disconnect", self._disconnected, namespace="/monitor")
-        self.run_worker(self._connect(), exclusive=True, group="connect")
+        if self.connect:
+            self.run_worker(self._connect(), exclusive=True, group="connect")
+
+    async def feed(self, name: str, data: Any) -> None:
+        """Apply one monitor event as if the gateway had sent it."""
+        if name == "connect":
+            await self._connected()
+        else:
+            await self._handler(name)(data)
 
     async def _connect(self) -> None:
         try:
@@ -84,6 +95,8 @@ class InspectApp(App[None]):
             self._status()
 
     async def on_unmount(self) -> None:
+        if not self.connect:
+            return
         await self.sio.disconnect()
         http = getattr(self.sio.eio, "http", None)
         if http is not None and not http.closed:
@@ -96,7 +109,7 @@ class InspectApp(App[None]):
             changed = self.model.apply(name, data)
             if name == "sessions":
                 self._redraw_table()
-                if self.selected:
+                if self.selected and self.connect:
                     await self.sio.emit("select", {"session_id": self.selected}, namespace="/monitor")
             elif changed is not None:
                 self._redraw_row(changed)
@@ -158,7 +171,7 @@ class InspectApp(App[None]):
         view = self.model.sessions.get(session_id)
         if view is not None:
             self._append_detail({"transcripts": list(view.transcripts), "events": list(view.events)})
-        if self.sio.connected:
+        if self.connect and self.sio.connected:
             await self.sio.emit("select", {"session_id": session_id}, namespace="/monitor")
 
     def _append_detail(self, data: dict[str, Any]) -> None:

@@ -77,8 +77,14 @@ class MonitorState:
         queues = s.get("queues") or {}
         latency = s.get("last_latency_ms")
         return (
-            view.id, str(s.get("client") or ""), view.ended and f"ended ({view.ended})" or str(s.get("ai_state")),
+            view.id, str(s.get("client") or ""), _state_label(view),
             f"{s.get('duration_s', 0):.0f} s", f"{queues.get('queued_audio_ms') or 0} ms",
             f"{queues.get('dropped_audio_ms') or 0} ms", "-" if latency is None else f"{latency} ms",
             str(s.get("errors", 0)), str(s.get("turns", 0)),
         )
+
+
+def _state_label(view: SessionView) -> str:
+    if view.ended is None:
+        return str(view.state.get("ai_state"))
+    return "ended" if view.ended == "ended" else f"ended ({view.ended})"
