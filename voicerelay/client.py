@@ -198,6 +198,7 @@ class SessionState:
     chat_payload: dict[str, Any] = dataclasses.field(default_factory=dict)
     resumed_from: str | None = None
     server: dict[str, Any] = dataclasses.field(default_factory=dict)  # the last session_state, as sent
+    followed: bool = False  # another connection's session (any node), attached with attach()
 
 
 @dataclasses.dataclass
@@ -634,6 +635,8 @@ class GatewayClient:
         active = bool(state.get("chat_active")) and isinstance(sid, str)
         gone: SessionState | None = None
         for session in list(self.sessions.values()):
+            if session.followed:
+                continue  # other connections' sessions: their own session_state keeps them current
             if session.chat_active and (not active or session.session_id != sid):
                 self._mark_ended(session, "disconnected")
                 gone = session
@@ -678,6 +681,11 @@ class GatewayClient:
             log.exception("GatewayClient: could not handle %s %r", name, data)
 
     def _handle(self, name: str, data: dict[str, Any]) -> None:
+        target = data.get("session_id")
+        followed = self.sessions.get(target) if isinstance(target, str) else None
+        if followed is not None and followed.followed:
+            self._handle_followed(name, data, followed)
+            return
         cur = self._current
         sid = cur.session_id if cur is not None else None
         if name == c.SESSION_STATE:
@@ -749,6 +757,39 @@ class GatewayClient:
             self._emit("session_recycled", {"session_id": sid, "message": data.get("message", "")})
         else:
             self._emit("custom_event", {"session_id": sid, "name": name, "data": data})
+
+    def _handle_followed(self, name: str, data: dict[str, Any], session: SessionState) -> None:
+        """An event of an attached session (another connection's, maybe on another node)."""
+        sid = session.session_id
+        if name == c.SESSION_STATE:
+            session.server = dict(data)
+            if not data.get("chat_active"):
+                self._mark_ended(session, "ended")
+            elif isinstance(data.get("ai_state"), str):
+                self._set_ai_state(session, data["ai_state"], "resync")
+        elif name == c.SESSION_ENDED:
+            self._mark_ended(session, str(data.get("status") or "ended"))
+        elif name == c.AI_STATE:
+            if isinstance(data.get("state"), str):
+                self._set_ai_state(session, data["state"], "gateway")
+        elif name == c.USER_TRANSCRIPT:
+            if data.get("final") and data.get("text"):
+                session.last_user_text = str(data["text"])
+            self._emit("user_transcript", {"session_id": sid, "text": data.get("text", ""),
+                                           "final": bool(data.get("final")), "item_id": data.get("item_id")})
+        elif name == c.AI_RESPONSE:
+            if data.get("response"):
+                session.last_assistant_text = str(data["response"])
+            self._emit("ai_response", {"session_id": sid, "transcript": data.get("transcript", ""),
+                                       "response": data.get("response", "")})
+        elif name == c.RESPONSE_COMPLETE:
+            session.responses += 1
+            self._emit("response_complete", {"session_id": sid, "response_id": data.get("response_id"),
+                                             "status": data.get("status")})
+        elif name == c.ERROR:
+            self._emit("error", {"session_id": sid, "code": str(data.get("code", "")),
+                                 "message": _one_line(data.get("message", ""))})
+        # audio, transcripts deltas and the rest of a followed session are not mirrored
 
     def _created(self, data: dict[str, Any]) -> None:
         sid = data.get("session_id")
@@ -855,8 +896,14 @@ class GatewayClient:
             self._queue.append(action)
         log.debug("GatewayClient: queued %s (%d queued)", action.label, len(self._queue))
 
-    async def _control(self, event: str, data: Any, label: str) -> None:
-        session = self._require_session(label)
+    async def _control(self, event: str, data: Any, label: str, session_id: str | None = None) -> None:
+        if session_id is None:
+            session = self._require_session(label)
+        else:
+            session = self.sessions.get(session_id)  # type: ignore[assignment]
+            if session is None or not session.followed:
+                raise UsageError(f"{label}: session {session_id} is not attached: call attach({session_id!r}) first")
+            data = {**(data or {}), "session_id": session_id}
         action = _Action(event, data, label, session.session_id)
         if not self.connected:
             self._enqueue(action)
@@ -874,7 +921,8 @@ class GatewayClient:
     async def _flush_locked(self) -> None:
         while self._queue:
             action = self._queue[0]
-            session = self.session
+            attached = self.sessions.get(action.session_id)
+            session = attached if attached is not None and attached.followed else self.session
             if session is None:
                 self._queue.popleft()
                 if action.event != c.END_SESSION:  # an end_session for a session that is gone is done
@@ -990,23 +1038,54 @@ class GatewayClient:
         self._pace.append((time.monotonic(), ms))
         self._pace_ms += ms
 
-    async def send_text(self, text: str, immediate_reply: bool = True) -> None:
-        """A typed user message (``text_input``); the assistant answers unless ``immediate_reply=False``."""
+    async def attach(self, session_id: str, timeout: float | None = None) -> SessionState:
+        """Follow another connection's session (on any node of a cluster) and allow actions on it.
+
+        ``send_text``, ``say`` and ``interrupt`` then take ``session_id=``; its events reach the
+        handlers with that ``session_id``, and ``sessions[session_id]`` mirrors it (``followed``).
+        """
+        if not isinstance(session_id, str) or not session_id:
+            raise UsageError("attach takes a session id")
+        if not self.connected:
+            raise NotConnectedError(f"attach: not connected to the gateway at {self.url}")
+        session = self.sessions.get(session_id)
+        if session is None or not session.followed:
+            session = SessionState(session_id, started=True, followed=True)
+            self.sessions[session_id] = session
+        session.server = {}
+        assert self._lock is not None
+        async with self._lock:
+            try:
+                await self._send(c.GET_STATE, {"session_id": session_id})
+            except _Lost:
+                self.sessions.pop(session_id, None)
+                raise NotConnectedError("attach: the connection dropped") from None
+        deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
+        while not session.server and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if not session.server:
+            self.sessions.pop(session_id, None)
+            raise NoSessionError(f"attach: the gateway knows no session {session_id}")
+        return session
+
+    async def send_text(self, text: str, immediate_reply: bool = True, session_id: str | None = None) -> None:
+        """A typed user message (``text_input``); the assistant answers unless ``immediate_reply=False``.
+        ``session_id``: an attached session instead of this client's own."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError("send_text takes a non-empty string")
         if not isinstance(immediate_reply, bool):
             raise UsageError("immediate_reply must be True or False")
-        await self._control(c.TEXT_INPUT, {"text": text, "immediate_reply": immediate_reply}, "send_text")
+        await self._control(c.TEXT_INPUT, {"text": text, "immediate_reply": immediate_reply}, "send_text", session_id)
 
-    async def say(self, text: str) -> None:
-        """Speak ``text`` verbatim through the session."""
+    async def say(self, text: str, session_id: str | None = None) -> None:
+        """Speak ``text`` verbatim through the session (or an attached one)."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError("say takes a non-empty string")
-        await self._control(c.SAY, {"text": text}, "say")
+        await self._control(c.SAY, {"text": text}, "say", session_id)
 
-    async def interrupt(self) -> None:
+    async def interrupt(self, session_id: str | None = None) -> None:
         """Stop the assistant now (the gateway answers with ``interrupted`` if it was speaking)."""
-        await self._control(c.INTERRUPT, None, "interrupt")
+        await self._control(c.INTERRUPT, None, "interrupt", session_id)
 
     async def end_session(self) -> None:
         """End the active session; connected, returns once the gateway said ``session_ended``."""

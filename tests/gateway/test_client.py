@@ -481,3 +481,29 @@ async def test_a_mounted_gateway_and_a_small_chunk_limit(make_gateway: Callable[
             response = await events.wait_for("ai_response")
             assert response["response"] == "My name is voicerelay. I am an offline test assistant."
             assert not events.of("error")  # no chunk_too_large
+
+
+async def test_attach_follows_and_acts_on_another_connections_session(gateway: tuple[Gateway, str],
+                                                                      browsers: Any) -> None:
+    _, url = gateway
+    browser = await browsers().connect(url)
+    session_id = await browser.start()
+    async with GatewayClient(url, client_id="ops", **FAST) as client:
+        with pytest.raises(NoSessionError, match="no session vr_nope"):
+            await client.attach("vr_nope", timeout=2)
+        with pytest.raises(UsageError, match="not attached"):
+            await client.say("hello", session_id=session_id)
+        replies: list[dict[str, Any]] = []
+        client.on("ai_response", replies.append)
+        session = await client.attach(session_id)
+        assert session.followed and session.chat_active and client.session is None  # not its own session
+        await client.say("The lights are on.", session_id=session_id)
+        async with asyncio.timeout(10):
+            while not replies:
+                await asyncio.sleep(0.02)
+        assert replies[0]["session_id"] == session_id and replies[0]["response"] == "The lights are on."
+        assert (await browser.wait_for("ai_response"))["response"] == "The lights are on."
+        await browser.emit("end_session")
+        async with asyncio.timeout(5):
+            while client.sessions[session_id].chat_active:
+                await asyncio.sleep(0.02)

@@ -131,11 +131,20 @@ async def test_two_nodes_share_sessions_and_survive_a_redis_outage(redis_server:
             session_b = await browser_b.start()
             session_a = await browser_a.start()
             await until_health(url_a, lambda h: h["cluster"]["remote_sessions"] == 1)
-            # an action from node A reaches the session on node B, and its replies come back
-            await program.emit("text_input", {"text": "what is your name", "session_id": session_b})
-            reply = await program.wait_for("ai_response")
-            assert reply["response"] == "My name is voicerelay. I am an offline test assistant."
-            assert (await browser_b.wait_for("ai_response")) == reply  # the browser on B heard it too
+            # a GatewayClient on node A acts on the session on node B, and its replies come back
+            from voicerelay.client import GatewayClient
+
+            async with GatewayClient(url_a, client_id="ops-bot") as client:
+                replies: list[dict[str, Any]] = []
+                client.on("ai_response", replies.append)
+                attached = await client.attach(session_b)
+                assert attached.followed and attached.server["node"] == "node-b"
+                await client.send_text("what is your name", session_id=session_b)
+                await eventually(lambda: _async(replies))
+                assert replies[0]["session_id"] == session_b
+                assert replies[0]["response"] == "My name is voicerelay. I am an offline test assistant."
+                reply = await browser_b.wait_for("ai_response")  # the browser on B heard it too
+                assert reply["response"] == replies[0]["response"]
             # inspect on node A lists both nodes' sessions
             await monitor.connect(url_a, namespaces=["/monitor"], transports=["websocket"])
             await eventually(lambda: _async({session_a, session_b} <= set(seen)))
