@@ -149,6 +149,15 @@ async def test_two_nodes_share_sessions_and_survive_a_redis_outage(redis_server:
             await monitor.connect(url_a, namespaces=["/monitor"], transports=["websocket"])
             await eventually(lambda: _async({session_a, session_b} <= set(seen)))
             assert {seen[session_a]["node"], seen[session_b]["node"]} == {"node-a", "node-b"}
+            # and from node B too
+            monitor_b = socketio.AsyncClient(reconnection=False)
+            seen_b: dict[str, Any] = {}
+            monitor_b.on("sessions", lambda d: seen_b.update({x["session_id"]: x for x in d["sessions"]}),
+                         namespace="/monitor")
+            monitor_b.on("session_update", lambda d: seen_b.update({d["session_id"]: d}), namespace="/monitor")
+            await monitor_b.connect(url_b, namespaces=["/monitor"], transports=["websocket"])
+            await eventually(lambda: _async({session_a, session_b} <= set(seen_b)))
+            await monitor_b.disconnect()
 
             # Redis goes away: local audio keeps flowing, cross-node actions report degraded
             redis_server.stop()
