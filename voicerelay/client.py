@@ -719,10 +719,8 @@ class GatewayClient:
             if name not in (c.AUDIO_DELTA, c.AI_STATE, c.AI_TRANSCRIPT, c.USER_TRANSCRIPT, c.INTERRUPTED,
                             c.AI_RESPONSE, c.RESPONSE_COMPLETE, c.SESSION_RECYCLED):
                 self._emit("custom_event", {"session_id": sid, "name": name, "data": data})
-        elif name == c.AI_STATE:
-            state = data.get("state")
-            if isinstance(state, str):
-                self._set_ai_state(cur, state, "gateway")
+        elif self._mirror(name, data, cur):
+            pass
         elif name == c.AUDIO_DELTA:
             if self._handlers.get("audio"):
                 try:
@@ -730,25 +728,11 @@ class GatewayClient:
                 except ValueError:
                     pcm = b""
                 self._emit("audio", {"session_id": sid, "pcm": pcm, "index": data.get("index")})
-        elif name == c.USER_TRANSCRIPT:
-            if data.get("final") and data.get("text"):
-                cur.last_user_text = str(data["text"])
-            self._emit("user_transcript", {"session_id": sid, "text": data.get("text", ""),
-                                           "final": bool(data.get("final")), "item_id": data.get("item_id")})
         elif name == c.AI_TRANSCRIPT:
             if data.get("final") and data.get("text"):
                 cur.last_assistant_text = str(data["text"])
             self._emit("ai_transcript", {"session_id": sid, "text": data.get("text", ""),
                                          "final": bool(data.get("final")), "item_id": data.get("item_id")})
-        elif name == c.AI_RESPONSE:
-            if data.get("response"):
-                cur.last_assistant_text = str(data["response"])
-            self._emit("ai_response", {"session_id": sid, "transcript": data.get("transcript", ""),
-                                       "response": data.get("response", "")})
-        elif name == c.RESPONSE_COMPLETE:
-            cur.responses += 1
-            self._emit("response_complete", {"session_id": sid, "response_id": data.get("response_id"),
-                                             "status": data.get("status")})
         elif name == c.INTERRUPTED:
             self._emit("interrupted", {"session_id": sid, "item_id": data.get("item_id")})
             if cur.ai_state == "speaking":
@@ -758,18 +742,10 @@ class GatewayClient:
         else:
             self._emit("custom_event", {"session_id": sid, "name": name, "data": data})
 
-    def _handle_followed(self, name: str, data: dict[str, Any], session: SessionState) -> None:
-        """An event of an attached session (another connection's, maybe on another node)."""
+    def _mirror(self, name: str, data: dict[str, Any], session: SessionState) -> bool:
+        """The events mirrored alike for the client's own and attached sessions; False if not one."""
         sid = session.session_id
-        if name == c.SESSION_STATE:
-            session.server = dict(data)
-            if not data.get("chat_active"):
-                self._mark_ended(session, "ended")
-            elif isinstance(data.get("ai_state"), str):
-                self._set_ai_state(session, data["ai_state"], "resync")
-        elif name == c.SESSION_ENDED:
-            self._mark_ended(session, str(data.get("status") or "ended"))
-        elif name == c.AI_STATE:
+        if name == c.AI_STATE:
             if isinstance(data.get("state"), str):
                 self._set_ai_state(session, data["state"], "gateway")
         elif name == c.USER_TRANSCRIPT:
@@ -786,6 +762,23 @@ class GatewayClient:
             session.responses += 1
             self._emit("response_complete", {"session_id": sid, "response_id": data.get("response_id"),
                                              "status": data.get("status")})
+        else:
+            return False
+        return True
+
+    def _handle_followed(self, name: str, data: dict[str, Any], session: SessionState) -> None:
+        """An event of an attached session (another connection's, maybe on another node)."""
+        sid = session.session_id
+        if name == c.SESSION_STATE:
+            session.server = dict(data)
+            if not data.get("chat_active"):
+                self._mark_ended(session, "ended")
+            elif isinstance(data.get("ai_state"), str):
+                self._set_ai_state(session, data["ai_state"], "resync")
+        elif name == c.SESSION_ENDED:
+            self._mark_ended(session, str(data.get("status") or "ended"))
+        elif self._mirror(name, data, session):
+            pass
         elif name == c.ERROR:
             self._emit("error", {"session_id": sid, "code": str(data.get("code", "")),
                                  "message": _one_line(data.get("message", ""))})
