@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .protocol.audio import BYTES_PER_MS
 from .protocol.config import RealtimeConfig
 from .protocol.events import Event, elide
 from .protocol.session import Effect, Error, RealtimeSession, SendEvent, State
@@ -55,6 +56,11 @@ class EventRecorder(Protocol):
 RECYCLE_MARGIN_MAX = 60.0
 #: Audio of unanswered turns kept for re-sending after a recycle or reconnect.
 RESEND_MAX_MS = 15_000
+
+
+def _append_ms(event: Event) -> float:
+    """Milliseconds of audio in an ``input_audio_buffer.append`` (from its base64 length)."""
+    return len(event["audio"]) * 3 / 4 / BYTES_PER_MS
 
 
 class Relay:
@@ -131,7 +137,7 @@ class Relay:
         """Queue one frame from a real-time source; when the queue is full the frame is dropped
         (and counted in ``dropped_audio_ms``) rather than delaying the source."""
         if self.queued_audio_ms >= self.max_queued_audio_ms:
-            self.dropped_audio_ms += len(pcm) / 48
+            self.dropped_audio_ms += len(pcm) / BYTES_PER_MS
             return False
         self._dispatch(self.session.audio(pcm))
         return True
@@ -171,7 +177,7 @@ class Relay:
         for effect in effects:
             if isinstance(effect, SendEvent):
                 if effect.event["type"] == "input_audio_buffer.append":
-                    self.queued_audio_ms += len(effect.event["audio"]) * 3 / 4 / 48
+                    self.queued_audio_ms += _append_ms(effect.event)
                 self._out.put_nowait(effect.event)
                 continue
             if isinstance(effect, Error) and effect.fatal:
@@ -284,20 +290,20 @@ class Relay:
             self._inflight = None
             if event["type"] == "input_audio_buffer.append":
                 self._keep_unanswered(event)
-                self.queued_audio_ms = max(0.0, self.queued_audio_ms - len(event["audio"]) * 3 / 4 / 48)
+                self.queued_audio_ms = max(0.0, self.queued_audio_ms - _append_ms(event))
                 if self.queued_audio_ms < self.max_queued_audio_ms:
                     self._space.set()
 
     def _keep_unanswered(self, event: Event) -> None:
         self._append_seq += 1
         self._unanswered.append((self._append_seq, event))
-        self._unanswered_ms += len(event["audio"]) * 3 / 4 / 48
+        self._unanswered_ms += _append_ms(event)
         while self._unanswered_ms > RESEND_MAX_MS and len(self._unanswered) > 1:
             self._drop_oldest_unanswered()
 
     def _drop_oldest_unanswered(self) -> None:
         _, event = self._unanswered.popleft()
-        self._unanswered_ms -= len(event["audio"]) * 3 / 4 / 48
+        self._unanswered_ms -= _append_ms(event)
 
     def _track_answers(self, event: Event) -> None:
         """Forget resendable audio once its turn is answered (or the buffer was cleared)."""

@@ -23,6 +23,8 @@ import itertools
 import secrets
 from typing import Any
 
+from .audio import SAMPLE_RATE
+
 Event = dict[str, Any]
 
 
@@ -122,10 +124,6 @@ BETA_SERVER_EVENTS: frozenset[str] = COMMON_SERVER_EVENTS | frozenset(BETA_TO_GA
 
 CLIENT_EVENTS: dict[Dialect, frozenset[str]] = {Dialect.GA: GA_CLIENT_EVENTS, Dialect.BETA: BETA_CLIENT_EVENTS}
 SERVER_EVENTS: dict[Dialect, frozenset[str]] = {Dialect.GA: GA_SERVER_EVENTS, Dialect.BETA: BETA_SERVER_EVENTS}
-
-#: PCM16 at 24 kHz: bytes per millisecond of audio (``played_bytes // 48`` is ``audio_end_ms``).
-BYTES_PER_MS = 48
-SAMPLE_RATE = 24_000
 
 _ids = itertools.count(1)
 
