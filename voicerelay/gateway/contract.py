@@ -10,8 +10,9 @@ Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, `
 
 from __future__ import annotations
 
-import binascii
 import base64
+import binascii
+import hmac
 from typing import Any
 
 # browser -> gateway
@@ -55,6 +56,14 @@ class ContractError(Exception):
 
 def error_payload(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
+
+
+def token_ok(auth: Any, expected: str | None) -> bool:
+    """Does the Socket.IO ``auth`` payload carry ``{token: expected}``? (Always, without a token.)"""
+    if expected is None:
+        return True
+    given = auth.get("token") if isinstance(auth, dict) else None
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def parse_start(data: Any) -> dict[str, Any]:

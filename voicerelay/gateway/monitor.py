@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import Event, elide
+from .contract import token_ok
 
 if TYPE_CHECKING:
     from .server import Gateway, GatewaySession
@@ -98,12 +98,10 @@ class Monitor:
     # ----------------------------------------------------------------------------- monitors
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if self.admin_token is not None:
-            given = auth.get("token") if isinstance(auth, dict) else None
-            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
-                import socketio
+        if not token_ok(auth, self.admin_token):
+            import socketio
 
-                raise socketio.exceptions.ConnectionRefusedError("unauthorized: the admin token is required")
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized: the admin token is required")
         self.gateway.start_cluster()
         self.watchers[sid] = _Watcher()
         if self._task is None or self._task.done():

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import collections
 import contextlib
-import hmac
 import json
 import logging
 import mimetypes
@@ -491,10 +490,8 @@ class Gateway:
         @sio.event
         async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
             self.start_cluster()
-            if self.token is not None:
-                given = auth.get("token") if isinstance(auth, dict) else None
-                if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
-                    raise socketio.exceptions.ConnectionRefusedError("unauthorized: a valid token is required")
+            if not c.token_ok(auth, self.token):
+                raise socketio.exceptions.ConnectionRefusedError("unauthorized: a valid token is required")
             if len(self._clients) >= self.max_sessions:
                 raise socketio.exceptions.ConnectionRefusedError("too many sessions: try again later")
             address = environ.get("REMOTE_ADDR") or str((environ.get("asgi.scope") or {}).get("client"))
