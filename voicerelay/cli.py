@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -46,16 +47,11 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
-_SECRET = None
+_SECRET = re.compile(r"(Bearer\s+)\S+|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
 
 
 def _redact_secrets(record: logging.LogRecord) -> bool:
     """A log filter: no API key or bearer token reaches a log line, whichever library wrote it."""
-    import re
-
-    global _SECRET
-    if _SECRET is None:
-        _SECRET = re.compile(r"(Bearer\s+)\S+|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
     message = record.getMessage()
     redacted = _SECRET.sub(lambda m: (m.group(1) or "") + "…redacted", message)
     if redacted != message:

@@ -311,8 +311,8 @@ class BackendSession:
             self.order.insert(self.order.index(previous_item_id) + 1, item["id"])
 
     async def _announce_item(self, item: dict[str, Any], previous: str | None) -> None:
-        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": _public(item)})
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": _public(item)})
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
 
     async def _on_conversation_item_create(self, event: Event) -> None:
         item = dict(event["item"])
@@ -595,10 +595,6 @@ class BackendSession:
 
 
 # -------------------------------------------------------------------------------- helpers
-
-
-def _public(item: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(item)
 
 
 def _reject_unknown(session: dict[str, Any], allowed: frozenset[str]) -> None:
