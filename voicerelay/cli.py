@@ -32,14 +32,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise UsageFailure(message, code)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, handler: logging.Handler | None = None) -> None:
+    """Logs go to stderr (stdout carries transcripts and `--json -` reports), or to ``handler``."""
     from rich.console import Console
     from rich.logging import RichHandler
 
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level must be debug, info, warning or error, not {level!r}")
-    # logs go to stderr: stdout carries transcripts and `--json -` reports
-    handler = RichHandler(console=Console(stderr=True), rich_tracebacks=False, show_path=False)
+    if handler is None:
+        handler = RichHandler(console=Console(stderr=True), rich_tracebacks=False, show_path=False)
     handler.addFilter(_redact_secrets)
     logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]", handlers=[handler])
     # websockets' DEBUG logs every frame (whole base64 audio) and the handshake headers; our own
@@ -351,8 +352,12 @@ def talk(
     text: Annotated[bool, typer.Option("--text", help="Also type messages: each line is sent as the user's.")
                     ] = False,
     duplex: Duplex = "full",
-    record: Annotated[Path | None, typer.Option(help="Record the session into this new folder.",
-                                                show_default=False)] = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Record the session into this new folder (in the TUI, [bold]r[/] stops and starts recordings).",
+        show_default=False)] = None,
+    tui: Annotated[bool, typer.Option(
+        "--tui", help="Full-screen view: state, transcripts, microphone level, queues, latencies, usage, "
+                      "event log. Press ? in it for its keys.")] = False,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
     model: Model = "gpt-realtime",
@@ -363,7 +368,7 @@ def talk(
 ) -> None:
     """Talk with the assistant: microphone in, speakers out, interrupt it by speaking.
 
-    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. Exit codes: 0 done, 1 the upstream failed, 2 unusable options or devices.
+    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, space push-to-talk, i interrupt, r record, q quit, ? help. Exit codes: 0 done, 1 the upstream failed, 2 unusable options or devices.
     """
     import asyncio
 
@@ -374,7 +379,6 @@ def talk(
     from .talk import talk as run_talk
     from .upstream import choose_backend
 
-    _setup_logging(log_level)
     try:
         choose_backend(backend)
     except ValueError as exc:
@@ -385,6 +389,21 @@ def talk(
                           backend=backend, dialect=_dialect(dialect), input_device=input_device,  # type: ignore[arg-type]
                           output_device=output_device, push_to_talk=push_to_talk, text=text, duplex=duplex,
                           record=record)
+    if tui:
+        from .talk import select_devices
+        from .tui.talk_app import TalkApp
+
+        try:
+            select_devices(options)  # before the screen is taken: a plain one-line error
+        except DeviceError as exc:
+            fail(str(exc))
+        tui_app = TalkApp(options)
+        _setup_logging(log_level, handler=tui_app.log_handler)
+        code = tui_app.run()
+        if tui_app.failure is not None:
+            Console(stderr=True, highlight=False).print(f"[bold red]voicerelay:[/] {tui_app.failure[1]}")
+        raise typer.Exit(code or 0)
+    _setup_logging(log_level)
     try:
         code = asyncio.run(run_talk(options, Console(highlight=False), Console(stderr=True, highlight=False)))
     except (DeviceError, TalkError) as exc:

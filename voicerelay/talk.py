@@ -34,21 +34,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from .audio.devices import Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.playback import PlaybackBuffer
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
-from .protocol.events import Dialect
+from .protocol.events import Dialect, Event
 from .protocol.session import Error, PlayAudio, ResponseDone, StateChanged, StopPlayback, Transcript
 from .relay import Notice, Observation, Relay
 from .upstream import UpstreamError, upstream_for
+
+if TYPE_CHECKING:
+    from .recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,48 @@ class TalkOptions:
     record: Path | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TalkStatus:
+    """What a window onto ``talk`` shows besides the transcripts, read every tick (plain data)."""
+
+    state: str
+    push_to_talk: bool
+    talking: bool  # push-to-talk: between the two presses
+    muted: str | None  # "muted" (the user's), "half duplex" (reply playing), or None
+    level_dbfs: float
+    upstream_frames: int  # microphone frames waiting to be sent upstream
+    upstream_ms: int
+    dropped_ms: int
+    playback_ms: int  # reply audio queued for the speakers
+    latencies_ms: tuple[float, ...]  # per answered turn: user done -> first reply audio
+    turns: int
+    usage: dict[str, int]  # input/output/total tokens so far (as the server reported them)
+    remaining_s: float | None  # before the upstream's session cap (the relay recycles before it)
+    recording: str | None  # the folder being recorded into
+    recycles: int
+
+    def latency(self, percentile: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        return float(np.percentile(self.latencies_ms, percentile))
+
+
+class View(Protocol):
+    """A window onto a :class:`Talk`: plain lines (:class:`PlainView`) or the TUI."""
+
+    keyboard: bool  # Talk reads lines from stdin for this view
+    wants_level: bool  # Talk measures the microphone's level for this view
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def banner(self, markup: str) -> None: ...
+    def line(self, text: str, style: str = "", err: bool = False) -> None: ...
+    def transcript(self, role: str, text: str, final: bool, note: str = "") -> None: ...
+    def state(self, state: str) -> None: ...
+    def event(self, direction: str, event: Event) -> None: ...
+    def tick(self, talk: Talk) -> None: ...
+
+
 class PlainView:
     """What a person at a terminal sees: transcript lines and a one-line state.
 
@@ -96,11 +141,8 @@ class PlainView:
         self._status = Text("connecting…")
         self._live = Live(console=console, auto_refresh=False, transient=True, redirect_stdout=False,
                           redirect_stderr=False) if live and console.is_terminal else None
-
-    @property
-    def live(self) -> bool:
-        """True when the state line is drawn live (a terminal)."""
-        return self._live is not None
+        self.keyboard = True
+        self.wants_level = self._live is not None  # the state line shows it
 
     def __enter__(self) -> Self:
         if self._live is not None:
@@ -110,6 +152,16 @@ class PlainView:
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.stop()
+
+    def banner(self, markup: str) -> None:
+        self.err.print(markup, highlight=False)
+
+    def event(self, direction: str, event: Event) -> None:
+        pass  # the raw events are the TUI's and the recording's
+
+    def tick(self, talk: Talk) -> None:
+        if self._live is not None:
+            self.status(status_line(talk.status()))
 
     def line(self, text: str, style: str = "", err: bool = False) -> None:
         console = self.console if self._live is not None or not err else self.err
@@ -122,8 +174,7 @@ class PlainView:
         self._partial[role] = ""
         if text:
             style = "bold cyan" if role == "user" else "bold magenta"
-            label = Text(f"{role:>9}  ", style=style)
-            self.console.print(label + Text(text) + Text(note, style="dim"), highlight=False)
+            self.console.print(Text.assemble((f"{role:>9}  ", style), text, (note, "dim")), highlight=False)
 
     def state(self, state: str) -> None:
         if self._live is None:
@@ -143,8 +194,9 @@ class PlainView:
 class Talk:
     """The front door: devices, keyboard and screen around one :class:`Relay`."""
 
-    def __init__(self, relay: Relay, options: TalkOptions, view: PlainView, loop: asyncio.AbstractEventLoop,
-                 buffer: PlaybackBuffer, mic: Microphone, speaker: Speaker, stop: asyncio.Event) -> None:
+    def __init__(self, relay: Relay, options: TalkOptions, view: View, loop: asyncio.AbstractEventLoop,
+                 buffer: PlaybackBuffer, mic: Microphone, speaker: Speaker, stop: asyncio.Event,
+                 recorder: Recorder | None = None) -> None:
         self.relay = relay
         self.options = options
         self.view = view
@@ -152,7 +204,10 @@ class Talk:
         self.buffer = buffer
         self.mic = mic
         self.speaker = speaker
-        self.recording = not options.push_to_talk  # push-to-talk: only between two Enters
+        self.recorder = recorder
+        self.recording_used = recorder is not None  # --record DIR names the first recording only
+        self.talking = not options.push_to_talk  # push-to-talk: only between two presses
+        self.user_muted = False
         self.live_audio = False  # frames go upstream once the session is ready
         self.level_dbfs = float("-inf")
         self.interrupted: dict[str, int] = {}  # item_id -> ms heard when it was cut
@@ -161,6 +216,7 @@ class Talk:
         self._silence = bytes(ms_to_bytes(FRAME_MS))
         self._state = relay.session.state.value
         self._stop = stop
+        relay.recorder = self  # every wire event passes through record(): the recording and the view
 
     def quit(self) -> None:
         """End the session, as Ctrl-C does."""
@@ -179,9 +235,9 @@ class Talk:
                 on_start(self)
             self.mic.start()  # the speakers start with the first reply audio
             self.live_audio = True
-            keyboard = _Keyboard(self.loop, self.on_line, cbreak=not self.options.text)
-            self.view.err.print(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options),
-                                highlight=False)
+            if self.view.keyboard:
+                keyboard = _Keyboard(self.loop, self.on_line, cbreak=not self.options.text)
+            self.view.banner(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options))
             with self.view:
                 ticker = _Every(self.loop, TICK_S, self.tick)
                 stopping = asyncio.create_task(self._stop.wait())
@@ -208,6 +264,7 @@ class Talk:
                     await asyncio.gather(run, return_exceptions=True)
                 except UpstreamError:
                     pass
+            self._close_recorder()
 
     # ------------------------------------------------------------------ audio thread -> loop
 
@@ -216,19 +273,32 @@ class Talk:
         self.loop.call_soon_threadsafe(self._mic_frames, frames)
 
     def _mic_frames(self, frames: list[bytes]) -> None:
-        if not self.live_audio or not self.recording:
+        if not self.live_audio or not self.talking:
             return
         muted = self._muted()
         for frame in frames:
             if muted:
-                frame = self._silence
+                frame = self._silence  # silence, not nothing: server VAD hears the turn end
             self.relay.send_audio_nowait(frame)
-        if not muted and self.view.live:
-            self.level_dbfs = rms_dbfs(np.frombuffer(frames[-1], dtype="<i2"))
+        if self.view.wants_level:
+            self.level_dbfs = float("-inf") if muted else rms_dbfs(np.frombuffer(frames[-1], dtype="<i2"))
 
-    def _muted(self) -> bool:
-        """Half duplex: reply audio is playing, or its echo may still be in the room."""
-        return self.options.duplex == "half" and (not self.buffer.idle or time.monotonic() < self._unmute_at)
+    def _muted(self) -> str | None:
+        """Why the microphone sends silence: the user muted it, or (half duplex) reply audio is
+        playing or its echo may still be in the room."""
+        if self.user_muted:
+            return "muted"
+        if self.options.duplex == "half" and (not self.buffer.idle or time.monotonic() < self._unmute_at):
+            return "half duplex"
+        return None
+
+    # ------------------------------------------------------------------ wire events
+
+    def record(self, direction: str, event: Event) -> None:
+        """The relay's recorder hook: every wire event, to the recording (if any) and the view."""
+        if self.recorder is not None:
+            self.recorder.record(direction, event)
+        self.view.event(direction, event)
 
     # ------------------------------------------------------------------ effects
 
@@ -265,38 +335,102 @@ class Talk:
                            f"{self.buffer.received_ms(item_id) / 1000:.1f} s heard]", "dim")
         self.loop.call_soon(self.relay.playback_stopped, item_id, played)
 
-    # ------------------------------------------------------------------ keyboard
+    # ------------------------------------------------------------------ keyboard and keys
 
     def on_line(self, line: str) -> None:
         """One line typed (or Enter in a terminal)."""
         line = line.strip()
         if line and self.options.text:
-            self.relay.user_text(line)
+            self.send_text(line)
         elif line:
             self.view.line("typed text is ignored without --text", "yellow", err=True)
         elif self.options.push_to_talk:
-            self._toggle_talking()
-        elif self._assistant_audible():
-            self.relay.interrupt()
+            self.push_to_talk()
+        else:
+            self.interrupt()
+
+    def send_text(self, text: str) -> None:
+        """A typed message, sent as the user's (it interrupts a reply, as speaking would)."""
+        self.relay.user_text(text)
+
+    def interrupt(self) -> bool:
+        """Cut the assistant off, if it is audible or answering; True if it was."""
+        if not self._assistant_audible():
+            return False
+        self.relay.interrupt()
+        return True
 
     def _assistant_audible(self) -> bool:
         session = self.relay.session
         return session.playing_item is not None or session.response_active or not self.buffer.idle
 
-    def _toggle_talking(self) -> None:
-        if not self.recording:
-            if self._assistant_audible():
-                self.relay.interrupt()
-            self.recording = True
-            self.view.line(f"{'':>9}  [recording: Enter sends]", "dim", err=True)
+    def push_to_talk(self) -> None:
+        """Push-to-talk: the first press starts a turn (cutting off a reply), the second sends it."""
+        if not self.options.push_to_talk:
+            self.view.line("push-to-talk is off: server VAD detects the turns (start with --push-to-talk)",
+                           "yellow", err=True)
+        elif not self.talking:
+            self.interrupt()
+            self.talking = True
+            self.view.line(f"{'':>9}  [recording: press again to send]", "dim", err=True)
         else:
-            self.recording = False
+            self.talking = False
             self.relay.commit()
+
+    def toggle_mute(self) -> bool:
+        """Mute or unmute the microphone (muted, it sends silence); returns whether it is muted."""
+        self.user_muted = not self.user_muted
+        return self.user_muted
+
+    def toggle_recording(self) -> str | None:
+        """Start recording the session into a new folder, or stop; returns the folder, if recording.
+
+        The first recording goes to ``--record DIR`` when given; later ones (and all, without it)
+        into new ``talk-<time>`` folders beside it (or under ``voicerelay-recordings``).
+        """
+        if self.recorder is not None:
+            folder = self.recorder.folder
+            self._close_recorder()
+            self.view.line(f"{'':>9}  [recording saved in {folder}]", "dim", err=True)
+            return None
+        from .recording import Recorder, RecordingError
+
+        folder = self._next_recording_folder()
+        try:
+            self.recorder = Recorder(folder, {"command": "talk", "input_device": self.mic.device.name,
+                                              "output_device": self.speaker.device.name})
+        except RecordingError as exc:
+            self.view.line(str(exc), "red", err=True)
+            return None
+        self.recording_used = True
+        self.view.line(f"{'':>9}  [recording into {folder}]", "dim", err=True)
+        return str(folder)
+
+    def _next_recording_folder(self) -> Path:
+        if self.options.record is not None and not self.recording_used:
+            return self.options.record
+        parent = self.options.record.parent if self.options.record is not None else Path("voicerelay-recordings")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, n = parent / f"talk-{stamp}", 1
+        while folder.exists():
+            n += 1
+            folder = parent / f"talk-{stamp}-{n}"
+        return folder
+
+    def _close_recorder(self) -> None:
+        from .recording import RecordingError
+
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            try:
+                recorder.close()
+            except RecordingError as exc:  # (a full disk): say so, the session goes on
+                self.view.line(str(exc), "red", err=True)
 
     # ------------------------------------------------------------------ housekeeping
 
     def tick(self) -> None:
-        """Every TICK_S: report idle playback, rest the speakers, refresh the state line."""
+        """Every TICK_S: report idle playback, rest the speakers, refresh the view."""
         session = self.relay.session
         idle = self.buffer.idle
         if idle and session.playing_item is not None and not session.response_active:
@@ -307,29 +441,50 @@ class Talk:
             self._unmute_at = now + ECHO_TAIL_S
         elif self.speaker.active and now - self._sounding_at >= SPEAKER_REST_S:
             self.speaker.pause()
-        if self.view.live:
-            self.view.status(self._status_line())
+        self.view.tick(self)
 
-    def _status_line(self) -> Text:
+    def status(self) -> TalkStatus:
         snap = self.relay.snapshot()
-        colours = {"listening": "green", "user_speaking": "cyan", "thinking": "yellow", "speaking": "magenta"}
-        line = Text("● ", style=colours.get(self._state, "red")) + Text(self._state.replace("_", " "), style="bold")
-        if self.options.push_to_talk:
-            line += Text("  recording, Enter sends" if self.recording else "  Enter to talk", style="cyan")
-        mic = "muted" if self._muted() else ("-∞" if self.level_dbfs == float("-inf") else f"{self.level_dbfs:.0f} dBFS")
-        line += Text(f"  │ mic {mic} │ reply queued {self.buffer.queued_ms / 1000:.1f} s"
-                     f" │ upstream queue {snap['queued_audio_ms']} ms │ dropped {snap['dropped_audio_ms']} ms"
-                     f" │ turns {snap['turns']} │ Ctrl-C quits", style="dim")
-        return line
+        turns = self.relay.session.turns
+        usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        for turn in turns:
+            for key in usage:
+                value = (turn.usage or {}).get(key)
+                usage[key] += value if isinstance(value, int) else 0
+        return TalkStatus(
+            state=self._state, push_to_talk=self.options.push_to_talk, talking=self.talking, muted=self._muted(),
+            level_dbfs=self.level_dbfs, upstream_frames=round(self.relay.queued_audio_ms / FRAME_MS),
+            upstream_ms=snap["queued_audio_ms"], dropped_ms=snap["dropped_audio_ms"],
+            playback_ms=round(self.buffer.queued_ms),
+            latencies_ms=tuple(t.first_audio_ms for t in turns if t.first_audio_ms is not None),
+            turns=len(turns), usage=usage, remaining_s=snap["session_remaining_s"],
+            recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"])
+
+
+STATE_COLOURS = {"connecting": "yellow", "listening": "green", "user_speaking": "cyan", "thinking": "yellow",
+                 "speaking": "magenta", "ended": "red"}
+
+
+def status_line(status: TalkStatus) -> Text:
+    """The plain view's one-line state."""
+    state = status.state
+    line = Text.assemble(("● ", STATE_COLOURS.get(state, "red")), (state.replace("_", " "), "bold"))
+    if status.push_to_talk:
+        line += Text("  recording, Enter sends" if status.talking else "  Enter to talk", style="cyan")
+    mic = status.muted or ("-∞" if status.level_dbfs == float("-inf") else f"{status.level_dbfs:.0f} dBFS")
+    line += Text(f"  │ mic {mic} │ reply queued {status.playback_ms / 1000:.1f} s"
+                 f" │ upstream queue {status.upstream_ms} ms │ dropped {status.dropped_ms} ms"
+                 f" │ turns {status.turns} │ Ctrl-C quits", style="dim")
+    return line
 
 
 async def talk(options: TalkOptions, console: Console, err: Console,
                on_start: Callable[[Talk], None] | None = None) -> int:
-    """Run ``voicerelay talk`` until Ctrl-C (or :meth:`Talk.quit`); returns the exit code.
+    """Run ``voicerelay talk`` in plain mode until Ctrl-C (or :meth:`Talk.quit`); returns the exit code.
 
     Unusable devices raise :class:`~voicerelay.audio.devices.DeviceError`, other bad options
-    :class:`TalkError`. ``on_start`` is called with the :class:`Talk` once it is wired, before its
-    devices start (a window onto it: a benchmark, a TUI).
+    :class:`TalkError`; a failed upstream is reported on ``err`` (exit code 1). ``on_start`` is
+    called with the :class:`Talk` once it is wired, before its devices start (a benchmark's hook).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -342,23 +497,38 @@ async def talk(options: TalkOptions, console: Console, err: Console,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
     try:
-        return await _talk(options, console, err, stop, on_start)
+        await run_talk(options, PlainView(console, err, live=not options.text), stop, on_start)
+    except UpstreamError as exc:
+        err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    return 0
 
 
-async def _talk(options: TalkOptions, console: Console, err: Console, stop: asyncio.Event,
-                on_start: Callable[[Talk], None] | None) -> int:
+def select_devices(options: TalkOptions) -> tuple[Any, Device, Device]:
+    """sounddevice, the microphone and the speakers; :class:`~voicerelay.audio.devices.DeviceError`
+    says why not (a front door may check this before it takes the screen)."""
     sd = load_sounddevice()
     devices = list_devices(sd)
-    mic_device = select_device(options.input_device, "input", devices)
-    speaker_device = select_device(options.output_device, "output", devices)
+    return (sd, select_device(options.input_device, "input", devices),
+            select_device(options.output_device, "output", devices))
+
+
+async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
+                   on_start: Callable[[Talk], None] | None = None) -> None:
+    """Open the devices and the upstream and talk through ``view`` until ``stop`` is set.
+
+    Raises :class:`~voicerelay.audio.devices.DeviceError` or :class:`TalkError` before anything
+    starts, :class:`~voicerelay.upstream.UpstreamError` when the upstream fails.
+    """
+    sd, mic_device, speaker_device = select_devices(options)
     config = options.config
     if options.push_to_talk and config.turn_detection_mode != "disabled":
         config = dataclasses.replace(config, turn_detection_mode="disabled")
     buffer = PlaybackBuffer(preroll_ms=PREROLL_MS)
-    with contextlib.ExitStack() as opened:  # closed last to first: the recorder after the relay is done
+    with contextlib.ExitStack() as opened:  # closed last to first
         speaker = Speaker(speaker_device, buffer.read, block_ms=FRAME_MS, sd=sd)
         opened.callback(speaker.close)
         buffer.latency = speaker.latency
@@ -373,19 +543,15 @@ async def _talk(options: TalkOptions, console: Console, err: Console, stop: asyn
                                                      "output_device": speaker_device.name})
             except RecordingError as exc:
                 raise TalkError(str(exc)) from None
-            opened.callback(recorder.close)
+            opened.callback(recorder.close)  # (Talk closes it first; closing twice is harmless)
         try:
             async with upstream_for(options.backend, config.model, options.dialect) as spec:
-                relay = Relay(config, spec, recorder=recorder)
-                view = PlainView(console, err, live=not options.text)
-                await Talk(relay, options, view, asyncio.get_running_loop(), buffer, mic, speaker, stop).run(on_start)
-        except UpstreamError as exc:
-            err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
-            return 1
+                relay = Relay(config, spec)
+                talk = Talk(relay, options, view, asyncio.get_running_loop(), buffer, mic, speaker, stop, recorder)
+                await talk.run(on_start)
         finally:
             log.info("playback underruns %d, microphone overflows %d, speaker underflows %d", buffer.underruns,
                      mic.overflows, speaker.underflows)
-    return 0
 
 
 class _Every:
@@ -491,4 +657,4 @@ class _Keyboard:
             self._fd = None
 
 
-__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "talk"]
+__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]

@@ -1,4 +1,4 @@
-"""Snapshot of the inspect screen (pytest-textual-snapshot), fed fixed monitor events.
+"""Snapshots of the two screens (pytest-textual-snapshot), fed fixed data from ``voicerelay.tui.demo``.
 
 After an intended change of the screen: ``python -m pytest tests/tui/test_snapshots.py --snapshot-update``
 and look at the new SVG under ``tests/tui/__snapshots__/`` before committing it.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from voicerelay.tui.demo import EVENTS, URL
+from voicerelay.tui.demo import EVENTS, URL, show_talk
 from voicerelay.tui.inspect_app import InspectApp
+from voicerelay.tui.talk_app import TalkApp
 
 
 def test_inspect_screen(snap_compare: Any) -> None:
@@ -21,3 +22,13 @@ def test_inspect_screen(snap_compare: Any) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(app, run_before=feed, terminal_size=(130, 34))
+
+
+def test_talk_screen(snap_compare: Any) -> None:
+    app = TalkApp(None)
+
+    async def show(pilot: Any) -> None:
+        show_talk(app.view)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, run_before=show, terminal_size=(130, 34))

@@ -1,7 +1,8 @@
-"""Fixed monitor events for screenshots and snapshot tests of ``voicerelay inspect``.
+"""Fixed pictures of the two screens, for screenshots and snapshot tests.
 
-Two sessions as a gateway reports them: one mid-conversation (selected, with its transcript and
-event log), one that has ended. Nothing here is measured: it is a picture of the screen.
+``voicerelay inspect``: two sessions as a gateway reports them, one mid-conversation (selected,
+with its transcript and event log), one that has ended. ``voicerelay talk --tui``: a moment of a
+session, three turns in, the assistant answering. Nothing here is measured: these are pictures of the screens.
 """
 
 from __future__ import annotations
@@ -44,3 +45,53 @@ EVENTS: list[tuple[str, Any]] = [
     ]}),
     ("session_closed", {"session_id": "vr_front-desk", "status": "ended"}),
 ]
+
+
+# ------------------------------------------------------------------------------- talk --tui
+
+TALK_BANNER = ("[bold green]talking[/] to the embedded backend (ws://127.0.0.1:38411/v1/realtime)\n"
+               "  microphone 1 'default' at 48000 Hz → 24 kHz, speaker 1 'default' at 48000 Hz\n"
+               "  server VAD, recording to recordings/desk")
+
+TALK_LINES: list[tuple[str, str, bool, str]] = [  # (role, text, final, note)
+    ("user", "hello there", True, ""),
+    ("assistant", "Hello! I am the voicerelay test assistant. How can I help?", True, ""),
+    ("user", "what can you do", True, ""),
+    ("assistant", "I can greet you, tell the time, and check the weather.", True, "  (interrupted after 1.9 s)"),
+    ("user", "what is the weather in paris", True, ""),
+    ("assistant", "The result of get weather is", False, ""),
+]
+
+TALK_EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("down", {"type": "input_audio_buffer.speech_started", "audio_start_ms": 11140, "item_id": "item_9c01"}),
+    ("up", {"type": "response.cancel"}),
+    ("up", {"type": "conversation.item.truncate", "item_id": "item_8b44", "content_index": 0,
+            "audio_end_ms": 1900}),
+    ("down", {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 12820, "item_id": "item_9c01"}),
+    ("down", {"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_9c01",
+              "transcript": "what is the weather in paris"}),
+    ("down", {"type": "response.function_call_arguments.done", "name": "get_weather",
+              "arguments": "{\"city\":\"paris\"}"}),
+    ("down", {"type": "response.output_audio.delta", "delta": "A" * 6400}),
+]
+
+
+def talk_status() -> Any:
+    from ..talk import TalkStatus
+
+    return TalkStatus(state="speaking", push_to_talk=False, talking=True, muted=None, level_dbfs=-31.0,
+                      upstream_frames=1, upstream_ms=20, dropped_ms=0, playback_ms=1340,
+                      latencies_ms=(96.0, 104.0, 121.0), turns=3,
+                      usage={"input_tokens": 412, "output_tokens": 268, "total_tokens": 680},
+                      remaining_s=1712.0, recording="recordings/desk", recycles=0)
+
+
+def show_talk(view: Any) -> None:
+    """Draw a fixed moment of a talk session through a :class:`~voicerelay.tui.talk_app.TuiView`."""
+    view.banner(TALK_BANNER)
+    for role, text, final, note in TALK_LINES:
+        view.transcript(role, text, final, note)
+    view.line("          [interrupted: 1.9 s of 3.6 s heard]", "dim")
+    for direction, event in TALK_EVENTS:
+        view.event(direction, event)
+    view.show(talk_status())

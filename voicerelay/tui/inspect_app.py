@@ -7,7 +7,6 @@ It reconnects by itself when the gateway restarts, and resyncs.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import socketio
@@ -16,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 
+from .events_view import event_line
 from .monitor_state import MonitorState
 
 COLUMNS = ("session", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors", "turns")
@@ -187,8 +187,7 @@ class InspectApp(App[None]):
             etype = str(event.get("type", ""))
             if self.event_filter and self.event_filter not in etype:
                 continue
-            arrow = "→" if entry.get("dir") == "up" else "←"
-            events.write(f"{arrow} {json.dumps(event, separators=(',', ':'))[:300]}")
+            events.write(event_line(str(entry.get("dir")), event))
 
     # ----------------------------------------------------------------------------- keys
 
