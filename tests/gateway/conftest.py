@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,11 +17,23 @@ from voicerelay.gateway.server import Gateway
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, port: int = 0) -> AsyncIterator[str]:
-    """Serve an ASGI app on a loopback port (ephemeral by default); yields its base URL."""
+async def serving(app: Any, port: int = 0, send_buffer: int | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app on a loopback port (ephemeral by default); yields its base URL.
+
+    ``send_buffer`` fixes the kernel's send buffer of every accepted connection (Linux: they
+    inherit the listening socket's), as on a slow link: a client that stops reading then
+    blocks the server's writes after a few KB instead of the autotuned megabytes.
+    """
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                                            ws="websockets-sansio"))
-    task = asyncio.create_task(server.serve())
+    sockets = None
+    if send_buffer is not None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        listener.bind(("127.0.0.1", port))
+        sockets = [listener]
+    task = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             task.result()
