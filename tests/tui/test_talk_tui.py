@@ -133,6 +133,14 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         await until(lambda: "REC" not in text_of(app, "#state"))
         recorded = [json.loads(line) for line in (tmp_path / "first" / "session.jsonl").read_text().splitlines()]
         assert any(line["event"].get("type") == "response.done" for line in recorded)
+        await pilot.press("r")  # a new recording, beside the first
+        folder = Path((await until(lambda: re.search(r"REC (\S+)", text_of(app, "#state")))).group(1))
+        assert folder.parent == tmp_path and folder.name.startswith("talk-")
+        await pilot.press("r")
+        await until(lambda: "REC" not in text_of(app, "#state"))
+        lines = [json.loads(line) for line in (folder / "session.jsonl").read_text().splitlines()]
+        assert lines[0]["event"]["type"] == "voicerelay.recording" and lines[0]["event"]["command"] == "talk"
+        assert any(line["event"]["type"] == "input_audio_buffer.append" for line in lines[1:])  # the microphone
         await pilot.press("m")
         await until(lambda: "microphone muted" in text_of(app, "#state")
                     and "muted" in str(app.query_one("#meter", Static).content))
@@ -163,6 +171,25 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         await until(lambda: app.return_code is not None, timeout=5)
     assert app.return_code == 0 and app.failure is None
     assert time.monotonic() - started < 2
+
+
+async def test_push_to_talk_and_typing_from_the_screen(rig_devices: audio_rig.AudioRig,
+                                                      backend: BackendServer) -> None:
+    app = TalkApp(TalkOptions(backend=backend.url, push_to_talk=True, text=True))
+    async with app.run_test(size=(150, 44)) as pilot:
+        await until(lambda: app.talk is not None and "push-to-talk: space starts a turn" in text_of(app, "#state"))
+        await pilot.press("space")
+        await until(lambda: "talking: space sends" in text_of(app, "#state"))
+        await say(rig_devices, "hello_there")
+        await pilot.press("space")  # no turn detection: this sends the turn
+        await until(lambda: "Hello! I am the voicerelay test assistant" in text_of(app, "#transcript"))
+        assert "     user  hello there" in text_of(app, "#transcript")
+        await pilot.press("t", *"what is your name", "enter")
+        await until(lambda: "My name is voicerelay" in text_of(app, "#transcript"))
+        assert "     user  what is your name" in text_of(app, "#transcript")
+        await pilot.press("escape", "q")
+        await until(lambda: app.return_code is not None, timeout=5)
+    assert app.return_code == 0
 
 
 async def test_an_unusable_device_ends_the_app_with_its_message(rig_devices: audio_rig.AudioRig, backend: BackendServer) -> None:
