@@ -173,8 +173,7 @@ class PlainView:
             return
         self._partial[role] = ""
         if text:
-            style = "bold cyan" if role == "user" else "bold magenta"
-            self.console.print(Text.assemble((f"{role:>9}  ", style), text, (note, "dim")), highlight=False)
+            self.console.print(transcript_line(role, text, note), highlight=False)
 
     def state(self, state: str) -> None:
         if self._live is None:
@@ -459,6 +458,14 @@ class Talk:
             latencies_ms=tuple(t.first_audio_ms for t in turns if t.first_audio_ms is not None),
             turns=len(turns), usage=usage, remaining_s=snap["session_remaining_s"],
             recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"])
+
+
+ROLE_STYLES = {"user": "bold cyan", "assistant": "bold magenta"}
+
+
+def transcript_line(role: str, text: str, note: str = "") -> Text:
+    """One final line of the conversation, as both views print it."""
+    return Text.assemble((f"{role:>9}  ", ROLE_STYLES.get(role, "bold")), text, (note, "dim"))
 
 
 STATE_COLOURS = {"connecting": "yellow", "listening": "green", "user_speaking": "cyan", "thinking": "yellow",

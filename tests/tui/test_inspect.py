@@ -14,6 +14,7 @@ import socketio
 from websockets.asyncio.client import connect
 
 from voicerelay.gateway.server import Gateway
+from voicerelay.tui.events_view import EventLog
 from voicerelay.tui.inspect_app import InspectApp
 
 from ..gateway.conftest import Browser, serving
@@ -52,9 +53,19 @@ async def test_inspect_lists_live_sessions_and_one_ending(gateway: tuple[Gateway
         await pilot.pause(0.2)
         assert table.get_cell(second_id, "state") == "ended"
         assert table.get_cell(first_id, "state") in ("listening", "speaking")
+        # a paused event log writes nothing until it is resumed, then all it held
+        log = app.query_one(EventLog)
         await pilot.press("p")
         await pilot.pause()
-        assert app.paused
+        assert log.paused and "paused" in str(log.border_title)
+        before = len(log.lines)
+        await first.emit("text_input", {"text": "hello there"})
+        await until(lambda: len(app.model.sessions[first_id].transcripts) >= 4, pause=lambda: pilot.pause(0.05))
+        await pilot.pause(0.3)
+        assert len(log.lines) == before
+        await pilot.press("p")
+        await pilot.pause()
+        assert '"text":"hello there"' in "\n".join(line.text for line in log.lines[before:])
 
 
 async def test_inspect_survives_a_gateway_restart(make_gateway: Any, browsers: Any) -> None:

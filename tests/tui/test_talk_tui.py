@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import RichLog, Static
+from textual.widgets import Static
 
 from voicerelay.backend.server import BackendServer
 from voicerelay.protocol.config import RealtimeConfig
 from voicerelay.protocol.events import Dialect
 from voicerelay.talk import TalkOptions
+from voicerelay.tui.events_view import EventLog
 from voicerelay.tui.talk_app import HelpScreen, TalkApp
 
 from .. import audio_rig
@@ -56,7 +57,7 @@ def text_of(app: TalkApp, selector: str) -> str:
 
 
 def event_log(app: TalkApp) -> list[str]:
-    return [strip.text for strip in app.query_one("#events", RichLog).lines]
+    return [strip.text for strip in app.query_one(EventLog).lines]
 
 
 async def until(condition: Callable[[], Any], timeout: float = 20.0, every: float = 0.02) -> Any:
@@ -126,7 +127,7 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         await pilot.press("a", "slash", *"speech", "enter")
         await until(lambda: event_log(app) and all("speech" in line for line in event_log(app)))
         await pilot.press("p")
-        assert "paused" in str(app.query_one("#events", RichLog).border_title)
+        assert "paused" in str(app.query_one(EventLog).border_title)
 
         # keys: stop the --record recording, mute, help
         await pilot.press("r")

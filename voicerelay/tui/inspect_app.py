@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 
-from .events_view import event_line
+from .events_view import EventLog
 from .monitor_state import MonitorState
 
 COLUMNS = ("session", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors", "turns")
@@ -36,6 +36,7 @@ class InspectApp(App[None]):
         Binding("q", "quit", "quit"),
         Binding("p", "pause", "pause/resume events"),
         Binding("slash", "filter", "filter events"),
+        Binding("a", "audio_events", "audio events", show=False),
         Binding("question_mark", "help", "help"),
     ]
 
@@ -49,8 +50,6 @@ class InspectApp(App[None]):
         self.socketio_path = socketio_path
         self.model = MonitorState()
         self.selected: str | None = None
-        self.paused = False
-        self.event_filter = ""
         self.problem: str | None = None
         self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.5, reconnection_delay_max=3)
 
@@ -61,7 +60,7 @@ class InspectApp(App[None]):
             yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
             with Horizontal(id="detail"):
                 yield RichLog(id="transcripts", wrap=True, markup=True)
-                yield RichLog(id="events", wrap=False, markup=False)
+                yield EventLog(id="events")
         yield Input(placeholder="show events whose type contains…", id="filter")
         yield Footer()
 
@@ -70,7 +69,6 @@ class InspectApp(App[None]):
         for column in COLUMNS:
             table.add_column(column, key=column)
         self.query_one("#transcripts", RichLog).border_title = "transcripts"
-        self.query_one("#events", RichLog).border_title = "events"
         for name in ("sessions", "session_update", "session_closed", "session_detail"):
             self.sio.on(name, self._handler(name), namespace="/monitor")
         self.sio.on("connect", self._connected, namespace="/monitor")
@@ -138,10 +136,6 @@ class InspectApp(App[None]):
             text = f"[green]connected[/] to {self.url} · {live} live session(s)"
         else:
             text = f"[yellow]disconnected[/] from {self.url}: reconnecting…"
-        if self.paused:
-            text += " · [yellow]events paused[/]"
-        if self.event_filter:
-            text += f" · filter: {self.event_filter}"
         self.query_one("#status", Static).update(text)
 
     def _redraw_table(self) -> None:
@@ -167,7 +161,7 @@ class InspectApp(App[None]):
             return
         self.selected = session_id
         self.query_one("#transcripts", RichLog).clear()
-        self.query_one("#events", RichLog).clear()
+        self.query_one(EventLog).reset()
         view = self.model.sessions.get(session_id)
         if view is not None:
             self._append_detail({"transcripts": list(view.transcripts), "events": list(view.events)})
@@ -179,21 +173,17 @@ class InspectApp(App[None]):
         for line in data.get("transcripts", []):
             color = "cyan" if line.get("role") == "user" else "magenta"
             transcripts.write(f"[bold {color}]{line.get('role')}[/] {line.get('text')}")
-        if self.paused:
-            return
-        events = self.query_one("#events", RichLog)
+        events = self.query_one(EventLog)
         for entry in data.get("events", []):
-            event = entry.get("event") or {}
-            etype = str(event.get("type", ""))
-            if self.event_filter and self.event_filter not in etype:
-                continue
-            events.write(event_line(str(entry.get("dir")), event))
+            events.add(str(entry.get("dir")), entry.get("event") or {})
 
     # ----------------------------------------------------------------------------- keys
 
     def action_pause(self) -> None:
-        self.paused = not self.paused
-        self._status()
+        self.query_one(EventLog).toggle_pause()
+
+    def action_audio_events(self) -> None:
+        self.query_one(EventLog).toggle_audio()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -201,11 +191,11 @@ class InspectApp(App[None]):
         box.focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.event_filter = event.value.strip()
+        self.query_one(EventLog).set_filter(event.value)
         event.input.remove_class("visible")
         self.query_one("#sessions", DataTable).focus()
-        self._status()
 
     def action_help(self) -> None:
-        self.notify("↑/↓ select a session · p pause/resume the event log · / filter events by type · q quit",
+        self.notify("↑/↓ select a session · p pause/resume the event log · / filter events by type · "
+                    "a show/hide audio events · q quit",
                     title="voicerelay inspect", timeout=8)

@@ -23,20 +23,18 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Header, Input, RichLog, Static
+from textual.widgets import Footer, Header, Input, Static
 
-from ..talk import STATE_COLOURS
-from .events_view import AUDIO_EVENT_TYPES, event_line
+from ..talk import STATE_COLOURS, transcript_line
+from .events_view import EventLog
 
 if TYPE_CHECKING:
     from ..protocol.events import Event
     from ..talk import Talk, TalkOptions, TalkStatus  # noqa: F401
 
 MAX_LINES = 300
-MAX_EVENTS = 2000
 METER_CELLS = 24
 METER_FLOOR_DB = -60.0
-ROLE_STYLES = {"user": "bold cyan", "assistant": "bold magenta"}
 
 HELP = """\
 [b]voicerelay talk[/b]: speak, and the assistant answers; speak over it to interrupt it.
@@ -69,7 +67,7 @@ class Conversation:
             return
         self.partial[role] = ""
         if text:
-            self.lines.append(Text.assemble((f"{role:>9}  ", ROLE_STYLES.get(role, "bold")), text, (note, "dim")))
+            self.lines.append(transcript_line(role, text, note))
 
     def notice(self, text: str, style: str = "dim") -> None:
         self.lines.append(Text(text, style=style or "dim"))
@@ -213,12 +211,6 @@ class TalkApp(App[int]):
         self.talk: Talk | None = None
         self.failure: tuple[int, str] | None = None  # (exit code, one-line message)
         self.stop = asyncio.Event()
-        self.events: collections.deque[tuple[str, Event]] = collections.deque(maxlen=MAX_EVENTS)
-        self.paused = False
-        self.held: list[tuple[str, Event]] = []  # arrived while paused
-        self.event_filter = ""
-        self.show_audio = False
-        self.audio_events = 0
         self.log_handler = ViewLogHandler(self)  # the CLI routes logging here
 
     def compose(self) -> ComposeResult:
@@ -232,16 +224,15 @@ class TalkApp(App[int]):
                 yield Static("", id="queues")
                 yield Static("", id="latency")
                 yield Static("", id="session")
-        yield RichLog(id="events", wrap=False, markup=False, max_lines=MAX_EVENTS)
+        yield EventLog(id="events")
         yield Input(placeholder="show events whose type contains…", id="filter")
         yield Input(placeholder="a message to send as the user's (Enter sends, Escape leaves)", id="message")
         yield Footer()
 
     def on_mount(self) -> None:
         for widget_id, title in (("conversation", "conversation"), ("meter", "microphone"), ("queues", "queues"),
-                                 ("latency", "turn latency"), ("session", "session"), ("events", "events")):
+                                 ("latency", "turn latency"), ("session", "session")):
             self.query_one(f"#{widget_id}").border_title = title
-        self._events_title()
         self.log_handler.attach(asyncio.get_running_loop())
         if self.options is not None:
             self.run_worker(self._run(), name="talk", exclusive=True)
@@ -309,40 +300,8 @@ class TalkApp(App[int]):
             "\nrecycled  ", (str(s.recycles), "bold"), " time" if s.recycles == 1 else " times"))
 
     def add_event(self, direction: str, event: Event) -> None:
-        etype = str(event.get("type", ""))
-        if etype in AUDIO_EVENT_TYPES:
-            self.audio_events += 1
-            if self.show_audio and not self.paused:
-                self._write_event(direction, event)
-            return
-        self.events.append((direction, event))
-        if self.paused:
-            self.held.append((direction, event))
-            del self.held[:-MAX_EVENTS]
-        else:
-            self._write_event(direction, event)
-
-    def _write_event(self, direction: str, event: Event) -> None:
-        if not self._drawable():
-            return
-        if self.event_filter and self.event_filter not in str(event.get("type", "")):
-            return
-        self.query_one("#events", RichLog).write(event_line(direction, event))
-
-    def _rewrite_events(self) -> None:
-        log = self.query_one("#events", RichLog)
-        log.clear()
-        for direction, event in self.events:
-            self._write_event(direction, event)
-
-    def _events_title(self) -> None:
-        parts = ["events"]
-        if self.paused:
-            parts.append("paused (p)")
-        if self.event_filter:
-            parts.append(f"type contains {self.event_filter!r}")
-        parts.append("audio shown (a)" if self.show_audio else "audio hidden (a)")
-        self.query_one("#events", RichLog).border_title = " · ".join(parts)
+        if self._drawable():
+            self.query_one(EventLog).add(direction, event)
 
     # ----------------------------------------------------------------------------- keys
 
@@ -371,12 +330,7 @@ class TalkApp(App[int]):
         box.focus()
 
     def action_pause(self) -> None:
-        self.paused = not self.paused
-        if not self.paused:
-            for direction, event in self.held:
-                self._write_event(direction, event)
-            self.held.clear()
-        self._events_title()
+        self.query_one(EventLog).toggle_pause()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -384,8 +338,7 @@ class TalkApp(App[int]):
         box.focus()
 
     def action_audio_events(self) -> None:
-        self.show_audio = not self.show_audio
-        self._events_title()
+        self.query_one(EventLog).toggle_audio()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -401,9 +354,7 @@ class TalkApp(App[int]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
-            self.event_filter = event.value.strip()
-            self._events_title()
-            self._rewrite_events()
+            self.query_one(EventLog).set_filter(event.value)
         elif event.value.strip() and self.talk is not None:
             self.talk.send_text(event.value.strip())
             event.input.value = ""
