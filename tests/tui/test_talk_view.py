@@ -1,0 +1,43 @@
+"""The talk screens' plain parts: the conversation model, the level meter, the status figures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from voicerelay.talk import TalkStatus, status_line
+from voicerelay.tui.demo import talk_status
+from voicerelay.tui.talk_app import METER_CELLS, Conversation, level_meter
+
+
+def test_partials_show_until_the_final_line_replaces_them() -> None:
+    talk = Conversation()
+    talk.transcript("user", "hello ", final=False)
+    talk.transcript("user", "there", final=False)
+    talk.transcript("assistant", "Hel", final=False)
+    assert talk.render().plain == "     user  hello there…\nassistant  Hel…"
+    talk.transcript("user", "hello there", final=True)
+    assert talk.render().plain == "     user  hello there\nassistant  Hel…"
+    talk.transcript("assistant", "Hello!", final=True, note="  (interrupted after 0.4 s)")
+    talk.notice("          [interrupted: 0.4 s of 1.2 s heard]")
+    assert talk.render().plain.splitlines() == [
+        "     user  hello there", "assistant  Hello!  (interrupted after 0.4 s)",
+        "          [interrupted: 0.4 s of 1.2 s heard]"]
+    talk.transcript("user", "", final=True)  # an empty final line (nothing recognised) adds nothing
+    assert len(talk.render().plain.splitlines()) == 3
+
+
+def test_the_level_meter_spans_minus_60_to_0_dbfs() -> None:
+    assert level_meter(float("-inf"), None).plain == "·" * METER_CELLS + "    -∞ dBFS"
+    assert level_meter(-90.0, None).plain.startswith("·" * METER_CELLS)
+    assert level_meter(-30.0, None).plain.startswith("█" * (METER_CELLS // 2) + "·")
+    assert level_meter(0.0, None).plain.startswith("█" * METER_CELLS)
+    assert level_meter(-10.0, "muted").plain.endswith("muted")  # muted: no level, the reason
+
+
+def test_status_figures() -> None:
+    status = talk_status()
+    assert status.latency(50) == 104.0 and round(status.latency(95) or 0) == 119
+    assert dataclasses.replace(status, latencies_ms=()).latency(50) is None
+    line = status_line(dataclasses.replace(status, state="user_speaking", push_to_talk=True, talking=False))
+    assert line.plain.startswith("● user speaking  Enter to talk  │ mic -31 dBFS │ reply queued 1.3 s")
+    assert isinstance(status, TalkStatus)
