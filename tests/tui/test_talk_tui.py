@@ -110,7 +110,9 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         assert f"last {latency:.0f} ms" in text_of(app, "#latency") and f"p50 {latency:.0f} ms" in text_of(
             app, "#latency")
         assert "turns 1" in text_of(app, "#latency")
-        assert "0 frames" in text_of(app, "#queues") and "dropped         0 ms" in text_of(app, "#queues")
+        queued = re.search(r"mic → upstream  (\d+) frames? \((\d+) ms\)", text_of(app, "#queues"))
+        assert queued and int(queued[1]) * 20 == int(queued[2]) and int(queued[1]) < 50, text_of(app, "#queues")
+        assert "dropped         0 ms" in text_of(app, "#queues")
         assert "dBFS" in str(app.query_one("#meter", Static).content)
         tokens = app.talk.relay.session.turns[0].usage["total_tokens"]
         assert f"total {tokens}" in text_of(app, "#session"), text_of(app, "#session")
