@@ -13,18 +13,26 @@
   sample will take to be heard; :meth:`Speaker.pause` stops it at once, dropping what the
   device holds (barge-in, or nothing to play: an idle output stream still costs CPU).
 
-Every :class:`DeviceError` message is one line fit for a CLI. sounddevice is imported only when a
-device is used, so the rest of voicerelay works on machines without PortAudio.
+Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
+complaints about a device that fails to open straight to file descriptor 2 (a dozen lines per
+attempt); while a device is opened or probed they are caught (:func:`_native_stderr`): the
+ALSA reason goes into the one-line message, the rest is dropped. sounddevice is imported only
+when a device is used, so the rest of voicerelay works on machines without PortAudio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, Literal
 
@@ -111,12 +119,13 @@ def supported_rates(device: Device, kind: Kind, sd: ModuleType | None = None) ->
     sd = sd or load_sounddevice()
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings
     rates = []
-    for rate in _rates(device):
-        try:
-            check(device=device.index, channels=1, dtype="int16", samplerate=rate)
-        except (sd.PortAudioError, ValueError):
-            continue
-        rates.append(rate)
+    with _native_stderr():
+        for rate in _rates(device):
+            try:
+                check(device=device.index, channels=1, dtype="int16", samplerate=rate)
+            except (sd.PortAudioError, ValueError):
+                continue
+            rates.append(rate)
     return rates
 
 
@@ -173,6 +182,44 @@ def _rates(device: Device) -> list[int]:
     return rates + [r for r in FALLBACK_RATES if r not in rates]
 
 
+#: What PortAudio (its ``PA_ENSURE`` traces) and ALSA (its default error handler) print on a failure.
+_PORTAUDIO_TRACE = re.compile(r"^Expression '.*' failed in '.*', line: \d+$")
+_ALSA_ERROR = re.compile(r"^ALSA lib [^ ]+:\d+:\([^)]*\) (.*)$")
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Catch what C libraries write to file descriptor 2 meanwhile; yields the ALSA error messages.
+
+    PortAudio's traces and ALSA's messages are dropped (the caller reports the failure in one
+    line), anything else is written to fd 2 afterwards. No other thread must be opening a device.
+    """
+    reasons: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to catch
+        yield reasons
+        return
+    with tempfile.TemporaryFile() as caught:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield reasons
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            others = []
+            for line in caught.read().decode(errors="replace").splitlines():
+                if (alsa := _ALSA_ERROR.match(line)) is not None:
+                    reasons.append(alsa.group(1).strip())
+                elif line.strip() and not _PORTAUDIO_TRACE.match(line):
+                    others.append(line)
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
+
+
 class _DeviceStream:
     """What the two streams share: opening at the first usable rate, latency, start and close."""
 
@@ -182,16 +229,18 @@ class _DeviceStream:
     def _open(self, sd: ModuleType, kind: Kind, make: Callable[[int], Any]) -> None:
         """``make(rate)`` at the device's default rate, then the fallback rates; the first that opens."""
         failures = []
-        for rate in _rates(self.device):
-            try:
-                self._stream = make(rate)
-            except (sd.PortAudioError, ValueError) as exc:
-                failures.append(f"{rate}: {' '.join(str(exc).split())}")
-                continue
-            self.rate = int(self._stream.samplerate)
-            return
+        with _native_stderr() as reasons:
+            for rate in _rates(self.device):
+                try:
+                    self._stream = make(rate)
+                except (sd.PortAudioError, ValueError) as exc:
+                    failures.append(re.sub(r"^Error opening \w+: ", "", " ".join(str(exc).split())))
+                    continue
+                self.rate = int(self._stream.samplerate)
+                return
+        why = f"; ALSA: {reasons[-1]}" if reasons else ""
         raise DeviceError(f"cannot open {kind} device {self.device.label()} at any usable rate "
-                          f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz; {failures[-1]})")
+                          f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz): {failures[-1]}{why}")
 
     @property
     def latency(self) -> float:
