@@ -8,10 +8,14 @@
 - :class:`Microphone` opens the input at the device's own rate (its default rate, else 48000,
   44100, 24000, 16000 Hz), resamples with :class:`soxr.ResampleStream` and delivers 24 kHz PCM16
   frames (20 ms by default) from PortAudio's thread, a block (two frames by default) at a time.
-- :class:`Speaker` opens the output the same way and pulls 24 kHz samples from a function
-  (a :class:`~voicerelay.audio.playback.PlaybackBuffer`'s ``read``), telling it how long each
-  sample will take to be heard; :meth:`Speaker.pause` stops it at once, dropping what the
-  device holds (barge-in, or nothing to play: an idle output stream still costs CPU).
+- :class:`Speaker` opens the output the same way and pulls samples from a function, telling
+  it how long each sample will take to be heard. Given a
+  :class:`~voicerelay.audio.playback.PlaybackBuffer`'s ``read``, it has the buffer resample
+  as it is fed and its callback only copies into the device's buffer (see the playback
+  module: the output callback is where CPU goes while a reply plays); any other function
+  gives 24 kHz samples that the callback resamples. :meth:`Speaker.pause` stops it at once,
+  dropping what the device holds (barge-in, or nothing to play: an idle output stream still
+  costs CPU).
 
 Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
 complaints about a device that fails to open straight to file descriptor 2 (a dozen lines per
@@ -39,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import soxr
 
+from voicerelay.audio.playback import LIVE_QUALITY, PlaybackBuffer
 from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
 
 __all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
@@ -48,9 +53,6 @@ Kind = Literal["input", "output"]
 
 #: Rates tried after the device's default one.
 FALLBACK_RATES = (48_000, 44_100, 24_000, 16_000)
-#: soxr quality of the live paths: "LQ" keeps the resampler's delay to a few milliseconds
-#: (HQ holds 20-40 ms and releases it in bursts) and is band-limited, which speech needs.
-LIVE_QUALITY = "LQ"
 _PCM16 = np.dtype("<i2")
 
 
@@ -304,6 +306,8 @@ class Speaker(_DeviceStream):
 
     ``pull`` gets the number of 24 kHz samples wanted and ``delay``, the seconds until the first
     of them is heard (the device's latency for this block, plus what the resampler holds).
+    When ``pull`` is a :class:`PlaybackBuffer`'s ``read``, the buffer is set to the device's
+    rate instead (:meth:`PlaybackBuffer.resample_to`) and fills the device's block in place.
     ``underflows`` counts blocks the device played late.
     """
 
@@ -321,10 +325,15 @@ class Speaker(_DeviceStream):
                                       channels=1, dtype="int16", callback=self._callback)
 
         self._open(sd, "output", make)
+        buffer = getattr(pull, "__self__", None)
+        self._read_into: Callable[[np.ndarray, float], None] | None = None
+        if isinstance(buffer, PlaybackBuffer) and getattr(pull, "__func__", None) is PlaybackBuffer.read:
+            buffer.resample_to(self.rate)
+            self._read_into = buffer.read_into
         self._resampler = self._new_resampler()
 
     def _new_resampler(self) -> soxr.ResampleStream | None:
-        if self.rate == SAMPLE_RATE:
+        if self.rate == SAMPLE_RATE or self._read_into is not None:
             return None
         return soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="int16", quality=LIVE_QUALITY)
 
@@ -334,6 +343,9 @@ class Speaker(_DeviceStream):
         latency = time.outputBufferDacTime - time.currentTime
         if not 0 < latency < 2:  # a host API that does not report it
             latency = self._stream.latency
+        if self._read_into is not None:  # the buffer is at the device's rate: fill the block in place
+            self._read_into(np.frombuffer(outdata, dtype=_PCM16), latency)
+            return
         with self._lock:
             if self._resampler is None:
                 outdata[:] = self._pull(frames, latency).tobytes()
