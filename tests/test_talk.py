@@ -302,7 +302,7 @@ def test_a_device_that_cannot_open_at_any_rate_is_one_line(rig: audio_rig.AudioR
 
     The Pulse sink (or source) it is told to use is gone, as an unplugged headset's would be:
     ALSA opens the device and accepts every rate, then fails when the stream is created.
-    PortAudio and ALSA print a dozen lines per attempt on fd 2; the user must see one.
+    PortAudio and ALSA print five lines per rate tried on fd 2 (twenty here); the user must see one.
     """
     assert "vr_unplugged" not in rig.pactl("list", "short", "sinks") + rig.pactl("list", "short", "sources")
     env = _env(rig, PULSE_SOURCE=source, PULSE_SINK=sink)

@@ -18,9 +18,9 @@
   costs CPU).
 
 Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
-complaints about a device that fails to open straight to file descriptor 2 (a dozen lines per
-attempt); while a device is opened or probed they are caught (:func:`_native_stderr`): the
-ALSA reason goes into the one-line message, the rest is dropped. sounddevice is imported only
+complaints about a device that fails to open straight to file descriptor 2 (five lines per rate
+tried); while a device is opened or probed they are caught (:func:`_native_stderr`): the ALSA
+reason goes into the one-line message, the rest is dropped. sounddevice is imported only
 when a device is used, so the rest of voicerelay works on machines without PortAudio.
 """
 
