@@ -146,14 +146,14 @@ class PlaybackBuffer:
         is the one handed most recently, or the next one queued when nothing was handed yet
         (``played_ms`` 0), or ``None`` when there was nothing at all.
         """
-        queued_only = self._resampling
+        in_resampler = self._resampling  # an item whose audio only the resampler held
         self._resampler = self._resampling = None  # what it holds is dropped too
         with self._lock:
             now = self._clock()
             for item_id, samples in self._unheard(now).items():
                 self._items[item_id].handed -= samples
             current = self._handed_order[-1] if self._handed_order else (self._queue[0][0] if self._queue else
-                                                                          queued_only)
+                                                                          in_resampler)
             self._queue.clear()
             self._offset = self._queued = 0
             self._handed_order.clear()
