@@ -1,7 +1,8 @@
 """Latency and CPU of ``voicerelay talk`` on the virtual sound card of the tests.
 
-    python benchmarks/talk_latency.py               # about 40 s
+    python benchmarks/talk_latency.py               # about 30 s
     python benchmarks/talk_latency.py --replies 5 --listen-seconds 10
+    python benchmarks/talk_latency.py --terminal    # with the live state line a terminal shows
 
 Set-up: a private PulseAudio server (``tests/audio_rig.py``: microphone ``vr_mic``, speakers
 ``vr_speaker``), reached by PortAudio through ALSA's ``pulse`` device at its own rate (44.1 kHz,
@@ -24,7 +25,16 @@ into the microphone with ``paplay``.
 3. CPU % of one core: this process's CPU time (all its threads: PortAudio's callbacks, soxr,
    the event loop, the WebSocket) over wall time, while listening (``--listen-seconds`` of
    microphone input and no reply; the output stream rests) and while playing (2.5 s from 0.3 s
-   into each reply, the microphone still streaming).
+   into each reply, the microphone still streaming). By default the console is not a terminal,
+   so the plain view prints lines only; ``--terminal`` renders its live state line (redrawn every
+   tick) as a person at a terminal sees it. The playing figure is also split by thread (Linux:
+   ``/proc/self/task/*/schedstat``): the event loop, PortAudio's input thread (the microphone's
+   callback), the PulseAudio client threads of ALSA's pulse plugin (one per stream), and the
+   rest, which is PortAudio's output thread (the speaker's callback; a new one each time the
+   output stream starts).
+
+The CPU figures move by a few tenths of a percent from run to run on a busy machine: compare
+runs made in the same conditions, alternating.
 
 Targets printed beside the figures (not asserted): <= 30 ms, <= 60 ms, < 5 %.
 """
@@ -43,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +77,7 @@ class Probe:
         self.frames: dict[bytes, collections.deque[float]] = collections.defaultdict(collections.deque)
         self.mic_to_sent: list[float] = []
         self.items: list[str] = []  # reply items, in order
+        self.input_thread: int | None = None  # PortAudio's input thread (its native id)
 
     def attach(self, talk: Any) -> None:
         self.talk = talk
@@ -73,6 +85,7 @@ class Probe:
 
         def on_frames(frames: list[bytes]) -> None:  # PortAudio's input thread, once per block
             now = time.monotonic()
+            self.input_thread = threading.get_native_id()
             for k, frame in enumerate(frames):  # the earlier frames of a block were complete earlier
                 self.frames[frame].append(now - (len(frames) - 1 - k) * FRAME_MS / 1000)
             forward(frames)
@@ -89,6 +102,37 @@ class Probe:
             self.items.append(event["item"]["id"])
 
 
+def thread_times() -> dict[int, tuple[str, int]]:
+    """CPU nanoseconds of each of this process's threads, with its name (Linux; empty elsewhere)."""
+    found = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat, open(f"/proc/self/task/{tid}/comm") as comm:
+                found[int(tid)] = (comm.read().strip(), int(stat.read().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return found
+
+
+def by_thread(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], probe: Probe,
+              into: collections.Counter[str]) -> None:
+    """Add each thread's CPU between two :func:`thread_times` to its group in ``into``."""
+    for tid, (name, ns) in after.items():
+        if tid == threading.main_thread().native_id:
+            group = "event loop"
+        elif tid == probe.input_thread:
+            group = "PortAudio input"
+        elif name == "threaded-ml":
+            group = "PulseAudio clients"
+        else:
+            group = "PortAudio output and other"
+        into[group] += ns - before.get(tid, (name, 0))[1]
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -102,7 +146,7 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
 
     probe = Probe()
     options = TalkOptions(backend=backend_url, dialect=Dialect.GA)
-    quiet = Console(file=io.StringIO())
+    quiet = Console(file=io.StringIO(), force_terminal=args.terminal, width=120)
     session = asyncio.create_task(talk(options, quiet, quiet, on_start=probe.attach))
     try:
         while probe.talk is None or not probe.talk.live_audio:
@@ -118,6 +162,7 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
         listening = (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
 
         first_audio, playing_cpu, playing_wall = [], 0.0, 0.0
+        threads: collections.Counter[str] = collections.Counter()
         for n in range(args.replies):
             stem = REPLIES[n % len(REPLIES)]
             replies_before = len(probe.items)
@@ -131,10 +176,11 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"no reply to {stem}")
             await asyncio.sleep(0.3)  # into the reply (all replies here last 3 s or more)
-            cpu0, wall0 = time.process_time(), time.monotonic()
+            tasks0, cpu0, wall0 = thread_times(), time.process_time(), time.monotonic()
             await asyncio.sleep(PLAYING_WINDOW_S)  # one sleep: no polling of ours inside the window
             playing_cpu += time.process_time() - cpu0
             playing_wall += time.monotonic() - wall0
+            by_thread(tasks0, thread_times(), probe, threads)
             if talk_.buffer.idle:
                 raise SystemExit(f"the reply to {stem} ended inside the measuring window")
             while not talk_.buffer.idle:
@@ -161,7 +207,11 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
           f"max {max(first_audio):5.1f} ms   ({len(first_audio)} replies: "
           f"{', '.join(f'{v:.0f}' for v in first_audio)})      target <= 60 ms")
     print(f"CPU, one core:  listening {listening:4.1f} %  ({args.listen_seconds:g} s)   "
-          f"playing {playing_cpu / playing_wall * 100:4.1f} %  ({playing_wall:.1f} s of replies)      target < 5 %")
+          f"playing {playing_cpu / playing_wall * 100:4.1f} %  ({playing_wall:.1f} s of replies)      target < 5 %"
+          + ("   (live state line drawn)" if args.terminal else ""))
+    if threads:
+        print("  playing, by thread: " + ",  ".join(f"{group} {ns / 1e9 / playing_wall * 100:.2f} %"
+                                                  for group, ns in threads.most_common()))
     print(f"playback underruns {underruns}, microphone overflows {overflows}, speaker underflows {underflows}")
 
 
@@ -169,6 +219,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replies", type=int, default=3, help="replies to play (default 3)")
     parser.add_argument("--listen-seconds", type=float, default=5.0, help="listening window (default 5)")
+    parser.add_argument("--terminal", action="store_true",
+                        help="render the live state line, as in a terminal (the default console is not one)")
     args = parser.parse_args()
     if not available():
         raise SystemExit("needs PulseAudio: apt-get install pulseaudio pulseaudio-utils")

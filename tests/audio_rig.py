@@ -11,11 +11,15 @@ source ``vr_mic`` fed by ``vr_mic_feed``'s monitor.
   played is captured from ``vr_speaker.monitor`` with ``parecord``.
 - A null sink's monitor yields nothing while nothing plays into it, so a silence stream keeps
   each sink clocked (as the shell rig does).
+- A fresh ``vr_mic`` yields nothing for about 1.6 s, and a PortAudio input stream started
+  meanwhile spins a core in ``poll`` until it does (measured: 100 % for 1.2 s): :meth:`AudioRig.start`
+  returns once the microphone delivers.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -91,11 +95,26 @@ class AudioRig:
                     stderr=subprocess.DEVNULL))
             self._wait(lambda: self.pactl("list", "short", "sinks").count("RUNNING") >= len(SINKS),
                        "the rig's sinks did not start running")
+            self._wait_for_microphone()
             time.sleep(0.3)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_for_microphone(self, timeout: float = 10.0) -> None:
+        """Until ``vr_mic`` yields samples (see the module docstring)."""
+        with subprocess.Popen(["pacat", "--record", "--latency-msec=20", "--device=vr_mic", f"--rate={RATE}",
+                               "--channels=1", "--format=s16le", "--raw"],
+                              env=self.env(None, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL) as recorder:
+            assert recorder.stdout is not None
+            try:
+                readable, _, _ = select.select([recorder.stdout], [], [], timeout)
+                if not readable or not os.read(recorder.stdout.fileno(), 4096):
+                    raise RuntimeError(f"the rig's microphone vr_mic yielded nothing within {timeout:g} s")
+            finally:
+                recorder.terminate()
 
     def _run_ok(self, *cmd: str) -> bool:
         return subprocess.run(cmd, env=self.env(None, None), capture_output=True, timeout=10, check=False).returncode == 0

@@ -294,6 +294,27 @@ def test_no_input_device(tmp_path: Path) -> None:
     assert code == 2 and len(err) == 1 and "no input device: PortAudio sees no microphone" in err[0], err
 
 
+@pytest.mark.parametrize(("kind", "source", "sink"), [("output", "vr_mic", "vr_unplugged"),
+                                                   ("input", "vr_unplugged", "vr_speaker")])
+def test_a_device_that_cannot_open_at_any_rate_is_one_line(rig: audio_rig.AudioRig, kind: str, source: str,
+                                                           sink: str) -> None:
+    """PortAudio lists ALSA's ``default`` (Pulse) device, but no stream of it can start at any rate.
+
+    The Pulse sink (or source) it is told to use is gone, as an unplugged headset's would be:
+    ALSA opens the device and accepts every rate, then fails when the stream is created.
+    PortAudio and ALSA print five lines per rate tried on fd 2 (twenty here); the user must see one.
+    """
+    assert "vr_unplugged" not in rig.pactl("list", "short", "sinks") + rig.pactl("list", "short", "sources")
+    env = _env(rig, PULSE_SOURCE=source, PULSE_SINK=sink)
+    code, err, _ = cli("talk", env=env)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"voicerelay: error: cannot open {kind} device 1 'default' at any usable rate "
+                             "(tried 44100, 48000, 24000, 16000 Hz): "), err
+    assert err[0].endswith("ALSA: PulseAudio: Unable to create stream: No such entity"), err
+    code, err, out = cli("devices", env=env)  # probing the rates is quiet too
+    assert code == 0 and err == [] and "vr_unplugged" not in out, err
+
+
 def test_an_unreachable_upstream_is_one_line_and_exit_1(rig: audio_rig.AudioRig) -> None:
     with socket.socket() as sock:  # a port that surely has no listener
         sock.bind(("127.0.0.1", 0))

@@ -187,3 +187,72 @@ def test_feed_and_read_from_two_threads() -> None:
     assert not thread.is_alive()
     assert np.array_equal(np.concatenate(out), np.frombuffer(b"".join(ramp(100, 1 + i * 2400) for i in range(20)),
                                                              dtype="<i2"))
+
+
+# ---------------------------------------------------------------------- at the device's rate (resample_to)
+
+DEVICE = 44_100
+
+
+def tone(ms: int, hz: float = 440.0) -> bytes:
+    t = np.arange(ms * 24) / RATE
+    return (np.sin(2 * np.pi * hz * t) * 8000).astype("<i2").tobytes()
+
+
+def play_device(buffer: PlaybackBuffer, clock: Clock, ms: int, delay: float | None = None) -> np.ndarray:
+    """Like ``play``, 20 ms blocks at 44.1 kHz, read into a device-owned array as the Speaker does."""
+    out = []
+    for _ in range(ms // 20):
+        block = np.full(882, 12345, dtype="<i2")  # whatever the device's buffer held before
+        buffer.read_into(block, delay)
+        out.append(block)
+        clock.advance(20)
+    return np.concatenate(out)
+
+
+def test_resampled_to_the_device_rate_as_it_is_fed() -> None:
+    clock = Clock()
+    buffer = PlaybackBuffer(preroll_ms=80, clock=clock)
+    buffer.resample_to(DEVICE)
+    second = tone(1000)
+    for i in range(50):  # 1 s in 20 ms deltas
+        buffer.feed(second[i * 960:(i + 1) * 960], "item_a")
+    buffer.finish()  # the resampler's last few samples come out too
+    assert buffer.queued_ms == pytest.approx(1000, abs=1)
+    out = play_device(buffer, clock, 1200)
+    assert not out[DEVICE + 10:].any()  # zero-filled once the audio ran out, nothing left in the device's block
+    expected = np.sin(2 * np.pi * 440 * np.arange(DEVICE) / DEVICE) * 8000  # the same tone, at 44.1 kHz
+    assert np.abs(out[:DEVICE].astype(float) - expected)[200:-200].max() < 50  # the same tone
+    assert buffer.played_ms("item_a") == buffer.received_ms("item_a") == 1000
+    assert buffer.idle and buffer.underruns == 0
+
+
+def test_resampled_items_keep_their_own_samples() -> None:
+    """A reply's second item follows the first without a finish() between: the first's resampler tail is its own."""
+    clock = Clock()
+    buffer = PlaybackBuffer(preroll_ms=0, clock=clock)
+    buffer.resample_to(DEVICE)
+    buffer.feed(tone(300), "item_a")
+    buffer.feed(tone(300, hz=300), "item_b")
+    play_device(buffer, clock, 400, delay=0.04)  # a: 300 ms, b: 100 ms handed; the last 40 ms not heard yet
+    assert buffer.played_ms("item_a") == 300
+    assert buffer.stop() == ("item_b", 60)
+    assert buffer.played_ms("item_b") == 60 and buffer.received_ms("item_b") == 300
+    buffer.feed(tone(100), "item_c")  # a fresh resampler after the stop: nothing of b comes back
+    buffer.finish()
+    assert buffer.queued_ms == pytest.approx(100, abs=1)
+
+
+def test_stop_while_the_resampler_holds_the_only_audio() -> None:
+    buffer = PlaybackBuffer(preroll_ms=0)
+    buffer.resample_to(DEVICE)
+    buffer.feed(tone(1)[:8], "item_a")  # 4 samples: all inside the resampler's delay
+    assert buffer.stop() == ("item_a", 0)
+    assert buffer.queued_ms == 0 and buffer.idle
+
+
+def test_resample_to_comes_before_any_audio() -> None:
+    buffer = PlaybackBuffer()
+    buffer.feed(tone(20), "item_a")
+    with pytest.raises(RuntimeError, match="before any audio"):
+        buffer.resample_to(DEVICE)

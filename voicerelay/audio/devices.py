@@ -8,29 +8,42 @@
 - :class:`Microphone` opens the input at the device's own rate (its default rate, else 48000,
   44100, 24000, 16000 Hz), resamples with :class:`soxr.ResampleStream` and delivers 24 kHz PCM16
   frames (20 ms by default) from PortAudio's thread, a block (two frames by default) at a time.
-- :class:`Speaker` opens the output the same way and pulls 24 kHz samples from a function
-  (a :class:`~voicerelay.audio.playback.PlaybackBuffer`'s ``read``), telling it how long each
-  sample will take to be heard; :meth:`Speaker.pause` stops it at once, dropping what the
-  device holds (barge-in, or nothing to play: an idle output stream still costs CPU).
+- :class:`Speaker` opens the output the same way and pulls samples from a function, telling
+  it how long each sample will take to be heard. Given a
+  :class:`~voicerelay.audio.playback.PlaybackBuffer`'s ``read``, it has the buffer resample
+  as it is fed and its callback only copies into the device's buffer (see the playback
+  module: the output callback is where CPU goes while a reply plays); any other function
+  gives 24 kHz samples that the callback resamples. :meth:`Speaker.pause` stops it at once,
+  dropping what the device holds (barge-in, or nothing to play: an idle output stream still
+  costs CPU).
 
-Every :class:`DeviceError` message is one line fit for a CLI. sounddevice is imported only when a
-device is used, so the rest of voicerelay works on machines without PortAudio.
+Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
+complaints about a device that fails to open straight to file descriptor 2 (five lines per rate
+tried); while a device is opened or probed they are caught (:func:`_native_stderr`): the ALSA
+reason goes into the one-line message, the rest is dropped. sounddevice is imported only
+when a device is used, so the rest of voicerelay works on machines without PortAudio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 import soxr
 
+from voicerelay.audio.playback import LIVE_QUALITY, PlaybackBuffer
 from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
 
 __all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
@@ -40,9 +53,6 @@ Kind = Literal["input", "output"]
 
 #: Rates tried after the device's default one.
 FALLBACK_RATES = (48_000, 44_100, 24_000, 16_000)
-#: soxr quality of the live paths: "LQ" keeps the resampler's delay to a few milliseconds
-#: (HQ holds 20-40 ms and releases it in bursts) and is band-limited, which speech needs.
-LIVE_QUALITY = "LQ"
 _PCM16 = np.dtype("<i2")
 
 
@@ -111,12 +121,13 @@ def supported_rates(device: Device, kind: Kind, sd: ModuleType | None = None) ->
     sd = sd or load_sounddevice()
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings
     rates = []
-    for rate in _rates(device):
-        try:
-            check(device=device.index, channels=1, dtype="int16", samplerate=rate)
-        except (sd.PortAudioError, ValueError):
-            continue
-        rates.append(rate)
+    with _native_stderr():
+        for rate in _rates(device):
+            try:
+                check(device=device.index, channels=1, dtype="int16", samplerate=rate)
+            except (sd.PortAudioError, ValueError):
+                continue
+            rates.append(rate)
     return rates
 
 
@@ -173,6 +184,44 @@ def _rates(device: Device) -> list[int]:
     return rates + [r for r in FALLBACK_RATES if r not in rates]
 
 
+#: What PortAudio (its ``PA_ENSURE`` traces) and ALSA (its default error handler) print on a failure.
+_PORTAUDIO_TRACE = re.compile(r"^Expression '.*' failed in '.*', line: \d+$")
+_ALSA_ERROR = re.compile(r"^ALSA lib [^ ]+:\d+:\([^)]*\) (.*)$")
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Catch what C libraries write to file descriptor 2 meanwhile; yields the ALSA error messages.
+
+    PortAudio's traces and ALSA's messages are dropped (the caller reports the failure in one
+    line), anything else is written to fd 2 afterwards. No other thread must be opening a device.
+    """
+    reasons: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to catch
+        yield reasons
+        return
+    with tempfile.TemporaryFile() as caught:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield reasons
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            others = []
+            for line in caught.read().decode(errors="replace").splitlines():
+                if (alsa := _ALSA_ERROR.match(line)) is not None:
+                    reasons.append(alsa.group(1).strip())
+                elif line.strip() and not _PORTAUDIO_TRACE.match(line):
+                    others.append(line)
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
+
+
 class _DeviceStream:
     """What the two streams share: opening at the first usable rate, latency, start and close."""
 
@@ -182,16 +231,18 @@ class _DeviceStream:
     def _open(self, sd: ModuleType, kind: Kind, make: Callable[[int], Any]) -> None:
         """``make(rate)`` at the device's default rate, then the fallback rates; the first that opens."""
         failures = []
-        for rate in _rates(self.device):
-            try:
-                self._stream = make(rate)
-            except (sd.PortAudioError, ValueError) as exc:
-                failures.append(f"{rate}: {' '.join(str(exc).split())}")
-                continue
-            self.rate = int(self._stream.samplerate)
-            return
+        with _native_stderr() as reasons:
+            for rate in _rates(self.device):
+                try:
+                    self._stream = make(rate)
+                except (sd.PortAudioError, ValueError) as exc:
+                    failures.append(re.sub(r"^Error opening \w+: ", "", " ".join(str(exc).split())))
+                    continue
+                self.rate = int(self._stream.samplerate)
+                return
+        why = f"; ALSA: {reasons[-1]}" if reasons else ""
         raise DeviceError(f"cannot open {kind} device {self.device.label()} at any usable rate "
-                          f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz; {failures[-1]})")
+                          f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz): {failures[-1]}{why}")
 
     @property
     def latency(self) -> float:
@@ -255,6 +306,8 @@ class Speaker(_DeviceStream):
 
     ``pull`` gets the number of 24 kHz samples wanted and ``delay``, the seconds until the first
     of them is heard (the device's latency for this block, plus what the resampler holds).
+    When ``pull`` is a :class:`PlaybackBuffer`'s ``read``, the buffer is set to the device's
+    rate instead (:meth:`PlaybackBuffer.resample_to`) and fills the device's block in place.
     ``underflows`` counts blocks the device played late.
     """
 
@@ -272,10 +325,15 @@ class Speaker(_DeviceStream):
                                       channels=1, dtype="int16", callback=self._callback)
 
         self._open(sd, "output", make)
+        buffer = getattr(pull, "__self__", None)
+        self._read_into: Callable[[np.ndarray, float], None] | None = None
+        if isinstance(buffer, PlaybackBuffer) and getattr(pull, "__func__", None) is PlaybackBuffer.read:
+            buffer.resample_to(self.rate)
+            self._read_into = buffer.read_into
         self._resampler = self._new_resampler()
 
     def _new_resampler(self) -> soxr.ResampleStream | None:
-        if self.rate == SAMPLE_RATE:
+        if self.rate == SAMPLE_RATE or self._read_into is not None:
             return None
         return soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="int16", quality=LIVE_QUALITY)
 
@@ -285,6 +343,9 @@ class Speaker(_DeviceStream):
         latency = time.outputBufferDacTime - time.currentTime
         if not 0 < latency < 2:  # a host API that does not report it
             latency = self._stream.latency
+        if self._read_into is not None:  # the buffer is at the device's rate: fill the block in place
+            self._read_into(np.frombuffer(outdata, dtype=_PCM16), latency)
+            return
         with self._lock:
             if self._resampler is None:
                 outdata[:] = self._pull(frames, latency).tobytes()

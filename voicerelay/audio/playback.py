@@ -25,6 +25,13 @@ minus its part of what is in flight; never more than was received.
 *Stop.* :meth:`~PlaybackBuffer.stop` assumes the caller also drops what the device holds
 (PortAudio: abort the stream), so the audio in flight at that moment is never heard: it is
 taken off the items' counts for good. Afterwards the buffer is empty and accepts new items.
+
+*Device rate.* After :meth:`~PlaybackBuffer.resample_to`, ``read`` returns samples at the
+device's rate: each delta is resampled (soxr) as it is fed, on the feeding thread, in one call
+per delta. The output callback then only copies, which matters more than it seems: it runs
+every 20 ms on a thread whose caches have gone cold in between, where a resampler call costs
+several times what it costs in bulk. One resampler stream per item, flushed when the next item
+starts or the response is complete, so each sample is counted for the item it belongs to.
 """
 
 from __future__ import annotations
@@ -36,10 +43,15 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import soxr
 
 from voicerelay.protocol.audio import SAMPLE_RATE
 
-__all__ = ["PlaybackBuffer"]
+__all__ = ["LIVE_QUALITY", "PlaybackBuffer"]
+
+#: soxr quality of the live paths: "LQ" keeps the resampler's delay to a few milliseconds
+#: (HQ holds 20-40 ms and releases it in bursts) and is band-limited, which speech needs.
+LIVE_QUALITY = "LQ"
 
 _PCM16 = np.dtype("<i2")
 _KEEP_ITEMS = 32  # per-item counters kept for played_ms() after the item is gone
@@ -47,8 +59,8 @@ _KEEP_ITEMS = 32  # per-item counters kept for played_ms() after the item is gon
 
 @dataclasses.dataclass(slots=True)
 class _Item:
-    received: int = 0  # samples fed
-    handed: int = 0  # samples given to the device (less those dropped in flight by stop())
+    received: int = 0  # samples fed (at the buffer's ``rate``)
+    handed: int = 0  # samples given to the device (at ``output_rate``), less those dropped in flight by stop()
     complete: bool = False  # its response is done: no pre-roll needed
     first_fed_at: float | None = None
     first_heard_at: float | None = None  # when its first sample reached the speaker (clock time)
@@ -58,7 +70,9 @@ class PlaybackBuffer:
     """Reply audio between the event loop (``feed``) and the output callback (``read``).
 
     ``latency`` is the default delay (seconds) between ``read`` and the speaker, used when
-    ``read`` is not told one. ``clock`` is ``time.monotonic`` unless a test gives its own.
+    ``read`` is not told one. ``rate`` is the rate of the audio fed; ``read`` returns the same
+    until :meth:`resample_to`. ``clock`` is ``time.monotonic`` unless a test gives its own.
+    ``feed``, ``finish`` and ``stop`` are called from one thread, ``read`` from another.
     """
 
     def __init__(self, *, preroll_ms: float = 80.0, max_wait_ms: float = 500.0, latency: float = 0.0,
@@ -66,7 +80,9 @@ class PlaybackBuffer:
         if preroll_ms < 0 or max_wait_ms < 0 or latency < 0:
             raise ValueError("preroll_ms, max_wait_ms and latency must not be negative")
         self.rate = rate
-        self.preroll = int(preroll_ms * rate / 1000)
+        self.output_rate = rate
+        self.preroll_ms = preroll_ms
+        self.preroll = int(preroll_ms * rate / 1000)  # output samples
         self.max_wait = max_wait_ms / 1000
         self.latency = latency
         self.underruns = 0
@@ -79,14 +95,32 @@ class PlaybackBuffer:
         self._handed_order: list[str] = []  # items in the order they were handed (last = most recent)
         self._playing = False  # False: waiting for a pre-roll
         self._heard_by = clock()  # when the last handed sample will have been heard
+        self._resampler: soxr.ResampleStream | None = None  # feeding side only
+        self._resampling: str | None = None  # the item whose audio the resampler holds
 
     # ---------------------------------------------------------------------- event-loop side
 
+    def resample_to(self, output_rate: int) -> None:
+        """From now on ``read`` returns samples at ``output_rate`` (the device's); call it before feeding."""
+        with self._lock:
+            if self._queue or self._resampling is not None:
+                raise RuntimeError("resample_to() must be called before any audio is fed")
+            self.output_rate = output_rate
+            self.preroll = int(self.preroll_ms * output_rate / 1000)
+
     def feed(self, pcm: bytes | bytearray | memoryview, item_id: str) -> None:
-        """Queue one delta of reply audio (24 kHz PCM16) of ``item_id``."""
+        """Queue one delta of reply audio (PCM16 at ``rate``) of ``item_id``."""
         samples = np.frombuffer(pcm, dtype=_PCM16)
         if samples.size == 0:
             return
+        chunks = [(item_id, samples)]
+        if self.output_rate != self.rate:
+            chunks = self._flush() if self._resampling not in (None, item_id) else []
+            if self._resampler is None:
+                self._resampler = soxr.ResampleStream(self.rate, self.output_rate, 1, dtype="int16",
+                                                      quality=LIVE_QUALITY)
+            self._resampling = item_id
+            chunks.append((item_id, self._resampler.resample_chunk(samples)))
         with self._lock:
             item = self._items.get(item_id)
             if item is None:
@@ -95,12 +129,13 @@ class PlaybackBuffer:
             if item.first_fed_at is None:
                 item.first_fed_at = self._clock()
             item.received += samples.size
-            self._queue.append((item_id, samples))
-            self._queued += samples.size
+            self._enqueue(chunks)
 
     def finish(self) -> None:
         """Every item fed so far is complete (its response is done): play it without waiting for a pre-roll."""
+        tail = self._flush()
         with self._lock:
+            self._enqueue(tail)
             for item in self._items.values():
                 item.complete = True
 
@@ -111,26 +146,25 @@ class PlaybackBuffer:
         is the one handed most recently, or the next one queued when nothing was handed yet
         (``played_ms`` 0), or ``None`` when there was nothing at all.
         """
+        in_resampler = self._resampling  # an item whose audio only the resampler held
+        self._resampler = self._resampling = None  # what it holds is dropped too
         with self._lock:
             now = self._clock()
             for item_id, samples in self._unheard(now).items():
                 self._items[item_id].handed -= samples
-            current = self._handed_order[-1] if self._handed_order else (self._queue[0][0] if self._queue else None)
+            current = self._handed_order[-1] if self._handed_order else (self._queue[0][0] if self._queue else
+                                                                          in_resampler)
             self._queue.clear()
             self._offset = self._queued = 0
             self._handed_order.clear()
             self._playing = False
             self._heard_by = now
-            played = self._items[current].handed if current is not None else 0
-            return current, played * 1000 // self.rate
+            return current, self._ms(current, 0) if current is not None else 0
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` heard so far (what is still in flight does not count)."""
         with self._lock:
-            item = self._items.get(item_id)
-            if item is None:
-                return 0
-            return (item.handed - self._unheard(self._clock()).get(item_id, 0)) * 1000 // self.rate
+            return self._ms(item_id, self._unheard(self._clock()).get(item_id, 0))
 
     def received_ms(self, item_id: str) -> int:
         with self._lock:
@@ -154,17 +188,23 @@ class PlaybackBuffer:
     @property
     def queued_ms(self) -> float:
         with self._lock:
-            return self._queued * 1000 / self.rate
+            return self._queued * 1000 / self.output_rate
 
     # ---------------------------------------------------------------------- output-callback side
 
     def read(self, frames: int, delay: float | None = None) -> np.ndarray:
-        """Exactly ``frames`` samples (int16) for the device, zero-filled where there is nothing to play.
+        """Exactly ``frames`` samples (int16, at ``output_rate``) for the device, zero-filled where there is nothing to play.
 
         ``delay``: seconds from now until the first returned sample is heard (the device's
         output latency plus anything the caller still holds); ``latency`` when not given.
         """
-        out = np.zeros(frames, dtype=_PCM16)
+        out = np.empty(frames, dtype=_PCM16)
+        self.read_into(out, delay)
+        return out
+
+    def read_into(self, out: np.ndarray, delay: float | None = None) -> None:
+        """:meth:`read` into ``out`` (a writable int16 array: the device's own buffer), all of it written."""
+        frames = out.size
         with self._lock:
             now = self._clock()
             if delay is not None and delay >= 0:
@@ -172,7 +212,8 @@ class PlaybackBuffer:
             if not self._playing and self._queue and self._ready(now):
                 self._playing = True
             if not self._playing:
-                return out
+                out[:] = 0
+                return
             filled = 0
             while filled < frames and self._queue:
                 item_id, chunk = self._queue[0]
@@ -180,7 +221,7 @@ class PlaybackBuffer:
                 out[filled:filled + take] = chunk[self._offset:self._offset + take]
                 item = self._items[item_id]
                 if item.first_heard_at is None:
-                    item.first_heard_at = now + self.latency + filled / self.rate
+                    item.first_heard_at = now + self.latency + filled / self.output_rate
                 item.handed += take
                 if not self._handed_order or self._handed_order[-1] != item_id:
                     self._handed_order.append(item_id)
@@ -192,14 +233,36 @@ class PlaybackBuffer:
                     self._queue.popleft()
                     self._offset = 0
             if filled:
-                self._heard_by = now + self.latency + filled / self.rate
+                self._heard_by = now + self.latency + filled / self.output_rate
             if filled < frames:  # ran dry: the next audio takes a pre-roll again
+                out[filled:] = 0
                 self._playing = False
                 if self._handed_order and not self._items[self._handed_order[-1]].complete:
                     self.underruns += 1  # a gap before its response was complete
-            return out
 
     # ---------------------------------------------------------------------- internals
+
+    def _flush(self) -> list[tuple[str, np.ndarray]]:
+        """The rest of the item the resampler holds (feeding side), which then starts afresh."""
+        if self._resampler is None or self._resampling is None:
+            return []
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=_PCM16), last=True)
+        item_id = self._resampling
+        self._resampler = self._resampling = None
+        return [(item_id, tail)]
+
+    def _enqueue(self, chunks: list[tuple[str, np.ndarray]]) -> None:
+        for item_id, samples in chunks:
+            if samples.size and item_id in self._items:
+                self._queue.append((item_id, samples))
+                self._queued += samples.size
+
+    def _ms(self, item_id: str, unheard: int) -> int:
+        """Milliseconds of ``item_id`` handed less ``unheard`` samples; never more than was received."""
+        item = self._items.get(item_id)
+        if item is None:
+            return 0
+        return min((item.handed - unheard) * 1000 // self.output_rate, item.received * 1000 // self.rate)
 
     def _ready(self, now: float) -> bool:
         """May playback start: pre-roll queued, the head item complete, or it waited long enough."""
@@ -210,7 +273,7 @@ class PlaybackBuffer:
 
     def _unheard(self, now: float) -> dict[str, int]:
         """Samples handed to the device and not heard yet at ``now``, per item: the newest handed."""
-        left = max(0, round((self._heard_by - now) * self.rate))
+        left = max(0, round((self._heard_by - now) * self.output_rate))
         unheard = {}
         for item_id in dict.fromkeys(reversed(self._handed_order)):
             if left <= 0:
