@@ -212,14 +212,21 @@ def _native_stderr() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
-            others = []
-            for line in caught.read().decode(errors="replace").splitlines():
-                if (alsa := _ALSA_ERROR.match(line)) is not None:
+            others = []  # as written, line ends included: a full-screen app may be drawing on fd 2
+            dropped = False
+            for line in caught.read().splitlines(keepends=True):
+                text = line.decode(errors="replace").rstrip("\r\n")
+                if (alsa := _ALSA_ERROR.match(text)) is not None:
                     reasons.append(alsa.group(1).strip())
-                elif line.strip() and not _PORTAUDIO_TRACE.match(line):
+                elif _PORTAUDIO_TRACE.match(text) or (dropped and not text.strip()):
+                    pass  # (ALSA follows its message with an empty line)
+                else:
                     others.append(line)
+                    dropped = False
+                    continue
+                dropped = True
             if others:
-                os.write(2, ("\n".join(others) + "\n").encode())
+                os.write(2, b"".join(others))
 
 
 class _DeviceStream:

@@ -211,6 +211,7 @@ class TalkApp(App[int]):
         self.talk: Talk | None = None
         self.failure: tuple[int, str] | None = None  # (exit code, one-line message)
         self.stop = asyncio.Event()
+        self._shown: dict[str, Text] = {}
         self.log_handler = ViewLogHandler(self)  # the CLI routes logging here
 
     def compose(self) -> ComposeResult:
@@ -267,6 +268,12 @@ class TalkApp(App[int]):
         """False once the screen is gone (the session's last words arrive while the app exits)."""
         return self.is_running and bool(self.query("#state"))
 
+    def _update(self, widget_id: str, content: Text) -> None:
+        """Redraw a widget only when what it shows changed (most ticks change little)."""
+        if self._shown.get(widget_id) != content:
+            self._shown[widget_id] = content
+            self.query_one(f"#{widget_id}", Static).update(content)
+
     def show_status(self, s: TalkStatus) -> None:
         if not self._drawable():
             return
@@ -281,19 +288,19 @@ class TalkApp(App[int]):
             state += Text("   microphone muted (m)", style="yellow")
         if s.recording:
             state += Text(f"   ● REC {s.recording}", style="bold red")
-        self.query_one("#state", Static).update(state)
-        self.query_one("#meter", Static).update(level_meter(s.level_dbfs, s.muted))
-        self.query_one("#queues", Static).update(Text.assemble(
+        self._update("state", state)
+        self._update("meter", level_meter(s.level_dbfs, s.muted))
+        self._update("queues", Text.assemble(
             "mic → upstream  ", (f"{s.upstream_frames} frame{'' if s.upstream_frames == 1 else 's'}", "bold"),
             f" ({s.upstream_ms} ms)\n",
             "dropped         ", (f"{s.dropped_ms} ms", "bold red" if s.dropped_ms else "bold"), "\n",
             "playback buffer ", (f"{s.playback_ms} ms", "bold")))
         last = s.latencies_ms[-1] if s.latencies_ms else None
-        self.query_one("#latency", Static).update(Text.assemble(
+        self._update("latency", Text.assemble(
             "last ", (_ms(last), "bold"), "   p50 ", (_ms(s.latency(50)), "bold"),
             "   p95 ", (_ms(s.latency(95)), "bold"), f"\nturns {s.turns}, {len(s.latencies_ms)} answered with audio"))
         usage = s.usage
-        self.query_one("#session", Static).update(Text.assemble(
+        self._update("session", Text.assemble(
             "tokens in ", (str(usage.get("input_tokens", 0)), "bold"), "  out ",
             (str(usage.get("output_tokens", 0)), "bold"), "  total ", (str(usage.get("total_tokens", 0)), "bold"),
             "\nremaining ", (_remaining(s.remaining_s), "bold"), " to the session cap",
