@@ -158,7 +158,14 @@ async def test_flush_runs_in_the_reader_after_each_events_observers(upstream: Up
         reader.append(asyncio.current_task())
 
     relay = relay_for(upstream, flush=flush)
-    relay.subscribe(lambda obs: seen.append(seq_of({"audio": obs.audio_b64})) if isinstance(obs, PlayAudio) else None)
+    follows: set[bool] = set()
+
+    def observe(obs: Any) -> None:
+        if isinstance(obs, PlayAudio):
+            seen.append(seq_of({"audio": obs.audio_b64}))
+            follows.add(relay.flush_follows)
+
+    relay.subscribe(observe)
     async with running(relay):
         for i in range(1, 4):
             await relay.forward_audio(chunk(i))
@@ -167,6 +174,7 @@ async def test_flush_runs_in_the_reader_after_each_events_observers(upstream: Up
     # one flush per server event, each after the observers saw that event's effects
     assert flushed == sorted(flushed) and flushed[-3:] == [1, 2, 3]
     assert len({id(t) for t in reader}) == 1  # all in one task: the reader
+    assert follows == {True} and not relay.flush_follows  # observers are told a flush follows
 
 
 async def test_a_failing_flush_does_not_end_the_session(upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:

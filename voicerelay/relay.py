@@ -95,6 +95,7 @@ class Relay:
         self._recycle = asyncio.Event()
         self._fatal: Error | None = None
         self._flush = flush
+        self._flush_follows = False
         self._inflight: list[Event] = []  # taken for sending, not sent yet: sent again on a new connection
         self._sending = False  # the sender task runs on the open connection: front doors may send directly
         # appends (numbered) whose turn has not been answered yet: a new connection gets them
@@ -134,6 +135,12 @@ class Relay:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def flush_follows(self) -> bool:
+        """True while the reader hands a server event's effects to the observers and will await
+        ``flush`` right after: an observer need not arrange a flush of its own."""
+        return self._flush_follows
 
     # ----------------------------------------------------------------------------- front door inputs
 
@@ -379,12 +386,18 @@ class Relay:
 
     async def _reader(self, ws: ClientConnection) -> None:
         async for message in ws:
-            self._on_message(message)
-            if self._flush is not None:
+            if self._flush is None:
+                self._on_message(message)
+            else:
+                self._flush_follows = True
                 try:
-                    await self._flush()
-                except Exception:  # a front door's bug must not take the session down
-                    log.exception("flush %r failed", self._flush)
+                    self._on_message(message)
+                finally:
+                    self._flush_follows = False
+                    try:
+                        await self._flush()
+                    except Exception:  # a front door's bug must not take the session down
+                        log.exception("flush %r failed", self._flush)
             if self._fatal is not None:
                 return
 

@@ -138,7 +138,7 @@ class GatewaySession:
         turn, if nobody flushed it by then.
         """
         self._outbox.append((name, data))
-        if not self._kick_pending:
+        if not self._kick_pending and not (self.relay is not None and self.relay.flush_follows):
             self._kick_pending = True
             asyncio.get_running_loop().call_soon(self._kick)
 
