@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -193,3 +194,20 @@ async def test_a_failing_flush_does_not_end_the_session(upstream: Upstream, capl
         await until(lambda: calls >= 3)
         assert not task.done() and relay.connections == 1
     assert "flush" in caplog.text and "a front door's bug" in caplog.text
+
+
+async def test_audio_kept_for_resending_adds_no_objects_for_the_garbage_collector(upstream: Upstream) -> None:
+    """15 s of unanswered audio per session is kept; kept as GC-tracked objects it made the
+    collector's full passes (which stop everything) long under load."""
+    relay = relay_for(upstream)
+    async with running(relay):
+        for i in range(20):
+            await relay.forward_audio(chunk(i))
+        gc.collect()
+        before = len(gc.get_objects())
+        for i in range(300):  # 12 s: all kept (no turn is answered)
+            await relay.forward_audio(chunk(i))
+        await until(lambda: len(upstream.appends()) == 320)
+        gc.collect()
+        assert len(gc.get_objects()) - before < 100
+        assert relay._unanswered_ms == pytest.approx(320 * 40)

@@ -100,7 +100,10 @@ class Relay:
         self._sending = False  # the sender task runs on the open connection: front doors may send directly
         # appends (numbered) whose turn has not been answered yet: a new connection gets them
         # again, so an utterance cut by a recycle or a dropped connection is not lost
-        self._unanswered: collections.deque[tuple[int, Event]] = collections.deque()
+        # (two deques, not one of (number, event) tuples: a tuple holding a dict stays tracked by the
+        # garbage collector, and 15 s of them per session made its full collections long pauses)
+        self._unanswered: collections.deque[Event] = collections.deque()
+        self._unanswered_seqs: collections.deque[int] = collections.deque()
         self._unanswered_ms = 0.0
         self._append_seq = 0
         self._committed_upto = 0  # appends numbered below this belong to a committed turn
@@ -280,8 +283,9 @@ class Relay:
         try:
             for effect in self.session.connected():  # configuration and history go first
                 await self._send(ws, effect.event)
-            resend = [event for _, event in self._unanswered]
+            resend = list(self._unanswered)
             self._unanswered.clear()
+            self._unanswered_seqs.clear()
             self._unanswered_ms = 0.0
             self._committed_upto = 0
             for event in resend:
@@ -358,20 +362,23 @@ class Relay:
                 self._space.set()
 
     def _keep_unanswered(self, seq: int, event: Event) -> None:
-        if self._unanswered and self._unanswered[-1][0] > seq:  # one written after it waited less to be sent
-            i = len(self._unanswered)
-            while i and self._unanswered[i - 1][0] > seq:
+        seqs = self._unanswered_seqs
+        if seqs and seqs[-1] > seq:  # one written after it waited less to be sent
+            i = len(seqs)
+            while i and seqs[i - 1] > seq:
                 i -= 1
-            self._unanswered.insert(i, (seq, event))
+            seqs.insert(i, seq)
+            self._unanswered.insert(i, event)
         else:
-            self._unanswered.append((seq, event))
+            seqs.append(seq)
+            self._unanswered.append(event)
         self._unanswered_ms += _append_ms(event)
         while self._unanswered_ms > RESEND_MAX_MS and len(self._unanswered) > 1:
             self._drop_oldest_unanswered()
 
     def _drop_oldest_unanswered(self) -> None:
-        _, event = self._unanswered.popleft()
-        self._unanswered_ms -= _append_ms(event)
+        self._unanswered_seqs.popleft()
+        self._unanswered_ms -= _append_ms(self._unanswered.popleft())
 
     def _track_answers(self, event: Event) -> None:
         """Forget resendable audio once its turn is answered (or the buffer was cleared)."""
@@ -381,7 +388,7 @@ class Relay:
         if etype == "input_audio_buffer.cleared" or (
                 etype == "response.done" and ((event.get("response") or {}).get("metadata") or {}).get("voicerelay")
                 != "say"):
-            while self._unanswered and self._unanswered[0][0] < self._committed_upto:
+            while self._unanswered_seqs and self._unanswered_seqs[0] < self._committed_upto:
                 self._drop_oldest_unanswered()
 
     async def _reader(self, ws: ClientConnection) -> None:
