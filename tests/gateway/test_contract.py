@@ -266,3 +266,37 @@ async def test_http_routes(make_gateway: Any, monkeypatch: pytest.MonkeyPatch) -
         assert (await http.get("/static/app.js")).status_code == 200
         assert (await http.get("/static/../server.py")).status_code == 404
         assert (await http.post("/health")).status_code == 405
+
+
+async def test_a_standalone_gateway_moves_its_start_up_out_of_the_collectors_way(make_gateway: Any) -> None:
+    """Owning the process (its own lifespan), the gateway freezes what start-up loaded, so the
+    collector's full passes, which pause every session, skip it; mounted in a host app it does not."""
+    import gc
+
+    async def lifespan(app: Any) -> list[str]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        return sent
+
+    gc.unfreeze()
+    try:
+        hosted = []
+
+        async def host(scope: Any, receive: Any, send: Any) -> None:  # a host app that owns the lifespan
+            hosted.append(scope["type"])
+            await send({"type": "lifespan.startup.complete"})
+
+        assert await lifespan(make_gateway().asgi_app(host)) == ["lifespan.startup.complete"]
+        assert hosted == ["lifespan"] and gc.get_freeze_count() == 0
+        assert await lifespan(make_gateway().asgi_app()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

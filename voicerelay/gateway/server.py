@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import mimetypes
@@ -752,6 +753,10 @@ class _HttpRoutes:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # the gateway owns the process: what start-up loaded lives as long as it, so keep
+                # it out of the collector's full passes, which stop every session while they run
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.close()
