@@ -13,7 +13,7 @@ import socketio
 from websockets.asyncio.server import serve
 
 from voicerelay.gateway import contract as c
-from voicerelay.gateway.server import Gateway
+from voicerelay.gateway.server import GC_YOUNG_THRESHOLD, Gateway
 
 from ..conftest import read_recording, room_noise
 from ..test_relay import Upstream
@@ -268,9 +268,10 @@ async def test_http_routes(make_gateway: Any, monkeypatch: pytest.MonkeyPatch) -
         assert (await http.post("/health")).status_code == 405
 
 
-async def test_a_standalone_gateway_moves_its_start_up_out_of_the_collectors_way(make_gateway: Any) -> None:
+async def test_a_standalone_gateway_tunes_the_garbage_collector(make_gateway: Any) -> None:
     """Owning the process (its own lifespan), the gateway freezes what start-up loaded, so the
-    collector's full passes, which pause every session, skip it; mounted in a host app it does not."""
+    collector's full passes, which pause every session, skip it, and collects the young generation
+    less often; mounted in a host app it leaves the host's collector alone."""
     import gc
 
     async def lifespan(app: Any) -> list[str]:
@@ -287,6 +288,7 @@ async def test_a_standalone_gateway_moves_its_start_up_out_of_the_collectors_way
         return sent
 
     gc.unfreeze()
+    threshold = gc.get_threshold()
     try:
         hosted = []
 
@@ -295,8 +297,10 @@ async def test_a_standalone_gateway_moves_its_start_up_out_of_the_collectors_way
             await send({"type": "lifespan.startup.complete"})
 
         assert await lifespan(make_gateway().asgi_app(host)) == ["lifespan.startup.complete"]
-        assert hosted == ["lifespan"] and gc.get_freeze_count() == 0
+        assert hosted == ["lifespan"] and gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
         assert await lifespan(make_gateway().asgi_app()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
         assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
