@@ -5,6 +5,11 @@ time, and does only I/O and bookkeeping: front-door inputs and server events go 
 session; the effects that come out are sent upstream (``SendEvent``, in order, through one
 queue) or handed to the observers (the front door itself, the TUI, the recorder, reports).
 
+The per-chunk path of a relaying front door (the gateway) is kept short: audio it forwards
+(:meth:`Relay.forward_audio`) stays the base64 it arrived as and is sent from the caller's task
+when the queue is empty, and its ``flush`` is awaited by the reader after each server event, so
+neither direction needs a task switch of its own.
+
 Upstream lifecycle: connect (with retries), configure, pump events both ways. Before the
 server's session cap (``expires_at`` of ``session.created``) the relay *recycles* at a quiet
 moment: it opens a new session with the same configuration and the conversation's text history,
@@ -21,13 +26,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from .protocol.audio import BYTES_PER_MS
+from .protocol.audio import BYTES_PER_MS, b64_pcm16_nbytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Event, elide
 from .protocol.session import Effect, Error, RealtimeSession, SendEvent, State
@@ -66,7 +71,11 @@ def _append_ms(event: Event) -> float:
 class Relay:
     def __init__(self, config: RealtimeConfig, spec: UpstreamSpec, *, max_queued_audio_ms: int = 5000,
                  recorder: EventRecorder | None = None, reconnects: int = 2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 flush: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``flush``, if given, is awaited by the reader after the effects of each server event
+        went to the observers: a front door whose (sync) observers queue output for an async
+        transport sends it there, from the reader's task, rather than waking a task of its own."""
         self.spec = spec
         self.session = RealtimeSession(config, spec.dialect)
         self.recorder = recorder
@@ -85,10 +94,16 @@ class Relay:
         self._ready = asyncio.Event()
         self._recycle = asyncio.Event()
         self._fatal: Error | None = None
-        self._inflight: Event | None = None
+        self._flush = flush
+        self._flush_follows = False
+        self._inflight: list[Event] = []  # taken for sending, not sent yet: sent again on a new connection
+        self._sending = False  # the sender task runs on the open connection: front doors may send directly
         # appends (numbered) whose turn has not been answered yet: a new connection gets them
         # again, so an utterance cut by a recycle or a dropped connection is not lost
-        self._unanswered: collections.deque[tuple[int, Event]] = collections.deque()
+        # (two deques, not one of (number, event) tuples: a tuple holding a dict stays tracked by the
+        # garbage collector, and 15 s of them per session made its full collections long pauses)
+        self._unanswered: collections.deque[Event] = collections.deque()
+        self._unanswered_seqs: collections.deque[int] = collections.deque()
         self._unanswered_ms = 0.0
         self._append_seq = 0
         self._committed_upto = 0  # appends numbered below this belong to a committed turn
@@ -124,6 +139,12 @@ class Relay:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def flush_follows(self) -> bool:
+        """True while the reader hands a server event's effects to the observers and will await
+        ``flush`` right after: an observer need not arrange a flush of its own."""
+        return self._flush_follows
+
     # ----------------------------------------------------------------------------- front door inputs
 
     async def send_audio(self, pcm: bytes) -> None:
@@ -140,6 +161,33 @@ class Relay:
             self.dropped_audio_ms += len(pcm) / BYTES_PER_MS
             return False
         self._dispatch(self.session.audio(pcm))
+        return True
+
+    async def forward_audio(self, audio_b64: str, nbytes: int | None = None) -> bool:
+        """One frame of base64 audio from a real-time source, forwarded as it is (a relay's path).
+
+        Like :meth:`send_audio_nowait`, a frame that finds the queue full is dropped and counted.
+        When nothing is queued or being sent before it, the frame is sent from the caller's task,
+        without a hop through the sender task; otherwise it is queued behind the rest, in order.
+        ``nbytes`` is its PCM16 byte count if the caller checked it already
+        (:func:`~voicerelay.protocol.audio.b64_pcm16_nbytes`); else bad audio raises
+        :class:`~voicerelay.protocol.audio.AudioFormatError`.
+        """
+        if nbytes is None:
+            nbytes = b64_pcm16_nbytes(audio_b64)
+        if self.queued_audio_ms >= self.max_queued_audio_ms:
+            self.dropped_audio_ms += nbytes / BYTES_PER_MS
+            return False
+        effects = self.session.audio_b64(audio_b64, nbytes)
+        ws = self._ws
+        if not (self._sending and ws is not None and self._out.empty() and not self._inflight):
+            self._dispatch(effects)
+            return True
+        for effect in effects:  # audio_b64 has no effect but this SendEvent (or none)
+            assert isinstance(effect, SendEvent)
+            self.queued_audio_ms += _append_ms(effect.event)  # until it is sent, as if queued
+            with contextlib.suppress(ConnectionClosed):  # then it stays in flight for the next connection
+                await self._transmit(ws, effect.event)
         return True
 
     def commit(self) -> None:
@@ -235,16 +283,19 @@ class Relay:
         try:
             for effect in self.session.connected():  # configuration and history go first
                 await self._send(ws, effect.event)
-            resend = [event for _, event in self._unanswered]
+            resend = list(self._unanswered)
             self._unanswered.clear()
+            self._unanswered_seqs.clear()
             self._unanswered_ms = 0.0
             self._committed_upto = 0
             for event in resend:
+                self._append_seq += 1
+                seq = self._append_seq
                 await self._send(ws, event)
-                self._keep_unanswered(event)
-            if self._inflight is not None:
-                await self._send(ws, self._inflight)
-                self._inflight = None
+                self._keep_unanswered(seq, event)
+            inflight, self._inflight = self._inflight, []
+            for event in inflight:
+                await self._transmit(ws, event)
             tasks = {
                 asyncio.create_task(self._reader(ws), name="relay reader"),
                 asyncio.create_task(self._sender(ws), name="relay sender"),
@@ -252,6 +303,7 @@ class Relay:
                 asyncio.create_task(self._recycle.wait(), name="relay recycle"),
                 asyncio.create_task(self._recycle_timer(), name="relay recycle timer"),
             }
+            self._sending = True
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
@@ -270,6 +322,7 @@ class Relay:
             await self._drain(ws)
             return "connection dropped"
         finally:
+            self._sending = False
             self._ready.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2)
@@ -284,26 +337,48 @@ class Relay:
 
     async def _sender(self, ws: ClientConnection) -> None:
         while True:
-            event = await self._out.get()
-            self._inflight = event
-            await self._send(ws, event)
-            self._inflight = None
-            if event["type"] == "input_audio_buffer.append":
-                self._keep_unanswered(event)
-                self.queued_audio_ms = max(0.0, self.queued_audio_ms - _append_ms(event))
-                if self.queued_audio_ms < self.max_queued_audio_ms:
-                    self._space.set()
+            await self._transmit(ws, await self._out.get())
 
-    def _keep_unanswered(self, event: Event) -> None:
-        self._append_seq += 1
-        self._unanswered.append((self._append_seq, event))
+    async def _transmit(self, ws: ClientConnection, event: Event) -> None:
+        """Send one event taken from the queue (or handed over directly), with its bookkeeping.
+
+        Until it is sent it is in flight (a new connection sends it again); an append counts in
+        ``queued_audio_ms`` until then, and is kept for resending, numbered in the order written.
+        """
+        append = event["type"] == "input_audio_buffer.append"
+        self._inflight.append(event)
+        if append:
+            self._append_seq += 1  # ws.send writes before its first await: this is the order on the wire
+            seq = self._append_seq
+        await self._send(ws, event)
+        for i, flying in enumerate(self._inflight):
+            if flying is event:
+                del self._inflight[i]
+                break
+        if append:
+            self._keep_unanswered(seq, event)
+            self.queued_audio_ms = max(0.0, self.queued_audio_ms - _append_ms(event))
+            if self.queued_audio_ms < self.max_queued_audio_ms:
+                self._space.set()
+
+    def _keep_unanswered(self, seq: int, event: Event) -> None:
+        seqs = self._unanswered_seqs
+        if seqs and seqs[-1] > seq:  # one written after it waited less to be sent
+            i = len(seqs)
+            while i and seqs[i - 1] > seq:
+                i -= 1
+            seqs.insert(i, seq)
+            self._unanswered.insert(i, event)
+        else:
+            seqs.append(seq)
+            self._unanswered.append(event)
         self._unanswered_ms += _append_ms(event)
         while self._unanswered_ms > RESEND_MAX_MS and len(self._unanswered) > 1:
             self._drop_oldest_unanswered()
 
     def _drop_oldest_unanswered(self) -> None:
-        _, event = self._unanswered.popleft()
-        self._unanswered_ms -= _append_ms(event)
+        self._unanswered_seqs.popleft()
+        self._unanswered_ms -= _append_ms(self._unanswered.popleft())
 
     def _track_answers(self, event: Event) -> None:
         """Forget resendable audio once its turn is answered (or the buffer was cleared)."""
@@ -313,12 +388,23 @@ class Relay:
         if etype == "input_audio_buffer.cleared" or (
                 etype == "response.done" and ((event.get("response") or {}).get("metadata") or {}).get("voicerelay")
                 != "say"):
-            while self._unanswered and self._unanswered[0][0] < self._committed_upto:
+            while self._unanswered_seqs and self._unanswered_seqs[0] < self._committed_upto:
                 self._drop_oldest_unanswered()
 
     async def _reader(self, ws: ClientConnection) -> None:
         async for message in ws:
-            self._on_message(message)
+            if self._flush is None:
+                self._on_message(message)
+            else:
+                self._flush_follows = True
+                try:
+                    self._on_message(message)
+                finally:
+                    self._flush_follows = False
+                    try:
+                        await self._flush()
+                    except Exception:  # a front door's bug must not take the session down
+                        log.exception("flush %r failed", self._flush)
             if self._fatal is not None:
                 return
 

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import socketio
 
-from voicerelay.gateway.server import Gateway
+from websockets.asyncio.server import serve
+
+from voicerelay.gateway import contract as c
+from voicerelay.gateway.server import GC_YOUNG_THRESHOLD, Gateway
 
 from ..conftest import read_recording, room_noise
+from ..test_relay import Upstream
 from .conftest import Browser, serving
 
 
@@ -64,6 +68,9 @@ BAD = [
     ("second start_session", True, "start_session", {}, "session_exists"),
     ("invalid base64", True, "audio_data", {"audio": "%%% not base64 %%%"}, "invalid_audio"),
     ("odd byte count", True, "audio_data", {"audio": base64.b64encode(b"\x00\x01\x02").decode()}, "invalid_audio"),
+    ("odd byte count, padded", True, "audio_data", {"audio": base64.b64encode(b"\x00").decode()}, "invalid_audio"),
+    ("whitespace in base64", True, "audio_data", {"audio": "AAAA AAAA"}, "invalid_audio"),
+    ("padding after a whole group", True, "audio_data", {"audio": "AAAA="}, "invalid_audio"),
     ("oversized chunk", True, "audio_data", {"audio": "A" * (64 * 1024 + 4)}, "chunk_too_large"),
     ("audio_data not an object", True, "audio_data", "AAAA", "invalid_payload"),
     ("audio not a string", True, "audio_data", {"audio": 1234}, "invalid_payload"),
@@ -93,6 +100,51 @@ async def test_bad_input_gets_its_code_and_nobody_else_notices(gateway: tuple[Ga
     await bystander.emit("text_input", {"text": "how are you"})
     assert (await bystander.wait_for("ai_response"))["response"] == "I am fine, thank you for asking."
     assert not bystander.of("error")
+
+
+def test_audio_is_checked_without_being_decoded() -> None:
+    chunk = base64.b64encode(b"\x01\x02" * 960).decode()
+    audio, nbytes = c.check_audio({"audio": chunk})
+    assert audio is chunk and nbytes == 1920  # the browser's string, forwarded as it is
+    assert c.check_audio({"audio": ""}) == ("", 0)
+    assert c.parse_audio({"audio": chunk}) == b"\x01\x02" * 960
+    for bad, code in (({"audio": "AA=="}, "invalid_audio"), ({"audio": "%%%%"}, "invalid_audio"),
+                      ({"audio": "AAAA" * 20}, "chunk_too_large"), ({"audio": None}, "invalid_payload")):
+        with pytest.raises(c.ContractError) as info:
+            c.check_audio(bad, max_chunk_b64=64)
+        assert info.value.code == code
+
+
+async def test_audio_passes_through_both_ways_as_it_is_and_in_order(browsers: Any) -> None:
+    """In front of an upstream that echoes each append as a reply delta: every delta reaches the
+    browser as the very base64 the browser sent, in order, numbered, with nothing else in between."""
+    upstream = Upstream()
+    upstream.echo = True
+    async with serve(upstream.handler, "127.0.0.1", 0, compression=None) as echo:
+        port = next(iter(echo.sockets)).getsockname()[1]
+        gw = Gateway(backend=f"ws://127.0.0.1:{port}/v1/realtime")
+        async with serving(gw.asgi_app()) as url:
+            browser = await browsers().connect(url)
+            await browser.start()
+            rng = np.random.default_rng(6)
+            sent = [base64.b64encode(rng.integers(-3000, 3000, 960, dtype="<i2").tobytes()).decode()
+                    for _ in range(30)]
+            for i, chunk in enumerate(sent):
+                await browser.emit("audio_data", {"audio": chunk})
+                if i % 10 == 9:
+                    await asyncio.sleep(0.05)
+            async with asyncio.timeout(10):
+                while len(browser.of("audio_delta")) < len(sent):
+                    await asyncio.sleep(0.01)
+            deltas = browser.of("audio_delta")
+            assert [d["audio"] for d in deltas] == sent
+            assert [d["index"] for d in deltas] == list(range(1, len(sent) + 1))
+            assert all(d["session_id"] == browser.of("session_started")[0]["session_id"] for d in deltas)
+            assert [e["audio"] for e in upstream.connections[0] if e["type"] == "input_audio_buffer.append"] == sent
+            assert not browser.of("error")
+            state = gw.sessions[next(iter(gw.sessions))].state()
+            assert state["queues"]["queued_audio_ms"] == 0 and state["queues"]["dropped_audio_ms"] == 0
+            await gw.close()
 
 
 async def test_say_and_get_state(gateway: tuple[Gateway, str], browsers: Any) -> None:
@@ -214,3 +266,41 @@ async def test_http_routes(make_gateway: Any, monkeypatch: pytest.MonkeyPatch) -
         assert (await http.get("/static/app.js")).status_code == 200
         assert (await http.get("/static/../server.py")).status_code == 404
         assert (await http.post("/health")).status_code == 405
+
+
+async def test_a_standalone_gateway_tunes_the_garbage_collector(make_gateway: Any) -> None:
+    """Owning the process (its own lifespan), the gateway freezes what start-up loaded, so the
+    collector's full passes, which pause every session, skip it, and collects the young generation
+    less often; mounted in a host app it leaves the host's collector alone."""
+    import gc
+
+    async def lifespan(app: Any) -> list[str]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        return sent
+
+    gc.unfreeze()
+    threshold = gc.get_threshold()
+    try:
+        hosted = []
+
+        async def host(scope: Any, receive: Any, send: Any) -> None:  # a host app that owns the lifespan
+            hosted.append(scope["type"])
+            await send({"type": "lifespan.startup.complete"})
+
+        assert await lifespan(make_gateway().asgi_app(host)) == ["lifespan.startup.complete"]
+        assert hosted == ["lifespan"] and gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+        assert await lifespan(make_gateway().asgi_app()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from voicerelay.protocol.audio import AudioFormatError
 from voicerelay.protocol.config import RealtimeConfig
 from voicerelay.protocol.events import Dialect
 from voicerelay.protocol.session import (
@@ -219,3 +220,35 @@ def test_say_is_out_of_band_and_never_truncated() -> None:
     effects = s.interrupt()
     assert of(effects, StopPlayback) == [StopPlayback("item_s")] and sent(effects) == []
     assert s.playback_stopped("item_s", 100) == []  # not in the conversation: nothing to truncate
+
+
+def test_reply_audio_keeps_the_servers_base64_and_decodes_only_when_asked() -> None:
+    s = ready_session()
+    play = of(reply(s, 1.0, chunks=1), PlayAudio)[0]
+    assert play.audio_b64 is MS_100 and play.nbytes == 4800  # the very string: a relay forwards it as it is
+    assert play.pcm == b"\x01\x00" * 2400 and play.pcm is play.pcm  # decoded once
+    assert play == PlayAudio(b"\x01\x00" * 2400, "resp_1", "item_a")  # built from PCM, as before
+    assert s.turns[-1].audio_out_ms == 100
+
+
+@pytest.mark.parametrize("delta", ["AAA", "not base64!", base64.b64encode(b"\0\0\0").decode(), "AAAA="])
+def test_bad_reply_audio_is_an_error_and_plays_nothing(delta: str) -> None:
+    s = ready_session()
+    s.server_event({"type": "response.created", "response": {"id": "resp_1", "conversation_id": "c"}}, 1.0)
+    effects = s.server_event({"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_a",
+                              "delta": delta}, 1.1)
+    assert [e.code for e in of(effects, Error)] == ["invalid_audio"] and not of(effects, PlayAudio)
+    assert s.state is State.THINKING
+
+
+def test_base64_microphone_audio_is_sent_as_it_is() -> None:
+    s = ready_session()
+    chunk = base64.b64encode(b"\x02\x00" * 960).decode()
+    assert sent(s.audio_b64(chunk)) == [{"type": "input_audio_buffer.append", "audio": chunk}]
+    assert sent(s.audio_b64(chunk, 1920))[0]["audio"] is chunk
+    assert s.audio_sent_ms == s.buffered_ms == 80
+    assert s.audio_b64("") == []
+    with pytest.raises(AudioFormatError, match="odd byte count"):
+        s.audio_b64(base64.b64encode(b"\0").decode())
+    s.closed()
+    assert s.audio_b64(chunk) == []

@@ -11,9 +11,10 @@ Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, `
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from typing import Any
+
+from ..protocol.audio import AudioFormatError, b64_nbytes
 
 # browser -> gateway
 START_SESSION = "start_session"
@@ -80,8 +81,8 @@ def parse_start(data: Any) -> dict[str, Any]:
     return chat
 
 
-def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
-    """The PCM16 bytes of an ``audio_data`` event."""
+def check_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> tuple[str, int]:
+    """The base64 audio of an ``audio_data`` event, checked but not decoded, and its PCM16 byte count."""
     if not isinstance(data, dict) or not isinstance(data.get("audio"), str):
         raise ContractError("invalid_payload", "audio_data takes {audio: base64 PCM16 mono 24 kHz}")
     audio = data["audio"]
@@ -89,12 +90,17 @@ def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
         raise ContractError("chunk_too_large",
                             f"audio chunk of {len(audio)} base64 characters is over the limit of {max_chunk_b64}")
     try:
-        pcm = base64.b64decode(audio, validate=True)
-    except (binascii.Error, ValueError):
+        nbytes = b64_nbytes(audio)
+    except AudioFormatError:
         raise ContractError("invalid_audio", "audio is not valid base64") from None
-    if len(pcm) % 2:
-        raise ContractError("invalid_audio", f"audio has an odd byte count ({len(pcm)}): PCM16 needs whole samples")
-    return pcm
+    if nbytes % 2:
+        raise ContractError("invalid_audio", f"audio has an odd byte count ({nbytes}): PCM16 needs whole samples")
+    return audio, nbytes
+
+
+def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
+    """The PCM16 bytes of an ``audio_data`` event (:func:`check_audio`, then decoded)."""
+    return base64.b64decode(check_audio(data, max_chunk_b64)[0])
 
 
 def parse_say(data: Any) -> str:

@@ -41,6 +41,41 @@ def decode_b64(data: str) -> bytes:
     return raw
 
 
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def b64_nbytes(data: str) -> int:
+    """The byte count of base64 ``data``, checked as strictly as :func:`decode_b64` checks it,
+    without decoding it (a relay forwards the base64 as it is; this is several times cheaper).
+
+    Raises :class:`AudioFormatError` on what :func:`decode_b64` refuses as base64: a character
+    outside the standard alphabet (whitespace included), a length that is not a multiple of 4, or
+    padding other than one or two ``=`` at the very end. It is stricter in one case: ``=`` after a
+    complete group (``"AAAA="``), which Python's decoder lets through but a browser's ``atob``
+    refuses, is refused here too, since what is checked here is forwarded as it is.
+    """
+    if not isinstance(data, str):
+        raise AudioFormatError(f"Invalid type for audio: expected a base64 string, got {type(data).__name__}.")
+    try:
+        raw = data.encode("ascii")
+    except UnicodeEncodeError:
+        raise AudioFormatError("Invalid 'audio'. Expected base64-encoded audio bytes (a non-ASCII character).") from None
+    rest = raw.translate(None, _B64_ALPHABET)  # what is not in the alphabet: only the final padding may be
+    if len(raw) % 4 or (rest and (rest not in (b"=", b"==") or not raw.endswith(rest))):
+        raise AudioFormatError("Invalid 'audio'. Expected base64-encoded audio bytes (not valid base64).")
+    return len(raw) // 4 * 3 - len(rest)
+
+
+def b64_pcm16_nbytes(data: str) -> int:
+    """:func:`b64_nbytes`, and an odd byte count is an :class:`AudioFormatError` too, as in :func:`decode_b64`."""
+    nbytes = b64_nbytes(data)
+    if nbytes % BYTES_PER_SAMPLE:
+        raise AudioFormatError(
+            f"Invalid 'audio': {nbytes} bytes is not a whole number of PCM16 samples (odd byte count)."
+        )
+    return nbytes
+
+
 def b64_to_pcm16(data: str) -> np.ndarray:
     """Base64 -> int16 samples (a read-only view on the decoded bytes)."""
     return np.frombuffer(decode_b64(data), dtype=_PCM16)

@@ -33,12 +33,13 @@ clamped to the audio received for the item, or nothing when nothing was heard.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import json
 from typing import Any
 
-from .audio import BYTES_PER_MS, AudioFormatError, decode_b64, pcm16_to_b64
+from .audio import BYTES_PER_MS, AudioFormatError, b64_pcm16_nbytes, pcm16_to_b64
 from .config import RealtimeConfig
 from .events import (
     Dialect,
@@ -74,11 +75,43 @@ class SendEvent:
     event: Event
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class PlayAudio:
-    pcm: bytes
+    """Reply audio for one item, as the server sent it: base64 (``audio_b64``, checked, ``nbytes``
+    of PCM16) that a relay can forward as it is. ``pcm`` decodes it on first use.
+
+    ``PlayAudio(pcm, response_id, item_id)`` (from PCM bytes) works too.
+    """
+
+    audio_b64: str
     response_id: str
     item_id: str
+    nbytes: int
+    _pcm: bytes | None = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __init__(self, pcm: bytes | None = None, response_id: str = "", item_id: str = "", *,
+                 audio_b64: str | None = None, nbytes: int | None = None) -> None:
+        if audio_b64 is None:
+            if pcm is None:
+                raise TypeError("PlayAudio needs pcm or audio_b64")
+            pcm = bytes(pcm)
+            audio_b64 = pcm16_to_b64(pcm)
+            nbytes = len(pcm)
+        elif nbytes is None:
+            nbytes = b64_pcm16_nbytes(audio_b64)
+        set_ = object.__setattr__  # frozen
+        set_(self, "audio_b64", audio_b64)
+        set_(self, "response_id", response_id)
+        set_(self, "item_id", item_id)
+        set_(self, "nbytes", nbytes)
+        set_(self, "_pcm", pcm)
+
+    @property
+    def pcm(self) -> bytes:
+        """The PCM16 bytes (decoded once, when first asked for)."""
+        if self._pcm is None:
+            object.__setattr__(self, "_pcm", base64.b64decode(self.audio_b64))
+        return self._pcm  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,6 +292,22 @@ class RealtimeSession:
         self.audio_sent_ms += ms
         self._buffered_ms += ms
         return [SendEvent(input_audio_append(pcm16_to_b64(pcm)))]
+
+    def audio_b64(self, audio_b64: str, nbytes: int | None = None) -> list[Effect]:
+        """One frame of microphone audio already in base64 (a relay's input): sent on as it is.
+
+        ``nbytes`` is its PCM16 byte count when the caller already checked it (with
+        :func:`~voicerelay.protocol.audio.b64_pcm16_nbytes`); else it is checked here, and bad
+        base64 or an odd byte count raises :class:`~voicerelay.protocol.audio.AudioFormatError`.
+        """
+        if nbytes is None:
+            nbytes = b64_pcm16_nbytes(audio_b64)
+        if self.state is State.ENDED or not nbytes:
+            return []
+        ms = nbytes / BYTES_PER_MS
+        self.audio_sent_ms += ms
+        self._buffered_ms += ms
+        return [SendEvent(input_audio_append(audio_b64))]
 
     def commit(self, now: float) -> list[Effect]:
         """End the user's turn by hand (push-to-talk): commit, then ask for a response."""
@@ -444,20 +493,21 @@ class RealtimeSession:
         response_id, item_id = event.get("response_id", ""), event.get("item_id", "")
         if response_id in self._ignored_responses:
             return []
+        delta = event.get("delta", "")
         try:
-            pcm = decode_b64(event.get("delta", ""))
+            nbytes = b64_pcm16_nbytes(delta)  # checked, not decoded: a relay forwards the base64
         except AudioFormatError as exc:
             return [Error("invalid_audio", f"the server sent bad audio: {exc}")]
         out: list[Effect] = []
-        self._received_bytes[item_id] = self._received_bytes.get(item_id, 0) + len(pcm)
+        self._received_bytes[item_id] = self._received_bytes.get(item_id, 0) + nbytes
         self._response_items[item_id] = response_id
         self._playing_item = item_id
         if response_id not in self._say_responses:
             turn = self._turn()
             if turn.first_delta_at is None:
                 turn.first_delta_at = now
-            turn.audio_out_ms += len(pcm) // BYTES_PER_MS
-        out.append(PlayAudio(pcm, response_id, item_id))
+            turn.audio_out_ms += nbytes // BYTES_PER_MS
+        out.append(PlayAudio(None, response_id, item_id, audio_b64=delta, nbytes=nbytes))
         self._set_state(State.SPEAKING, out)
         return out
 
