@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -303,14 +303,47 @@ def serve(
     console = Console(stderr=True)
     console.print(f"[bold green]voicerelay gateway[/] on [cyan]http://{host}:{port}/[/]  "
                   f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.", highlight=False)
-    server = uvicorn.Server(uvicorn.Config(gateway.asgi_app(), host=host, port=port, log_level=log_level.lower(),
-                                           lifespan="on", ws="websockets-sansio"))
+    server = _GracefulServer(gateway, uvicorn.Config(gateway.asgi_app(), host=host, port=port,
+                                                     log_level=log_level.lower(), lifespan="on",
+                                                     ws="websockets-sansio"))
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:
         pass
     if not server.started:
         fail(f"cannot listen on {host}:{port} (see the log above)")
+
+
+def _GracefulServer(gateway: Any, config: Any) -> Any:  # noqa: N802 - a class made on demand (lazy uvicorn)
+    """A uvicorn server that, on Ctrl-C or SIGTERM, first ends every session (browsers get
+    ``session_ended {status: "shutdown"}``), then stops as uvicorn does. A second Ctrl-C forces."""
+    import asyncio
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        ending: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.ending is not None or self.should_exit:
+                super().handle_exit(sig, frame)  # again: stop now (a third Ctrl-C forces), as uvicorn does
+                return
+            self._captured_signals.append(sig)  # (re-raised by uvicorn once it stopped, as it does)
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(self._end_sessions)
+
+        def _end_sessions(self) -> None:
+            async def end() -> None:
+                try:
+                    await asyncio.wait_for(gateway.shut_down_sessions(), 5)
+                except Exception:  # noqa: BLE001 - stopping matters more than a clean goodbye
+                    logging.getLogger(__name__).exception("ending the sessions before shutdown failed")
+                finally:
+                    self.should_exit = True
+
+            self.ending = asyncio.ensure_future(end())
+
+    return GracefulServer(config)
 
 
 @app.command()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,36 @@ async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_ctrl_c_ends_each_session_before_stopping() -> None:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0",
+                                                stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    try:
+        url = None
+        async with asyncio.timeout(30):
+            while url is None:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "serve exited early"
+                match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+                url = match and match.group(1)
+        browsers = [await Browser().connect(url) for _ in range(2)]
+        for browser in browsers:
+            await browser.start()
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        for browser in browsers:  # each hears why, before its connection closes
+            assert (await browser.wait_for("session_ended", timeout=5))["status"] == "shutdown"
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert time.monotonic() - started < 5
+        for browser in browsers:
+            await browser.close()
+        rest = (await proc.stderr.read()).decode()
+        assert "Traceback" not in rest and "ERROR" not in rest, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -418,6 +418,7 @@ class Gateway:
         self.function_map = function_map
         self.token = token
         self.max_sessions = max_sessions
+        self.closing = False  # shut_down_sessions() began: no new connections
         self.max_chunk_b64 = max_chunk_b64
         self.max_session_seconds = max_session_seconds
         self.record_dir = Path(record_dir) if record_dir is not None else None
@@ -468,6 +469,19 @@ class Gateway:
                 else:
                     self._spec = remote_spec(self.backend, self.config.model, self.dialect, dict(os.environ))
             return self._spec
+
+    async def shut_down_sessions(self, timeout: float = 2.0) -> None:
+        """The first step of a graceful stop, before the server closes the connections: refuse
+        new connections, end every session (the browser gets ``session_ended {status:
+        "shutdown"}``), and wait, at most ``timeout`` seconds, until those last words are written."""
+        self.closing = True
+        await asyncio.gather(*(s.end("shutdown") for s in list(self.sessions.values())), return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(
+                not getattr(sock, "queue", None) or not sock.queue.empty() for sock in self.sio.eio.sockets.values()):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # a packet the writer took from its queue is written meanwhile
 
     async def close(self) -> None:
         """End every session and stop the embedded backend, if one was started."""
@@ -522,6 +536,8 @@ class Gateway:
                 raise socketio.exceptions.ConnectionRefusedError("unauthorized: a valid token is required")
             if len(self._clients) >= self.max_sessions:
                 raise socketio.exceptions.ConnectionRefusedError("too many sessions: try again later")
+            if self.closing:
+                raise socketio.exceptions.ConnectionRefusedError("the gateway is shutting down")
             address = environ.get("REMOTE_ADDR") or str((environ.get("asgi.scope") or {}).get("client"))
             client_id = auth.get("client_id") if isinstance(auth, dict) else None
             self._clients[sid] = f"{client_id} ({address})" if isinstance(client_id, str) and client_id else address
