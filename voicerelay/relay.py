@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .protocol import wirejson
 from .protocol.audio import BYTES_PER_MS, b64_pcm16_nbytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Event, elide
@@ -329,7 +329,7 @@ class Relay:
             self._ws = None
 
     async def _send(self, ws: ClientConnection, event: Event) -> None:
-        await ws.send(json.dumps(event))
+        await ws.send(wirejson.dumps(event))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("-> %s", elide(event))
         if self.recorder is not None:
@@ -416,7 +416,7 @@ class Relay:
 
     def _on_message(self, message: str | bytes) -> None:
         try:
-            event = json.loads(message)
+            event = wirejson.loads(message)
         except ValueError:
             self._notify(Error("invalid_server_event", "the server sent a frame that is not JSON"))
             return

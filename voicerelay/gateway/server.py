@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import socketio
 
+from ..protocol import wirejson
 from ..protocol.audio import BYTES_PER_MS
 from ..protocol.config import RealtimeConfig
 from ..protocol.events import Dialect
@@ -446,7 +447,7 @@ class Gateway:
             self.cluster = Cluster(self, redis_url, node_id)
         self.node_id = self.cluster.node_id if self.cluster else None
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,
-                                        max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4))
+                                        max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4), json=wirejson)
         self._register()
         self.monitor = Monitor(self, admin_token)
         self.socketio_js = find_socketio_client(node_modules)
