@@ -4,12 +4,14 @@ TOML config and --record work; the session length limit ends sessions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -56,15 +58,13 @@ def test_a_bad_toml_value_names_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2 and "turn_detection_mode" in result.stderr
 
 
-async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
-    (tmp_path / "voicerelay.toml").write_text(
-        'voice = "echo"\ninstructions = "Be brief."\nturn_detection_mode = "aggressive"\n'
-        "[turn_detection_params]\nsilence_duration_ms = 300\n")
+@contextlib.asynccontextmanager
+async def serving_cli(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``voicerelay serve --port 0 ARGS`` as a subprocess; yields it and its URL (read from its log)."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     env.pop("OPENAI_API_KEY", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voicerelay", "serve", "--port", "0", "--config", str(tmp_path / "voicerelay.toml"),
-        "--record", str(tmp_path / "rec"), "--max-session-seconds", "3", stderr=asyncio.subprocess.PIPE, env=env)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0", *args,
+                                                stderr=asyncio.subprocess.PIPE, env=env)
     assert proc.stderr is not None
     try:
         url = None
@@ -74,6 +74,19 @@ async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
                 assert line, "serve exited early"
                 match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
                 url = match and match.group(1)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
+    (tmp_path / "voicerelay.toml").write_text(
+        'voice = "echo"\ninstructions = "Be brief."\nturn_detection_mode = "aggressive"\n'
+        "[turn_detection_params]\nsilence_duration_ms = 300\n")
+    async with serving_cli("--config", str(tmp_path / "voicerelay.toml"), "--record", str(tmp_path / "rec"),
+                     "--max-session-seconds", "3") as (_, url):
         import httpx
 
         async with httpx.AsyncClient(base_url=url) as http:
@@ -92,25 +105,11 @@ async def test_toml_config_record_and_session_limit(tmp_path: Path) -> None:
         folder = tmp_path / "rec" / session_id
         assert {p.name for p in folder.iterdir()} == {"session.jsonl", "input.wav", "output.wav"}
         assert "hello" in (folder / "session.jsonl").read_text()
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def test_ctrl_c_ends_each_session_before_stopping() -> None:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    env.pop("OPENAI_API_KEY", None)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0",
-                                                stderr=asyncio.subprocess.PIPE, env=env)
-    assert proc.stderr is not None
-    try:
-        url = None
-        async with asyncio.timeout(30):
-            while url is None:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "serve exited early"
-                match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-                url = match and match.group(1)
+    async with serving_cli() as (proc, url):
+        assert proc.stderr is not None
         browsers = [await Browser().connect(url) for _ in range(2)]
         for browser in browsers:
             await browser.start()
@@ -124,7 +123,3 @@ async def test_ctrl_c_ends_each_session_before_stopping() -> None:
             await browser.close()
         rest = (await proc.stderr.read()).decode()
         assert "Traceback" not in rest and "ERROR" not in rest, rest
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
