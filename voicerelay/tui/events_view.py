@@ -7,7 +7,7 @@ import collections
 import json
 from typing import Any
 
-from textual.widgets import RichLog
+from textual.widgets import Input, RichLog
 
 from ..protocol.events import elide
 
@@ -94,3 +94,26 @@ class EventLog(RichLog):
             parts.append(f"type contains {self.type_filter!r}")
         parts.append("audio shown (a)" if self.show_audio else "audio hidden (a)")
         self.border_title = " · ".join(parts)
+
+
+class EventLogKeys:
+    """The event-log keys of both screens, for an app with one :class:`EventLog` and an
+    :class:`~textual.widgets.Input` ``#filter`` (hidden until ``/``)."""
+
+    query_one: Any  # (Textual's App provides it)
+
+    def action_pause(self) -> None:
+        self.query_one(EventLog).toggle_pause()
+
+    def action_audio_events(self) -> None:
+        self.query_one(EventLog).toggle_audio()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("visible")
+        box.focus()
+
+    def submit_filter(self, value: str) -> None:
+        """The filter box was submitted: apply it and hide the box."""
+        self.query_one(EventLog).set_filter(value)
+        self.query_one("#filter", Input).remove_class("visible")

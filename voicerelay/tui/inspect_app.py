@@ -15,13 +15,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 
-from .events_view import EventLog
+from .events_view import EventLog, EventLogKeys
 from .monitor_state import MonitorState
 
 COLUMNS = ("session", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors", "turns")
 
 
-class InspectApp(App[None]):
+class InspectApp(EventLogKeys, App[None]):
     TITLE = "voicerelay inspect"
     AUTO_FOCUS = "#sessions"
     CSS = """
@@ -179,20 +179,8 @@ class InspectApp(App[None]):
 
     # ----------------------------------------------------------------------------- keys
 
-    def action_pause(self) -> None:
-        self.query_one(EventLog).toggle_pause()
-
-    def action_audio_events(self) -> None:
-        self.query_one(EventLog).toggle_audio()
-
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("visible")
-        box.focus()
-
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.query_one(EventLog).set_filter(event.value)
-        event.input.remove_class("visible")
+        self.submit_filter(event.value)
         self.query_one("#sessions", DataTable).focus()
 
     def action_help(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Static
 
 from ..talk import STATE_COLOURS, transcript_line
-from .events_view import EventLog
+from .events_view import EventLog, EventLogKeys
 
 if TYPE_CHECKING:
     from ..protocol.events import Event
@@ -135,7 +136,6 @@ class TuiView:
     def __init__(self, app: TalkApp) -> None:
         self.app = app
         self.status: TalkStatus | None = None
-        self.upstream = ""
 
     def __enter__(self) -> TuiView:
         return self
@@ -145,8 +145,7 @@ class TuiView:
 
     def banner(self, markup: str) -> None:
         first, _, rest = markup.partition("\n")
-        self.upstream = Text.from_markup(first).plain
-        self.app.sub_title = self.upstream
+        self.app.sub_title = Text.from_markup(first).plain
         for line in rest.splitlines():
             self.app.conversation.notice(line.strip())
         self.app.redraw_conversation()
@@ -161,9 +160,7 @@ class TuiView:
 
     def state(self, state: str) -> None:
         if self.status is not None:
-            from dataclasses import replace
-
-            self.show(replace(self.status, state=state))
+            self.show(dataclasses.replace(self.status, state=state))
 
     def event(self, direction: str, event: Event) -> None:
         self.app.add_event(direction, event)
@@ -176,7 +173,7 @@ class TuiView:
         self.app.show_status(status)
 
 
-class TalkApp(App[int]):
+class TalkApp(EventLogKeys, App[int]):
     TITLE = "voicerelay talk"
     CSS = """
     #state { height: 1; padding: 0 1; }
@@ -336,17 +333,6 @@ class TalkApp(App[int]):
         box.add_class("visible")
         box.focus()
 
-    def action_pause(self) -> None:
-        self.query_one(EventLog).toggle_pause()
-
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("visible")
-        box.focus()
-
-    def action_audio_events(self) -> None:
-        self.query_one(EventLog).toggle_audio()
-
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -361,12 +347,13 @@ class TalkApp(App[int]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
-            self.query_one(EventLog).set_filter(event.value)
+            self.submit_filter(event.value)
         elif event.value.strip() and self.talk is not None:
             self.talk.send_text(event.value.strip())
             event.input.value = ""
             return  # stay in the box for the next message
-        event.input.remove_class("visible")
+        else:
+            event.input.remove_class("visible")
         self.set_focus(None)
 
     def on_key(self, event: Any) -> None:
