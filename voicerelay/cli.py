@@ -141,6 +141,16 @@ def _config(model: str, voice: str, instructions: str | None, turn_detection: st
         fail(str(exc))
 
 
+def _backend(value: str | None) -> None:
+    """--backend is embedded, openai or a ws(s):// URL (what choose_backend accepts), else exit 2."""
+    from .upstream import choose_backend
+
+    try:
+        choose_backend(value)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def _dialect(value: str) -> object:
     from .protocol.events import Dialect
 
@@ -188,13 +198,9 @@ def replay(
 
     from .replay import ReplayInputError, ReplayOptions
     from .replay import replay as run_replay
-    from .upstream import choose_backend
 
     _setup_logging(log_level)
-    try:
-        choose_backend(backend)
-    except ValueError as exc:
-        fail(str(exc))
+    _backend(backend)
     options = ReplayOptions(path=path, config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
                             backend=backend, dialect=_dialect(dialect), speed=speed, out=out,  # type: ignore[arg-type]
                             json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
@@ -271,13 +277,9 @@ def serve(
 
     from .gateway.agent import GatewayConfigError, load_object
     from .protocol.config import ConfigError, RealtimeConfig
-    from .upstream import choose_backend
 
     _setup_logging(log_level)
-    try:
-        choose_backend(backend)
-    except ValueError as exc:
-        fail(str(exc))
+    _backend(backend)
     base = _config(model, voice, instructions, turn_detection)
     if config_file is not None:
         try:
@@ -410,12 +412,8 @@ def talk(
     from .audio.devices import DeviceError
     from .talk import TalkError, TalkOptions
     from .talk import talk as run_talk
-    from .upstream import choose_backend
 
-    try:
-        choose_backend(backend)
-    except ValueError as exc:
-        fail(str(exc))
+    _backend(backend)
     if duplex not in ("full", "half"):
         fail(f"--duplex must be full or half, not {duplex!r}")
     options = TalkOptions(config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
