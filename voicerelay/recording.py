@@ -34,10 +34,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
-from voicerelay.audio.files import AudioFileError, WavWriter, read_wav_layout
+from voicerelay.audio.files import AudioFileError, ClosedOnExit, WavWriter, read_wav_layout
 from voicerelay.protocol.audio import SAMPLE_RATE, AudioFormatError, decode_b64, pcm16_to_b64
 
 __all__ = [
@@ -182,7 +181,7 @@ def _json_default(value: object) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-class Recorder:
+class Recorder(ClosedOnExit):
     """Records one session into ``folder`` as ``session.jsonl`` + ``input.wav`` + ``output.wav``.
 
     The folder is created (parents too); a folder that already holds a ``session.jsonl`` is
@@ -333,14 +332,6 @@ class Recorder:
             errors.append(_one_line(exc.strerror or exc))
         if errors:
             raise RecordingError(f"cannot finish the recording in {self.folder}: {errors[0]}")
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Recorder {str(self.folder)!r}{' closed' if self._closed else ''}>"

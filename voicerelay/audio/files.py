@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn, Self
 
 import numpy as np
 import soundfile
@@ -201,7 +201,22 @@ def read_wav_layout(path: str | os.PathLike[str]) -> WavLayout | None:
         raise AudioFileError(f"cannot read {name}: {_describe_os_error(exc)}") from None
 
 
-class AudioFileStream:
+class ClosedOnExit:
+    """``with`` closes it: for the file-like classes here and in :mod:`voicerelay.recording`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AudioFileStream(ClosedOnExit):
     """Streams any audio file soundfile reads as 24 kHz mono int16 chunks.
 
     WAV of any rate, channel count and sample format (PCM_16/24/32, FLOAT, ULAW...), or any
@@ -338,20 +353,12 @@ class AudioFileStream:
         if sf is not None:
             sf.close()
 
-    def __enter__(self) -> AudioFileStream:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.source_rate} Hz, {self.channels} ch, {self.duration_s:.2f} s"
         return f"<AudioFileStream {self.name!r} {state}>"
 
 
-class WavWriter:
+class WavWriter(ClosedOnExit):
     """Writes 24 kHz mono PCM16 WAV incrementally (soundfile, subtype PCM_16).
 
     :meth:`write` takes raw little-endian PCM16 bytes or an int16 ndarray. The header is
@@ -413,14 +420,6 @@ class WavWriter:
         sf, self._file = self._file, None
         if sf is not None:
             sf.close()
-
-    def __enter__(self) -> WavWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<WavWriter {self.name!r} {self.frames_written} frames{' closed' if self.closed else ''}>"
