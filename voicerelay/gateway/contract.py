@@ -10,7 +10,6 @@ Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, `
 
 from __future__ import annotations
 
-import base64
 import hmac
 from typing import Any
 
@@ -96,11 +95,6 @@ def check_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> tuple[
     if nbytes % 2:
         raise ContractError("invalid_audio", f"audio has an odd byte count ({nbytes}): PCM16 needs whole samples")
     return audio, nbytes
-
-
-def parse_audio(data: Any, max_chunk_b64: int = DEFAULT_MAX_CHUNK_B64) -> bytes:
-    """The PCM16 bytes of an ``audio_data`` event (:func:`check_audio`, then decoded)."""
-    return base64.b64decode(check_audio(data, max_chunk_b64)[0])
 
 
 def parse_say(data: Any) -> str:
