@@ -303,3 +303,15 @@ async def test_a_standalone_gateway_tunes_the_garbage_collector(make_gateway: An
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+async def test_shutting_down_ends_sessions_and_refuses_new_connections(make_gateway: Any, browsers: Any) -> None:
+    gw = make_gateway()
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        await browser.start()
+        await gw.shut_down_sessions()
+        assert (await browser.wait_for("session_ended"))["status"] == "shutdown"
+        assert not gw.sessions
+        with pytest.raises(socketio.exceptions.ConnectionError, match="the gateway is shutting down"):
+            await browsers().connect(url)
