@@ -1,5 +1,10 @@
 """The ``voicerelay`` command line. Each command imports what it needs when it runs, so that
-``voicerelay --help`` loads no audio, network or numeric library."""
+``voicerelay --help`` loads no audio, network or numeric library.
+
+Errors reach the user in one place, :func:`main`: a :class:`~voicerelay.errors.VoiceRelayError`
+(or a usage mistake that click found, such as ``--speed abc``) becomes one line on stderr and
+its exit code; Ctrl-C exits 130.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VoiceRelayError
+
 app = typer.Typer(
     name="voicerelay",
     rich_markup_mode="rich",
@@ -20,16 +27,9 @@ app = typer.Typer(
 )
 
 
-class UsageFailure(Exception):
-    """A user-facing failure: printed as one line, exit code ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    raise UsageFailure(message, code)
+def fail(message: str) -> NoReturn:
+    """Unusable options or input: one line, exit 2."""
+    raise UsageError(message)
 
 
 def _setup_logging(level: str, handler: logging.Handler | None = None) -> None:
@@ -196,7 +196,7 @@ def replay(
 
     from rich.console import Console
 
-    from .replay import ReplayInputError, ReplayOptions
+    from .replay import ReplayOptions
     from .replay import replay as run_replay
 
     _setup_logging(log_level)
@@ -206,11 +206,7 @@ def replay(
                             json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
     console = Console(stderr=json_path == "-", highlight=False)
     err = Console(stderr=True, highlight=False)
-    try:
-        code = asyncio.run(run_replay(options, console, err))
-    except ReplayInputError as exc:
-        fail(str(exc))
-    raise typer.Exit(code)
+    raise typer.Exit(asyncio.run(run_replay(options, console, err)))
 
 
 def _load_toml(path: Path) -> dict[str, object]:
@@ -409,8 +405,7 @@ def talk(
 
     from rich.console import Console
 
-    from .audio.devices import DeviceError
-    from .talk import TalkError, TalkOptions
+    from .talk import TalkOptions
     from .talk import talk as run_talk
 
     _backend(backend)
@@ -424,22 +419,15 @@ def talk(
         from .talk import select_devices
         from .tui.talk_app import TalkApp
 
-        try:
-            select_devices(options)  # before the screen is taken: a plain one-line error
-        except DeviceError as exc:
-            fail(str(exc))
+        select_devices(options)  # before the screen is taken: a plain one-line error
         tui_app = TalkApp(options)
         _setup_logging(log_level, handler=tui_app.log_handler)
         code = tui_app.run()
         if tui_app.failure is not None:
-            Console(stderr=True, highlight=False).print(f"[bold red]voicerelay:[/] {tui_app.failure[1]}")
+            raise tui_app.failure  # the screen is given back: now its one line
         raise typer.Exit(code or 0)
     _setup_logging(log_level)
-    try:
-        code = asyncio.run(run_talk(options, Console(highlight=False), Console(stderr=True, highlight=False)))
-    except (DeviceError, TalkError) as exc:
-        fail(str(exc))
-    raise typer.Exit(code)
+    raise typer.Exit(asyncio.run(run_talk(options, Console(highlight=False), Console(stderr=True, highlight=False))))
 
 
 @app.command()
@@ -451,13 +439,10 @@ def devices() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .audio.devices import DeviceError, list_devices, load_sounddevice, pulse_devices, supported_rates
+    from .audio.devices import list_devices, load_sounddevice, pulse_devices, supported_rates
 
-    try:
-        sd = load_sounddevice()
-        found = list_devices(sd)
-    except DeviceError as exc:
-        fail(str(exc))
+    sd = load_sounddevice()
+    found = list_devices(sd)
     console = Console(highlight=False)
     if not found:
         console.print("PortAudio sees no sound device.")
@@ -482,12 +467,28 @@ def devices() -> None:
         console.print(f"  sinks:   {', '.join(pulse.get('sinks', [])) or '-'}")
 
 
-def main() -> None:
-    """Console-script entry point: one-line errors, conventional exit codes."""
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: errors become one line and their exit code, here and only here."""
     try:
-        app()
-    except UsageFailure as exc:
-        typer.echo(f"voicerelay: error: {exc}", err=True)
-        sys.exit(exc.code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        code = app(args=args, standalone_mode=False)
+    except typer.TyperException as exc:  # click's errors as typer exports them: --speed abc, a missing argument
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message()
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: its message is the help
+            if message.strip():  # (rich help prints itself and leaves the message empty)
+                sys.stdout.write(message + "\n")
+        else:
+            _print_error(f"{message} (see {ctx.command_path} --help)" if ctx is not None else message)
+        sys.exit(exc.exit_code)
+    except VoiceRelayError as exc:
+        _print_error(f"{exc.label}: {exc}" if exc.label else str(exc))
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, whatever the terminal's width (a pipe included)."""
+    sys.stderr.write(f"voicerelay: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()

@@ -106,6 +106,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import socketio
 
+from .errors import (  # noqa: F401 - GatewayClient's errors, importable from here as before
+    AuthenticationError,
+    GatewayClientError,
+    GatewayTimeoutError,
+    GatewayUnreachableError,
+    NoSessionError,
+    NotConnectedError,
+    QueueFullError,
+    SessionStartError,
+)
+from .errors import ClientUsageError as UsageError
+from .errors import one_line as _one_line
 from .gateway import contract as c
 
 log = logging.getLogger(__name__)
@@ -125,51 +137,8 @@ KEEP_ENDED = 32
 # ----------------------------------------------------------------------------------- errors
 
 
-class GatewayClientError(Exception):
-    """The base of every error :class:`GatewayClient` raises; the message is one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
-
-
-class GatewayUnreachableError(GatewayClientError):
-    """The gateway cannot be reached (Socket.IO or HTTP), after the retries."""
-
-
-class AuthenticationError(GatewayClientError):
-    """The gateway refused the connection's token; retrying would not help."""
-
-
-class NotConnectedError(GatewayClientError):
-    """The action needs a live connection (``send_audio``), or none came in time."""
-
-
-class NoSessionError(GatewayClientError):
-    """The action needs an active session: call ``start_session()`` first."""
-
-
-class SessionStartError(GatewayClientError):
-    """``start_session`` failed: the gateway answered with an error, or too late."""
-
-
-class QueueFullError(GatewayClientError):
-    """A control action while disconnected, with ``max_queued_actions`` already queued."""
-
-
-class GatewayTimeoutError(GatewayClientError, TimeoutError):
-    """The gateway did not acknowledge an action in time."""
-
-
-class UsageError(GatewayClientError, ValueError):
-    """A wrong argument or call."""
-
-
 class _Lost(Exception):
     """The connection dropped while waiting for the gateway (internal)."""
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float = 0.5,

@@ -36,7 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from voicerelay.audio.files import AudioFileError, ClosedOnExit, WavWriter, read_wav_layout
+from voicerelay.audio.files import ClosedOnExit, WavWriter, read_wav_layout
+from voicerelay.errors import AudioFileError, RecordingError
+from voicerelay.errors import one_line as _one_line
 from voicerelay.protocol.audio import SAMPLE_RATE, AudioFormatError, decode_b64, pcm16_to_b64
 
 __all__ = [
@@ -87,12 +89,6 @@ _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _REF_KEYS = frozenset({"wav", "offset", "bytes"})
 
 
-class RecordingError(Exception):
-    """A recording that cannot be written or read; ``str(exc)`` is one line fit for a CLI."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # --------------------------------------------------------------------------- sanitising

@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .errors import UsageError
 from .protocol.audio import ms_to_bytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
@@ -35,8 +36,8 @@ from .upstream import UpstreamError, upstream_for
 FRAME_MS = 20
 
 
-class ReplayInputError(Exception):
-    """Input that cannot be replayed; ``str()`` is one line (exit code 2)."""
+#: Input that cannot be replayed (exit code 2): the tree's usage error, under its old name.
+ReplayInputError = UsageError
 
 
 @dataclasses.dataclass(slots=True)
@@ -131,6 +132,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     started = time.monotonic()
     embedded = {"pace": 0.0} if options.speed == 0 else {}
     exit_code = 0
+    failure: UpstreamError | None = None
     relay: Relay | None = None
     try:
         async with upstream_for(options.backend, options.config.model, options.dialect, **embedded) as spec:
@@ -138,9 +140,8 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
             relay.subscribe(_printer(relay, console, err, errors, writer))
             exit_code = await _drive(relay, source, options, err)
     except UpstreamError as exc:
-        err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
         errors.append(str(exc))
-        exit_code = 1
+        failure = exc
     finally:
         if writer is not None:
             writer.close()
@@ -165,6 +166,8 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
             sys.stdout.write(text + "\n")
         else:
             Path(options.json_path).write_text(text + "\n")
+    if failure is not None:
+        raise failure  # after the report of what finished
     if exit_code == 0 and expect is not None:
         texts = [t.user_transcript for t in turns] + [t.assistant_transcript for t in turns]
         if not any(expect.search(text) for text in texts):

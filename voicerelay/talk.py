@@ -43,6 +43,7 @@ from rich.text import Text
 
 from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.playback import PlaybackBuffer
+from .errors import UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
@@ -70,8 +71,8 @@ REDRAW_TICKS = 3
 CLOSE_TIMEOUT_S = 1.5
 
 
-class TalkError(Exception):
-    """Unusable options or input for ``talk``; ``str()`` is one line (exit code 2)."""
+#: Unusable options or input for ``talk`` (exit code 2): the tree's usage error, under its old name.
+TalkError = UsageError
 
 
 @dataclasses.dataclass(slots=True)
@@ -494,8 +495,9 @@ async def talk(options: TalkOptions, console: Console, err: Console,
                on_start: Callable[[Talk], None] | None = None) -> int:
     """Run ``voicerelay talk`` in plain mode until Ctrl-C (or :meth:`Talk.quit`); returns the exit code.
 
-    Unusable devices raise :class:`~voicerelay.audio.devices.DeviceError`, other bad options
-    :class:`TalkError`; a failed upstream is reported on ``err`` (exit code 1). ``on_start`` is
+    Unusable devices raise :class:`~voicerelay.errors.DeviceError`, other bad options
+    :class:`~voicerelay.errors.UsageError`, a failed upstream :class:`~voicerelay.errors.UpstreamError`
+    (the command line turns each into one line and its exit code). ``on_start`` is
     called with the :class:`Talk` once it is wired, before its devices start (a benchmark's hook).
     """
     loop = asyncio.get_running_loop()
@@ -510,9 +512,6 @@ async def talk(options: TalkOptions, console: Console, err: Console,
         loop.add_signal_handler(sig, request_stop)
     try:
         await run_talk(options, PlainView(console, err, live=not options.text), stop, on_start)
-    except UpstreamError as exc:
-        err.print(f"[bold red]voicerelay: upstream failed:[/] {exc}", highlight=False)
-        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -1,11 +1,7 @@
 """The upstream edge: a ``websockets`` client to a Realtime server, and backend selection.
 
-Exceptions (each ``str()`` is one line fit for a CLI)::
-
-    UpstreamError
-     ├── UpstreamUnavailable   connection refused, DNS, timeout (after retries)
-     ├── UpstreamRejected      the handshake was refused (HTTP 4xx/5xx)
-     └── UpstreamClosed        the server ended the session (an error event, a close)
+Failures are the ``UpstreamError`` branch of :mod:`voicerelay.errors` (unavailable, rejected,
+closed, timed out); websockets' and the OS's exceptions are translated into it here.
 
 ``--backend`` is ``embedded`` (the default without OPENAI_API_KEY: an in-process embedded
 backend on an ephemeral loopback port, reached over a real WebSocket), ``openai`` (the default
@@ -27,6 +23,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
+from .errors import (  # noqa: F401 - the upstream's errors, importable from here as before
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UsageError,
+)
 from .protocol.events import Dialect
 
 log = logging.getLogger(__name__)
@@ -35,24 +39,6 @@ OPENAI_URL = "wss://api.openai.com/v1/realtime"
 CONNECT_TIMEOUT = 10.0
 
 
-class UpstreamError(Exception):
-    """The Realtime server could not be used. ``str(exc)`` is one line."""
-
-
-class UpstreamUnavailable(UpstreamError):
-    pass
-
-
-class UpstreamRejected(UpstreamError):
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UpstreamClosed(UpstreamError):
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,7 +85,7 @@ def remote_spec(choice: str, model: str, dialect: Dialect, env: dict[str, str]) 
     key = env.get("OPENAI_API_KEY")
     if choice == "openai":
         if not key:
-            raise UpstreamRejected("--backend openai needs OPENAI_API_KEY in the environment")
+            raise UsageError("--backend openai needs an API key: set OPENAI_API_KEY in the environment")
         return UpstreamSpec(with_model(OPENAI_URL, model), dialect, key, "api.openai.com")
     return UpstreamSpec(with_model(choice, model), dialect, key, choice.split("?")[0])
 

@@ -44,6 +44,7 @@ import numpy as np
 import soxr
 
 from voicerelay.audio.playback import LIVE_QUALITY, PlaybackBuffer
+from voicerelay.errors import DeviceError
 from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
 
 __all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
@@ -56,8 +57,6 @@ FALLBACK_RATES = (48_000, 44_100, 24_000, 16_000)
 _PCM16 = np.dtype("<i2")
 
 
-class DeviceError(Exception):
-    """A sound device that cannot be used. ``str()`` is one line."""
 
 
 def load_sounddevice() -> ModuleType:

@@ -23,6 +23,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from voicerelay.errors import AudioFileError
+from voicerelay.errors import one_line as _one_line
 from voicerelay.protocol.audio import SAMPLE_RATE, float_to_pcm16
 
 __all__ = ["AudioFileError", "AudioFileStream", "WavLayout", "WavWriter", "read_wav_layout"]
@@ -34,15 +36,6 @@ _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
-class AudioFileError(Exception):
-    """A file that cannot be used as audio.
-
-    ``str(exc)`` is one line fit for a CLI, naming the file: ``cannot read x.wav: not an audio file``.
-    """
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -17,9 +17,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import GatewayConfigError
 
-class GatewayConfigError(ValueError):
-    """A gateway that cannot start as configured (one line)."""
+
 
 
 def load_object(spec: str) -> Any:

@@ -26,6 +26,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ClusterUnavailable
+
 if TYPE_CHECKING:
     from .server import Gateway
 
@@ -36,8 +38,6 @@ HEARTBEAT_S = 1.0
 TTL_S = 5
 
 
-class ClusterUnavailable(Exception):
-    """A cross-node action while Redis cannot be used."""
 
 
 class Cluster:

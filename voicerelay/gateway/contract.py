@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from ..errors import ContractError
 from ..protocol.audio import AudioFormatError, b64_nbytes
 
 # browser -> gateway
@@ -43,15 +44,6 @@ SESSION_STATE = "session_state"  # addition: {session_id|null, chat_active, ai_s
 DEFAULT_MAX_CHUNK_B64 = 64 * 1024
 
 
-class ContractError(Exception):
-    """A browser event the gateway refuses: sent back as ``error {code, message}``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-    def payload(self) -> dict[str, str]:
-        return error_payload(self.code, self.message)
 
 
 def error_payload(code: str, message: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Static
 
+from ..errors import VoiceRelayError
 from ..talk import STATE_COLOURS, transcript_line
 from .events_view import EventLog, EventLogKeys
 
@@ -206,7 +207,7 @@ class TalkApp(EventLogKeys, App[int]):
         self.view = TuiView(self)
         self.conversation = Conversation()
         self.talk: Talk | None = None
-        self.failure: tuple[int, str] | None = None  # (exit code, one-line message)
+        self.failure: VoiceRelayError | None = None  # why the session failed: the CLI reports it
         self.stop = asyncio.Event()
         self._shown: dict[str, Text] = {}
         self.log_handler = ViewLogHandler(self)  # the CLI routes logging here
@@ -236,18 +237,14 @@ class TalkApp(EventLogKeys, App[int]):
             self.run_worker(self._run(), name="talk", exclusive=True)
 
     async def _run(self) -> None:
-        from ..audio.devices import DeviceError
-        from ..talk import TalkError, run_talk
-        from ..upstream import UpstreamError
+        from ..talk import run_talk
 
         assert self.options is not None
         try:
             await run_talk(self.options, self.view, self.stop, on_start=self._started)
-        except (DeviceError, TalkError) as exc:
-            self.failure = (2, str(exc))
-        except UpstreamError as exc:
-            self.failure = (1, f"upstream failed: {exc}")
-        code = self.failure[0] if self.failure else 0
+        except VoiceRelayError as exc:
+            self.failure = exc
+        code = self.failure.exit_code if self.failure else 0
         self.exit(code, return_code=code)
 
     def _started(self, talk: Talk) -> None:
