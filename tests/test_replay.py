@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from rich.console import Console
 from voicerelay.backend.engines import Engines
 from voicerelay.backend.phrases import RECORDING_SENTENCES
 from voicerelay.backend.server import BackendServer
+from voicerelay.errors import UpstreamTimeout
 from voicerelay.protocol.audio import rms_dbfs
 from voicerelay.replay import ReplayInputError, ReplayOptions, replay
 
@@ -225,3 +227,71 @@ async def test_the_api_key_is_never_logged_or_recorded(backend: BackendServer, t
     written = "".join(p.read_bytes().decode("latin-1") for p in folder.iterdir())
     for text in (result.stdout, result.stderr, written):
         assert key not in text
+
+
+@pytest.fixture
+def mute_upstream() -> Any:
+    """A WebSocket server in a thread that accepts and never configures the session."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    def handler(ws: Any) -> None:
+        for _ in ws:
+            pass
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/realtime"
+        server.shutdown()
+
+
+def test_a_server_that_never_configures_the_session_is_one_line_exit_1(mute_upstream: str) -> None:
+    started = time.monotonic()
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--backend", mute_upstream, "--timeout", "1")
+    assert result.returncode == 1 and time.monotonic() - started < 10, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voicerelay: error: upstream failed:"), lines
+    assert "within 1 s" in lines[0] and "Traceback" not in result.stderr
+
+
+async def test_replies_that_time_out_exit_1_and_the_report_is_written(engines: Engines, tmp_path: Path) -> None:
+    async with BackendServer(port=0, engines=engines, pace=0.1) as slow:  # a 3 s reply streams for 30 s
+        report = tmp_path / "r.json"
+        with pytest.raises(UpstreamTimeout) as failure:
+            await run_replay(RECORDINGS / "what_is_your_name.wav", slow, timeout=1.0, json_path=str(report),
+                             expect="voicerelay")
+        assert failure.value.exit_code == 1 and "--timeout 1 s" in str(failure.value)
+        assert json.loads(report.read_text())["turns"][0]["user"] == "what is your name"
+
+
+def _noise_wav(tmp_path: Path, ms: int = 3000) -> Path:
+    path = tmp_path / "quiet.wav"
+    soundfile.write(path, room_noise(ms), 24_000, subtype="PCM_16")
+    return path
+
+
+async def test_a_quiet_file_with_a_manual_commit_finishes_when_answered(backend: BackendServer,
+                                                                         tmp_path: Path) -> None:
+    from voicerelay.protocol.config import RealtimeConfig
+
+    started = time.monotonic()
+    code, out, err = await run_replay(_noise_wav(tmp_path), backend, timeout=20.0,
+                                      config=RealtimeConfig(turn_detection_mode="disabled"))
+    assert code == 0, err
+    assert time.monotonic() - started < 8  # not the --timeout: the (empty) transcript and the reply came
+    assert "assistant  " in out
+
+
+async def test_a_file_without_speech_says_so(backend: BackendServer, tmp_path: Path) -> None:
+    code, out, err = await run_replay(_noise_wav(tmp_path), backend)
+    assert code == 0 and out == ""
+    assert f"no speech was detected in {tmp_path / 'quiet.wav'}" in err
+
+
+def test_backend_openai_without_a_key_is_a_usage_error() -> None:
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--backend", "openai")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("voicerelay: error: --backend openai needs an API key: set OPENAI_API_KEY in "
+                                     "the environment")

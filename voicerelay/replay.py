@@ -1,13 +1,15 @@
 """``voicerelay replay``: push a WAV file or a recorded session through the pipeline.
 
-The input is streamed in 20 ms frames through a :class:`~voicerelay.relay.Relay`, paced at
-``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
+The input is streamed in 20 ms frames through a :class:`~voicerelay.conversation.Conversation`
+(reply audio goes to an :class:`~voicerelay.conversation.InstantPlayback`: the ``--out`` WAV, or
+nothing), paced at ``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
 silence closes the last turn; with turn detection disabled the relay commits. Then it waits for
 the replies (with a timeout), prints the transcript, and optionally writes the assistant audio,
 a JSON report and a recording.
 
 Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
-replies timed out; 2 unusable input (a one-line message, never a traceback).
+replies timed out (``--timeout`` bounds every wait); 2 unusable input (a one-line message, never
+a traceback).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from .errors import UsageError
 from .protocol.audio import ms_to_bytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
-from .protocol.session import Error, PlayAudio, StopPlayback, Transcript, TurnFinished
+from .conversation import Conversation, InstantPlayback
+from .errors import UpstreamTimeout
+from .protocol.session import Error, Transcript, TurnFinished
 from .relay import Notice, Observation, Relay
 from .upstream import UpstreamError, upstream_for
 
@@ -137,8 +141,10 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     try:
         async with upstream_for(options.backend, options.config.model, options.dialect, **embedded) as spec:
             relay = Relay(options.config, spec, recorder=recorder)
-            relay.subscribe(_printer(relay, console, err, errors, writer))
-            exit_code = await _drive(relay, source, options, err)
+            conversation = Conversation(relay, InstantPlayback(writer.write if writer is not None else None),
+                                        ready_timeout=options.timeout)
+            conversation.subscribe(_printer(console, err, errors))
+            await _drive(conversation, source, options, err)
     except UpstreamError as exc:
         errors.append(str(exc))
         failure = exc
@@ -168,6 +174,8 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
             Path(options.json_path).write_text(text + "\n")
     if failure is not None:
         raise failure  # after the report of what finished
+    if not turns:
+        err.print(f"voicerelay: no speech was detected in {options.path}", highlight=False, soft_wrap=True)
     if exit_code == 0 and expect is not None:
         texts = [t.user_transcript for t in turns] + [t.assistant_transcript for t in turns]
         if not any(expect.search(text) for text in texts):
@@ -176,15 +184,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     return exit_code
 
 
-def _printer(relay: Relay, console: Console, err: Console, errors: list[str], writer: Any) -> Any:
+def _printer(console: Console, err: Console, errors: list[str]) -> Any:
     def observe(obs: Observation) -> None:
-        if isinstance(obs, PlayAudio):
-            if writer is not None:
-                writer.write(obs.pcm)
-        elif isinstance(obs, StopPlayback):
-            # no speakers here: everything received counts as heard
-            relay.playback_stopped(obs.item_id, 10**9)
-        elif isinstance(obs, Transcript) and obs.final and obs.text:
+        if isinstance(obs, Transcript) and obs.final and obs.text:
             style = "bold cyan" if obs.role == "user" else "bold magenta"
             console.print(f"[{style}]{obs.role:>9}[/]  {obs.text}", highlight=False)
         elif isinstance(obs, TurnFinished):
@@ -192,7 +194,6 @@ def _printer(relay: Relay, console: Console, err: Console, errors: list[str], wr
             latency = f"{turn.first_audio_ms:.0f} ms to first audio" if turn.first_audio_ms is not None else "no audio"
             console.print(f"[dim]{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
                           f"{turn.audio_out_ms / 1000:.1f} s of reply audio[/]", highlight=False)
-            relay.playback_idle()
         elif isinstance(obs, Error):
             errors.append(f"{obs.code}: {obs.message}")
             err.print(f"[red]error[/] {obs.code}: {obs.message}", highlight=False)
@@ -202,15 +203,13 @@ def _printer(relay: Relay, console: Console, err: Console, errors: list[str], wr
     return observe
 
 
-async def _drive(relay: Relay, source: _Source, options: ReplayOptions, err: Console) -> int:
-    run = asyncio.create_task(relay.run(), name="relay")
+async def _drive(conversation: Conversation, source: _Source, options: ReplayOptions, err: Console) -> None:
+    """Send the input, close the last turn, wait for the replies; raise the upstream's failure
+    (:class:`~voicerelay.errors.UpstreamTimeout` when it did not configure or answer in time)."""
+    relay = conversation.relay
+    run = conversation.start()
     try:
-        ready = asyncio.create_task(relay.wait_ready(15))
-        await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if run.done():
-            ready.cancel()
-            await run  # raises the upstream failure
-        await ready
+        await conversation.wait_ready()
         progress = _progress(source, options, err)
         t0 = time.monotonic()
         async for t, pcm in source.frames():
@@ -226,18 +225,11 @@ async def _drive(relay: Relay, source: _Source, options: ReplayOptions, err: Con
         if progress is not None:
             progress.stop()
         await _finish_turn(relay, options, t0)
-        await _wait_for_replies(relay, run, options.timeout, err)
-        if run.done():
-            await run
-        return 0
+        if not await _wait_for_replies(relay, run, options.timeout) and not run.done():
+            raise UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout "
+                                  f"{options.timeout:g} s")
     finally:
-        await relay.stop()
-        if not run.done():
-            await asyncio.wait_for(asyncio.shield(run), 5)
-        elif not run.cancelled() and run.exception() is not None:
-            exc = run.exception()
-            if isinstance(exc, UpstreamError):
-                raise exc
+        await conversation.close()  # raises the upstream's failure, if it failed
 
 
 async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
@@ -254,25 +246,25 @@ async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
         await relay.send_audio(silence)
 
 
-async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float, err: Console) -> None:
-    """Until every turn has its response and transcripts (quiet for 300 ms), or the timeout."""
+async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float) -> bool:
+    """Until every turn has its response and its user transcript (quiet for 300 ms): True; False
+    after ``timeout`` seconds or when the relay ended first."""
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline and not run.done():
         session = relay.session
         settled = (not session.response_active and relay.queued_audio_ms == 0
                    and all(t.done_at is not None for t in session.turns)
-                   and all(t.user_transcript or t.user_item_id is None for t in session.turns)
+                   and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
                    and session.state.value in ("listening", "speaking"))
         if settled:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 0.3:
-                return
+                return True
         else:
             quiet_since = None
         await asyncio.sleep(0.02)
-    if not run.done():
-        err.print(f"[yellow]voicerelay: stopped waiting for replies after {timeout:g} s[/]", highlight=False)
+    return False
 
 
 def _progress(source: _Source, options: ReplayOptions, err: Console) -> Any:

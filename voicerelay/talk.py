@@ -8,12 +8,11 @@ drops frames, it never blocks the device). The speaker's reads a
 ``PlayAudio`` effects. Everything else happens on the event loop.
 
 Barge-in: the session decides it (server VAD's ``speech_started``, a key, a typed message) and
-emits ``StopPlayback``. :meth:`Talk._stop_playback` then drops the buffer's queue and what the
-device holds (the output stream is aborted: silence within one output block), reads how much of
-the item was really heard, and reports it with ``relay.playback_stopped`` once the session's
-other effects (``response.cancel``) are queued: the truncate follows the cancel. The output
-stream starts again with the next reply audio; it also rests after a second without any (an
-idle stream costs CPU).
+the :class:`~voicerelay.conversation.Conversation` carries it out through :class:`SpeakerPlayback`:
+the buffer's queue and what the device holds are dropped (the output stream is aborted: silence
+within one output block), and the truncate carries what the buffer's cursor says was really
+heard. The output stream starts again with the next reply audio; it also rests after a second
+without any (an idle stream costs CPU).
 
 Modes: server VAD by default; ``push_to_talk`` (turn detection disabled: Enter starts and ends
 a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex="half"``
@@ -47,9 +46,10 @@ from .errors import UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
-from .protocol.session import Error, PlayAudio, ResponseDone, StateChanged, StopPlayback, Transcript
+from .protocol.session import Error, PlayAudio, StateChanged, Transcript
+from .conversation import Conversation, Interrupted
 from .relay import Notice, Observation, Relay
-from .upstream import UpstreamError, upstream_for
+from .upstream import upstream_for
 
 if TYPE_CHECKING:
     from .recording import Recorder
@@ -196,8 +196,39 @@ class PlainView:
         self._live.update(body + self._status, refresh=True)
 
 
+class SpeakerPlayback:
+    """The :class:`~voicerelay.conversation.Playback` of ``talk``: the jitter buffer that the
+    speakers' output callback reads, and the output stream, which starts with reply audio and is
+    aborted on barge-in (silence within one output block)."""
+
+    def __init__(self, buffer: PlaybackBuffer, speaker: Speaker) -> None:
+        self.buffer = buffer
+        self.speaker = speaker
+
+    def feed(self, audio: PlayAudio) -> None:
+        self.buffer.feed(audio.pcm, audio.item_id)
+        if not self.speaker.active:
+            self.speaker.start()
+
+    def finish(self) -> None:
+        self.buffer.finish()  # what is queued may play out without a pre-roll
+
+    def stop(self) -> None:
+        self.buffer.stop()
+        self.speaker.pause()
+
+    def received_ms(self, item_id: str) -> int:
+        return self.buffer.received_ms(item_id)
+
+    def played_ms(self, item_id: str) -> int:
+        return self.buffer.played_ms(item_id)  # the output stream's position, less what is in the device
+
+    def pending_ms(self) -> float:
+        return 0.0 if self.buffer.idle else max(self.buffer.queued_ms, float(FRAME_MS))
+
+
 class Talk:
-    """The front door: devices, keyboard and screen around one :class:`Relay`."""
+    """The front door: devices, keyboard and screen around one :class:`Conversation`."""
 
     def __init__(self, relay: Relay, options: TalkOptions, view: View, loop: asyncio.AbstractEventLoop,
                  buffer: PlaybackBuffer, mic: Microphone, speaker: Speaker, stop: asyncio.Event,
@@ -210,12 +241,12 @@ class Talk:
         self.mic = mic
         self.speaker = speaker
         self.recorder = recorder
+        self.conversation = Conversation(relay, SpeakerPlayback(buffer, speaker), close_timeout=CLOSE_TIMEOUT_S)
         self.recording_used = recorder is not None  # --record DIR names the first recording only
         self.talking = not options.push_to_talk  # push-to-talk: only between two presses
         self.user_muted = False
         self.live_audio = False  # frames go upstream once the session is ready
         self.level_dbfs = float("-inf")
-        self.interrupted: dict[str, int] = {}  # item_id -> ms heard when it was cut
         self._unmute_at = 0.0
         self._sounding_at = 0.0  # the last tick that found reply audio in the buffer
         self._silence = bytes(ms_to_bytes(FRAME_MS))
@@ -229,12 +260,12 @@ class Talk:
 
     async def run(self, on_start: Callable[[Talk], None] | None = None) -> None:
         """Connect, then stream until Ctrl-C or :meth:`quit`; raises the upstream's failure."""
-        self.relay.subscribe(self.observe)
+        self.conversation.subscribe(self.observe)
         self.mic.on_frames = self.on_mic_frames
-        run = asyncio.create_task(self.relay.run(), name="relay")
+        run = self.conversation.start()
         keyboard = None
         try:
-            if not await _wait_ready(self.relay, run, self._stop):
+            if not await self.conversation.wait_ready(self._stop):
                 return
             if on_start is not None:
                 on_start(self)
@@ -260,16 +291,10 @@ class Talk:
             self.live_audio = False
             self.mic.close()  # silence first, then the upstream
             self.speaker.close()
-            await self.relay.stop()
-            if not run.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(run), CLOSE_TIMEOUT_S)
-                except TimeoutError:
-                    run.cancel()
-                    await asyncio.gather(run, return_exceptions=True)
-                except UpstreamError:
-                    pass
-            self._close_recorder()
+            try:
+                await self.conversation.close()
+            finally:
+                self._close_recorder()
 
     # ------------------------------------------------------------------ audio thread -> loop
 
@@ -307,20 +332,17 @@ class Talk:
 
     # ------------------------------------------------------------------ effects
 
-    def observe(self, obs: Observation) -> None:
-        if isinstance(obs, PlayAudio):
-            self.buffer.feed(obs.pcm, obs.item_id)
-            if not self.speaker.active:
-                self.speaker.start()
-        elif isinstance(obs, StopPlayback):
-            self._stop_playback(obs.item_id)
+    def observe(self, obs: Observation | Interrupted) -> None:
+        if isinstance(obs, Interrupted):
+            if obs.item_id:
+                self.view.line(f"{'':>9}  [interrupted: {obs.played_ms / 1000:.1f} s of "
+                               f"{obs.received_ms / 1000:.1f} s heard]", "dim")
         elif isinstance(obs, Transcript):
             note = ""
-            if obs.final and obs.role == "assistant" and obs.item_id in self.interrupted:
-                note = f"  (interrupted after {self.interrupted[obs.item_id] / 1000:.1f} s)"
+            cut = self.conversation.interrupted.get(obs.item_id)
+            if obs.final and obs.role == "assistant" and cut is not None:
+                note = f"  (interrupted after {cut.played_ms / 1000:.1f} s)"
             self.view.transcript(obs.role, obs.text, obs.final, note)
-        elif isinstance(obs, ResponseDone):
-            self.buffer.finish()  # what is queued may play out without a pre-roll
         elif isinstance(obs, StateChanged):
             self._state = obs.new.value
             self.view.state(obs.new.value)
@@ -328,17 +350,6 @@ class Talk:
             self.view.line(f"error {obs.code}: {obs.message}", "red", err=True)
         elif isinstance(obs, Notice) and obs.kind in ("recycled", "reconnecting"):
             self.view.line(obs.message, "yellow", err=True)
-
-    def _stop_playback(self, item_id: str | None) -> None:
-        """Barge-in: silence now, then report what was heard (after the session's cancel is queued)."""
-        self.buffer.stop()
-        self.speaker.pause()
-        played = self.buffer.played_ms(item_id) if item_id else 0
-        if item_id:
-            self.interrupted[item_id] = played
-            self.view.line(f"{'':>9}  [interrupted: {played / 1000:.1f} s of "
-                           f"{self.buffer.received_ms(item_id) / 1000:.1f} s heard]", "dim")
-        self.loop.call_soon(self.relay.playback_stopped, item_id, played)
 
     # ------------------------------------------------------------------ keyboard and keys
 
@@ -435,11 +446,8 @@ class Talk:
     # ------------------------------------------------------------------ housekeeping
 
     def tick(self) -> None:
-        """Every TICK_S: report idle playback, rest the speakers, refresh the view."""
-        session = self.relay.session
+        """Every TICK_S: rest the speakers, keep half duplex's echo tail, refresh the view."""
         idle = self.buffer.idle
-        if idle and session.playing_item is not None and not session.response_active:
-            self.relay.playback_idle()
         now = time.monotonic()
         if not idle:
             self._sounding_at = now
@@ -578,25 +586,6 @@ class _Every:
 
     def cancel(self) -> None:
         self._handle.cancel()
-
-
-async def _wait_ready(relay: Relay, run: asyncio.Task[None], stop: asyncio.Event) -> bool:
-    """Until the upstream accepted the configuration (True), or Ctrl-C (False); raises its failure."""
-    ready = asyncio.create_task(relay.wait_ready(15))
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({run, ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (ready, stopping):
-            task.cancel()
-        await asyncio.gather(ready, stopping, return_exceptions=True)
-    if run.done():
-        await run
-    if stop.is_set():
-        return False
-    if not relay.ready:
-        raise UpstreamError("the upstream did not accept the session configuration within 15 s")
-    return True
 
 
 def _banner(upstream: str, mic: Microphone, speaker: Speaker, options: TalkOptions) -> str:

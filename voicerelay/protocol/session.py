@@ -169,6 +169,7 @@ class Turn:
     index: int
     user_item_id: str | None = None
     user_transcript: str = ""
+    user_transcribed: bool = False  # the server's transcription of the user's audio arrived (maybe empty)
     assistant_transcript: str = ""
     tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     audio_in_ms: int = 0
@@ -466,11 +467,15 @@ class RealtimeSession:
         turn = self._turn_by_item.get(item_id)
         if turn is not None:
             turn.user_transcript = text
+            turn.user_transcribed = True
         if text:
             self.history.append(("user", text))
         return [Transcript("user", text, True, item_id)]
 
     def _on_conversation_item_input_audio_transcription_failed(self, event: Event, now: float) -> list[Effect]:
+        turn = self._turn_by_item.get(str(event.get("item_id", "")))
+        if turn is not None:
+            turn.user_transcribed = True  # (nothing more will come for it)
         err = event.get("error") or {}
         return [Error(str(err.get("code") or "transcription_failed"), str(err.get("message", "")))]
 
