@@ -12,7 +12,7 @@ def test_pcm16_base64_round_trip() -> None:
     pcm = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
     text = audio.pcm16_to_b64(pcm)
     assert base64.b64decode(text) == pcm.astype("<i2").tobytes()
-    assert np.array_equal(audio.b64_to_pcm16(text), pcm)
+    assert np.array_equal(np.frombuffer(audio.decode_b64(text), dtype="<i2"), pcm)
     assert audio.pcm16_to_b64(pcm.tobytes()) == text
 
 
@@ -97,15 +97,13 @@ def test_b64_pcm16_nbytes_agrees_with_decoding() -> None:
 def test_float_conversion_clips_instead_of_wrapping() -> None:
     pcm = audio.float_to_pcm16(np.array([0.0, 0.5, 1.5, -2.0], dtype=np.float32))
     assert pcm.tolist() == [0, 16384, 32767, -32767]
-    back = audio.pcm16_to_float(pcm)
-    assert back.dtype == np.float32 and abs(back[1] - 0.5) < 1e-3
 
 
 def test_levels_and_durations() -> None:
     assert audio.rms_dbfs(np.zeros(10, dtype=np.int16)) == float("-inf")
     full = np.full(100, 32767, dtype=np.int16)
     assert abs(audio.rms_dbfs(full)) < 0.01
-    assert audio.duration_ms(48_000) == 1000 and audio.ms_to_bytes(20) == 960
+    assert audio.ms_to_bytes(20) == 960 and audio.ms_to_bytes(1000) == 48_000
 
 
 def test_frame_splitter_cuts_exact_frames_and_pads_the_rest() -> None:

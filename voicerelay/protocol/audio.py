@@ -76,11 +76,6 @@ def b64_pcm16_nbytes(data: str) -> int:
     return nbytes
 
 
-def b64_to_pcm16(data: str) -> np.ndarray:
-    """Base64 -> int16 samples (a read-only view on the decoded bytes)."""
-    return np.frombuffer(decode_b64(data), dtype=_PCM16)
-
-
 def pcm16_to_b64(pcm: np.ndarray | bytes | bytearray | memoryview) -> str:
     """int16 samples (or raw PCM16 bytes) -> base64 text."""
     if isinstance(pcm, np.ndarray):
@@ -94,22 +89,12 @@ def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(_PCM16)
 
 
-def pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
-    """int16 -> float32 in [-1, 1)."""
-    return np.asarray(pcm, dtype=np.float32) / 32768.0
-
-
 def rms_dbfs(pcm: np.ndarray) -> float:
     """Level in dB relative to full scale; ``-inf`` for empty or digital silence."""
     if pcm.size == 0:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(pcm.astype(np.float64)))))
     return 20.0 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")
-
-
-def duration_ms(nbytes: int) -> int:
-    """Whole milliseconds of 24 kHz PCM16 in ``nbytes`` (``played_bytes // 48``)."""
-    return nbytes // BYTES_PER_MS
 
 
 def ms_to_bytes(ms: float) -> int:
