@@ -295,3 +295,22 @@ def test_backend_openai_without_a_key_is_a_usage_error() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == ("voicerelay: error: --backend openai needs an API key: set OPENAI_API_KEY in "
                                      "the environment")
+
+
+def test_nothing_is_wrapped_when_the_output_is_a_pipe(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "OPENAI_API_KEY")}
+    result = subprocess.run([sys.executable, "-m", "voicerelay", "replay", str(RECORDINGS / "what_can_you_do.wav"),
+                             "--speed", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    answer = "assistant  I can greet you, tell you my name, tell a joke, and repeat what you say."
+    assert answer in result.stdout.splitlines()  # 83 characters: one line, not two
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 6)
+    deep.mkdir(parents=True)
+    quiet = _noise_wav(deep)
+    result = subprocess.run([sys.executable, "-m", "voicerelay", "replay", str(quiet), "--speed", "0"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and result.stderr.splitlines() == [f"voicerelay: no speech was detected in {quiet}"]
+    missing = deep / "missing.wav"
+    result = subprocess.run([sys.executable, "-m", "voicerelay", "replay", str(missing)], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and str(missing) in result.stderr

@@ -34,13 +34,12 @@ def fail(message: str) -> NoReturn:
 
 def _setup_logging(level: str, handler: logging.Handler | None = None) -> None:
     """Logs go to stderr (stdout carries transcripts and `--json -` reports), or to ``handler``."""
-    from rich.console import Console
-    from rich.logging import RichHandler
+    from .console import log_handler
 
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level must be debug, info, warning or error, not {level!r}")
     if handler is None:
-        handler = RichHandler(console=Console(stderr=True), rich_tracebacks=False, show_path=False)
+        handler = log_handler()
     handler.addFilter(_redact_secrets)
     logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]", handlers=[handler])
     # websockets' DEBUG logs every frame (whole base64 audio) and the handshake headers; our own
@@ -99,12 +98,12 @@ def backend(
     """
     import asyncio
 
-    from rich.console import Console
+    from .console import console as make_console
 
     from .backend.server import run
 
     _setup_logging(log_level)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
 
     def ready(server: object) -> None:
         console.print(f"[bold green]Embedded Realtime backend[/] on [cyan]{server.url}[/]  "  # type: ignore[attr-defined]
@@ -194,7 +193,7 @@ def replay(
     """
     import asyncio
 
-    from rich.console import Console
+    from .console import console as make_console
 
     from .replay import ReplayOptions
     from .replay import replay as run_replay
@@ -204,8 +203,8 @@ def replay(
     options = ReplayOptions(path=path, config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
                             backend=backend, dialect=_dialect(dialect), speed=speed, out=out,  # type: ignore[arg-type]
                             json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
-    console = Console(stderr=json_path == "-", highlight=False)
-    err = Console(stderr=True, highlight=False)
+    console = make_console(stderr=json_path == "-")
+    err = make_console(stderr=True)
     raise typer.Exit(asyncio.run(run_replay(options, console, err)))
 
 
@@ -269,7 +268,7 @@ def serve(
     """
     import asyncio
 
-    from rich.console import Console
+    from .console import console as make_console
 
     from .gateway.agent import GatewayConfigError, load_object
     from .protocol.config import ConfigError, RealtimeConfig
@@ -298,7 +297,7 @@ def serve(
 
     import uvicorn
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(f"[bold green]voicerelay gateway[/] on [cyan]http://{host}:{port}/[/]  "
                   f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.", highlight=False)
     server = _GracefulServer(gateway, uvicorn.Config(gateway.asgi_app(), host=host, port=port,
@@ -403,7 +402,7 @@ def talk(
     """
     import asyncio
 
-    from rich.console import Console
+    from .console import console as make_console
 
     from .talk import TalkOptions
     from .talk import talk as run_talk
@@ -427,7 +426,7 @@ def talk(
             raise tui_app.failure  # the screen is given back: now its one line
         raise typer.Exit(code or 0)
     _setup_logging(log_level)
-    raise typer.Exit(asyncio.run(run_talk(options, Console(highlight=False), Console(stderr=True, highlight=False))))
+    raise typer.Exit(asyncio.run(run_talk(options, make_console(), make_console(stderr=True))))
 
 
 @app.command()
@@ -436,14 +435,14 @@ def devices() -> None:
 
     [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name.
     """
-    from rich.console import Console
+    from .console import console as make_console
     from rich.table import Table
 
     from .audio.devices import list_devices, load_sounddevice, pulse_devices, supported_rates
 
     sd = load_sounddevice()
     found = list_devices(sd)
-    console = Console(highlight=False)
+    console = make_console()
     if not found:
         console.print("PortAudio sees no sound device.")
     table = Table(box=None, pad_edge=False)

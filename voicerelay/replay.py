@@ -31,6 +31,7 @@ from .errors import UsageError
 from .protocol.audio import ms_to_bytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
+from .console import transcript_line
 from .conversation import Conversation, InstantPlayback
 from .errors import UpstreamTimeout
 from .protocol.session import Error, Transcript, TurnFinished
@@ -187,8 +188,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
 def _printer(console: Console, err: Console, errors: list[str]) -> Any:
     def observe(obs: Observation) -> None:
         if isinstance(obs, Transcript) and obs.final and obs.text:
-            style = "bold cyan" if obs.role == "user" else "bold magenta"
-            console.print(f"[{style}]{obs.role:>9}[/]  {obs.text}", highlight=False)
+            console.print(transcript_line(obs.role, obs.text))
         elif isinstance(obs, TurnFinished):
             turn = obs.turn
             latency = f"{turn.first_audio_ms:.0f} ms to first audio" if turn.first_audio_ms is not None else "no audio"

@@ -47,6 +47,7 @@ from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
 from .protocol.session import Error, PlayAudio, StateChanged, Transcript
+from .console import transcript_line
 from .conversation import Conversation, Interrupted
 from .relay import Notice, Observation, Relay
 from .upstream import upstream_for
@@ -472,14 +473,6 @@ class Talk:
             latencies_ms=tuple(t.first_audio_ms for t in turns if t.first_audio_ms is not None),
             turns=len(turns), usage=usage, remaining_s=snap["session_remaining_s"],
             recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"])
-
-
-ROLE_STYLES = {"user": "bold cyan", "assistant": "bold magenta"}
-
-
-def transcript_line(role: str, text: str, note: str = "") -> Text:
-    """One final line of the conversation, as both views print it."""
-    return Text.assemble((f"{role:>9}  ", ROLE_STYLES.get(role, "bold")), text, (note, "dim"))
 
 
 STATE_COLOURS = {"connecting": "yellow", "listening": "green", "user_speaking": "cyan", "thinking": "yellow",

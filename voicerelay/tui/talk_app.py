@@ -27,7 +27,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Static
 
 from ..errors import VoiceRelayError
-from ..talk import STATE_COLOURS, transcript_line
+from ..console import transcript_line
+from ..talk import STATE_COLOURS
 from .events_view import EventLog, EventLogKeys
 
 if TYPE_CHECKING:
