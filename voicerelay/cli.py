@@ -112,9 +112,39 @@ def backend(
     try:
         asyncio.run(run(host, port, pace, max_session_seconds, ready))
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        raise _cannot_listen(host, port, exc) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("stopped.")
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> VoiceRelayError:
+    """The same words for every server command: ``cannot listen on HOST:PORT: reason``."""
+    from .errors import ListenError
+
+    reason = (exc.strerror or str(exc)).lower()
+    hint = " (pick another --port)" if getattr(exc, "errno", None) == 98 else ""
+    return ListenError(f"cannot listen on {host}:{port}: {reason}{hint}")
+
+
+def _listening_socket(host: str, port: int) -> Any:
+    """Bind before anything is announced, so a busy port is one line and nothing else."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(host, port, exc) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 Backend = Annotated[str | None, typer.Option(
@@ -297,18 +327,22 @@ def serve(
 
     import uvicorn
 
+    sock = _listening_socket(host, port)
+    port = sock.getsockname()[1]
     console = make_console(stderr=True)
     console.print(f"[bold green]voicerelay gateway[/] on [cyan]http://{host}:{port}/[/]  "
-                  f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.", highlight=False)
+                  f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.")
     server = _GracefulServer(gateway, uvicorn.Config(gateway.asgi_app(), host=host, port=port,
                                                      log_level=log_level.lower(), lifespan="on",
                                                      ws="websockets-sansio"))
     try:
-        asyncio.run(server.serve())
+        asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:
         pass
+    finally:
+        sock.close()
     if not server.started:
-        fail(f"cannot listen on {host}:{port} (see the log above)")
+        raise VoiceRelayError(f"the gateway on {host}:{port} did not start (see the log above)")
 
 
 def _GracefulServer(gateway: Any, config: Any) -> Any:  # noqa: N802 - a class made on demand (lazy uvicorn)

@@ -72,7 +72,7 @@ async def serving_cli(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Proc
             while url is None:
                 line = (await proc.stderr.readline()).decode()
                 assert line, "serve exited early"
-                match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+                match = re.search(r"voicerelay gateway on (http://127\.0\.0\.1:\d+)", line)
                 url = match and match.group(1)
         yield proc, url
     finally:
@@ -123,3 +123,19 @@ async def test_ctrl_c_ends_each_session_before_stopping() -> None:
             await browser.close()
         rest = (await proc.stderr.read()).decode()
         assert "Traceback" not in rest and "ERROR" not in rest, rest
+
+
+def test_a_port_in_use_is_one_line_exit_2_and_no_banner() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        env = {**os.environ, "NO_COLOR": "1"}
+        env.pop("OPENAI_API_KEY", None)
+        result = subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"voicerelay: error: cannot listen on 127.0.0.1:{port}: address already "
+                                          "in use (pick another --port)"]
