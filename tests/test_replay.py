@@ -314,3 +314,52 @@ def test_nothing_is_wrapped_when_the_output_is_a_pipe(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "voicerelay", "replay", str(missing)], capture_output=True,
                             text=True, timeout=60, env=env)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and str(missing) in result.stderr
+
+
+async def test_compare_differences_exit_1_with_a_short_diff(backend: BackendServer, tmp_path: Path) -> None:
+    folder = tmp_path / "session"
+    code, _, err = await run_replay(RECORDINGS / "hello_there.wav", backend, record=folder)
+    assert code == 0, err
+    log = folder / "session.jsonl"
+    log.write_text(log.read_text().replace('"transcript":"hello there"', '"transcript":"hello world"'))
+    code, out, err = await run_replay(folder, backend, compare=True)
+    assert code == 1, err
+    assert "user transcripts differ from the recording" in out
+    assert "-hello world" in out and "+hello there" in out
+
+
+def test_compare_on_a_wav_is_a_usage_error() -> None:
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--compare")
+    assert result.returncode == 2
+    assert result.stderr.startswith("voicerelay: error: --compare needs a recorded session folder")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unwritable_json_path_fails_before_the_run(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), "--json", str(tmp_path / "nope" / "r.json"))
+    assert result.returncode == 2 and time.monotonic() - started < 5  # no replay ran first
+    assert result.stderr.splitlines() == [f"voicerelay: error: cannot write --json {tmp_path / 'nope' / 'r.json'}: "
+                                          f"no such folder {tmp_path / 'nope'}"]
+
+
+async def test_ctrl_c_writes_the_report_of_what_finished_and_exits_130(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    long_input = tmp_path / "two.wav"  # an utterance, then a long pause: interrupted during the pause
+    soundfile.write(long_input, np.concatenate([read_recording("hello_there"), room_noise(20_000)]), 24_000)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", str(long_input), "--json", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    async with asyncio.timeout(30):
+        while b"turn 1:" not in await proc.stdout.readline():
+            pass
+    proc.send_signal(2)
+    async with asyncio.timeout(10):
+        code = await proc.wait()
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 130 and "Traceback" not in stderr, stderr
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and data["turns"][0]["user"] == "hello there"

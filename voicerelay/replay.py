@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import difflib
 import json
+import os
 import re
 import sys
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from .protocol.audio import ms_to_bytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
@@ -113,6 +114,11 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
             expect = re.compile(options.expect, re.IGNORECASE)
         except re.error as exc:
             raise ReplayInputError(f"--expect is not a valid regular expression: {exc}") from None
+    if options.compare and not options.path.is_dir():
+        raise UsageError(f"--compare needs a recorded session folder (made with --record), not the file "
+                         f"{options.path}: a WAV has no transcripts to compare with")
+    if options.json_path not in (None, "-"):
+        _check_writable("--json", Path(options.json_path))
     source = _Source(options.path)
     writer = None
     if options.out is not None:
@@ -138,6 +144,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     embedded = {"pace": 0.0} if options.speed == 0 else {}
     exit_code = 0
     failure: UpstreamError | None = None
+    interrupted = False
     relay: Relay | None = None
     try:
         async with upstream_for(options.backend, options.config.model, options.dialect, **embedded) as spec:
@@ -149,6 +156,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     except UpstreamError as exc:
         errors.append(str(exc))
         failure = exc
+    except asyncio.CancelledError:  # Ctrl-C: the report of what finished is still written
+        interrupted = True
+        errors.append("interrupted")
     finally:
         if writer is not None:
             writer.close()
@@ -163,10 +173,12 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
                           "out": round(sum(t.audio_out_ms for t in turns) / 1000, 3)},
         "wall_seconds": round(time.monotonic() - started, 3),
         "turns": [t.report() for t in turns], "errors": errors,
-        "recycles": relay.recycles if relay else 0,
+        "recycles": relay.recycles if relay else 0, "interrupted": interrupted,
     }
-    if options.compare:
+    if options.compare and not interrupted and failure is None:
         report["compare"] = _compare(source, turns, console)
+        if not all(result["same"] for result in report["compare"].values()):
+            exit_code = EXIT_FAILED
     if options.json_path is not None:
         text = json.dumps(report, indent=2)
         if options.json_path == "-":
@@ -175,6 +187,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
             Path(options.json_path).write_text(text + "\n")
     if failure is not None:
         raise failure  # after the report of what finished
+    if interrupted:
+        err.print("voicerelay: interrupted (the report holds what finished)", highlight=False)
+        return EXIT_INTERRUPTED
     if not turns:
         err.print(f"voicerelay: no speech was detected in {options.path}", highlight=False, soft_wrap=True)
     if exit_code == 0 and expect is not None:
@@ -279,9 +294,19 @@ def _progress(source: _Source, options: ReplayOptions, err: Console) -> Any:
     return progress
 
 
+def _check_writable(option: str, path: Path) -> None:
+    """Fail before the run, not after it, when ``path`` cannot be written."""
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"cannot write {option} {path}: it is a folder")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {option} {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {option} {path}: {folder} is not writable")
+
+
 def _compare(source: _Source, turns: list[Any], console: Console) -> dict[str, Any]:
-    if source.recorded is None:
-        return {"error": "--compare needs a recorded session folder"}
+    assert source.recorded is not None  # (checked before the run)
     before = source.recorded.transcripts()
     after = {"user": [t.user_transcript for t in turns if t.user_transcript],
              "assistant": [t.assistant_transcript for t in turns if t.assistant_transcript]}
