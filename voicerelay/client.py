@@ -97,7 +97,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -106,6 +105,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import socketio
 
+from .backoff import backoff_delay
 from .errors import (  # noqa: F401 - GatewayClient's errors, importable from here as before
     AuthenticationError,
     GatewayClientError,
@@ -139,14 +139,6 @@ KEEP_ENDED = 32
 
 class _Lost(Exception):
     """The connection dropped while waiting for the gateway (internal)."""
-
-
-def backoff_delay(attempt: int, base: float, cap: float, jitter: float = 0.5,
-                  rand: Callable[[], float] = random.random) -> float:
-    """The wait before retry ``attempt`` (1, 2, ...): ``min(cap, base * 2**(attempt-1))``, times a
-    random factor in ``[1 - jitter, 1]`` so that many clients do not retry in step."""
-    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), 30))
-    return delay * (1.0 - jitter * rand())
 
 
 # ----------------------------------------------------------------------------------- state
