@@ -1,4 +1,4 @@
-"""``GatewayClient`` against a real gateway under uvicorn: real sockets, the embedded backend."""
+"""``GatewayClient``'s connection against a real gateway under uvicorn: real sockets, the embedded backend."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from voicerelay.client import (
     NotConnectedError,
     QueueFullError,
     UsageError,
-    backoff_delay,
 )
+from voicerelay.backoff import backoff_delay
 from voicerelay.gateway.server import Gateway
 
 from ..conftest import read_recording, room_noise
@@ -220,9 +220,10 @@ async def test_a_voice_turn_through_send_audio(gateway: tuple[Gateway, str]) -> 
 
 async def test_send_audio_paces_itself_below_the_gateways_rate_limit(gateway: tuple[Gateway, str],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import voicerelay.client
+    import voicerelay.client.connection
 
-    monkeypatch.setattr(voicerelay.client, "PACE_WINDOW_S", 1.0)  # 1.5 s of audio per second, to keep it short
+    # 1.5 s of audio per second, to keep it short
+    monkeypatch.setattr(voicerelay.client.connection, "PACE_WINDOW_S", 1.0)
     _, url = gateway
     client = GatewayClient(url, **FAST)
     events = Events(client)
@@ -465,7 +466,7 @@ async def test_resume_starts_a_new_session_and_flushes_the_queue(server: Server)
 async def test_a_mounted_gateway_and_a_small_chunk_limit(make_gateway: Callable[..., Gateway]) -> None:
     from fastapi import FastAPI
 
-    from .conftest import serving
+    from ..gateway.conftest import serving
 
     gw = make_gateway(max_chunk_b64=4000)
     app = FastAPI(lifespan=gw.lifespan)
