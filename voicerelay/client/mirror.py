@@ -394,8 +394,8 @@ class StateMirror:
         return [self._emit("ai_state_changed", session, old=old, new=new, reason=reason)]
 
     @staticmethod
-    def _emit(name: str, session: SessionState | None, **fields: Any) -> Emit:
-        return Emit(name, {"session_id": session.session_id if session is not None else None, **fields})
+    def _emit(event: str, session: SessionState | None, /, **fields: Any) -> Emit:
+        return Emit(event, {"session_id": session.session_id if session is not None else None, **fields})
 
 
 # the dispatch tables (see the module docstring)
