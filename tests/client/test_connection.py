@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -277,6 +278,35 @@ async def test_interrupt_during_a_reply(gateway: tuple[Gateway, str]) -> None:
         await client.send_text("how are you")
         assert (await events.wait_for("ai_response", lambda e: e["transcript"] == "how are you"))["response"] == \
             "I am fine, thank you for asking."
+
+
+async def test_report_playback_is_fire_and_forget(gateway: tuple[Gateway, str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    _, url = gateway
+    client = GatewayClient(url, **FAST)
+    events = Events(client)
+    for item_id, played_ms in (("", 10), ("item_1", -1), ("item_1", True), ("item_1", 1.5)):
+        with pytest.raises(UsageError):
+            await client.report_playback(item_id, played_ms)  # type: ignore[arg-type]
+    with caplog.at_level(logging.DEBUG, logger="voicerelay.client.connection"):
+        await client.report_playback("item_1", 10)  # not running: dropped, nothing raised
+    assert "playback position" in caplog.text and "dropped" in caplog.text
+    async with running(client):
+        await client.start_session()
+        await client.send_text("what is your name")
+        audio = await events.wait_for("audio")
+        item_id = audio["item_id"] or "item_unknown"  # None until the gateway adds item_id to audio_delta
+        await client.report_playback(item_id, 40)
+        await client.report_playback(item_id, 80, session_id=client.session_id)
+        await events.wait_for("response_complete")
+        assert await client.refresh() is not None  # a round trip after the reports
+        await asyncio.sleep(0.2)
+        assert not events.of("error")  # the gateway accepts the extension event silently
+        assert client.connected and client.session is not None and client.session.chat_active
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="voicerelay.client.connection"):
+        await client.report_playback(item_id, 120)  # stopped: a stale position is dropped
+    assert "dropped" in caplog.text and not events.of("error")
 
 
 async def test_a_slow_async_handler_does_not_delay_other_events(gateway: tuple[Gateway, str]) -> None:
