@@ -56,7 +56,8 @@ array too), cuts it into chunks of at most ``audio_chunk_ms`` and of the gateway
 clients above 2x), so a long buffer takes a while to send. A program that plays the reply audio
 itself (the ``audio`` events) tells the gateway how much of an item it has played with
 ``report_playback(item_id, played_ms)``: the voicerelay extension event ``playback_position``
-{item_id, played_ms}, sent without an ack, so the gateway can cut a reply where it was heard.
+{item_id, played_ms}, sent without an ack, for the gateway to cut a reply where it was heard (a
+gateway that does not use it ignores it).
 
 **Errors.** Everything the client raises derives from :class:`GatewayClientError` (in
 :mod:`voicerelay.errors`, the one error tree), and every message is one line::
@@ -821,7 +822,7 @@ class GatewayClient:
     async def report_playback(self, item_id: str, played_ms: int, session_id: str | None = None) -> None:
         """Tell the gateway that ``played_ms`` of reply item ``item_id`` have really been played
         (``playback_position`` {item_id, played_ms, session_id?}), for programs that play the
-        ``audio`` events themselves: the gateway can then cut a reply where it was heard.
+        ``audio`` events themselves, for the gateway to cut a reply where it was heard.
 
         Fire-and-forget: no ack is awaited, and while disconnected the position is dropped
         (a debug log says so): a stale position is useless. ``session_id`` names the session
