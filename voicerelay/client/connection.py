@@ -70,7 +70,7 @@ gateway that does not use it ignores it).
     ├── SessionStartError         start_session failed: the gateway's error, or no session_started in time
     ├── QueueFullError            a control action while disconnected, with the queue full
     ├── GatewayTimeoutError       the gateway did not acknowledge an action in time (also a TimeoutError)
-    └── UsageError                a wrong argument or call (also a ValueError; ClientUsageError in voicerelay.errors)
+    └── UsageError                a wrong argument or call (also a ValueError; errors.ClientUsageError)
 
 python-socketio's and aiohttp's exceptions are translated into these here, where they enter.
 """

@@ -3,18 +3,19 @@
 Theory of operation
 -------------------
 The connection (:mod:`voicerelay.client.connection`) feeds this object every event the gateway
-sends, in order, and the few things it does itself (a ``start_session`` on its way, an attached
-session, the client stopping). Each input returns a list of *effects* for the connection to
-carry out. The mirror never awaits, never touches a socket or a clock, and never raises on what
-the gateway sends: tests drive it with plain dicts.
+sends, in order, and tells it the few things it does itself (a ``start_session`` on its way, an
+attached session, a session it ends on ``stop()``). ``receive`` and ``mark_ended`` return a list
+of *effects* for the connection to carry out; the other inputs only change the state. The mirror
+never awaits, never touches a socket or a clock, and never raises on what the gateway sends:
+tests drive it with plain dicts.
 
-Inputs                                   Effects
-  receive(name, data)  a gateway event     Emit(name, payload)   a semantic event for the handlers
-  begin_start(chat_payload, resumed_from)  StateAnswered(gone)   a ``session_state`` for this connection
-  abandon_start()                          StartSucceeded(id)    the pending start has its session_started
-  end_start()                              StartFailed(message)  the pending start was refused or ended
-  follow(id) / forget(id)                  EndAbandoned()        a late session_created of an abandoned
-  mark_ended(session, status)                                    start: end that session
+Inputs                                       Effects
+  receive(name, data)                          Emit(name, payload)   a semantic event for the handlers
+  mark_ended(session, status)                  StateAnswered(gone)   a session_state for this connection arrived
+  begin_start(chat_payload, resumed_from)      StartSucceeded(id)    the pending start has its session_started
+  abandon_start() / end_start()                StartFailed(message)  the pending start was refused, or ended
+  follow(session_id) / forget(session_id)      EndAbandoned()        a late session_created of an abandoned
+                                                                     start: end that session
 
 Dispatch is by table: the events about the connection's own session as a whole
 (``session_state``, ``session_created``, ``session_started``, ``session_ended``, ``error``), the
