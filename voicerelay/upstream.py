@@ -16,13 +16,13 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
+from .backoff import backoff_delays  # the project's one retry policy (importable from here as before)
 from .errors import (  # noqa: F401 - the upstream's errors, importable from here as before
     UpstreamClosed,
     UpstreamError,
@@ -111,11 +111,6 @@ async def upstream_for(backend: str | None, model: str, dialect: Dialect = Diale
             yield embedded_spec(server.url, model, dialect)
         return
     yield remote_spec(choice, model, dialect, env)
-
-
-def backoff_delays(attempts: int, base: float = 0.25, cap: float = 2.0) -> list[float]:
-    """Exponential backoff with full jitter: the retry policy, in one place."""
-    return [random.uniform(0.5, 1.0) * min(cap, base * 2**i) for i in range(attempts)]
 
 
 async def open_connection(spec: UpstreamSpec, retries: int = 3) -> ClientConnection:

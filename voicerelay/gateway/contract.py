@@ -25,6 +25,7 @@ TEXT_INPUT = "text_input"  # addition: {text, immediate_reply?}
 INTERRUPT = "interrupt"  # addition: stop the assistant now
 SAY = "say"  # addition: {text}: speak this text verbatim through the session
 GET_STATE = "get_state"  # addition: answered with session_state
+PLAYBACK_POSITION = "playback_position"  # addition: {item_id, played_ms, session_id?}: what the client played
 
 # gateway -> browser
 SESSION_CREATED = "session_created"

@@ -1,34 +1,19 @@
-"""``GatewayClient``: drive a running voicerelay gateway (``voicerelay serve``) from a program.
-
-One asyncio client holds one Socket.IO connection (python-socketio's ``AsyncClient``, websocket
-transport) and at most one session on it, mirrors the session's state, turns the gateway's
-events into semantic events, and reconnects by itself::
-
-    client = GatewayClient("http://127.0.0.1:8000", token="s3cret")
-    client.on("ai_response", lambda e: print(e["response"]))
-    async with client:                       # or: task = asyncio.create_task(client.start()) ... await client.stop()
-        await client.start_session({"contextId": "ctx-1"})
-        await client.send_text("what is your name")
+"""``GatewayClient``'s connection: Socket.IO and HTTP with retries, the action queue, acks,
+resync and resume. What the gateway's events mean is :mod:`voicerelay.client.mirror`'s job: the
+connection feeds it every event and carries out the effects it returns.
 
 **Running.** ``await start()`` connects, then runs until ``await stop()``. A failed connection
 attempt or a dropped connection is retried after an exponential backoff with jitter
 (``reconnect_delay * 2**(n-1)``, at most ``reconnect_delay_max``, scaled by a random factor in
-``[1 - jitter, 1]``), forever unless ``max_connect_attempts`` is set. After every (re)connection
-the client resyncs before it accepts actions: it emits ``get_state`` and applies the
-``session_state`` answer, so the mirror matches the gateway. The HTTP calls (``health_check``,
-and ``/session-config`` read at each connection to learn the audio chunk limit) retry with the
-same kind of backoff. ``url`` is the gateway's base URL, mount prefix included
-(``http://host/voice``): Socket.IO is at ``<prefix>/<socketio_path>``, health at ``<prefix>/health``.
-``token`` and ``client_id`` (a stable random one when not given) go in the Socket.IO ``auth``
-payload.
-
-**The mirror.** ``client.sessions`` maps session ids to :class:`SessionState` (``session_id``,
-``chat_active``, ``ai_state``, ``last_user_text``, ``last_assistant_text``, ...);
-``client.session`` is the active one or ``None``. ``ai_state`` takes the gateway's values:
-``connecting``, ``listening`` (the idle state), ``user_speaking``, ``thinking``, ``speaking``,
-``ended``. An ``interrupted`` event from the gateway moves a ``speaking`` session to
-``listening`` at once (the gateway's own state follows later). Ended sessions stay in
-``sessions`` with ``chat_active=False`` and their ``status`` (the newest 32 are kept).
+``[1 - jitter, 1]``: :mod:`voicerelay.backoff`), forever unless ``max_connect_attempts`` is set.
+After every (re)connection the client resyncs before it accepts actions: it emits ``get_state``
+and applies the ``session_state`` answer, so the mirror matches the gateway. The HTTP calls
+(``health_check``, and ``/session-config`` read at each connection to learn the audio chunk
+limit) retry with the same kind of backoff. ``url`` is the gateway's base URL, mount prefix
+included (``http://host/voice``): Socket.IO is at ``<prefix>/<socketio_path>``, health at
+``<prefix>/health``. ``token`` and ``client_id`` (a stable random one when not given) go in the
+Socket.IO ``auth`` payload. Everything one ``start()`` needs (the socket, the HTTP session,
+locks and events) is one :class:`_Run`, made when it begins.
 
 **Reconnection and sessions.** The gateway ends a session when its Socket.IO connection drops.
 While disconnected the mirror keeps the last known state (``client.connected`` is False); the
@@ -47,7 +32,8 @@ never resumed.
   active by then, each queued action is reported as an ``error`` event with code
   ``not_delivered`` (a queued ``end_session`` is simply done: the session is gone);
 - ``send_audio`` raises :class:`NotConnectedError`: stale audio is useless;
-- ``start_session`` waits for the connection, within its ``timeout``.
+- ``start_session`` waits for the connection, within its ``timeout``;
+- ``report_playback`` is dropped (with a debug log): a stale playback position is useless.
 
 While connected, a control action returns once the gateway acknowledged it (a Socket.IO ack);
 an action whose ack is lost with the connection goes back to the front of the queue. The
@@ -55,27 +41,26 @@ gateway reports a refused action with an ``error`` event. ``stop()`` logs queued
 discards.
 
 **Events** (``client.on(name, handler)``; every handler gets one ``dict``, which always has
-``session_id``): ``session_started`` {message, resumed, previous_session_id},
-``user_transcript`` {text, final, item_id} (partial deltas, then the final text),
-``ai_response`` {transcript, response}, ``ai_state_changed`` {old, new, reason: ``gateway``,
-``interrupted`` or ``resync``}, ``response_complete`` {response_id, status}, ``error`` {code,
-message}, ``session_ended`` {status}; and also ``ai_transcript`` {text, final, item_id},
-``audio`` {pcm: bytes, index}, ``interrupted`` {item_id}, ``session_recycled`` {message},
-``custom_event`` {name, data} (any other gateway event, e.g. an agent's ``event_emitter``),
-``connected`` {reconnect}, ``disconnected`` {reason}. A **sync handler** is called inline, in
-event order: keep it quick, it runs on the client's loop. An **async handler** (or any handler
-returning an awaitable) runs as its own task, so a slow one never delays the client or other
-handlers; several such tasks may run at once, and the ones still running when ``stop()`` is
-called are cancelled. A handler's exception is logged and does not reach the client. No events
-are delivered once ``stop()`` has begun.
+``session_id``): the mirror's semantic events (listed in :mod:`voicerelay.client.mirror`), and
+the connection's own: ``connected`` {reconnect}, ``disconnected`` {reason}, and ``error`` with
+code ``not_delivered``, ``resume_failed`` or ``resync_failed``. A **sync handler** is called
+inline, in event order: keep it quick, it runs on the client's loop. An **async handler** (or
+any handler returning an awaitable) runs as its own task, so a slow one never delays the client
+or other handlers; several such tasks may run at once, and the ones still running when
+``stop()`` is called are cancelled. A handler's exception is logged and does not reach the
+client. No events are delivered once ``stop()`` has begun.
 
 **Audio.** ``send_audio(pcm)`` takes PCM16 mono 24 kHz (any bytes-like object, an int16 numpy
 array too), cuts it into chunks of at most ``audio_chunk_ms`` and of the gateway's
 ``max_chunk_b64``, and paces itself below 1.5x real time over any 5 s (the gateway disconnects
-clients above 2x), so a long buffer takes a while to send.
+clients above 2x), so a long buffer takes a while to send. A program that plays the reply audio
+itself (the ``audio`` events) tells the gateway how much of an item it has played with
+``report_playback(item_id, played_ms)``: the voicerelay extension event ``playback_position``
+{item_id, played_ms}, sent without an ack, for the gateway to cut a reply where it was heard (a
+gateway that does not use it ignores it).
 
-**Errors.** Everything the client raises derives from :class:`GatewayClientError`, and every
-message is one line::
+**Errors.** Everything the client raises derives from :class:`GatewayClientError` (in
+:mod:`voicerelay.errors`, the one error tree), and every message is one line::
 
     GatewayClientError
     ├── GatewayUnreachableError   the gateway (Socket.IO or HTTP) cannot be reached, after retries
@@ -85,7 +70,9 @@ message is one line::
     ├── SessionStartError         start_session failed: the gateway's error, or no session_started in time
     ├── QueueFullError            a control action while disconnected, with the queue full
     ├── GatewayTimeoutError       the gateway did not acknowledge an action in time (also a TimeoutError)
-    └── UsageError                a wrong argument or call (also a ValueError)
+    └── UsageError                a wrong argument or call (also a ValueError; errors.ClientUsageError)
+
+python-socketio's and aiohttp's exceptions are translated into these here, where they enter.
 """
 
 from __future__ import annotations
@@ -97,16 +84,17 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import socketio
 
-from .errors import (  # noqa: F401 - GatewayClient's errors, importable from here as before
+from ..backoff import backoff_delay
+from ..errors import (
     AuthenticationError,
     GatewayClientError,
     GatewayTimeoutError,
@@ -115,10 +103,23 @@ from .errors import (  # noqa: F401 - GatewayClient's errors, importable from he
     NotConnectedError,
     QueueFullError,
     SessionStartError,
+    one_line,
 )
-from .errors import ClientUsageError as UsageError
-from .errors import one_line as _one_line
-from .gateway import contract as c
+from ..errors import ClientUsageError as UsageError
+from ..gateway import contract as c
+from ..protocol.audio import BYTES_PER_MS
+from .mirror import (
+    Effect,
+    Emit,
+    EndAbandoned,
+    SessionState,
+    StartFailed,
+    StartSucceeded,
+    StateAnswered,
+    StateMirror,
+)
+
+__all__ = ["CONTROL_ACTIONS", "EVENTS", "GatewayClient"]
 
 log = logging.getLogger(__name__)
 
@@ -128,46 +129,12 @@ EVENTS = frozenset({
     "disconnected",
 })
 CONTROL_ACTIONS = (c.TEXT_INPUT, c.SAY, c.INTERRUPT, c.END_SESSION)
-BYTES_PER_MS = 48  # PCM16 mono 24 kHz
 PACE_WINDOW_S = 5.0
 PACE_FACTOR = 1.5  # the gateway cuts off above 2x real time over 5 s
-KEEP_ENDED = 32
-
-
-# ----------------------------------------------------------------------------------- errors
 
 
 class _Lost(Exception):
     """The connection dropped while waiting for the gateway (internal)."""
-
-
-def backoff_delay(attempt: int, base: float, cap: float, jitter: float = 0.5,
-                  rand: Callable[[], float] = random.random) -> float:
-    """The wait before retry ``attempt`` (1, 2, ...): ``min(cap, base * 2**(attempt-1))``, times a
-    random factor in ``[1 - jitter, 1]`` so that many clients do not retry in step."""
-    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), 30))
-    return delay * (1.0 - jitter * rand())
-
-
-# ----------------------------------------------------------------------------------- state
-
-
-@dataclasses.dataclass
-class SessionState:
-    """The mirror of one gateway session."""
-
-    session_id: str
-    chat_active: bool = True
-    ai_state: str = "connecting"
-    started: bool = False  # session_started arrived: the upstream is connected and configured
-    last_user_text: str = ""
-    last_assistant_text: str = ""
-    responses: int = 0  # response_complete events seen
-    status: str | None = None  # why it ended: ended, error, expired, rate_limited, shutdown, disconnected, stopped
-    chat_payload: dict[str, Any] = dataclasses.field(default_factory=dict)
-    resumed_from: str | None = None
-    server: dict[str, Any] = dataclasses.field(default_factory=dict)  # the last session_state, as sent
-    followed: bool = False  # another connection's session (any node), attached with attach()
 
 
 @dataclasses.dataclass
@@ -178,20 +145,26 @@ class _Action:
     session_id: str
 
 
-@dataclasses.dataclass
-class _PendingStart:
-    chat_payload: dict[str, Any]
-    resumed_from: str | None
-    future: asyncio.Future[str]
-    session_id: str | None = None
-    last_error: str = ""
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """What one ``start()`` runs with, made when it begins (and kept, finished, once it ends)."""
+
+    sio: socketio.AsyncClient
+    http: aiohttp.ClientSession
+    task: asyncio.Task[Any] | None  # the task running start()
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one exchange with the gateway at a time
+    audio_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    online: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # connected and resynced
+    lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # the current connection dropped
+    stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 # ----------------------------------------------------------------------------------- the client
 
 
 class GatewayClient:
-    """A program's client of a voicerelay gateway; see the module docstring for the rules."""
+    """A program's client of a voicerelay gateway; see :mod:`voicerelay.client` for the rules."""
 
     def __init__(self, url: str, client_id: str | None = None, token: str | None = None, *,
                  socketio_path: str = "socket.io", max_queued_actions: int = 100, resume: bool = False,
@@ -236,30 +209,21 @@ class GatewayClient:
         self.transports = transports or ["websocket"]
         self.max_chunk_b64 = c.DEFAULT_MAX_CHUNK_B64  # updated from /session-config at each connection
 
-        self.sessions: dict[str, SessionState] = {}
-        self._current: SessionState | None = None
+        self._mirror = StateMirror()
+        self._mirror.audio_wanted = False  # until someone listens to "audio"
         self._handlers: dict[str, list[Callable[[dict[str, Any]], Any]]] = collections.defaultdict(list)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: collections.deque[_Action] = collections.deque()
-        self._lock: asyncio.Lock | None = None
-        self._audio_lock: asyncio.Lock | None = None
-        self._online: asyncio.Event | None = None  # connected and resynced: actions go straight out
-        self._lost: asyncio.Event | None = None  # set when the current connection drops
-        self._stop_event: asyncio.Event | None = None
-        self._finished: asyncio.Event | None = None
-        self._sio: socketio.AsyncClient | None = None
-        self._http: Any = None  # aiohttp.ClientSession while start() runs
+        self._run: _Run | None = None  # made by start()
         self._running = False
         self._stopping = False
         self._failure: BaseException | None = None  # why start() ended, for wait_connected()
         self._refusal: Any = None
-        self._pending_start: _PendingStart | None = None
+        self._pending_start: asyncio.Future[str] | None = None
         self._pending_state: asyncio.Future[SessionState | None] | None = None
-        self._abandoned_start = False
         self._pace: collections.deque[tuple[float, float]] = collections.deque()
         self._pace_ms = 0.0
         self._runner: asyncio.Task[None] | None = None  # the task of ``async with``
-        self._start_task: asyncio.Task[Any] | None = None  # the task running start()
         self._stoppers: set[asyncio.Task[Any]] = set()  # tasks in stop(): never cancelled by it
         self.connections = 0  # successful connections (the first one included)
         self.failed_connects = 0  # failed connection attempts, in all
@@ -269,17 +233,27 @@ class GatewayClient:
     @property
     def connected(self) -> bool:
         """Connected and resynced: actions go straight to the gateway."""
-        return self._online is not None and self._online.is_set()
+        return self._run is not None and self._run.online.is_set()
+
+    @property
+    def mirror(self) -> StateMirror:
+        """The state mirror this client feeds (read it; the client changes it)."""
+        return self._mirror
+
+    @property
+    def sessions(self) -> dict[str, SessionState]:
+        """Session ids to :class:`SessionState`: this connection's sessions (the newest ended ones
+        too) and the ones it follows."""
+        return self._mirror.sessions
 
     @property
     def session(self) -> SessionState | None:
         """The active session, if any."""
-        cur = self._current
-        return cur if cur is not None and cur.chat_active else None
+        return self._mirror.session
 
     @property
     def session_id(self) -> str | None:
-        return self.session.session_id if self.session is not None else None
+        return self._mirror.session_id
 
     @property
     def queued_actions(self) -> int:
@@ -288,16 +262,18 @@ class GatewayClient:
     # ----------------------------------------------------------------------------- events
 
     def on(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
-        """Call ``handler(event: dict)`` for each ``name`` event (see the module docstring)."""
+        """Call ``handler(event: dict)`` for each ``name`` event (see :mod:`voicerelay.client`)."""
         if name not in EVENTS:
             raise UsageError(f"unknown event {name!r}: one of {', '.join(sorted(EVENTS))}")
         if not callable(handler):
             raise UsageError(f"the handler for {name!r} is not callable")
         self._handlers[name].append(handler)
+        self._mirror.audio_wanted = bool(self._handlers.get("audio"))
 
     def off(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
         with contextlib.suppress(ValueError):
             self._handlers.get(name, []).remove(handler)
+        self._mirror.audio_wanted = bool(self._handlers.get("audio"))
 
     def _emit(self, name: str, payload: dict[str, Any]) -> None:
         if self._stopping:
@@ -309,15 +285,35 @@ class GatewayClient:
                 log.exception("GatewayClient: the %s handler %r failed", name, handler)
                 continue
             if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._handler_done)
+                self._spawn(result)
+
+    def _spawn(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._handler_done)
 
     def _handler_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("GatewayClient: an async handler failed: %r", exc, exc_info=exc)
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        """Do what the mirror says, in order."""
+        for effect in effects:
+            if isinstance(effect, Emit):
+                self._emit(effect.name, effect.payload)
+            elif isinstance(effect, StateAnswered):
+                if self._pending_state is not None and not self._pending_state.done():
+                    self._pending_state.set_result(effect.gone)
+            elif isinstance(effect, StartSucceeded):
+                if self._pending_start is not None and not self._pending_start.done():
+                    self._pending_start.set_result(effect.session_id)
+            elif isinstance(effect, StartFailed):
+                if self._pending_start is not None and not self._pending_start.done():
+                    self._pending_start.set_exception(SessionStartError(effect.message))
+            elif isinstance(effect, EndAbandoned):
+                self._spawn(self._quietly(c.END_SESSION))
 
     # ----------------------------------------------------------------------------- running
 
@@ -329,32 +325,23 @@ class GatewayClient:
         """
         if self._running:
             raise UsageError("start() is already running")
-        import aiohttp
-
         self._running = True
-        self._start_task = asyncio.current_task()
         self._stopping = False
         self._failure = None
-        self._lock = asyncio.Lock()
-        self._audio_lock = asyncio.Lock()
-        self._online = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._stop_event = asyncio.Event()
-        self._finished = asyncio.Event()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout))
-        self._sio = self._make_socket()
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout))
+        run = self._run = _Run(self._make_socket(http), http, asyncio.current_task())
         failures = 0
         started = time.monotonic()
         connected_once = False
         try:
-            while not self._stop_event.is_set():
+            while not run.stop.is_set():
                 if failures:
                     delay = backoff_delay(max(1, failures), self.reconnect_delay, self.reconnect_delay_max, self.jitter)
-                    if await self._sleep_unless_stopped(delay):
+                    if await self._sleep_unless_stopped(run, delay):
                         break
-                self._lost = asyncio.Event()
+                run.lost = asyncio.Event()
                 try:
-                    await self._connect_once()
+                    await self._connect_once(run)
                 except AuthenticationError:
                     raise
                 except GatewayUnreachableError as exc:
@@ -367,12 +354,12 @@ class GatewayClient:
                     log.info("GatewayClient: connection attempt %d failed: %s", failures, exc)
                     continue
                 self.connections += 1
-                if self._stop_event.is_set():
+                if run.stop.is_set():
                     break
                 reconnect, connected_once = connected_once, True
                 self._emit("connected", {"session_id": self.session_id, "reconnect": reconnect})
                 try:
-                    await self._resync(reconnect)
+                    await self._resync(run, reconnect)
                 except _Lost:
                     failures += 1
                     continue
@@ -381,13 +368,13 @@ class GatewayClient:
                     self._emit("error", {"session_id": self.session_id, "code": "resync_failed",
                                          "message": f"could not resync with the gateway: {exc}"})
                     with contextlib.suppress(Exception):
-                        await self._sio.disconnect()
+                        await run.sio.disconnect()
                     continue
                 failures = 0
                 started = time.monotonic()
-                await self._wait_any(self._lost, self._stop_event)
-                self._online.clear()
-                if not self._stop_event.is_set():
+                await self._wait_any(run.lost, run.stop)
+                run.online.clear()
+                if not run.stop.is_set():
                     failures = 1
         except BaseException as exc:
             self._failure = exc
@@ -404,14 +391,15 @@ class GatewayClient:
             self._stoppers.add(me)
         try:
             self._stopping = True
-            if self._stop_event is not None:
-                self._stop_event.set()
-            if self._sio is not None and self._sio.connected:
-                with contextlib.suppress(Exception):
-                    await self._sio.disconnect()
-            if self._running and self._finished is not None:
-                if self._start_task is not me:
-                    await self._finished.wait()
+            run = self._run
+            if run is not None:
+                run.stop.set()
+                if run.sio.connected:
+                    with contextlib.suppress(Exception):
+                        await run.sio.disconnect()
+            if self._running and run is not None:
+                if run.task is not me:
+                    await run.finished.wait()
             else:
                 await self._shutdown()
             if self._runner is not None and not self._runner.done() and self._runner is not me:
@@ -443,7 +431,7 @@ class GatewayClient:
                 if isinstance(self._failure, GatewayClientError):
                     raise self._failure
                 raise NotConnectedError(f"the client stopped: {type(self._failure).__name__}")
-            if self._online is not None and self._online.is_set():
+            if self.connected:
                 return
             if self._stopping:
                 raise NotConnectedError("the client is stopped")
@@ -453,49 +441,49 @@ class GatewayClient:
                     ": the client is not running (await start() in a task, or use `async with`)"
                 raise NotConnectedError(f"not connected to the gateway at {self.url} within {timeout:g} s{hint}")
             step = 0.05 if left is None else min(0.05, left)
-            if self._online is not None:
+            run = self._run
+            if run is not None and self._running:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._online.wait(), step)
+                    await asyncio.wait_for(run.online.wait(), step)
             else:
                 await asyncio.sleep(step)
 
-    def _make_socket(self) -> socketio.AsyncClient:
+    def _make_socket(self, http: aiohttp.ClientSession) -> socketio.AsyncClient:
         sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, logger=False, engineio_logger=False,
-                                   http_session=self._http, request_timeout=self.connect_timeout)
+                                   http_session=http, request_timeout=self.connect_timeout)
         sio.on("connect", self._on_connect)
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
         sio.on("*", self._on_gateway_event)
         return sio
 
-    async def _connect_once(self) -> None:
-        assert self._sio is not None
+    async def _connect_once(self, run: _Run) -> None:
         self._refusal = None
         auth: dict[str, Any] = {"client_id": self.client_id}
         if self.token is not None:
             auth["token"] = self.token
         try:
-            await asyncio.wait_for(self._sio.connect(self._sio_url, auth=auth, transports=self.transports,
-                                                     socketio_path=self._sio_path, wait_timeout=self.connect_timeout),
+            await asyncio.wait_for(run.sio.connect(self._sio_url, auth=auth, transports=self.transports,
+                                                   socketio_path=self._sio_path, wait_timeout=self.connect_timeout),
                                    self.connect_timeout + 2)
         except TimeoutError:
             with contextlib.suppress(Exception):
-                await self._sio.eio.disconnect(abort=True)
+                await run.sio.eio.disconnect(abort=True)
             raise GatewayUnreachableError(f"no answer within {self.connect_timeout:g} s") from None
         except (socketio.exceptions.ConnectionError, OSError) as exc:
             refusal = self._refusal
             reason = refusal.get("message") if isinstance(refusal, dict) else refusal
-            reason = _one_line(reason or exc or type(exc).__name__)
+            reason = one_line(reason or exc or type(exc).__name__)
             if reason.startswith("unauthorized"):
                 raise AuthenticationError(f"the gateway at {self.url} refused the connection: {reason}"
                                           + ("" if self.token else " (pass token=...)")) from None
             raise GatewayUnreachableError(reason) from None
 
-    async def _sleep_unless_stopped(self, delay: float) -> bool:
-        assert self._stop_event is not None
+    @staticmethod
+    async def _sleep_unless_stopped(run: _Run, delay: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), delay)
-        return self._stop_event.is_set()
+            await asyncio.wait_for(run.stop.wait(), delay)
+        return run.stop.is_set()
 
     @staticmethod
     async def _wait_any(*events: asyncio.Event) -> None:
@@ -509,24 +497,23 @@ class GatewayClient:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        if self._online is not None:
-            self._online.clear()
-        if self._sio is not None:
+        run = self._run
+        if run is not None:
+            run.online.clear()
             with contextlib.suppress(Exception):
-                if self._sio.connected:
-                    await self._sio.disconnect()
-                elif self._sio.eio.state != "disconnected":
-                    await self._sio.eio.disconnect(abort=True)
-        if self._http is not None and not self._http.closed:
-            await self._http.close()
-        self._http = None
-        if self._pending_start is not None and not self._pending_start.future.done():
-            self._pending_start.future.set_exception(NotConnectedError("the client stopped"))
+                if run.sio.connected:
+                    await run.sio.disconnect()
+                elif run.sio.eio.state != "disconnected":
+                    await run.sio.eio.disconnect(abort=True)
+            if not run.http.closed:
+                await run.http.close()
+        if self._pending_start is not None and not self._pending_start.done():
+            self._pending_start.set_exception(NotConnectedError("the client stopped"))
         if self._pending_state is not None and not self._pending_state.done():
             self._pending_state.cancel()
         cur = self.session
         if cur is not None:
-            self._mark_ended(cur, "stopped", notify=False)
+            self._mirror.mark_ended(cur, "stopped")  # its session_ended is not delivered: stop() has begun
         if self._queue:
             log.warning("GatewayClient: stop() discards %d queued action(s): %s", len(self._queue),
                         ", ".join(a.label for a in self._queue))
@@ -536,15 +523,14 @@ class GatewayClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running = False
-        if self._finished is not None:
-            self._finished.set()
+        if run is not None:
+            run.finished.set()
 
     # ----------------------------------------------------------------------------- resync
 
-    async def _resync(self, reconnect: bool) -> None:
+    async def _resync(self, run: _Run, reconnect: bool) -> None:
         """Make the mirror match the gateway, resume if asked, flush the queue; then go online."""
-        assert self._lock is not None and self._online is not None
-        async with self._lock:
+        async with run.lock:
             config = asyncio.ensure_future(self._read_session_config())
             try:
                 lost = await self._request_state()
@@ -563,7 +549,7 @@ class GatewayClient:
                     self._emit("error", {"session_id": lost.session_id, "code": "resume_failed",
                                          "message": f"could not resume session {lost.session_id}: {exc}"})
             await self._flush_locked()
-            self._online.set()
+            run.online.set()
 
     async def _read_session_config(self) -> None:
         try:
@@ -588,40 +574,13 @@ class GatewayClient:
 
     async def refresh(self) -> SessionState | None:
         """Ask the gateway for its state now (``get_state``) and apply it; returns the active session."""
-        if not self.connected:
-            raise NotConnectedError(f"not connected to the gateway at {self.url}")
-        assert self._lock is not None
-        async with self._lock:
+        run = self._online_run(f"not connected to the gateway at {self.url}")
+        async with run.lock:
             try:
                 await self._request_state()
             except _Lost:
                 raise NotConnectedError("the connection dropped during refresh()") from None
         return self.session
-
-    def _apply_state(self, state: dict[str, Any]) -> SessionState | None:
-        """Apply a ``session_state``; returns the session it found gone, if any."""
-        sid = state.get("session_id")
-        active = bool(state.get("chat_active")) and isinstance(sid, str)
-        gone: SessionState | None = None
-        for session in list(self.sessions.values()):
-            if session.followed:
-                continue  # other connections' sessions: their own session_state keeps them current
-            if session.chat_active and (not active or session.session_id != sid):
-                self._mark_ended(session, "disconnected")
-                gone = session
-        if active:
-            assert isinstance(sid, str)
-            session = self.sessions.get(sid)
-            if session is None:  # a session this client had not heard of: adopt it
-                session = SessionState(sid, started=True)
-                self.sessions[sid] = session
-            session.server = dict(state)
-            session.chat_active = True
-            self._current = session
-            new = state.get("ai_state")
-            if isinstance(new, str):
-                self._set_ai_state(session, new, "resync")
-        return gone
 
     # ----------------------------------------------------------------------------- the gateway's events
 
@@ -632,12 +591,12 @@ class GatewayClient:
         self._refusal = data
 
     def _on_disconnect(self, reason: Any = None) -> None:
-        if self._online is not None:
-            self._online.clear()
-        if self._lost is not None:
-            self._lost.set()
-        if self._pending_start is not None and not self._pending_start.future.done():
-            self._pending_start.future.set_exception(_Lost())
+        run = self._run
+        if run is not None:
+            run.online.clear()
+            run.lost.set()
+        if self._pending_start is not None and not self._pending_start.done():
+            self._pending_start.set_exception(_Lost())
         if not self._stopping:
             log.info("GatewayClient: disconnected from %s (%s)", self.url, reason)
             self._emit("disconnected", {"session_id": self.session_id, "reason": str(reason or "")})
@@ -645,167 +604,25 @@ class GatewayClient:
     def _on_gateway_event(self, name: str, data: Any = None) -> None:
         """Every gateway event, in order (a sync handler: nothing here awaits)."""
         try:
-            self._handle(name, data if isinstance(data, dict) else {"data": data})
-        except Exception:
+            effects = self._mirror.receive(name, data)
+        except Exception:  # a bug in the mirror must not stop the socket's event loop
             log.exception("GatewayClient: could not handle %s %r", name, data)
-
-    def _handle(self, name: str, data: dict[str, Any]) -> None:
-        target = data.get("session_id")
-        followed = self.sessions.get(target) if isinstance(target, str) else None
-        if followed is not None and followed.followed:
-            self._handle_followed(name, data, followed)
             return
-        cur = self._current
-        sid = cur.session_id if cur is not None else None
-        if name == c.SESSION_STATE:
-            gone = self._apply_state(data)
-            if self._pending_state is not None and not self._pending_state.done():
-                self._pending_state.set_result(gone)
-        elif name == c.SESSION_CREATED:
-            self._created(data)
-        elif name == c.SESSION_STARTED:
-            self._started(data)
-        elif name == c.SESSION_ENDED:
-            status = str(data.get("status") or "ended")
-            pending = self._pending_start
-            if pending is not None and not pending.future.done():
-                detail = f": {pending.last_error}" if pending.last_error else ""
-                pending.future.set_exception(SessionStartError(f"the gateway ended the session while starting it "
-                                                               f"({status}){detail}"))
-            if cur is not None and cur.chat_active:
-                self._mark_ended(cur, status)
-        elif name == c.ERROR:
-            code, message = str(data.get("code", "")), _one_line(data.get("message", ""))
-            pending = self._pending_start
-            if pending is not None and not pending.future.done():
-                pending.last_error = f"{code}: {message}"
-                if code in ("session_exists", "invalid_payload"):
-                    pending.future.set_exception(SessionStartError(f"the gateway refused start_session: "
-                                                                   f"{code}: {message}"))
-            self._emit("error", {"session_id": sid, "code": code, "message": message})
-        elif cur is None or not cur.chat_active:
-            # late events of an ended session, or agent events before any session
-            if name not in (c.AUDIO_DELTA, c.AI_STATE, c.AI_TRANSCRIPT, c.USER_TRANSCRIPT, c.INTERRUPTED,
-                            c.AI_RESPONSE, c.RESPONSE_COMPLETE, c.SESSION_RECYCLED):
-                self._emit("custom_event", {"session_id": sid, "name": name, "data": data})
-        elif self._mirror(name, data, cur):
-            pass
-        elif name == c.AUDIO_DELTA:
-            if self._handlers.get("audio"):
-                try:
-                    pcm = base64.b64decode(str(data.get("audio", "")))
-                except ValueError:
-                    pcm = b""
-                self._emit("audio", {"session_id": sid, "pcm": pcm, "index": data.get("index")})
-        elif name == c.AI_TRANSCRIPT:
-            if data.get("final") and data.get("text"):
-                cur.last_assistant_text = str(data["text"])
-            self._emit("ai_transcript", {"session_id": sid, "text": data.get("text", ""),
-                                         "final": bool(data.get("final")), "item_id": data.get("item_id")})
-        elif name == c.INTERRUPTED:
-            self._emit("interrupted", {"session_id": sid, "item_id": data.get("item_id")})
-            if cur.ai_state == "speaking":
-                self._set_ai_state(cur, "listening", "interrupted")
-        elif name == c.SESSION_RECYCLED:
-            self._emit("session_recycled", {"session_id": sid, "message": data.get("message", "")})
-        else:
-            self._emit("custom_event", {"session_id": sid, "name": name, "data": data})
-
-    def _mirror(self, name: str, data: dict[str, Any], session: SessionState) -> bool:
-        """The events mirrored alike for the client's own and attached sessions; False if not one."""
-        sid = session.session_id
-        if name == c.AI_STATE:
-            if isinstance(data.get("state"), str):
-                self._set_ai_state(session, data["state"], "gateway")
-        elif name == c.USER_TRANSCRIPT:
-            if data.get("final") and data.get("text"):
-                session.last_user_text = str(data["text"])
-            self._emit("user_transcript", {"session_id": sid, "text": data.get("text", ""),
-                                           "final": bool(data.get("final")), "item_id": data.get("item_id")})
-        elif name == c.AI_RESPONSE:
-            if data.get("response"):
-                session.last_assistant_text = str(data["response"])
-            self._emit("ai_response", {"session_id": sid, "transcript": data.get("transcript", ""),
-                                       "response": data.get("response", "")})
-        elif name == c.RESPONSE_COMPLETE:
-            session.responses += 1
-            self._emit("response_complete", {"session_id": sid, "response_id": data.get("response_id"),
-                                             "status": data.get("status")})
-        else:
-            return False
-        return True
-
-    def _handle_followed(self, name: str, data: dict[str, Any], session: SessionState) -> None:
-        """An event of an attached session (another connection's, maybe on another node)."""
-        sid = session.session_id
-        if name == c.SESSION_STATE:
-            session.server = dict(data)
-            if not data.get("chat_active"):
-                self._mark_ended(session, "ended")
-            elif isinstance(data.get("ai_state"), str):
-                self._set_ai_state(session, data["ai_state"], "resync")
-        elif name == c.SESSION_ENDED:
-            self._mark_ended(session, str(data.get("status") or "ended"))
-        elif self._mirror(name, data, session):
-            pass
-        elif name == c.ERROR:
-            self._emit("error", {"session_id": sid, "code": str(data.get("code", "")),
-                                 "message": _one_line(data.get("message", ""))})
-        # audio, transcripts deltas and the rest of a followed session are not mirrored
-
-    def _created(self, data: dict[str, Any]) -> None:
-        sid = data.get("session_id")
-        if not isinstance(sid, str):
-            return
-        pending = self._pending_start
-        session = SessionState(sid, chat_payload=dict(pending.chat_payload) if pending else {},
-                               resumed_from=pending.resumed_from if pending else None)
-        self.sessions[sid] = session
-        self._current = session
-        if pending is not None:
-            pending.session_id = sid
-        elif self._abandoned_start:  # a start_session that timed out: do not leave it running
-            self._abandoned_start = False
-            asyncio.ensure_future(self._quietly(c.END_SESSION))
-
-    def _started(self, data: dict[str, Any]) -> None:
-        sid = data.get("session_id")
-        session = self.sessions.get(sid) if isinstance(sid, str) else None
-        if session is None:
-            return
-        session.started = True
-        pending = self._pending_start
-        if pending is not None and pending.session_id == sid and not pending.future.done():
-            pending.future.set_result(sid)
-        self._emit("session_started", {"session_id": sid, "message": data.get("message", ""),
-                                       "resumed": session.resumed_from is not None,
-                                       "previous_session_id": session.resumed_from})
-
-    def _set_ai_state(self, session: SessionState, new: str, reason: str) -> None:
-        if session.ai_state == new:
-            return
-        old, session.ai_state = session.ai_state, new
-        self._emit("ai_state_changed", {"session_id": session.session_id, "old": old, "new": new, "reason": reason})
-
-    def _mark_ended(self, session: SessionState, status: str, notify: bool = True) -> None:
-        """The one place a mirrored session ends: ``session_ended`` goes out once."""
-        if not session.chat_active:
-            return
-        session.chat_active = False
-        session.status = status
-        session.ai_state = "ended"
-        if notify:
-            self._emit("session_ended", {"session_id": session.session_id, "status": status})
-        ended = [s for s in self.sessions.values() if not s.chat_active]
-        for old in ended[:-KEEP_ENDED]:
-            self.sessions.pop(old.session_id, None)
+        self._carry_out(effects)
 
     # ----------------------------------------------------------------------------- sending
 
+    def _online_run(self, message: str) -> _Run:
+        """The current run, when connected and resynced; else :class:`NotConnectedError`."""
+        run = self._run
+        if run is None or not run.online.is_set():
+            raise NotConnectedError(message)
+        return run
+
     async def _send(self, event: str, data: Any) -> None:
         """Emit and wait for the gateway's ack; :class:`_Lost` if the connection drops first."""
-        sio, lost = self._sio, self._lost
-        if sio is None or lost is None or lost.is_set() or not sio.connected:
+        run = self._run
+        if run is None or run.lost.is_set() or not run.sio.connected:
             raise _Lost()
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -814,14 +631,16 @@ class GatewayClient:
                 acked.set_result(args)
 
         try:
-            await sio.emit(event, data, callback=ack)
+            await run.sio.emit(event, data, callback=ack)
         except socketio.exceptions.SocketIOError:
             raise _Lost() from None
         await self._wait(acked, self.ack_timeout, event)
 
     async def _wait(self, future: asyncio.Future[Any], timeout: float, what: str) -> Any:
-        lost = self._lost
-        assert lost is not None
+        run = self._run
+        if run is None:
+            raise _Lost()
+        lost = run.lost
         lost_waiter = asyncio.ensure_future(lost.wait())
         try:
             done, _ = await asyncio.wait({future, lost_waiter}, timeout=timeout,
@@ -838,9 +657,10 @@ class GatewayClient:
         raise GatewayTimeoutError(f"the gateway did not answer {what} within {timeout:g} s")
 
     async def _quietly(self, event: str) -> None:
+        run = self._run
         with contextlib.suppress(Exception):
-            if self._sio is not None and self._sio.connected:
-                await self._sio.emit(event)
+            if run is not None and run.sio.connected:
+                await run.sio.emit(event)
 
     def _require_session(self, label: str) -> SessionState:
         session = self.session
@@ -862,16 +682,17 @@ class GatewayClient:
         if session_id is None:
             session = self._require_session(label)
         else:
-            session = self.sessions.get(session_id)  # type: ignore[assignment]
-            if session is None or not session.followed:
+            followed = self._mirror.followed(session_id)
+            if followed is None:
                 raise UsageError(f"{label}: session {session_id} is not attached: call attach({session_id!r}) first")
+            session = followed
             data = {**(data or {}), "session_id": session_id}
         action = _Action(event, data, label, session.session_id)
-        if not self.connected:
+        run = self._run
+        if run is None or not run.online.is_set():
             self._enqueue(action)
             return
-        assert self._lock is not None
-        async with self._lock:
+        async with run.lock:
             if not self.connected:
                 self._enqueue(action)
                 return
@@ -883,8 +704,7 @@ class GatewayClient:
     async def _flush_locked(self) -> None:
         while self._queue:
             action = self._queue[0]
-            attached = self.sessions.get(action.session_id)
-            session = attached if attached is not None and attached.followed else self.session
+            session = self._mirror.followed(action.session_id) or self.session
             if session is None:
                 self._queue.popleft()
                 if action.event != c.END_SESSION:  # an end_session for a session that is gone is done
@@ -903,7 +723,8 @@ class GatewayClient:
     async def _await_end(self, session: SessionState) -> None:
         deadline = time.monotonic() + self.ack_timeout
         while session.chat_active and time.monotonic() < deadline:
-            if self._lost is not None and self._lost.is_set():
+            run = self._run
+            if run is not None and run.lost.is_set():
                 raise _Lost()
             await asyncio.sleep(0.02)
 
@@ -923,8 +744,8 @@ class GatewayClient:
         timeout = self.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         await self.wait_connected(timeout)
-        assert self._lock is not None
-        async with self._lock:
+        run = self._online_run("the connection dropped before the session could start")
+        async with run.lock:
             if self.session is not None:
                 raise SessionStartError(f"this client already has session {self.session.session_id}")
             left = max(0.1, deadline - time.monotonic())
@@ -936,21 +757,22 @@ class GatewayClient:
     async def _start_locked(self, chat_payload: dict[str, Any], timeout: float,
                             resumed_from: str | None = None) -> str:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        pending = _PendingStart(chat_payload, resumed_from, future)
-        self._pending_start = pending
+        attempt = self._mirror.begin_start(chat_payload, resumed_from)
+        self._pending_start = future
         try:
             await self._send(c.START_SESSION, {"chat_payload": chat_payload})
             try:
                 return await self._wait(future, timeout, "start_session")
             except GatewayTimeoutError:
-                if pending.session_id is not None:
+                if attempt.session_id is not None:
                     await self._quietly(c.END_SESSION)
                 else:
-                    self._abandoned_start = True
-                detail = f" (last error: {pending.last_error})" if pending.last_error else ""
+                    self._mirror.abandon_start()
+                detail = f" (last error: {attempt.last_error})" if attempt.last_error else ""
                 raise SessionStartError(f"no session_started from the gateway within {timeout:g} s{detail}") from None
         finally:
             self._pending_start = None
+            self._mirror.end_start()
             if not future.done():
                 future.cancel()
             elif not future.cancelled():
@@ -966,25 +788,22 @@ class GatewayClient:
         if len(data) % 2:
             raise UsageError(f"PCM16 audio needs an even byte count, not {len(data)}")
         self._require_session("send_audio")
-        if not self.connected:
-            raise NotConnectedError("send_audio: not connected to the gateway; audio is not queued")
+        run = self._online_run("send_audio: not connected to the gateway; audio is not queued")
         if not data:
             return
         limit = (self.max_chunk_b64 // 4) * 3
         step = max(2, min(limit, self.audio_chunk_ms * BYTES_PER_MS))
         step -= step % 2
-        assert self._audio_lock is not None
-        async with self._audio_lock:
+        async with run.audio_lock:
             for offset in range(0, len(data), step):
                 chunk = data[offset:offset + step]
                 await self._pace_for(len(chunk) / BYTES_PER_MS)
-                sio = self._sio
-                if not self.connected or sio is None or self.session is None:
+                if not self.connected or self.session is None:
                     sent_ms = offset // BYTES_PER_MS
                     raise NotConnectedError(f"send_audio: the connection or the session ended after {sent_ms} of "
                                             f"{len(data) // BYTES_PER_MS} ms were sent")
                 try:
-                    await sio.emit(c.AUDIO_DATA, {"audio": base64.b64encode(chunk).decode()})
+                    await run.sio.emit(c.AUDIO_DATA, {"audio": base64.b64encode(chunk).decode()})
                 except socketio.exceptions.SocketIOError:
                     raise NotConnectedError("send_audio: the connection dropped") from None
 
@@ -1000,6 +819,33 @@ class GatewayClient:
         self._pace.append((time.monotonic(), ms))
         self._pace_ms += ms
 
+    async def report_playback(self, item_id: str, played_ms: int, session_id: str | None = None) -> None:
+        """Tell the gateway that ``played_ms`` of reply item ``item_id`` have really been played
+        (``playback_position`` {item_id, played_ms, session_id?}), for programs that play the
+        ``audio`` events themselves, for the gateway to cut a reply where it was heard.
+
+        Fire-and-forget: no ack is awaited, and while disconnected the position is dropped
+        (a debug log says so): a stale position is useless. ``session_id`` names the session
+        when it is not this connection's own.
+        """
+        if not isinstance(item_id, str) or not item_id:
+            raise UsageError("report_playback takes the item_id of the audio played")
+        if isinstance(played_ms, bool) or not isinstance(played_ms, int) or played_ms < 0:
+            raise UsageError(f"played_ms must be a whole number of milliseconds, 0 or more, not {played_ms!r}")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise UsageError("session_id must be a session id or None")
+        data: dict[str, Any] = {"item_id": item_id, "played_ms": played_ms}
+        if session_id is not None:
+            data["session_id"] = session_id
+        run = self._run
+        if run is None or not run.online.is_set() or not run.sio.connected:
+            log.debug("GatewayClient: not connected: playback position %s dropped", data)
+            return
+        try:
+            await run.sio.emit(c.PLAYBACK_POSITION, data)
+        except socketio.exceptions.SocketIOError as exc:
+            log.debug("GatewayClient: playback position %s dropped: %s", data, one_line(exc))
+
     async def attach(self, session_id: str, timeout: float | None = None) -> SessionState:
         """Follow another connection's session (on any node of a cluster) and allow actions on it.
 
@@ -1008,25 +854,19 @@ class GatewayClient:
         """
         if not isinstance(session_id, str) or not session_id:
             raise UsageError("attach takes a session id")
-        if not self.connected:
-            raise NotConnectedError(f"attach: not connected to the gateway at {self.url}")
-        session = self.sessions.get(session_id)
-        if session is None or not session.followed:
-            session = SessionState(session_id, started=True, followed=True)
-            self.sessions[session_id] = session
-        session.server = {}
-        assert self._lock is not None
-        async with self._lock:
+        run = self._online_run(f"attach: not connected to the gateway at {self.url}")
+        session = self._mirror.follow(session_id)
+        async with run.lock:
             try:
                 await self._send(c.GET_STATE, {"session_id": session_id})
             except _Lost:
-                self.sessions.pop(session_id, None)
+                self._mirror.forget(session_id)
                 raise NotConnectedError("attach: the connection dropped") from None
         deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
         while not session.server and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if not session.server:
-            self.sessions.pop(session_id, None)
+            self._mirror.forget(session_id)
             raise NoSessionError(f"attach: the gateway knows no session {session_id}")
         return session
 
@@ -1065,11 +905,10 @@ class GatewayClient:
         return await self._get_json("/health", attempts=self.http_attempts)
 
     async def _get_json(self, path: str, attempts: int) -> dict[str, Any]:
-        import aiohttp
-
         url = self._http_base + path
-        own = self._http is None or self._http.closed
-        http = aiohttp.ClientSession() if own else self._http
+        run = self._run
+        own = run is None or run.http.closed
+        http = aiohttp.ClientSession() if own or run is None else run.http
         started = time.monotonic()
         last = ""
         try:
@@ -1087,7 +926,7 @@ class GatewayClient:
                         else:
                             last = f"HTTP {response.status}"
                 except (aiohttp.ClientError, OSError, ValueError) as exc:
-                    last = _one_line(str(exc) or type(exc).__name__)
+                    last = one_line(str(exc) or type(exc).__name__)
                 except TimeoutError:
                     last = f"no answer within {self.http_timeout:g} s"
                 if attempt < attempts:

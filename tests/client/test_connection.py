@@ -1,9 +1,10 @@
-"""``GatewayClient`` against a real gateway under uvicorn: real sockets, the embedded backend."""
+"""``GatewayClient``'s connection against a real gateway under uvicorn: real sockets, the embedded backend."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +24,8 @@ from voicerelay.client import (
     NotConnectedError,
     QueueFullError,
     UsageError,
-    backoff_delay,
 )
+from voicerelay.backoff import backoff_delay
 from voicerelay.gateway.server import Gateway
 
 from ..conftest import read_recording, room_noise
@@ -220,9 +221,10 @@ async def test_a_voice_turn_through_send_audio(gateway: tuple[Gateway, str]) -> 
 
 async def test_send_audio_paces_itself_below_the_gateways_rate_limit(gateway: tuple[Gateway, str],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import voicerelay.client
+    import voicerelay.client.connection
 
-    monkeypatch.setattr(voicerelay.client, "PACE_WINDOW_S", 1.0)  # 1.5 s of audio per second, to keep it short
+    # 1.5 s of audio per second, to keep it short
+    monkeypatch.setattr(voicerelay.client.connection, "PACE_WINDOW_S", 1.0)
     _, url = gateway
     client = GatewayClient(url, **FAST)
     events = Events(client)
@@ -276,6 +278,35 @@ async def test_interrupt_during_a_reply(gateway: tuple[Gateway, str]) -> None:
         await client.send_text("how are you")
         assert (await events.wait_for("ai_response", lambda e: e["transcript"] == "how are you"))["response"] == \
             "I am fine, thank you for asking."
+
+
+async def test_report_playback_is_fire_and_forget(gateway: tuple[Gateway, str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    _, url = gateway
+    client = GatewayClient(url, **FAST)
+    events = Events(client)
+    for item_id, played_ms in (("", 10), ("item_1", -1), ("item_1", True), ("item_1", 1.5)):
+        with pytest.raises(UsageError):
+            await client.report_playback(item_id, played_ms)  # type: ignore[arg-type]
+    with caplog.at_level(logging.DEBUG, logger="voicerelay.client.connection"):
+        await client.report_playback("item_1", 10)  # not running: dropped, nothing raised
+    assert "playback position" in caplog.text and "dropped" in caplog.text
+    async with running(client):
+        await client.start_session()
+        await client.send_text("what is your name")
+        audio = await events.wait_for("audio")
+        item_id = audio["item_id"] or "item_unknown"  # None until the gateway adds item_id to audio_delta
+        await client.report_playback(item_id, 40)
+        await client.report_playback(item_id, 80, session_id=client.session_id)
+        await events.wait_for("response_complete")
+        assert await client.refresh() is not None  # a round trip after the reports
+        await asyncio.sleep(0.2)
+        assert not events.of("error")  # the gateway accepts the extension event silently
+        assert client.connected and client.session is not None and client.session.chat_active
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="voicerelay.client.connection"):
+        await client.report_playback(item_id, 120)  # stopped: a stale position is dropped
+    assert "dropped" in caplog.text and not events.of("error")
 
 
 async def test_a_slow_async_handler_does_not_delay_other_events(gateway: tuple[Gateway, str]) -> None:
@@ -465,7 +496,7 @@ async def test_resume_starts_a_new_session_and_flushes_the_queue(server: Server)
 async def test_a_mounted_gateway_and_a_small_chunk_limit(make_gateway: Callable[..., Gateway]) -> None:
     from fastapi import FastAPI
 
-    from .conftest import serving
+    from ..gateway.conftest import serving
 
     gw = make_gateway(max_chunk_b64=4000)
     app = FastAPI(lifespan=gw.lifespan)
