@@ -95,6 +95,8 @@ def backend(
     """Run the embedded offline Realtime server (VAD, speech-to-text, a responder, text-to-speech).
 
     It speaks the OpenAI Realtime protocol at [bold]ws://HOST:PORT/v1/realtime[/]: GA by default, beta when the client sends [bold]OpenAI-Beta: realtime=v1[/]. Any Realtime client works, the official openai SDK included ([italic]websocket_base_url="ws://HOST:PORT/v1"[/]).
+
+    Exit codes: 0 stopped (Ctrl-C or SIGTERM); 2 unusable options or a port that cannot be listened on.
     """
     import asyncio
 
@@ -219,7 +221,9 @@ def replay(
 ) -> None:
     """Push a WAV file or a recorded session through the pipeline and print the conversation.
 
-    Prints each user and assistant line with its latency. Exit codes: 0 done, 1 --expect matched nothing or the upstream failed, 2 unusable input.
+    Prints each user and assistant line with its latency.
+
+    Exit codes: 0 every turn answered; 1 the upstream failed or did not answer within --timeout, --expect matched nothing, or --compare found differences; 2 unusable input or options; 130 interrupted (the --json report holds what finished).
     """
     import asyncio
 
@@ -295,6 +299,8 @@ def serve(
     """Serve the pipeline to browsers: a Socket.IO gateway (ragent's event contract) with a demo page.
 
     GET / is the demo page, GET /health the gateway's status, GET /session-config the public session settings. The API key stays on the server.
+
+    Exit codes: 0 stopped (Ctrl-C or SIGTERM, every session ended first); 1 the gateway failed to start; 2 unusable options or a port that cannot be listened on.
     """
     import asyncio
 
@@ -432,7 +438,9 @@ def talk(
 ) -> None:
     """Talk with the assistant: microphone in, speakers out, interrupt it by speaking.
 
-    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, space push-to-talk, i interrupt, r record, q quit, ? help. Exit codes: 0 done, 1 the upstream failed, 2 unusable options or devices.
+    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, space push-to-talk, i interrupt, r record, q quit, ? help.
+
+    Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices.
     """
     import asyncio
 
