@@ -193,7 +193,7 @@ async def test_token_is_checked_before_anything_opens(make_gateway: Any, browser
             await browsers().connect(url)
         with pytest.raises(socketio.exceptions.ConnectionError, match="unauthorized"):
             await browsers().connect(url, auth={"token": "wrong"})
-        assert gw.sessions == {} and gw._backend_server is None  # nothing was opened upstream
+        assert gw.sessions == {} and gw.backend_server is None  # nothing was opened upstream
         browser = await browsers().connect(url, auth={"token": "s3cret"})
         await browser.start()
 
@@ -231,7 +231,7 @@ async def test_disconnect_mid_stream_cleans_up_within_a_second(make_gateway: Any
         await warm.start()  # starts the shared embedded backend
         await warm.close()
         await asyncio.sleep(0.3)
-        backend = gw._backend_server
+        backend = gw.backend_server
         baseline = set(asyncio.all_tasks())
         assert backend.connections == 0
         browser = await browsers().connect(url)
