@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -71,6 +72,7 @@ class Browser:
         self.events: list[tuple[str, Any]] = []
         self._arrived = asyncio.Event()
         self.refusal: Any = None  # the server's reason when it refused the connection
+        self.first_at: dict[str, float] = {}  # event name -> when the first of its kind arrived (monotonic)
 
         @self.sio.event
         async def connect_error(data: Any) -> None:
@@ -78,6 +80,7 @@ class Browser:
 
         @self.sio.on("*")
         async def any_event(name: str, data: Any = None) -> None:
+            self.first_at.setdefault(name, time.monotonic())
             self.events.append((name, data))
             self._arrived.set()
 

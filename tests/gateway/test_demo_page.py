@@ -1,8 +1,10 @@
 """The demo page in headless Chromium (Debian's, driven by Playwright; no browser download):
-a recording as the fake microphone, the user transcript shown and the reply played."""
+a recording as the fake microphone, the user transcript shown and the reply played; the page
+reports what its AudioWorklet played, and the truncate after an interruption uses it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,41 @@ async def test_the_demo_page_hears_the_microphone_and_plays_the_reply(make_gatew
         finally:
             await browser.close()
     assert not [line for line in console if "error" in line.lower()], console
+
+
+async def test_the_page_reports_what_it_played_and_the_truncate_uses_it(make_gateway: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    mic = tmp_path / "mic.wav"  # the user speaks again while the reply plays: an interruption
+    soundfile.write(mic, np.concatenate((room_noise(500), read_recording("hello_there"), room_noise(1800),
+                                         read_recording("how_are_you"), room_noise(8000))), 24_000, subtype="PCM_16")
+    gw = make_gateway(record_dir=tmp_path / "rec")
+    async with serving(gw.asgi_app()) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
+        try:
+            context = await browser.new_context()
+            await context.grant_permissions(["microphone"], origin=url)
+            page = await context.new_page()
+            await page.goto(url)
+            await page.click("#start")
+            await page.wait_for_function("window.voicerelay.interruptions > 0", timeout=30_000)
+            await page.wait_for_function("window.voicerelay.positionsSent.some((p) => p.why === 'stopped')",
+                                         timeout=5_000)
+            [session] = gw.sessions.values()
+            assert session.playback.reports > 0  # the gateway took the page's positions
+            state = await page.evaluate("window.voicerelay")
+            session_id = session.id
+            await page.click("#stop")
+            await page.wait_for_function("window.voicerelay.sessionStarted === false", timeout=5_000)
+        finally:
+            await browser.close()
+    lines = [json.loads(line) for line in (tmp_path / "rec" / session_id / "session.jsonl").read_text().splitlines()]
+    truncates = [e["event"] for e in lines if e["dir"] == "up" and e["event"]["type"] == "conversation.item.truncate"]
+    assert truncates, "the interruption truncated nothing"
+    truncate = truncates[0]
+    reported = {p["played_ms"] for p in state["positionsSent"] if p["item_id"] == truncate["item_id"]}
+    assert truncate["audio_end_ms"] in reported, (truncate, state["positionsSent"])
+    assert state["errors"] == []
 
 
 async def test_the_page_says_how_to_install_a_missing_socketio_client(make_gateway: Any, tmp_path: Path) -> None:

@@ -24,12 +24,16 @@ import json
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..errors import ClusterUnavailable
+from .registry import SessionRegistry
 
-if TYPE_CHECKING:
-    from .server import Gateway
+__all__ = ["Cluster", "ClusterUnavailable"]
+
+#: Carries out an action on a session of this node: ``act(action, session_id, data, reply_to)``.
+Act = Callable[[str, str, Any, str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +42,16 @@ HEARTBEAT_S = 1.0
 TTL_S = 5
 
 
-
-
 class Cluster:
-    def __init__(self, gateway: Gateway, url: str, node_id: str | None = None) -> None:
+    """This node's part of the cluster: publishes ``registry``'s sessions, learns the others',
+    sends actions to their nodes and carries out theirs with ``act``."""
+
+    def __init__(self, registry: SessionRegistry[Any], url: str, node_id: str | None = None,
+                 act: Act | None = None) -> None:
         import redis.asyncio as aioredis
 
-        self.gateway = gateway
+        self.registry = registry
+        self.act = act
         self.url = url
         self.node_id = node_id or secrets.token_hex(4)
         self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2,
@@ -95,7 +102,7 @@ class Cluster:
         while True:
             try:
                 states = {s.id: json.dumps({**s.state(), "node": self.node_id})
-                          for s in list(self.gateway.sessions.values())}
+                          for s in self.registry.sessions()}
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.delete(self.sessions_key)
                     if states:
@@ -167,4 +174,7 @@ class Cluster:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed cluster command: %r", raw[:200])
             return
-        await self.gateway.act_locally(action, session_id, command.get("data"), reply_to)
+        if self.act is None:
+            log.warning("ignoring a cluster command: this node carries out none")
+            return
+        await self.act(action, session_id, command.get("data"), reply_to)

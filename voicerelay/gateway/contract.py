@@ -1,9 +1,11 @@
 """The browser contract (ragent's Voice Gateway events) and its payload checks. No I/O.
 
 Browser -> gateway: ``start_session``, ``audio_data``, ``commit_audio``, ``end_session``;
-voicerelay's additions: ``text_input``, ``interrupt``, ``say`` and ``get_state``.
+voicerelay's additions: ``text_input``, ``interrupt``, ``say``, ``get_state`` and
+``playback_position``.
 Gateway -> browser: ``session_created``, ``session_started``, ``audio_delta``, ``ai_response``,
-``response_complete``, ``error``, ``session_ended``; voicerelay's additions:
+``response_complete``, ``error``, ``session_ended``; voicerelay's additions (``audio_delta``
+also carries ``item_id``):
 ``user_transcript``, ``ai_transcript``, ``ai_state``, ``interrupted``, ``session_recycled``,
 ``session_state``.
 """
@@ -30,7 +32,7 @@ PLAYBACK_POSITION = "playback_position"  # addition: {item_id, played_ms, sessio
 # gateway -> browser
 SESSION_CREATED = "session_created"
 SESSION_STARTED = "session_started"
-AUDIO_DELTA = "audio_delta"
+AUDIO_DELTA = "audio_delta"  # {audio, index, item_id (addition)}
 AI_RESPONSE = "ai_response"
 RESPONSE_COMPLETE = "response_complete"
 ERROR = "error"
@@ -105,3 +107,15 @@ def parse_text(data: Any) -> tuple[str, bool]:
     if not isinstance(reply, bool):
         raise ContractError("invalid_payload", "immediate_reply must be true or false")
     return data["text"], reply
+
+
+def parse_playback_position(data: Any) -> tuple[str, float]:
+    """``playback_position {item_id, played_ms}``: how much of ``item_id`` the browser has played."""
+    if not isinstance(data, dict):
+        raise ContractError("invalid_payload", "playback_position takes {item_id: string, played_ms: number >= 0}")
+    item_id, played = data.get("item_id"), data.get("played_ms")
+    if not isinstance(item_id, str) or not item_id:
+        raise ContractError("invalid_payload", "playback_position needs item_id: the item_id of an audio_delta")
+    if isinstance(played, bool) or not isinstance(played, (int, float)) or not 0 <= played < float("inf"):
+        raise ContractError("invalid_payload", "played_ms must be a number of milliseconds >= 0")
+    return item_id, float(played)

@@ -26,9 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import Event, elide
 from .contract import token_ok
+from .registry import Registered, SessionRegistry
 
 if TYPE_CHECKING:
-    from .server import Gateway, GatewaySession
+    import socketio
+
+    from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,14 @@ class _Watcher:
 
 
 class Monitor:
-    def __init__(self, gateway: Gateway, admin_token: str | None) -> None:
-        self.gateway = gateway
+    """The ``/monitor`` namespace of one gateway node; see the module docstring. It reads the
+    node's sessions from ``registry`` (and other nodes' from ``cluster``, when there is one)."""
+
+    def __init__(self, sio: socketio.AsyncServer, registry: SessionRegistry[Any], admin_token: str | None,
+                 cluster: Cluster | None = None) -> None:
+        self.sio = sio
+        self.registry = registry
+        self.cluster = cluster
         self.admin_token = admin_token
         self.watchers: dict[str, _Watcher] = {}
         self._dirty: set[str] = set()
@@ -79,19 +88,18 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._remote_seen: tuple[int, dict[str, dict[str, Any]]] = (0, {})
         self.skipped = 0  # batches not sent to a backed-up monitor
-        sio = gateway.sio
         sio.on("connect", self._on_connect, namespace=NAMESPACE)
         sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         sio.on("select", self._on_select, namespace=NAMESPACE)
 
     # ----------------------------------------------------------------------------- from sessions
 
-    def touch(self, session: GatewaySession) -> None:
+    def touch(self, session: Registered) -> None:
         """A session changed: publish it at the next tick (cheap: the audio path calls this)."""
         if self.watchers:
             self._dirty.add(session.id)
 
-    def closed(self, session: GatewaySession, status: str) -> None:
+    def closed(self, session: Registered, status: str) -> None:
         if self.watchers:
             self._closed.append({"session_id": session.id, "status": status})
 
@@ -102,7 +110,8 @@ class Monitor:
             import socketio
 
             raise socketio.exceptions.ConnectionRefusedError("unauthorized: the admin token is required")
-        self.gateway.start_cluster()
+        if self.cluster is not None:
+            self.cluster.start()
         self.watchers[sid] = _Watcher()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._publish(), name="monitor publisher")
@@ -120,19 +129,19 @@ class Monitor:
 
     def _backed_up(self, sid: str) -> bool:
         try:
-            eio_sid = self.gateway.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-            return self.gateway.sio.eio.sockets[eio_sid].queue.qsize() > BACKLOG_LIMIT
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+            return self.sio.eio.sockets[eio_sid].queue.qsize() > BACKLOG_LIMIT
         except (KeyError, AttributeError):
             return False
 
     async def _publish(self) -> None:
         """One task for all monitors: at most MAX_RATE batches a second, never blocking a session."""
-        sio = self.gateway.sio
+        sio = self.sio
         while self.watchers:
             await asyncio.sleep(1 / MAX_RATE)
             dirty, self._dirty = self._dirty, set()
             closed, self._closed = self._closed, []
-            sessions = {s.id: s for s in list(self.gateway.sessions.values())}
+            sessions = {s.id: s for s in self.registry.sessions()}
             updates = [sessions[i].state() for i in dirty if i in sessions]
             remote = self._remote_changes(updates, closed)
             for sid, watcher in list(self.watchers.items()):
@@ -158,7 +167,7 @@ class Monitor:
 
     def _remote_changes(self, updates: list[dict[str, Any]], closed: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Other nodes' sessions (multi-node): add their changes to this tick; return them all."""
-        cluster = self.gateway.cluster
+        cluster = self.cluster
         if cluster is None:
             return []
         version, seen = self._remote_seen

@@ -1,5 +1,7 @@
 // voicerelay demo page: microphone -> audio_data (PCM16, 24 kHz, every 50 ms), audio_delta ->
-// gapless playback, transcripts and state, playback stopped on interruption.
+// gapless playback in an AudioWorklet, which says what it really played: sent as
+// playback_position {item_id, played_ms} a few times a second and at once on interruption.
+// Transcripts and state; playback stopped on interruption.
 // window.voicerelay exposes counters that tests read.
 "use strict";
 
@@ -7,12 +9,12 @@ const RATE = 24000;
 const CHUNK_SAMPLES = RATE / 20; // 50 ms per audio_data event
 const vr = (window.voicerelay = {
   chunksSent: 0, deltasPlayed: 0, deltasReceived: 0, userTranscript: "", assistantTranscript: "",
-  state: "idle", errors: [], sessionStarted: false, interruptions: 0,
+  state: "idle", errors: [], sessionStarted: false, interruptions: 0, positionsSent: [],
 });
 
 const $ = (id) => document.getElementById(id);
-let socket = null, ctx = null, stream = null, node = null, source = null;
-let pending = new Float32Array(0), playAt = 0, playing = [];
+let socket = null, ctx = null, stream = null, node = null, source = null, player = null;
+let pending = new Float32Array(0);
 
 function showNotice(text) { $("notice").textContent = text; $("notice").hidden = false; }
 function counters() {
@@ -56,24 +58,23 @@ function capture(block) {
   counters();
 }
 
-function play(b64) {
-  const pcm = fromBase64(b64);
-  const buffer = ctx.createBuffer(1, pcm.length, RATE);
-  const data = buffer.getChannelData(0);
-  for (let i = 0; i < pcm.length; i++) data[i] = pcm[i] / 0x8000;
-  const src = ctx.createBufferSource();
-  src.buffer = buffer;
-  src.connect(ctx.destination);
-  playAt = Math.max(playAt, ctx.currentTime + 0.05); // back to back: gapless
-  src.start(playAt);
-  playAt += buffer.duration;
-  playing.push(src);
-  src.onended = () => { playing = playing.filter((s) => s !== src); vr.deltasPlayed++; counters(); };
+function play(d) {
+  const pcm = fromBase64(d.audio);
+  const samples = new Float32Array(pcm.length);
+  for (let i = 0; i < pcm.length; i++) samples[i] = pcm[i] / 0x8000;
+  player.port.postMessage({ type: "play", itemId: d.item_id || "", samples }, [samples.buffer]);
+}
+
+function played(m) { // from the player worklet
+  if (m.type === "chunk_played") { vr.deltasPlayed++; counters(); return; }
+  if (!socket || !vr.sessionStarted || !m.itemId) return;
+  const position = { item_id: m.itemId, played_ms: Math.round(m.playedMs) };
+  socket.emit("playback_position", position);
+  vr.positionsSent.push({ ...position, why: m.why });
 }
 
 function stopPlayback() {
-  for (const src of playing) { try { src.stop(); } catch (e) { /* already stopped */ } }
-  playing = []; playAt = 0;
+  if (player) player.port.postMessage({ type: "stop" });
 }
 
 async function start() {
@@ -89,12 +90,15 @@ async function start() {
   node = new AudioWorkletNode(ctx, "pcm-capture");
   node.port.onmessage = (e) => capture(e.data);
   source.connect(node);
+  player = new AudioWorkletNode(ctx, "pcm-player", { numberOfInputs: 0, outputChannelCount: [1] });
+  player.port.onmessage = (e) => played(e.data);
+  player.connect(ctx.destination);
   const token = new URLSearchParams(location.search).get("token");
   socket = io({ transports: ["websocket"], auth: token ? { token } : {} });
   socket.on("connect", () => socket.emit("start_session", { chat_payload: { contextId: crypto.randomUUID(), metadata: { message_log: [] } } }));
   socket.on("connect_error", (err) => { showNotice(`cannot connect: ${err.message}`); vr.errors.push(err.message); });
   socket.on("session_started", () => { vr.sessionStarted = true; setState("listening"); $("stop").disabled = false; });
-  socket.on("audio_delta", (d) => { vr.deltasReceived++; play(d.audio); });
+  socket.on("audio_delta", (d) => { vr.deltasReceived++; play(d); });
   socket.on("user_transcript", (d) => {
     if (d.final) { vr.userTranscript = d.text; $("partial").textContent = ""; if (d.text) addLine("user", d.text); }
     else $("partial").textContent += d.text;
@@ -103,12 +107,13 @@ async function start() {
   socket.on("ai_state", (d) => setState(d.state));
   socket.on("interrupted", () => { vr.interruptions++; stopPlayback(); });
   socket.on("error", (d) => { vr.errors.push(d.code); const p = document.createElement("p"); p.className = "error"; p.textContent = `${d.code}: ${d.message}`; $("log").appendChild(p); counters(); });
-  socket.on("session_ended", (d) => { vr.sessionStarted = false; setState("ended"); finish(); });
+  socket.on("session_ended", (d, ack) => { vr.sessionStarted = false; setState("ended"); finish(); if (ack) ack(); });
 }
 
 function finish() {
   stopPlayback();
   if (node) node.disconnect();
+  if (player) player.disconnect();
   if (source) source.disconnect();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   $("start").disabled = false; $("stop").disabled = true;

@@ -1,0 +1,100 @@
+"""One browser's session over a real gateway (embedded backend, python-socketio client): what the
+truncate on barge-in carries, with and without the browser's ``playback_position`` reports.
+
+The truncate is read where it went: the upstream recording (``Gateway(record_dir=...)``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import Browser, serving
+
+
+async def speaking(browser: Browser) -> tuple[str, float]:
+    """Ask for a reply of a few seconds; return its item id once all its audio has arrived, and
+    when its first delta did (the browser starts playing it then)."""
+    await browser.emit("text_input", {"text": "hello"})
+    await browser.wait_for("response_complete")
+    deltas = browser.of("audio_delta")
+    assert {d["item_id"] for d in deltas} == {deltas[0]["item_id"]}  # additive: {audio, index, item_id, session_id}
+    return deltas[0]["item_id"], browser.first_at["audio_delta"]
+
+
+def received_ms(browser: Browser, item_id: str) -> int:
+    return sum(len(base64.b64decode(d["audio"])) for d in browser.of("audio_delta") if d["item_id"] == item_id) // 48
+
+
+def truncates(folder: Path) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in (folder / "session.jsonl").read_text().splitlines()]
+    return [e["event"] for e in lines if e["dir"] == "up" and e["event"]["type"] == "conversation.item.truncate"]
+
+
+async def interrupted(browser: Browser, tmp_path: Path, session_id: str) -> dict[str, Any]:
+    await browser.emit("interrupt")
+    await browser.wait_for("interrupted")
+    await browser.emit("end_session")
+    await browser.wait_for("session_ended")
+    [truncate] = truncates(tmp_path / session_id)
+    return truncate
+
+
+async def test_the_truncate_carries_the_reported_position(make_gateway: Any, browsers: Any, tmp_path: Path) -> None:
+    gw = make_gateway(record_dir=tmp_path)
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        session_id = await browser.start()
+        item_id, _ = await speaking(browser)
+        assert received_ms(browser, item_id) > 2000
+        await browser.emit("playback_position", {"item_id": item_id, "played_ms": 640.5})
+        truncate = await interrupted(browser, tmp_path, session_id)
+        assert truncate["item_id"] == item_id and truncate["audio_end_ms"] == 640
+        assert not browser.of("error")
+
+
+async def test_a_reported_position_is_clamped_to_what_was_received(make_gateway: Any, browsers: Any,
+                                                                   tmp_path: Path) -> None:
+    gw = make_gateway(record_dir=tmp_path)
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        session_id = await browser.start()
+        item_id, _ = await speaking(browser)
+        await browser.emit("playback_position", {"item_id": item_id, "played_ms": 10 ** 7})
+        truncate = await interrupted(browser, tmp_path, session_id)
+        assert truncate["audio_end_ms"] == received_ms(browser, item_id)
+
+
+async def test_without_reports_the_estimate_is_the_real_time_play_position(make_gateway: Any, browsers: Any,
+                                                                           tmp_path: Path) -> None:
+    gw = make_gateway(record_dir=tmp_path)
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        session_id = await browser.start()
+        item_id, first_at = await speaking(browser)
+        await asyncio.sleep(max(0.0, first_at + 1.2 - time.monotonic()))
+        playing_for = (time.monotonic() - first_at) * 1000  # a browser playing from its first delta
+        truncate = await interrupted(browser, tmp_path, session_id)
+        assert truncate["item_id"] == item_id
+        assert abs(truncate["audio_end_ms"] - playing_for) <= 60, (truncate, playing_for)
+        assert truncate["audio_end_ms"] <= received_ms(browser, item_id)
+
+
+async def test_a_bad_playback_position_is_refused_and_the_session_goes_on(make_gateway: Any, browsers: Any) -> None:
+    gw = make_gateway()
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        await browser.start()
+        for bad in (None, {"played_ms": 5}, {"item_id": "", "played_ms": 5}, {"item_id": "x", "played_ms": -1},
+                    {"item_id": "x", "played_ms": "5"}, {"item_id": "x", "played_ms": True}):
+            browser.events.clear()
+            await browser.emit("playback_position", bad)
+            assert (await browser.wait_for("error"))["code"] == "invalid_payload", bad
+        browser.events.clear()
+        await browser.emit("playback_position", {"item_id": "never_sent", "played_ms": 5})  # ignored
+        await browser.emit("text_input", {"text": "thanks"})
+        assert (await browser.wait_for("ai_response"))["response"] == "You are welcome."
+        assert browser.of("error") == []
