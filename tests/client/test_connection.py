@@ -170,7 +170,7 @@ async def test_start_session_and_stop(gateway: tuple[Gateway, str]) -> None:
         assert gw.sessions == {}
     assert task.done() and task.exception() is None and not client.connected
     await asyncio.sleep(0.2)
-    assert gw._clients == {}  # the connection is closed
+    assert gw.clients == {}  # the connection is closed
 
 
 async def test_async_with_and_a_session_that_stop_ends(gateway: tuple[Gateway, str]) -> None:

@@ -121,9 +121,6 @@ class Gateway:
         """The connected Socket.IO clients of this node (``sid`` -> ``client_id (address)``)."""
         return dict(self.registry.clients)
 
-    # the old name, read by tests/gateway/test_client.py until it moves to `clients`
-    _clients = clients
-
     @property
     def backend_server(self) -> Any:
         """The embedded backend, once a session started it (else None)."""
