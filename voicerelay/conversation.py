@@ -234,12 +234,16 @@ class Conversation:
                                   f"{self.ready_timeout:g} s")
         return True
 
-    async def close(self) -> None:
-        """Stop the relay and wait for it (at most ``close_timeout`` s); raise its failure, if any."""
+    async def stop(self) -> None:
+        """Ask the relay to end (its task finishes soon after); nothing is awaited but that."""
         if self._idle_check is not None:
             self._idle_check.cancel()
             self._idle_check = None
         await self.relay.stop()
+
+    async def close(self) -> None:
+        """Stop the relay and wait for it (at most ``close_timeout`` s); raise its failure, if any."""
+        await self.stop()
         run = self._run
         if run is None:
             return

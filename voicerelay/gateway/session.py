@@ -1,12 +1,12 @@
 """One browser's session: its Relay, its limits, its playback, and the translation both ways
 (browser events -> Relay inputs, Relay observations -> browser events).
 
-Reply audio goes to the browser as ``audio_delta`` and into a
-:class:`~voicerelay.gateway.playback.BrowserPlayback`, which says what the browser has played
-(its own ``playback_position`` reports, else an estimate). Two small methods use it:
-:meth:`GatewaySession._barge_in` (the truncate carries ``min(played, received)`` of the
-interrupted item) and :meth:`GatewaySession._check_idle` (the session hears when the browser
-has played everything).
+The session is one :class:`~voicerelay.conversation.Conversation`, as ``talk`` and ``replay`` are:
+the browser is its source (``audio_data``, ``text_input``, ...) and, through a
+:class:`~voicerelay.gateway.playback.BrowserPlayback`, its sink. The playback says what the browser
+has played (its own ``playback_position`` reports, else an estimate), so the conversation's
+barge-in rule (the truncate carries ``min(played, received)``) and its idle rule (listening once
+the browser played everything) hold here exactly as for the speakers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import socketio
 
 from ..protocol.audio import BYTES_PER_MS
 from ..protocol.config import RealtimeConfig
-from ..protocol.session import Error, PlayAudio, ResponseDone, StateChanged, StopPlayback, ToolCall, Transcript
+from ..conversation import Conversation, Interrupted
+from ..protocol.session import Error, PlayAudio, ResponseDone, StateChanged, ToolCall, Transcript
 from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec
 from . import contract as c
@@ -71,6 +72,7 @@ class GatewaySession:
         self.client = client
         self.started_at = time.monotonic()
         self.relay: Relay | None = None
+        self.conversation: Conversation | None = None
         self.playback = playback or BrowserPlayback()
         self.task: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -85,7 +87,6 @@ class GatewaySession:
         self._rate_ms = 0.0
         self._last_user = ""
         self._recorder: Any = None
-        self._idle_check: asyncio.TimerHandle | None = None
         self._outbox: collections.deque[tuple[str, Any]] = collections.deque()  # for the browser, in order
         self._flushing = False
         self._kick_pending = False
@@ -157,7 +158,8 @@ class GatewaySession:
             self._recorder = Recorder(self.options.record_dir / self.id,
                                       {"command": "serve", "session_id": self.id, "client": self.client})
         self.relay = Relay(config, spec, recorder=self, flush=self.flush)
-        self.relay.subscribe(self._observe)
+        self.conversation = Conversation(self.relay, self.playback, ready_timeout=READY_TIMEOUT_S)
+        self.conversation.subscribe(self._observe)
         await self.emit(c.SESSION_CREATED, {"session_id": self.id, "status": "created"})
         self.task = asyncio.create_task(self._run(), name=f"gateway session {self.id}")
 
@@ -169,16 +171,11 @@ class GatewaySession:
             self.log.add_event(direction, event)
 
     async def _run(self) -> None:
-        assert self.relay is not None
-        run = asyncio.create_task(self.relay.run(), name=f"relay {self.id}")
+        assert self.conversation is not None
+        run = self.conversation.start()
         try:
-            ready = asyncio.create_task(self.relay.wait_ready(READY_TIMEOUT_S))
-            await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
-            if ready.done() and ready.exception() is None:
-                await self.emit(c.SESSION_STARTED, {"session_id": self.id,
-                                                    "message": "connected to the Realtime upstream"})
-            else:
-                ready.cancel()
+            await self.conversation.wait_ready()
+            await self.emit(c.SESSION_STARTED, {"session_id": self.id, "message": "connected to the Realtime upstream"})
             limit = self.options.max_session_seconds - (time.monotonic() - self.started_at)
             done, _ = await asyncio.wait({run}, timeout=max(0.0, limit))
             if not done:
@@ -208,10 +205,8 @@ class GatewaySession:
         if self.ended:
             return
         self.ended = True
-        if self._idle_check is not None:
-            self._idle_check.cancel()
-        if self.relay is not None:
-            await self.relay.stop()
+        if self.conversation is not None:
+            await self.conversation.stop()
         if self.task is not None and self.task is not asyncio.current_task():
             try:
                 await asyncio.wait_for(asyncio.shield(self.task), 1.0)
@@ -290,24 +285,22 @@ class GatewaySession:
 
     # ----------------------------------------------------------------------------- from the relay
 
-    def _observe(self, obs: Observation) -> None:
+    def _observe(self, obs: Observation | Interrupted) -> None:
         self.monitor.touch(self)  # a set insertion; the monitor publishes at most 10/s
-        if isinstance(obs, PlayAudio):
-            self.playback.feed(obs)
+        if isinstance(obs, PlayAudio):  # (the Conversation fed it to self.playback)
             self._delta_index += 1
             # the server's base64 as it is (checked by the session); session_id as emit() adds it
             self._emit_soon(c.AUDIO_DELTA, {"audio": obs.audio_b64, "index": self._delta_index,
                                             "item_id": obs.item_id, "session_id": self.id})
-        elif isinstance(obs, StopPlayback):
-            self._emit_soon(c.INTERRUPTED, {"item_id": obs.item_id})
-            self._barge_in(obs.item_id)
+        elif isinstance(obs, Interrupted):  # (the Conversation stopped self.playback and truncated)
+            self._emit_soon(c.INTERRUPTED, {"item_id": obs.item_id, "played_ms": obs.played_ms,
+                                            "received_ms": obs.received_ms})
         elif isinstance(obs, Transcript):
             self._transcript(obs)
         elif isinstance(obs, StateChanged):
             self._emit_soon(c.AI_STATE, {"state": obs.new.value})
         elif isinstance(obs, ResponseDone):
             self._emit_soon(c.RESPONSE_COMPLETE, {"response_id": obs.response_id, "status": obs.status})
-            self._check_idle()
         elif isinstance(obs, ToolCall):
             self._spawn(call_function(self.options.function_map or {}, self.options.tool_timeout, self, obs))
         elif isinstance(obs, Error):
@@ -315,26 +308,6 @@ class GatewaySession:
             self._emit_soon(c.ERROR, c.error_payload(obs.code, obs.message))
         elif isinstance(obs, Notice) and obs.kind == "recycled":
             self._emit_soon(c.SESSION_RECYCLED, {"message": obs.message})
-
-    def _barge_in(self, item_id: str | None) -> None:
-        """The browser stops (``interrupted``); the truncate carries ``min(played, received)``."""
-        played = min(self.playback.played_ms(item_id), self.playback.received_ms(item_id)) if item_id else 0
-        self.playback.stop()
-        assert self.relay is not None
-        self.relay.playback_stopped(item_id, played)
-
-    def _check_idle(self) -> None:
-        """Tell the session once the browser has played everything (speaking -> listening)."""
-        if self._idle_check is not None:
-            self._idle_check.cancel()
-            self._idle_check = None
-        if self.relay is None or self.ended:
-            return
-        pending = self.playback.pending_ms()
-        if pending <= 0:
-            self.relay.playback_idle()
-            return
-        self._idle_check = asyncio.get_running_loop().call_later(min(pending, 1000) / 1000, self._check_idle)
 
     def _transcript(self, obs: Transcript) -> None:
         if obs.final and obs.text:
