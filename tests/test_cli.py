@@ -91,3 +91,40 @@ def test_backend_stops_on_sigterm_and_leaves_no_workers() -> None:
     while (alive := [pid for pid in children if os.path.exists(f"/proc/{pid}")]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert alive == [], [open(f"/proc/{pid}/cmdline").read() for pid in alive]
+
+
+def _readme_exit_codes() -> dict[str, set[int]]:
+    """The README's exit-code table: command -> the codes it lists (cells that are not '—')."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    header = next(line for line in section.splitlines() if line.startswith("| command"))
+    codes = [int(cell) for cell in header.strip("|").split("|")[1:]]
+    table = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        table[cells[0].strip("`")] = {code for code, cell in zip(codes, cells[1:]) if cell != "—"}
+    return table
+
+
+def test_every_command_states_the_exit_codes_of_the_readme_table() -> None:
+    table = _readme_exit_codes()
+    assert set(table) == {"replay", "talk", "serve", "backend", "inspect", "devices"}
+    for command, codes in table.items():
+        text = " ".join(run(command, "--help").stdout.split())
+        stated = text.split("Exit codes:", 1)[1] if "Exit codes:" in text else ""
+        assert stated, f"{command} --help states no exit codes"
+        sentence = stated.split("╭")[0]  # up to the first panel of options
+        found = {int(code) for code in re.findall(r"(?:^|;)\s*(\d+)\s", sentence)}
+        assert found == codes, (command, found, codes)
+
+
+def test_usage_mistakes_are_one_line_and_exit_2_in_every_command() -> None:
+    for args in (["replay", "x.wav", "--speed", "abc"], ["replay", "x.wav", "--speed", "-1"], ["talk", "--nope"],
+                 ["serve", "--port", "99999"], ["backend", "--port", "x"], ["replay"], ["inspect"]):
+        result = run(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("voicerelay: error: ") and lines[0].endswith("--help)"), (args, lines)

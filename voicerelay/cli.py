@@ -393,6 +393,8 @@ def inspect(
     """Watch every session of a running [bold]voicerelay serve[/], live (read-only).
 
     Lists the sessions (state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Reconnects by itself when the gateway restarts.
+
+    Exit codes: 0 quit; 2 not an http(s) URL.
     """
     from urllib.parse import urlsplit
 
@@ -476,6 +478,8 @@ def devices() -> None:
     """List the sound devices: index, name, channels, usable rates; the defaults are marked.
 
     [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name.
+
+    Exit codes: 0 listed; 2 PortAudio is missing.
     """
     from .console import console as make_console
     from rich.table import Table
