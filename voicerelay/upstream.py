@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -95,22 +96,49 @@ def embedded_spec(url: str, model: str, dialect: Dialect) -> UpstreamSpec:
     return UpstreamSpec(with_model(url, model), dialect, None, f"embedded backend ({url})")
 
 
+@dataclasses.dataclass(slots=True)
+class Upstream:
+    """The resolved ``--backend`` of a run: where to connect, and the embedded backend started
+    for it (``server``), if any, which :meth:`close` stops. Made by :func:`start_upstream`."""
+
+    spec: UpstreamSpec
+    server: Any = None  # a voicerelay.backend.server.BackendServer
+
+    async def close(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.close()
+
+
+async def start_upstream(backend: str | None, model: str, dialect: Dialect = Dialect.GA,
+                         env: dict[str, str] | None = None, **embedded_options: object) -> Upstream:
+    """Resolve ``--backend`` (the one place that starts an embedded backend, for every front door).
+
+    ``embedded`` starts one on an ephemeral loopback port, reached over a real WebSocket like any
+    other; ``embedded_options`` go to it (``stt_processes=0`` recognises speech in a thread: one
+    session needs no worker processes, which cost a second of start-up).
+    """
+    env = dict(os.environ) if env is None else env
+    choice = choose_backend(backend, env)
+    if choice != "embedded":
+        return Upstream(remote_spec(choice, model, dialect, env))
+    from .backend.server import BackendServer
+
+    server = BackendServer(host="127.0.0.1", port=0, **embedded_options)  # type: ignore[arg-type]
+    await server.start()
+    return Upstream(embedded_spec(server.url, model, dialect), server)
+
+
 @contextlib.asynccontextmanager
 async def upstream_for(backend: str | None, model: str, dialect: Dialect = Dialect.GA,
                        env: dict[str, str] | None = None, **embedded_options: object) -> AsyncIterator[UpstreamSpec]:
-    """Resolve ``--backend`` into a spec; for ``embedded``, run the backend for the duration."""
-    env = dict(os.environ) if env is None else env
-    choice = choose_backend(backend, env)
-    if choice == "embedded":
-        from .backend.server import BackendServer
-
-        # one session (replay, talk): recognise in a thread; worker processes would cost a second
-        # of start-up for nothing (they pay off for many concurrent sessions: backend, serve)
-        embedded_options.setdefault("stt_processes", 0)
-        async with BackendServer(host="127.0.0.1", port=0, **embedded_options) as server:  # type: ignore[arg-type]
-            yield embedded_spec(server.url, model, dialect)
-        return
-    yield remote_spec(choice, model, dialect, env)
+    """One session's upstream (``replay``, ``talk``): :func:`start_upstream` for the duration."""
+    embedded_options.setdefault("stt_processes", 0)
+    upstream = await start_upstream(backend, model, dialect, env, **embedded_options)
+    try:
+        yield upstream.spec
+    finally:
+        await upstream.close()
 
 
 async def open_connection(spec: UpstreamSpec, retries: int = 3) -> ClientConnection:

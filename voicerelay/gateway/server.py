@@ -31,7 +31,7 @@ from ..errors import GatewayConfigError
 from ..protocol import wirejson
 from ..protocol.config import RealtimeConfig
 from ..protocol.events import Dialect
-from ..upstream import UpstreamError, UpstreamSpec, choose_backend, embedded_spec, remote_spec
+from ..upstream import Upstream, UpstreamError, UpstreamSpec, choose_backend, start_upstream
 from . import contract as c
 from .cluster import Cluster
 from .http import GC_YOUNG_THRESHOLD, INSTALL_HINT, STATIC, HttpRoutes, find_socketio_client
@@ -83,8 +83,7 @@ class Gateway:
         self.tool_timeout = tool_timeout
         self.embedded_options = dict(embedded_options or {})
         self.registry: SessionRegistry[GatewaySession] = SessionRegistry()
-        self._spec: UpstreamSpec | None = None
-        self._backend_server: Any = None
+        self._upstream: Upstream | None = None
         self._spec_lock = asyncio.Lock()
         if allow_origins == "*" or (isinstance(allow_origins, list) and "*" in allow_origins):
             log.warning("--allow-origin '*': any web page can open sessions on this gateway (and spend its key)")
@@ -124,7 +123,7 @@ class Gateway:
     @property
     def backend_server(self) -> Any:
         """The embedded backend, once a session started it (else None)."""
-        return self._backend_server
+        return self._upstream.server if self._upstream is not None else None
 
     def session_by_id(self, session_id: str) -> GatewaySession | None:
         return self.registry.by_id(session_id)
@@ -142,17 +141,10 @@ class Gateway:
     async def upstream_spec(self) -> UpstreamSpec:
         """The upstream of every session; the embedded backend starts on first use."""
         async with self._spec_lock:
-            if self._spec is None:
-                if self.backend == "embedded":
-                    from ..backend.server import BackendServer
-
-                    server = BackendServer(host="127.0.0.1", port=0, **self.embedded_options)
-                    await server.start()
-                    self._backend_server = server
-                    self._spec = embedded_spec(server.url, self.config.model, self.dialect)
-                else:
-                    self._spec = remote_spec(self.backend, self.config.model, self.dialect, dict(os.environ))
-            return self._spec
+            if self._upstream is None:
+                self._upstream = await start_upstream(self.backend, self.config.model, self.dialect,
+                                                      **self.embedded_options)
+            return self._upstream.spec
 
     async def upstream_reachable(self) -> bool:
         if self.backend == "embedded":
@@ -191,10 +183,9 @@ class Gateway:
         await self.monitor.close()
         if self.cluster is not None:
             await self.cluster.close()
-        if self._backend_server is not None:
-            await self._backend_server.close()
-            self._backend_server = None
-            self._spec = None
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            await upstream.close()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> Any:
