@@ -295,7 +295,7 @@ async def relay_end_to_end(pcm_frames: list[bytes], frames: int, compression: bo
         relay = Relay(RealtimeConfig(), spec)
         run = asyncio.create_task(relay.run())
         await relay.wait_ready(10)
-        negotiated = relay._ws.protocol.extensions if relay._ws is not None else []  # noqa: SLF001
+        negotiated = relay.connection.extensions if relay.connection is not None else []  # type: ignore[attr-defined]
 
         async def drained() -> None:
             while relay.snapshot()["queued_events"] or relay.queued_audio_ms:

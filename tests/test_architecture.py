@@ -126,3 +126,13 @@ def test_the_public_api_loads_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [[], "Gateway", "GatewayClient", "RealtimeConfig", "VoiceRelayError"]
+
+
+def test_the_core_imports_only_the_pure_layer_and_the_error_tree() -> None:
+    for name in ("relay.py", "conversation.py"):
+        for imported in imports_of(PACKAGE / name):
+            top = imported.split(".")[0]
+            assert top not in IO_LIBRARIES - {"asyncio"}, f"{name} imports {imported}"
+            if top == "voicerelay":
+                assert imported.startswith(("voicerelay.protocol", "voicerelay.errors", "voicerelay.relay")), \
+                    f"{name} imports {imported}"

@@ -210,4 +210,4 @@ async def test_audio_kept_for_resending_adds_no_objects_for_the_garbage_collecto
         await until(lambda: len(upstream.appends()) == 320)
         gc.collect()
         assert len(gc.get_objects()) - before < 100
-        assert relay._unanswered_ms == pytest.approx(320 * 40)
+        assert relay.resend.ms == pytest.approx(320 * 40)

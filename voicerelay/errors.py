@@ -16,6 +16,7 @@ exits with, and ``code`` is the machine-readable name a gateway puts in an ``err
      │    ├── UpstreamUnavailable                 refused, DNS, timeout (after retries)
      │    ├── UpstreamRejected                    the handshake was refused (HTTP 4xx/5xx)
      │    ├── UpstreamClosed                      the server ended the session
+     │    ├── ConnectionLost                      an open connection dropped (the relay reconnects)
      │    └── UpstreamTimeout                     it accepted the connection, then did not answer in time
      └── GatewayError                    exit 1   a gateway, as a server or as seen by a client
           ├── ContractError                       a browser event the gateway refuses (``code``)
@@ -147,6 +148,17 @@ class UpstreamClosed(UpstreamError):
         self.server_code = server_code  # the server's error code, when it said one
 
 
+class ConnectionLost(UpstreamError):
+    """The open connection to the server dropped (the relay reconnects; it is raised to a user only
+    once the reconnects are used up, as :class:`UpstreamClosed`)."""
+
+    code = "upstream_lost"
+
+    def __init__(self, message: object = "connection dropped", close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
 class UpstreamTimeout(UpstreamError):
     """The server accepted the connection but did not configure the session (or answer) in time."""
 
@@ -218,7 +230,7 @@ class ClientUsageError(GatewayClientError, ValueError):
 
 __all__ = [
     "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE",
-    "AudioFileError", "AuthenticationError", "ClientUsageError", "ClusterUnavailable", "ContractError", "DeviceError",
+    "AudioFileError", "AuthenticationError", "ClientUsageError", "ConnectionLost", "ClusterUnavailable", "ContractError", "DeviceError",
     "GatewayClientError", "GatewayConfigError", "GatewayError", "GatewayTimeoutError", "GatewayUnreachableError",
     "InputError", "ListenError", "NoSessionError", "NotConnectedError", "QueueFullError", "RecordingError",
     "SessionStartError", "UpstreamClosed", "UpstreamError", "UpstreamRejected", "UpstreamTimeout",

@@ -14,29 +14,33 @@ Upstream lifecycle: connect (with retries), configure, pump events both ways. Be
 server's session cap (``expires_at`` of ``session.created``) the relay *recycles* at a quiet
 moment: it opens a new session with the same configuration and the conversation's text history,
 and tells the observers with a :class:`Notice`. A connection lost mid-session is retried the
-same way a few times; then :meth:`Relay.run` raises an :class:`~voicerelay.upstream.UpstreamError`.
+same way a few times; then :meth:`Relay.run` raises an :class:`~voicerelay.errors.UpstreamError`.
+What to send again on a new connection and when to recycle are decided by the pure layer
+(:mod:`voicerelay.protocol.lifetime`); each connection ends with a typed :class:`Ending`.
+
+The relay knows no network library: it connects through its ``spec`` (an :class:`Upstream`,
+e.g. :class:`~voicerelay.upstream.UpstreamSpec`), whose :class:`Connection` raises only
+:class:`~voicerelay.errors.ConnectionLost` when it drops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-
+from .errors import ConnectionLost, UpstreamClosed, UpstreamError
 from .protocol import wirejson
 from .protocol.audio import BYTES_PER_MS, b64_pcm16_nbytes
 from .protocol.config import RealtimeConfig
-from .protocol.events import Event, elide
+from .protocol.events import Dialect, Event, elide
+from .protocol.lifetime import RECYCLE_MARGIN_MAX, RESEND_MAX_MS, ResendLedger, SessionCap, append_ms
 from .protocol.session import Effect, Error, RealtimeSession, SendEvent, State
-from .upstream import UpstreamClosed, UpstreamError, UpstreamSpec, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +61,40 @@ class EventRecorder(Protocol):
     def record(self, direction: str, event: Event) -> None: ...
 
 
-#: End the proactive recycle this long (at most) before the server's cap.
-RECYCLE_MARGIN_MAX = 60.0
-#: Audio of unanswered turns kept for re-sending after a recycle or reconnect.
-RESEND_MAX_MS = 15_000
+class Connection(Protocol):
+    """One open connection to a Realtime server (see :class:`~voicerelay.upstream.UpstreamConnection`)."""
+
+    async def send(self, message: str) -> None: ...
+    async def recv(self, timeout: float | None = None) -> str | bytes: ...
+    def frames(self) -> AsyncIterator[str | bytes]: ...
+    async def close(self, timeout: float = 2.0) -> None: ...
+    @property
+    def close_code(self) -> int | None: ...
 
 
-def _append_ms(event: Event) -> float:
-    """Milliseconds of audio in an ``input_audio_buffer.append`` (from its base64 length)."""
-    return len(event["audio"]) * 3 / 4 / BYTES_PER_MS
+class Upstream(Protocol):
+    """Where a relay connects (see :class:`~voicerelay.upstream.UpstreamSpec`)."""
+
+    dialect: Dialect
+
+    def describe(self) -> str: ...
+    async def connect(self) -> Connection: ...
+
+
+class Ending(enum.Enum):
+    """Why one connection's pump ended."""
+
+    STOPPED = "stopped"  # stop() was called
+    RECYCLE = "recycle"  # before the server's cap (or the server said session_expired)
+    LOST = "lost"  # the connection closed or dropped
+
+
+__all__ = ["RECYCLE_MARGIN_MAX", "RESEND_MAX_MS", "Connection", "Ending", "EventRecorder", "Notice", "Observation",
+           "Observer", "Relay", "Upstream"]
 
 
 class Relay:
-    def __init__(self, config: RealtimeConfig, spec: UpstreamSpec, *, max_queued_audio_ms: int = 5000,
+    def __init__(self, config: RealtimeConfig, spec: Upstream, *, max_queued_audio_ms: int = 5000,
                  recorder: EventRecorder | None = None, reconnects: int = 2,
                  clock: Callable[[], float] = time.monotonic,
                  flush: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -98,17 +123,11 @@ class Relay:
         self._flush_follows = False
         self._inflight: list[Event] = []  # taken for sending, not sent yet: sent again on a new connection
         self._sending = False  # the sender task runs on the open connection: front doors may send directly
-        # appends (numbered) whose turn has not been answered yet: a new connection gets them
-        # again, so an utterance cut by a recycle or a dropped connection is not lost
-        # (two deques, not one of (number, event) tuples: a tuple holding a dict stays tracked by the
-        # garbage collector, and 15 s of them per session made its full collections long pauses)
-        self._unanswered: collections.deque[Event] = collections.deque()
-        self._unanswered_seqs: collections.deque[int] = collections.deque()
-        self._unanswered_ms = 0.0
-        self._append_seq = 0
-        self._committed_upto = 0  # appends numbered below this belong to a committed turn
-        self._expires_at: float | None = None  # clock() time of the server's cap
-        self._ws: ClientConnection | None = None
+        # appends whose turn has not been answered yet: a new connection gets them again, so an
+        # utterance cut by a recycle or a dropped connection is not lost
+        self.resend = ResendLedger()
+        self._cap = SessionCap()
+        self.connection: Connection | None = None  # the open connection, if any
 
     # ----------------------------------------------------------------------------- observing
 
@@ -119,7 +138,7 @@ class Relay:
 
     def snapshot(self) -> dict[str, Any]:
         """Queue sizes and state, readable at any time (the TUI and monitors poll this)."""
-        remaining = None if self._expires_at is None else max(0.0, self._expires_at - self.clock())
+        remaining = self._cap.remaining(self.clock())
         return {
             "state": self.session.state.value,
             "queued_events": self._out.qsize(),
@@ -179,15 +198,15 @@ class Relay:
             self.dropped_audio_ms += nbytes / BYTES_PER_MS
             return False
         effects = self.session.audio_b64(audio_b64, nbytes)
-        ws = self._ws
-        if not (self._sending and ws is not None and self._out.empty() and not self._inflight):
+        conn = self.connection
+        if not (self._sending and conn is not None and self._out.empty() and not self._inflight):
             self._dispatch(effects)
             return True
         for effect in effects:  # audio_b64 has no effect but this SendEvent (or none)
             assert isinstance(effect, SendEvent)
-            self.queued_audio_ms += _append_ms(effect.event)  # until it is sent, as if queued
-            with contextlib.suppress(ConnectionClosed):  # then it stays in flight for the next connection
-                await self._transmit(ws, effect.event)
+            self.queued_audio_ms += append_ms(effect.event)  # until it is sent, as if queued
+            with contextlib.suppress(ConnectionLost):  # then it stays in flight for the next connection
+                await self._transmit(conn, effect.event)
         return True
 
     def commit(self) -> None:
@@ -225,7 +244,7 @@ class Relay:
         for effect in effects:
             if isinstance(effect, SendEvent):
                 if effect.event["type"] == "input_audio_buffer.append":
-                    self.queued_audio_ms += _append_ms(effect.event)
+                    self.queued_audio_ms += append_ms(effect.event)
                 self._out.put_nowait(effect.event)
                 continue
             if isinstance(effect, Error) and effect.fatal:
@@ -246,15 +265,15 @@ class Relay:
         retries_left = self.reconnects
         try:
             while not self._stop.is_set():
-                ws = await open_connection(self.spec)
+                conn = await self.spec.connect()
                 if self.connections:
                     self.session.reset_for_new_connection()
                 self.connections += 1
                 self._notify(Notice("connected", f"connected to {self.spec.describe()}"))
-                outcome = await self._pump(ws)
-                if outcome == "stopped":
+                ending, outcome = await self._pump(conn)
+                if ending is Ending.STOPPED:
                     break
-                if outcome == "recycle":
+                if ending is Ending.RECYCLE:
                     self.recycles += 1
                     self._notify(Notice("recycled", "opened a new upstream session before the server's time limit "
                                                     "(the conversation's text history was carried over)"))
@@ -274,31 +293,25 @@ class Relay:
         self._dispatch(self.session.closed("stopped"))
         self._notify(Notice("ended", "session ended"))
 
-    async def _pump(self, ws: ClientConnection) -> str:
-        """Serve one connection; return why it ended: stopped, recycle, or a close description."""
-        self._ws = ws
+    async def _pump(self, conn: Connection) -> tuple[Ending, str]:
+        """Serve one connection; return why it ended (and, when lost, how it closed)."""
+        self.connection = conn
         self._fatal = None
         self._recycle.clear()
-        self._expires_at = None
+        self._cap = SessionCap()
         try:
             for effect in self.session.connected():  # configuration and history go first
-                await self._send(ws, effect.event)
-            resend = list(self._unanswered)
-            self._unanswered.clear()
-            self._unanswered_seqs.clear()
-            self._unanswered_ms = 0.0
-            self._committed_upto = 0
-            for event in resend:
-                self._append_seq += 1
-                seq = self._append_seq
-                await self._send(ws, event)
-                self._keep_unanswered(seq, event)
+                await self._send(conn, effect.event)
+            for event in self.resend.take():
+                seq = self.resend.number()
+                await self._send(conn, event)
+                self.resend.written(seq, event)
             inflight, self._inflight = self._inflight, []
             for event in inflight:
-                await self._transmit(ws, event)
+                await self._transmit(conn, event)
             tasks = {
-                asyncio.create_task(self._reader(ws), name="relay reader"),
-                asyncio.create_task(self._sender(ws), name="relay sender"),
+                asyncio.create_task(self._reader(conn), name="relay reader"),
+                asyncio.create_task(self._sender(conn), name="relay sender"),
                 asyncio.create_task(self._stop.wait(), name="relay stop"),
                 asyncio.create_task(self._recycle.wait(), name="relay recycle"),
                 asyncio.create_task(self._recycle_timer(), name="relay recycle timer"),
@@ -309,37 +322,37 @@ class Relay:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if self._stop.is_set():
-                return "stopped"
+                return Ending.STOPPED, "stopped"
             if self._recycle.is_set() or (self._fatal is not None and self._fatal.code == "session_expired"):
-                return "recycle"
+                return Ending.RECYCLE, "recycle"
             for task in done:
-                if task.exception() is not None and not isinstance(task.exception(), ConnectionClosed):
+                if task.exception() is not None and not isinstance(task.exception(), ConnectionLost):
                     raise task.exception()  # type: ignore[misc]
-            await self._drain(ws)
-            code = ws.close_code
-            return f"closed with code {code}" if code is not None and code != 1006 else "connection dropped"
-        except ConnectionClosed:
-            await self._drain(ws)
-            return "connection dropped"
+            await self._drain(conn)
+            code = conn.close_code
+            return Ending.LOST, (f"closed with code {code}" if code is not None and code != 1006
+                                 else "connection dropped")
+        except ConnectionLost:
+            await self._drain(conn)
+            return Ending.LOST, "connection dropped"
         finally:
             self._sending = False
             self._ready.clear()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2)
-            self._ws = None
+            await conn.close(2)
+            self.connection = None
 
-    async def _send(self, ws: ClientConnection, event: Event) -> None:
-        await ws.send(wirejson.dumps(event))
+    async def _send(self, conn: Connection, event: Event) -> None:
+        await conn.send(wirejson.dumps(event))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("-> %s", elide(event))
         if self.recorder is not None:
             self.recorder.record("up", event)
 
-    async def _sender(self, ws: ClientConnection) -> None:
+    async def _sender(self, conn: Connection) -> None:
         while True:
-            await self._transmit(ws, await self._out.get())
+            await self._transmit(conn, await self._out.get())
 
-    async def _transmit(self, ws: ClientConnection, event: Event) -> None:
+    async def _transmit(self, conn: Connection, event: Event) -> None:
         """Send one event taken from the queue (or handed over directly), with its bookkeeping.
 
         Until it is sent it is in flight (a new connection sends it again); an append counts in
@@ -348,51 +361,20 @@ class Relay:
         append = event["type"] == "input_audio_buffer.append"
         self._inflight.append(event)
         if append:
-            self._append_seq += 1  # ws.send writes before its first await: this is the order on the wire
-            seq = self._append_seq
-        await self._send(ws, event)
+            seq = self.resend.number()  # send() writes before its first await: this is the order on the wire
+        await self._send(conn, event)
         for i, flying in enumerate(self._inflight):
             if flying is event:
                 del self._inflight[i]
                 break
         if append:
-            self._keep_unanswered(seq, event)
-            self.queued_audio_ms = max(0.0, self.queued_audio_ms - _append_ms(event))
+            self.resend.written(seq, event)
+            self.queued_audio_ms = max(0.0, self.queued_audio_ms - append_ms(event))
             if self.queued_audio_ms < self.max_queued_audio_ms:
                 self._space.set()
 
-    def _keep_unanswered(self, seq: int, event: Event) -> None:
-        seqs = self._unanswered_seqs
-        if seqs and seqs[-1] > seq:  # one written after it waited less to be sent
-            i = len(seqs)
-            while i and seqs[i - 1] > seq:
-                i -= 1
-            seqs.insert(i, seq)
-            self._unanswered.insert(i, event)
-        else:
-            seqs.append(seq)
-            self._unanswered.append(event)
-        self._unanswered_ms += _append_ms(event)
-        while self._unanswered_ms > RESEND_MAX_MS and len(self._unanswered) > 1:
-            self._drop_oldest_unanswered()
-
-    def _drop_oldest_unanswered(self) -> None:
-        self._unanswered_seqs.popleft()
-        self._unanswered_ms -= _append_ms(self._unanswered.popleft())
-
-    def _track_answers(self, event: Event) -> None:
-        """Forget resendable audio once its turn is answered (or the buffer was cleared)."""
-        etype = event.get("type")
-        if etype in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
-            self._committed_upto = self._append_seq + 1
-        if etype == "input_audio_buffer.cleared" or (
-                etype == "response.done" and ((event.get("response") or {}).get("metadata") or {}).get("voicerelay")
-                != "say"):
-            while self._unanswered_seqs and self._unanswered_seqs[0] < self._committed_upto:
-                self._drop_oldest_unanswered()
-
-    async def _reader(self, ws: ClientConnection) -> None:
-        async for message in ws:
+    async def _reader(self, conn: Connection) -> None:
+        async for message in conn.frames():
             if self._flush is None:
                 self._on_message(message)
             else:
@@ -408,11 +390,11 @@ class Relay:
             if self._fatal is not None:
                 return
 
-    async def _drain(self, ws: ClientConnection) -> None:
+    async def _drain(self, conn: Connection) -> None:
         """Read what the server said before it closed (its last words are often an ``error``)."""
-        with contextlib.suppress(ConnectionClosed, TimeoutError):
+        with contextlib.suppress(ConnectionLost, TimeoutError):
             while self._fatal is None:
-                self._on_message(await asyncio.wait_for(ws.recv(), 1.0))
+                self._on_message(await conn.recv(1.0))
 
     def _on_message(self, message: str | bytes) -> None:
         try:
@@ -423,29 +405,23 @@ class Relay:
         if self.recorder is not None:
             self.recorder.record("down", event)
         if isinstance(event, dict):
-            self._track_answers(event)
+            self.resend.server_event(event)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("<- %s", elide(event) if isinstance(event, dict) else event)
         effects = self.session.server_event(event, self.clock())
         if isinstance(event, dict) and event.get("type") == "session.created":
-            self._note_expiry(event)
+            self._cap.session_created(event, self.clock(), time.time())
         self._dispatch(effects)
         if self.session.ready and not self._ready.is_set():
             self._ready.set()
 
-    def _note_expiry(self, event: Event) -> None:
-        expires = (event.get("session") or {}).get("expires_at")
-        if isinstance(expires, (int, float)) and expires > 0:
-            self._expires_at = self.clock() + (expires - time.time())
-
     async def _recycle_timer(self) -> None:
         """Recycle before the cap: at a quiet moment once inside the margin, or just before it."""
-        while self._expires_at is None:
-            await asyncio.sleep(0.1)
-        lifetime = self._expires_at - self.clock()
-        margin = min(RECYCLE_MARGIN_MAX, max(0.5, lifetime * 0.25))
-        await asyncio.sleep(max(0.0, lifetime - margin))
-        hard = self._expires_at - margin / 4
-        while self.clock() < hard and self.session.state not in (State.LISTENING, State.CONNECTING):
-            await asyncio.sleep(0.05)
+        while True:
+            now = self.clock()
+            quiet = self.session.state in (State.LISTENING, State.CONNECTING)
+            if self._cap.should_recycle(now, quiet):
+                break
+            start = self._cap.recycle_from
+            await asyncio.sleep(0.1 if start is None else max(0.05, start - now))
         self._recycle.set()

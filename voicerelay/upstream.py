@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .backoff import backoff_delays  # the project's one retry policy (importable from here as before)
 from .errors import (  # noqa: F401 - the upstream's errors, importable from here as before
+    ConnectionLost,
     UpstreamClosed,
     UpstreamError,
     UpstreamRejected,
@@ -61,6 +62,10 @@ class UpstreamSpec:
 
     def describe(self) -> str:
         return self.label or self.url
+
+    async def connect(self) -> UpstreamConnection:
+        """Open a connection (with retries): what a :class:`~voicerelay.relay.Relay` calls."""
+        return await open_connection(self)
 
 
 def with_model(url: str, model: str) -> str:
@@ -141,18 +146,69 @@ async def upstream_for(backend: str | None, model: str, dialect: Dialect = Diale
         await upstream.close()
 
 
-async def open_connection(spec: UpstreamSpec, retries: int = 3) -> ClientConnection:
+class UpstreamConnection:
+    """One open connection to a Realtime server: text frames in and out, and websockets'
+    ``ConnectionClosed`` translated into :class:`~voicerelay.errors.ConnectionLost` (the only
+    exception the relay needs to know). Everything else is websockets' own connection."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+
+    async def send(self, message: str) -> None:
+        try:
+            await self._ws.send(message)
+        except ConnectionClosed as exc:
+            raise self._lost(exc) from None
+
+    async def recv(self, timeout: float | None = None) -> str | bytes:
+        """The next frame; :class:`TimeoutError` after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._ws.recv(), timeout)
+        except ConnectionClosed as exc:
+            raise self._lost(exc) from None
+
+    async def frames(self) -> AsyncIterator[str | bytes]:
+        """Every frame until the connection closes (normally: the iteration ends; else ConnectionLost)."""
+        try:
+            async for message in self._ws:
+                yield message
+        except ConnectionClosed as exc:
+            raise self._lost(exc) from None
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Close, waiting at most ``timeout`` seconds for the closing handshake."""
+        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+            await asyncio.wait_for(self._ws.close(), timeout)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
+
+    @property
+    def extensions(self) -> list[str]:
+        """The WebSocket extensions negotiated (none: see :func:`open_connection`)."""
+        return [extension.name for extension in self._ws.protocol.extensions]
+
+    @staticmethod
+    def _lost(exc: ConnectionClosed) -> ConnectionLost:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        return ConnectionLost(f"closed with code {code}" if code not in (None, 1006) else "connection dropped", code)
+
+
+async def open_connection(spec: UpstreamSpec, retries: int = 3) -> UpstreamConnection:
     """Connect, retrying transient failures (refused, timeout, HTTP 5xx) with backoff."""
     delays = backoff_delays(retries)
     last: UpstreamError | None = None
     for attempt in range(retries + 1):
         try:
-            return await asyncio.wait_for(
+            return UpstreamConnection(await asyncio.wait_for(
                 # no permessage-deflate: base64 audio barely compresses (1330 -> 850 bytes per 20 ms)
                 # and deflating it was most of the relay's CPU per chunk (benchmarks/replay_speed.py)
                 connect(spec.url, additional_headers=spec.headers(), max_size=None, open_timeout=CONNECT_TIMEOUT,
                         ping_interval=20, ping_timeout=20, compression=None),
-                CONNECT_TIMEOUT + 1)
+                CONNECT_TIMEOUT + 1))
         except InvalidStatus as exc:
             status = exc.response.status_code
             last = UpstreamRejected(f"{spec.describe()} rejected the connection: HTTP {status}", status)
