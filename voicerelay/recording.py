@@ -1,6 +1,6 @@
 """Recorded sessions: a :class:`Recorder` that writes them and a :class:`RecordedSession` that reads them.
 
-A recorded session is a folder (see DESIGN.md, "Recordings")::
+A recorded session is a folder (the README's "Recordings" describes it for users)::
 
     session.jsonl   one JSON object per line:
                     {"t": <seconds since the recording started>, "dir": "up"|"down", "event": {...}}

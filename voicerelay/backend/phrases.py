@@ -1,7 +1,7 @@
 """The embedded backend's domain vocabulary.
 
 pocketsphinx's general English model misreads synthetic speech badly (40-80 % word errors,
-see ../shared/testing/TESTING.md); a small language model built from the sentences we expect
+); a small language model built from the sentences we expect
 recognises them without error. These are those sentences: what the responder answers, what
 the shipped recordings say, and the words a session's tools add (see ``stt.py``).
 
