@@ -363,3 +363,23 @@ async def test_ctrl_c_writes_the_report_of_what_finished_and_exits_130(tmp_path:
     assert code == 130 and "Traceback" not in stderr, stderr
     data = json.loads(report.read_text())
     assert data["interrupted"] is True and data["turns"][0]["user"] == "hello there"
+
+
+async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_order(backend: BackendServer,
+                                                                                    tmp_path: Path) -> None:
+    stems = ["hello_there", "what_is_your_name", "how_are_you"]
+    gap = room_noise(800)
+    parts = [room_noise(300)]
+    for stem in stems:
+        parts += [read_recording(stem), gap]
+    path = tmp_path / "three.wav"
+    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    report = tmp_path / "r.json"
+    code, out, err = await run_replay(path, backend, speed=0, json_path=str(report))
+    assert code == 0, err
+    turns = json.loads(report.read_text())["turns"]
+    expected = [RECORDING_SENTENCES[stem] for stem in stems]
+    assert [t["user"] for t in turns] == expected
+    assert all(t["status"] == "completed" and t["assistant"] for t in turns), turns
+    users = [line.split("user  ", 1)[1] for line in out.splitlines() if line.lstrip().startswith("user  ")]
+    assert users == expected

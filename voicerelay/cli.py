@@ -195,8 +195,9 @@ def _dialect(value: str) -> object:
 def replay(
     path: Annotated[Path, typer.Argument(help="A WAV (any rate, channels, sample format) or a recorded session folder.",
                                          show_default=False)],
-    speed: Annotated[float, typer.Option(help="Pacing: 1 = real time, 0 = as fast as possible, or any factor.",
-                                         min=0)] = 1.0,
+    speed: Annotated[float, typer.Option(help=(
+        "Pacing: 1 = real time, or any factor. 0 = as fast as the upstream takes it, one utterance at a time: "
+        "each is sent once the previous one is answered, so every utterance gets its own reply."), min=0)] = 1.0,
     out: Annotated[Path | None, typer.Option("--out", help="Write the assistant's audio to this WAV.",
                                              show_default=False)] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="Write a JSON report to FILE ('-' for stdout).",

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
@@ -226,6 +227,7 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
     try:
         await conversation.wait_ready()
         progress = _progress(source, options, err)
+        utterances = _Utterances(options) if options.speed == 0 else None
         t0 = time.monotonic()
         async for t, pcm in source.frames():
             if run.done():
@@ -235,6 +237,9 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
                 if delay > 0:
                     await asyncio.sleep(delay)
             await relay.send_audio(pcm)
+            if utterances is not None and utterances.ended(pcm):
+                # as fast as possible, but one utterance at a time: the next would interrupt this reply
+                await _wait_for_turn(relay, run, utterances.count, options.timeout)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
         if progress is not None:
@@ -259,6 +264,50 @@ async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
         if options.speed > 0:
             await asyncio.sleep(FRAME_MS / 1000 / options.speed)
         await relay.send_audio(silence)
+
+
+class _Utterances:
+    """Where the user's utterances end in the input, found as server VAD would find them (the same
+    detector and settings as the embedded backend's), for ``--speed 0`` with server VAD."""
+
+    def __init__(self, options: ReplayOptions) -> None:
+        td = options.config.turn_detection()
+        self.count = 0
+        self._vad = None
+        if td is not None:
+            from .backend.vad import VoiceActivityDetector
+
+            self._vad = VoiceActivityDetector(float(td.get("threshold", 0.5)), int(td["prefix_padding_ms"]),
+                                              int(td["silence_duration_ms"]))
+
+    def ended(self, pcm: bytes) -> bool:
+        """Does this frame complete an utterance (its trailing silence included)?"""
+        if self._vad is None:
+            return False
+        stops = sum(e.kind == "speech_stopped" for e in self._vad.feed(np.frombuffer(pcm, dtype="<i2")))
+        self.count += stops
+        return stops > 0
+
+
+#: After an utterance was sent, how long the server may stay silent before replay concludes it
+#: heard no turn there (its VAD judged otherwise) and goes on.
+UNHEARD_AFTER_S = 2.0
+
+
+async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], utterances: int, timeout: float) -> None:
+    """Hold the input until the server answered ``utterances`` turns (or, quiet for
+    ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none); at most ``timeout`` s."""
+    session = relay.session
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline and not run.done():
+        finished = sum(t.done_at is not None for t in session.turns)
+        busy = session.response_active or session.state.value in ("user_speaking", "thinking")
+        if finished >= utterances and not busy:
+            return
+        if not busy and time.monotonic() - started >= UNHEARD_AFTER_S and all(t.done_at for t in session.turns):
+            return
+        await asyncio.sleep(0.01)
 
 
 async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float) -> bool:
