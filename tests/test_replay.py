@@ -383,3 +383,22 @@ async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_ord
     assert all(t["status"] == "completed" and t["assistant"] for t in turns), turns
     users = [line.split("user  ", 1)[1] for line in out.splitlines() if line.lstrip().startswith("user  ")]
     assert users == expected
+
+
+async def test_a_recycle_loses_no_utterance_and_invents_none(engines: Engines, tmp_path: Path) -> None:
+    stems = ["hello_there", "what_is_your_name", "how_are_you"]
+    parts = [room_noise(300)]
+    for stem in stems:
+        parts += [read_recording(stem), room_noise(800)]
+    path = tmp_path / "three.wav"
+    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    report = tmp_path / "r.json"
+    started = time.monotonic()
+    async with BackendServer(port=0, engines=engines, max_session_seconds=1.5) as server:
+        code, out, err = await run_replay(path, server, speed=0, json_path=str(report), timeout=20.0)
+    assert code == 0, err
+    assert time.monotonic() - started < 15  # no wait for replies that never come
+    data = json.loads(report.read_text())
+    assert data["recycles"] >= 1
+    assert [t["user"] for t in data["turns"]] == [RECORDING_SENTENCES[stem] for stem in stems]
+    assert "did not hear" not in out
