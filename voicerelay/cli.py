@@ -386,7 +386,7 @@ def inspect(
 ) -> None:
     """Watch every session of a running [bold]voicerelay serve[/], live (read-only).
 
-    Lists the sessions (state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Reconnects by itself when the gateway restarts.
+    Lists the sessions (node, state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Until it reaches the gateway it says why not (connection refused, not a voicerelay gateway, admin token missing or rejected) and keeps trying; it reconnects by itself when the gateway restarts. Exit codes: 0 quit after watching, 1 quit without ever reaching the gateway (or its admin token was rejected), 2 a bad URL.
     """
     from urllib.parse import urlsplit
 
@@ -395,7 +395,10 @@ def inspect(
         fail(f"inspect takes the gateway's http(s):// URL, not {url!r}")
     from .tui.inspect_app import InspectApp
 
-    InspectApp(url.rstrip("/"), token).run()
+    inspect_app = InspectApp(url.rstrip("/"), token)
+    inspect_app.run()
+    if inspect_app.failure is not None:
+        raise inspect_app.failure  # the screen is given back: now its one line
 
 
 Duplex = Annotated[str, typer.Option("--duplex", help=(
