@@ -470,12 +470,12 @@ def talk(
 def devices() -> None:
     """List the sound devices: index, name, channels, usable rates; the defaults are marked.
 
-    [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name.
+    [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name. With PulseAudio or PipeWire, its sources and sinks are listed too, the ones a run uses marked (PULSE_SOURCE / PULSE_SINK, else the server's defaults).
     """
     from .console import console as make_console
     from rich.table import Table
 
-    from .audio.devices import list_devices, load_sounddevice, pulse_devices, supported_rates
+    from .audio.devices import list_devices, load_sounddevice, pulse_defaults, pulse_devices, supported_rates
 
     sd = load_sounddevice()
     found = list_devices(sd)
@@ -499,8 +499,14 @@ def devices() -> None:
     if pulse and any(pulse.values()):
         console.print("\nPulseAudio/PipeWire (reached through the [bold]pulse[/] or [bold]default[/] device above; "
                       "pick one per run with PULSE_SOURCE=NAME / PULSE_SINK=NAME):")
-        console.print(f"  sources: {', '.join(pulse.get('sources', [])) or '-'}")
-        console.print(f"  sinks:   {', '.join(pulse.get('sinks', [])) or '-'}")
+        defaults = pulse_defaults()
+
+        def listed(kind: str, names: list[str]) -> str:
+            name, why = defaults.get(kind, ("", ""))
+            return ", ".join(f"{n} (* {why})" if n == name else n for n in names) or "-"
+
+        console.print(f"  sources: {listed('source', pulse.get('sources', []))}")
+        console.print(f"  sinks:   {listed('sink', pulse.get('sinks', []))}")
 
 
 def main(args: list[str] | None = None) -> None:
