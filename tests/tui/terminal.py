@@ -7,6 +7,7 @@ traceback, an error line) and its exit code can be read. ``screen()`` is what a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ class Terminal:
         self.args = args
         self.env = {**env, "TERM": "xterm-256color"}
         self.size = size
+        self.socket_path = ""
 
     def _tmux(self, *args: str, check: bool = True) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, capture_output=True, text=True,
@@ -39,10 +41,14 @@ class Terminal:
         command = f"{shlex.join(self.args)}; echo {EXIT_MARK}$?; sleep 600"
         width, height = self.size
         self._tmux("-f", os.devnull, "new-session", "-d", "-x", str(width), "-y", str(height), command)
+        self.socket_path = self._tmux("display-message", "-p", "#{socket_path}").strip()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._tmux("kill-server", check=False)
+        if self.socket_path:  # tmux leaves its socket file behind
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket_path)
 
     def screen(self) -> str:
         """What the window shows now (the alternate screen while a full-screen app runs)."""
