@@ -393,9 +393,9 @@ def inspect(
 ) -> None:
     """Watch every session of a running [bold]voicerelay serve[/], live (read-only).
 
-    Lists the sessions (state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Reconnects by itself when the gateway restarts.
+    Lists the sessions (node, state, duration, queues, last latency, errors); select one to see its transcripts and raw event log. Until it reaches the gateway it says why not (connection refused, not a voicerelay gateway, admin token missing or rejected) and keeps trying; it reconnects by itself when the gateway restarts.
 
-    Exit codes: 0 quit; 2 not an http(s) URL.
+    Exit codes: 0 quit after watching; 1 quit without ever reaching the gateway (or its admin token was rejected); 2 a bad URL.
     """
     from urllib.parse import urlsplit
 
@@ -404,7 +404,10 @@ def inspect(
         fail(f"inspect takes the gateway's http(s):// URL, not {url!r}")
     from .tui.inspect_app import InspectApp
 
-    InspectApp(url.rstrip("/"), token).run()
+    inspect_app = InspectApp(url.rstrip("/"), token)
+    inspect_app.run()
+    if inspect_app.failure is not None:
+        raise inspect_app.failure  # the screen is given back: now its one line
 
 
 Duplex = Annotated[str, typer.Option("--duplex", help=(
@@ -478,14 +481,14 @@ def talk(
 def devices() -> None:
     """List the sound devices: index, name, channels, usable rates; the defaults are marked.
 
-    [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name.
+    [bold]--input-device[/] and [bold]--output-device[/] of [bold]talk[/] take the index or part of the name. With PulseAudio or PipeWire, its sources and sinks are listed too, the ones a run uses marked (PULSE_SOURCE / PULSE_SINK, else the server's defaults).
 
     Exit codes: 0 listed; 2 PortAudio is missing.
     """
     from .console import console as make_console
     from rich.table import Table
 
-    from .audio.devices import list_devices, load_sounddevice, pulse_devices, supported_rates
+    from .audio.devices import list_devices, load_sounddevice, pulse_defaults, pulse_devices, supported_rates
 
     sd = load_sounddevice()
     found = list_devices(sd)
@@ -509,8 +512,14 @@ def devices() -> None:
     if pulse and any(pulse.values()):
         console.print("\nPulseAudio/PipeWire (reached through the [bold]pulse[/] or [bold]default[/] device above; "
                       "pick one per run with PULSE_SOURCE=NAME / PULSE_SINK=NAME):")
-        console.print(f"  sources: {', '.join(pulse.get('sources', [])) or '-'}")
-        console.print(f"  sinks:   {', '.join(pulse.get('sinks', [])) or '-'}")
+        defaults = pulse_defaults()
+
+        def listed(kind: str, names: list[str]) -> str:
+            name, why = defaults.get(kind, ("", ""))
+            return ", ".join(f"{n} (* {why})" if n == name else n for n in names) or "-"
+
+        console.print(f"  sources: {listed('source', pulse.get('sources', []))}")
+        console.print(f"  sinks:   {listed('sink', pulse.get('sinks', []))}")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -178,6 +178,32 @@ def pulse_devices(timeout: float = 2.0) -> dict[str, list[str]] | None:
     return found
 
 
+def pulse_defaults(timeout: float = 2.0) -> dict[str, tuple[str, str]]:
+    """The PulseAudio (or PipeWire) source and sink a process started here uses, and why.
+
+    ``{"source": (name, why), "sink": (name, why)}``: ``PULSE_SOURCE`` / ``PULSE_SINK`` when set
+    (libpulse uses them first), else the server's default (``pactl info``). Empty when no server
+    answers. The ALSA ``pulse`` and ``default`` devices PortAudio lists both lead to these.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    if shutil.which("pactl") is not None:
+        try:
+            result = subprocess.run(["pactl", "info"], capture_output=True, text=True, timeout=timeout, check=False,
+                                    env={**os.environ, "LC_ALL": "C"})
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        if result.returncode != 0:
+            return {}
+        for line in result.stdout.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Default Source", "Default Sink") and value.strip():
+                found[key.strip().split()[1].lower()] = (value.strip(), "default")
+    for kind, variable in (("source", "PULSE_SOURCE"), ("sink", "PULSE_SINK")):
+        if os.environ.get(variable) and found:
+            found[kind] = (os.environ[variable], f"from {variable}")
+    return found
+
+
 def _rates(device: Device) -> list[int]:
     rates = [device.default_rate] if device.default_rate > 0 else []
     return rates + [r for r in FALLBACK_RATES if r not in rates]

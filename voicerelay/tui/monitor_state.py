@@ -11,6 +11,11 @@ from typing import Any
 
 MAX_LINES = 500
 
+#: The session table's columns, in the order :meth:`MonitorState.row` fills them. ``node`` is the
+#: gateway node that holds the session (``serve --redis``); ``-`` on a single node.
+COLUMNS = ("session", "node", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors",
+           "turns")
+
 
 @dataclasses.dataclass(slots=True)
 class SessionView:
@@ -77,7 +82,7 @@ class MonitorState:
         queues = s.get("queues") or {}
         latency = s.get("last_latency_ms")
         return (
-            view.id, str(s.get("client") or ""), _state_label(view),
+            view.id, str(s.get("node") or "-"), str(s.get("client") or ""), _state_label(view),
             f"{s.get('duration_s', 0):.0f} s", f"{queues.get('queued_audio_ms') or 0} ms",
             f"{queues.get('dropped_audio_ms') or 0} ms", "-" if latency is None else f"{latency} ms",
             str(s.get("errors", 0)), str(s.get("turns", 0)),

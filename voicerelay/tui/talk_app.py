@@ -120,7 +120,10 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen { align: center middle; }
     HelpScreen > Static { width: auto; max-width: 90; padding: 1 2; border: round $accent; background: $panel; }
     """
-    BINDINGS = [Binding("escape,question_mark,q,enter", "dismiss", "close")]
+    BINDINGS = [
+        Binding("escape,question_mark,q,enter", "dismiss", "close"),
+        Binding("ctrl+c", "app.quit", "quit", show=False),  # a modal screen hides the app's keys
+    ]
 
     def compose(self) -> ComposeResult:
         yield Static(HELP, id="help")
@@ -188,12 +191,17 @@ class TalkApp(EventLogKeys, App[int]):
     #filter, #message { display: none; }
     #filter.visible, #message.visible { display: block; }
     """
+    #: The footer shows the keys that apply to this session (:meth:`check_action`): space only
+    #: with --push-to-talk, t only with --text. Pressed anyway, the hidden fallbacks say why not.
     BINDINGS = [
         Binding("m", "mute", "mute"),
         Binding("space", "push_to_talk", "push-to-talk"),
+        Binding("space", "not_available('push-to-talk is off: server VAD detects the turns "
+                "(start with --push-to-talk)')", show=False),
         Binding("i", "interrupt", "interrupt"),
         Binding("r", "record", "record"),
-        Binding("t", "type", "type", show=False),
+        Binding("t", "type", "type a message"),
+        Binding("t", "not_available('typing is off: start talk with --text')", show=False),
         Binding("p", "pause", "pause log"),
         Binding("slash", "filter", "filter log"),
         Binding("a", "audio_events", "audio events", show=False),
@@ -323,10 +331,18 @@ class TalkApp(EventLogKeys, App[int]):
         if self.talk is not None:
             self.talk.toggle_recording()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Push-to-talk and typing exist only when the session was started with them."""
+        if action == "push_to_talk":
+            return self.options is not None and self.options.push_to_talk
+        if action == "type":
+            return self.options is not None and self.options.text
+        return True
+
+    def action_not_available(self, why: str) -> None:
+        self.notify(why, timeout=3)
+
     def action_type(self) -> None:
-        if self.options is None or not self.options.text:
-            self.notify("typing is off: start talk with --text", timeout=3)
-            return
         box = self.query_one("#message", Input)
         box.add_class("visible")
         box.focus()
@@ -346,13 +362,12 @@ class TalkApp(EventLogKeys, App[int]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
             self.submit_filter(event.value)
-        elif event.value.strip() and self.talk is not None:
-            self.talk.send_text(event.value.strip())
-            event.input.value = ""
-            return  # stay in the box for the next message
         else:
+            if event.value.strip() and self.talk is not None:
+                self.talk.send_text(event.value.strip())
+            event.input.value = ""
             event.input.remove_class("visible")
-        self.set_focus(None)
+        self.set_focus(None)  # the keys are the screen's again (t opens the box for the next message)
 
     def on_key(self, event: Any) -> None:
         if event.key == "escape" and isinstance(self.focused, Input):
