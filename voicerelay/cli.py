@@ -444,7 +444,7 @@ def talk(
 ) -> None:
     """Talk with the assistant: microphone in, speakers out, interrupt it by speaking.
 
-    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, space push-to-talk, i interrupt, r record, q quit, ? help.
+    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, i interrupt, r record, space push-to-talk (with --push-to-talk), t type a message (with --text), q quit, ? help.
 
     Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices.
     """

@@ -149,7 +149,7 @@ async def test_quitting_without_ever_connecting_is_one_line_and_exit_1(make_gate
 def test_inspect_help_documents_its_exit_codes() -> None:
     result = subprocess.run([sys.executable, "-m", "voicerelay", "inspect", "--help"], capture_output=True,
                             text=True, env={**command_env(), "COLUMNS": "400"}, timeout=30, check=True)
-    assert "Exit codes: 0 quit after watching, 1 quit without ever reaching the gateway" in result.stdout
+    assert "Exit codes: 0 quit after watching; 1 quit without ever reaching the gateway" in result.stdout
     assert "2 a bad URL" in result.stdout
 
 
