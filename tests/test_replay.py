@@ -402,3 +402,13 @@ async def test_a_recycle_loses_no_utterance_and_invents_none(engines: Engines, t
     assert data["recycles"] >= 1
     assert [t["user"] for t in data["turns"]] == [RECORDING_SENTENCES[stem] for stem in stems]
     assert "did not hear" not in out
+
+
+async def test_a_backend_url_without_a_path_gets_the_realtime_path(backend: BackendServer) -> None:
+    root = await asyncio.to_thread(cli, "replay", str(RECORDINGS / "hello_there.wav"), "--speed", "0", "--backend",
+                                   f"ws://127.0.0.1:{backend.port}")
+    assert root.returncode == 0, root.stderr
+    elsewhere = await asyncio.to_thread(cli, "replay", str(RECORDINGS / "hello_there.wav"), "--backend",
+                                        f"ws://127.0.0.1:{backend.port}/realtime")
+    assert elsewhere.returncode == 1
+    assert "HTTP 404 (Realtime servers listen at /v1/realtime: is the URL's path right?)" in elsewhere.stderr

@@ -9,6 +9,7 @@ its exit code; Ctrl-C exits 130.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -265,7 +266,8 @@ def serve(
         show_default=False)] = None,
     agent: Annotated[str | None, typer.Option(
         help="Agent-wrapper mode: module:function called as on_transcript(session_id, transcript, chat_payload, "
-        "event_emitter, TTS).", show_default=False)] = None,
+        "event_emitter, TTS). Modules of --agent, --tools and --functions are imported from the current directory "
+        "first, as uvicorn does.", show_default=False)] = None,
     tools: Annotated[str | None, typer.Option(help="Function-calling mode: module:TOOLS, a list of function "
                                               "schemas.", show_default=False)] = None,
     functions: Annotated[str | None, typer.Option(help="Function-calling mode: module:FUNCTION_MAP, tool name -> "
@@ -318,6 +320,8 @@ def serve(
             base = RealtimeConfig.from_mapping(_load_toml(config_file), base)  # type: ignore[arg-type]
         except ConfigError as exc:
             fail(f"--config {config_file}: {exc}")
+    if (agent or tools or functions) and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the user's own modules, as uvicorn finds them
     try:
         on_transcript = load_object(agent) if agent else None
         tool_list = load_object(tools) if tools else None

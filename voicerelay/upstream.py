@@ -93,7 +93,20 @@ def remote_spec(choice: str, model: str, dialect: Dialect, env: dict[str, str]) 
         if not key:
             raise UsageError("--backend openai needs an API key: set OPENAI_API_KEY in the environment")
         return UpstreamSpec(with_model(OPENAI_URL, model), dialect, key, "api.openai.com")
-    return UpstreamSpec(with_model(choice, model), dialect, key, choice.split("?")[0])
+    url = with_realtime_path(choice)
+    return UpstreamSpec(with_model(url, model), dialect, key, url.split("?")[0])
+
+
+REALTIME_PATH = "/v1/realtime"
+
+
+def with_realtime_path(url: str) -> str:
+    """``url`` with the Realtime path when it names none (``ws://host:8765`` is the server's root,
+    where a Realtime server answers 404)."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path=REALTIME_PATH))
+    return url
 
 
 def embedded_spec(url: str, model: str, dialect: Dialect) -> UpstreamSpec:
@@ -211,7 +224,10 @@ async def open_connection(spec: UpstreamSpec, retries: int = 3) -> UpstreamConne
                 CONNECT_TIMEOUT + 1))
         except InvalidStatus as exc:
             status = exc.response.status_code
-            last = UpstreamRejected(f"{spec.describe()} rejected the connection: HTTP {status}", status)
+            hint = ""
+            if status == 404 and not urlsplit(spec.url).path.endswith(REALTIME_PATH):
+                hint = f" (Realtime servers listen at {REALTIME_PATH}: is the URL's path right?)"
+            last = UpstreamRejected(f"{spec.describe()} rejected the connection: HTTP {status}{hint}", status)
             if status < 500:
                 raise last from None
         except InvalidURI as exc:

@@ -139,3 +139,21 @@ def test_a_port_in_use_is_one_line_exit_2_and_no_banner() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [f"voicerelay: error: cannot listen on 127.0.0.1:{port}: address already "
                                           "in use (pick another --port)"]
+
+
+def test_agent_modules_are_imported_from_the_current_directory(agent_pkg: Path) -> None:
+    import shutil
+
+    script = shutil.which("voicerelay")
+    assert script is not None, "the console script is installed with the package"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY")}
+    import socket
+
+    with socket.socket() as busy:  # serve stops at the port, right after it loaded the agent
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([script, "serve", "--agent", "myagent:on_transcript", "--port", str(port)],
+                                capture_output=True, text=True, timeout=30, env=env, cwd=agent_pkg)
+    assert "cannot import myagent" not in result.stderr, result.stderr
+    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
