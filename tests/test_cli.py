@@ -128,3 +128,23 @@ def test_usage_mistakes_are_one_line_and_exit_2_in_every_command() -> None:
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
         assert lines[0].startswith("voicerelay: error: ") and lines[0].endswith("--help)"), (args, lines)
+
+
+def test_help_shows_flags_as_flags_and_offers_completion() -> None:
+    root = run("--help")
+    assert "--install-completion" in root.stdout and "<bool>" not in root.stdout
+    for command in ("replay", "talk", "serve", "backend", "inspect", "devices"):
+        text = run(command, "--help").stdout
+        assert "<bool>" not in text and "<str>" not in text.split("Options")[-1], command
+    replay_help = run("replay", "--help").stdout
+    assert re.search(r"--json\s+FILE", replay_help) and re.search(r"--compare\s{2,}With a recorded", replay_help)
+
+
+def test_shared_options_have_one_wording() -> None:
+    def option_line(command: str, option: str) -> str:
+        text = run(command, "--help").stdout
+        return next(" ".join(line.split()) for line in text.splitlines() if f" {option} " in line)
+
+    for option in ("--port", "--host", "--log-level"):
+        serve_line, backend_line = option_line("serve", option), option_line("backend", option)
+        assert serve_line.split("[default")[0] == backend_line.split("[default")[0], option

@@ -16,16 +16,44 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VoiceRelayError
 
+class _FlagsShownAsFlags:
+    """Help that shows a flag (``--compare``, ``--help``) without a ``<bool>`` as if it took a value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_FlagsShownAsFlags, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShownAsFlags, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="voicerelay",
+    cls=_Group,
     rich_markup_mode="rich",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+command = app.command(cls=_Command)
 
 
 def fail(message: str) -> NoReturn:
@@ -79,18 +107,22 @@ def _root(
     """
 
 
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.", show_default=True)]
+LogLevel = Annotated[str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.",
+                                       show_default=True)]
+Host = Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")]
+Port = Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0 picks a free one).", min=0, max=65535)]
 
 
-@app.command()
+
+@command
 def backend(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).", min=0, max=65535)] = 8765,
-    pace: Annotated[float, typer.Option(
+    host: Host = "127.0.0.1",
+    port: Port = 8765,
+    pace: Annotated[float, typer.Option(metavar="FACTOR",
         help="Stream reply audio at this many times real time (0 = as fast as possible).", min=0)] = 10.0,
-    max_session_seconds: Annotated[float, typer.Option(
+    max_session_seconds: Annotated[float, typer.Option(metavar="SECONDS",
         help="End each session with [bold]session_expired[/] after this long, like OpenAI's 60-minute cap.",
-        min=0.1)] = 3600.0,
+        min=1)] = 3600.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the embedded offline Realtime server (VAD, speech-to-text, a responder, text-to-speech).
@@ -150,15 +182,15 @@ def _listening_socket(host: str, port: int) -> Any:
     return sock
 
 
-Backend = Annotated[str | None, typer.Option(
+Backend = Annotated[str | None, typer.Option(metavar="BACKEND",
     help="embedded, openai, or a ws:// or wss:// URL. Default: openai when OPENAI_API_KEY is set, else embedded.",
     show_default=False)]
-DialectOpt = Annotated[str, typer.Option("--dialect", help="Event names to send: ga or beta.")]
-Model = Annotated[str, typer.Option(help="Realtime model.")]
-Voice = Annotated[str, typer.Option(help="Assistant voice.")]
-Instructions = Annotated[str | None, typer.Option(help="System instructions for the assistant.", show_default=False)]
+DialectOpt = Annotated[str, typer.Option("--dialect", metavar="ga|beta", help="Event names to send: ga or beta.")]
+Model = Annotated[str, typer.Option(metavar="NAME", help="Realtime model.")]
+Voice = Annotated[str, typer.Option(metavar="NAME", help="Assistant voice.")]
+Instructions = Annotated[str | None, typer.Option(metavar="TEXT", help="System instructions for the assistant.", show_default=False)]
 TurnDetection = Annotated[str, typer.Option(
-    "--turn-detection", help="normal or aggressive (server VAD), or disabled (commit at the end of the input).")]
+    "--turn-detection", metavar="MODE", help="normal or aggressive (server VAD), or disabled (commit at the end of the input).")]
 
 
 def _config(model: str, voice: str, instructions: str | None, turn_detection: str) -> object:
@@ -192,26 +224,26 @@ def _dialect(value: str) -> object:
         fail(f"--dialect must be ga or beta, not {value!r}")
 
 
-@app.command()
+@command
 def replay(
-    path: Annotated[Path, typer.Argument(help="A WAV (any rate, channels, sample format) or a recorded session folder.",
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A WAV (any rate, channels, sample format) or a recorded session folder.",
                                          show_default=False)],
-    speed: Annotated[float, typer.Option(help=(
+    speed: Annotated[float, typer.Option(metavar="FACTOR", help=(
         "Pacing: 1 = real time, or any factor. 0 = as fast as the upstream takes it, one utterance at a time: "
         "each is sent once the previous one is answered, so every utterance gets its own reply."), min=0)] = 1.0,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the assistant's audio to this WAV.",
+    out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="Write the assistant's audio to this WAV.",
                                              show_default=False)] = None,
-    json_path: Annotated[str | None, typer.Option("--json", help="Write a JSON report to FILE ('-' for stdout).",
+    json_path: Annotated[str | None, typer.Option("--json", metavar="FILE", help="Write a JSON report to FILE ('-' for stdout).",
                                                   show_default=False)] = None,
-    expect: Annotated[str | None, typer.Option(
+    expect: Annotated[str | None, typer.Option(metavar="REGEX",
         help="Exit 1 unless this regular expression matches a user or assistant transcript.",
         show_default=False)] = None,
-    record: Annotated[Path | None, typer.Option(help="Record the session into this new folder.",
+    record: Annotated[Path | None, typer.Option(metavar="DIR", help="Record the session into this new folder.",
                                                 show_default=False)] = None,
     compare: Annotated[bool, typer.Option(
         "--compare", help="With a recorded session: show how the new transcripts differ from the recorded ones.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the replies after the input ends.",
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds that any wait may take: the session's set-up, each reply, the last one after the input ends.",
                                            min=0.1)] = 30.0,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
@@ -256,40 +288,40 @@ def _load_toml(path: Path) -> dict[str, object]:
         fail(f"--config {path}: {exc}")
 
 
-@app.command()
+@command
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
     config_file: Annotated[Path | None, typer.Option(
-        "--config", help="A TOML file of ragent's configuration keys (voice, model, instructions, "
+        "--config", metavar="FILE", help="A TOML file of ragent's configuration keys (voice, model, instructions, "
         "turn_detection_mode, turn_detection_params, transcription_model, max_output_tokens, tools).",
         show_default=False)] = None,
-    agent: Annotated[str | None, typer.Option(
+    agent: Annotated[str | None, typer.Option(metavar="MODULE:FUNCTION",
         help="Agent-wrapper mode: module:function called as on_transcript(session_id, transcript, chat_payload, "
         "event_emitter, TTS). Modules of --agent, --tools and --functions are imported from the current directory "
         "first, as uvicorn does.", show_default=False)] = None,
-    tools: Annotated[str | None, typer.Option(help="Function-calling mode: module:TOOLS, a list of function "
+    tools: Annotated[str | None, typer.Option(metavar="MODULE:NAME", help="Function-calling mode: module:TOOLS, a list of function "
                                               "schemas.", show_default=False)] = None,
-    functions: Annotated[str | None, typer.Option(help="Function-calling mode: module:FUNCTION_MAP, tool name -> "
+    functions: Annotated[str | None, typer.Option(metavar="MODULE:NAME", help="Function-calling mode: module:FUNCTION_MAP, tool name -> "
                                                   "callable.", show_default=False)] = None,
-    allow_origin: Annotated[list[str] | None, typer.Option(
+    allow_origin: Annotated[list[str] | None, typer.Option(metavar="ORIGIN",
         help="Origins allowed to connect (repeatable). Default: the gateway's own origin. '*' allows any page.",
         show_default=False)] = None,
-    token: Annotated[str | None, typer.Option(envvar="VOICERELAY_TOKEN", help="Require this token in the "
+    token: Annotated[str | None, typer.Option(metavar="TOKEN", envvar="VOICERELAY_TOKEN", help="Require this token in the "
                                               "Socket.IO auth payload ({token: ...}).", show_default=False)] = None,
-    max_sessions: Annotated[int, typer.Option(help="Concurrent browser sessions at most.", min=1)] = 100,
-    max_session_seconds: Annotated[float, typer.Option(help="A session ends after this long.", min=1)] = 3600.0,
-    max_chunk: Annotated[int, typer.Option("--max-chunk", help="Largest audio_data chunk, in base64 characters.",
+    max_sessions: Annotated[int, typer.Option(metavar="N", help="Concurrent browser sessions at most.", min=1)] = 100,
+    max_session_seconds: Annotated[float, typer.Option(metavar="SECONDS", help="A session ends after this long.", min=1)] = 3600.0,
+    max_chunk: Annotated[int, typer.Option("--max-chunk", metavar="CHARS", help="Largest audio_data chunk, in base64 characters.",
                                            min=64)] = 65536,
-    record: Annotated[Path | None, typer.Option(help="Record each session into a folder under this one.",
+    record: Annotated[Path | None, typer.Option(metavar="DIR", help="Record each session into a folder under this one.",
                                                 show_default=False)] = None,
-    admin_token: Annotated[str | None, typer.Option(
+    admin_token: Annotated[str | None, typer.Option(metavar="TOKEN",
         envvar="VOICERELAY_ADMIN_TOKEN", help="Require this token from monitors (voicerelay inspect) on /monitor.",
         show_default=False)] = None,
-    redis: Annotated[str | None, typer.Option(
+    redis: Annotated[str | None, typer.Option(metavar="URL",
         help="Run as one node of several sharing this Redis (redis://host:port/db): sessions and actions "
         "reach across nodes.", show_default=False)] = None,
-    node_id: Annotated[str | None, typer.Option(help="This node's name in the cluster (default: random).",
+    node_id: Annotated[str | None, typer.Option(metavar="NAME", help="This node's name in the cluster (default: random).",
                                                 show_default=False)] = None,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
@@ -388,10 +420,10 @@ def _GracefulServer(gateway: Any, config: Any) -> Any:  # noqa: N802 - a class m
     return GracefulServer(config)
 
 
-@app.command()
+@command
 def inspect(
-    url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000", show_default=False)],
-    token: Annotated[str | None, typer.Option(envvar="VOICERELAY_ADMIN_TOKEN",
+    url: Annotated[str, typer.Argument(metavar="URL", help="The gateway, e.g. http://127.0.0.1:8000", show_default=False)],
+    token: Annotated[str | None, typer.Option(metavar="TOKEN", envvar="VOICERELAY_ADMIN_TOKEN",
                                               help="The gateway's admin token, when it has one.",
                                               show_default=False)] = None,
 ) -> None:
@@ -414,25 +446,25 @@ def inspect(
         raise inspect_app.failure  # the screen is given back: now its one line
 
 
-Duplex = Annotated[str, typer.Option("--duplex", help=(
+Duplex = Annotated[str, typer.Option("--duplex", metavar="full|half", help=(
     "full, or half: mute the microphone while the assistant speaks (laptop speakers without echo "
     "cancellation; the assistant can then be interrupted with Enter, not by voice)."))]
 
 
-@app.command()
+@command
 def talk(
     input_device: Annotated[str | None, typer.Option(
-        "--input-device", help="Microphone: an index or part of a name from [bold]voicerelay devices[/].",
+        "--input-device", metavar="DEVICE", help="Microphone: an index or part of a name from [bold]voicerelay devices[/].",
         show_default=False)] = None,
     output_device: Annotated[str | None, typer.Option(
-        "--output-device", help="Speakers: an index or part of a name from [bold]voicerelay devices[/].",
+        "--output-device", metavar="DEVICE", help="Speakers: an index or part of a name from [bold]voicerelay devices[/].",
         show_default=False)] = None,
     push_to_talk: Annotated[bool, typer.Option(
         "--push-to-talk", help="Turn detection off: Enter starts a turn, Enter again sends it.")] = False,
     text: Annotated[bool, typer.Option("--text", help="Also type messages: each line is sent as the user's.")
                     ] = False,
     duplex: Duplex = "full",
-    record: Annotated[Path | None, typer.Option(
+    record: Annotated[Path | None, typer.Option(metavar="DIR",
         help="Record the session into this new folder (in the TUI, [bold]r[/] stops and starts recordings).",
         show_default=False)] = None,
     tui: Annotated[bool, typer.Option(
@@ -481,7 +513,7 @@ def talk(
     raise typer.Exit(asyncio.run(run_talk(options, make_console(), make_console(stderr=True))))
 
 
-@app.command()
+@command
 def devices() -> None:
     """List the sound devices: index, name, channels, usable rates; the defaults are marked.
 
