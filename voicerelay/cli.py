@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -76,13 +75,12 @@ def _setup_logging(level: str, handler: logging.Handler | None = None) -> None:
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
-_SECRET = re.compile(r"(Bearer\s+)\S+|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
-
-
 def _redact_secrets(record: logging.LogRecord) -> bool:
     """A log filter: no API key or bearer token reaches a log line, whichever library wrote it."""
+    from .protocol.redact import redact_secrets
+
     message = record.getMessage()
-    redacted = _SECRET.sub(lambda m: (m.group(1) or "") + "…redacted", message)
+    redacted = redact_secrets(message)
     if redacted != message:
         record.msg, record.args = redacted, None
     return True

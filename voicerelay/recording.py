@@ -23,12 +23,10 @@ like an OpenAI key (``sk-...``) or a bearer token is redacted.
 from __future__ import annotations
 
 import base64
-import binascii
 import copy
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from voicerelay.audio.files import ClosedOnExit, WavWriter, read_wav_layout
 from voicerelay.errors import AudioFileError, RecordingError
 from voicerelay.errors import one_line as _one_line
 from voicerelay.protocol.audio import SAMPLE_RATE, AudioFormatError, decode_b64, pcm16_to_b64
+from voicerelay.protocol.redact import is_secret_field, redact_secrets, sanitize, scrub  # noqa: F401 - scrub: importable here as before
 
 __all__ = [
     "FORMAT_VERSION",
@@ -65,99 +64,11 @@ _USER_TRANSCRIPT = "conversation.item.input_audio_transcription.completed"
 _ASSISTANT_TRANSCRIPTS = frozenset({"response.output_audio_transcript.done", "response.audio_transcript.done"})
 _RESERVED_METADATA = frozenset({"type", "version", "created"})
 
-_KEY_RE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
-_KEY_REDACTED = "sk-…redacted"
-_BEARER_RE = re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE)
-#: Field names (lower case, "-" read as "_") dropped wherever they appear in an event.
-_SECRET_FIELDS = frozenset(
-    {
-        "authorization",
-        "proxy_authorization",
-        "headers",
-        "api_key",
-        "apikey",
-        "x_api_key",
-        "openai_api_key",
-        "cookie",
-        "set_cookie",
-        "client_secret",
-    }
-)
-#: Strings at least this long that are strict base64 (or base64 data URLs) are elided.
-_ELIDE_MIN_CHARS = 1024
-_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _REF_KEYS = frozenset({"wav", "offset", "bytes"})
 
 
 
 
-# --------------------------------------------------------------------------- sanitising
-
-
-def _is_secret_field(key: object) -> bool:
-    return isinstance(key, str) and key.strip().lower().replace("-", "_") in _SECRET_FIELDS
-
-
-def _scrub_text(text: str) -> str:
-    if "sk-" in text:
-        text = _KEY_RE.sub(_KEY_REDACTED, text)
-    if len(text) >= 15:
-        text = _BEARER_RE.sub(lambda m: f"{m.group(1)} …redacted", text)
-    return text
-
-
-def _base64_size(text: str) -> int | None:
-    """Decoded size of strict base64 text, or ``None`` if it is not base64."""
-    if len(text) % 4 or not _BASE64_RE.fullmatch(text):
-        return None
-    try:
-        return len(base64.b64decode(text, validate=True))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _elide_large(text: str) -> dict[str, int] | None:
-    if len(text) < _ELIDE_MIN_CHARS:
-        return None
-    payload = text
-    if text.startswith("data:"):
-        head, sep, payload = text.partition(",")
-        if not sep or not head.endswith(";base64"):
-            return None
-    size = _base64_size(payload)
-    return None if size is None else {"elided_bytes": size}
-
-
-def _sanitize(value: Any, key: object = None) -> Any:
-    """A sanitised deep copy: secret fields dropped, keys redacted, big base64 elided."""
-    if isinstance(value, Mapping):
-        return {
-            (_scrub_text(k) if isinstance(k, str) else k): _sanitize(v, k)
-            for k, v in value.items()
-            if not _is_secret_field(k)
-        }
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(item) for item in value]
-    if isinstance(value, str):
-        if key == "audio":  # base64 audio wherever the protocol carries it (items, content parts)
-            size = _base64_size(value)
-            return {"elided_bytes": size} if size is not None else {"invalid_audio": True}
-        elided = _elide_large(value)
-        return elided if elided is not None else _scrub_text(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"elided_bytes": len(memoryview(value).cast("B"))}
-    return value
-
-
-def scrub(event: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``event`` fit for a log or a recording: no header-like fields, no API keys, no big base64.
-
-    Header-like fields (``authorization``, ``headers``, ``api_key``, ``client_secret``...) are
-    dropped at any depth; substrings that look like OpenAI keys (``sk-...``) become
-    ``"sk-…redacted"`` and bearer tokens ``"Bearer …redacted"``; strings under an ``audio`` key
-    and any other long base64 become ``{"elided_bytes": n}``. The argument is never mutated.
-    """
-    return _sanitize(event)
 
 
 def _audio_field(direction: str, event: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -171,7 +82,7 @@ def _audio_field(direction: str, event: Mapping[str, Any]) -> tuple[str, str] | 
 
 
 def _json_default(value: object) -> str:
-    return _scrub_text(str(value))
+    return redact_secrets(str(value))
 
 
 # --------------------------------------------------------------------------- writing
@@ -238,7 +149,7 @@ class Recorder(ClosedOnExit):
             "version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
-        header.update(_sanitize(metadata))
+        header.update(sanitize(metadata))
         try:
             self._write_line({"t": 0.0, "dir": "meta", "event": header})
         except RecordingError:
@@ -303,12 +214,12 @@ class Recorder(ClosedOnExit):
         audio = _audio_field(direction, event)
         out: dict[Any, Any] = {}
         for key, value in event.items():
-            if _is_secret_field(key):
+            if is_secret_field(key):
                 continue
             if audio is not None and key == audio[0]:
                 out[key] = self._append_audio(audio[1], value)
             else:
-                out[_scrub_text(key) if isinstance(key, str) else key] = _sanitize(value, key)
+                out[redact_secrets(key) if isinstance(key, str) else key] = sanitize(value, key)
         self._write_line({"t": t, "dir": direction, "event": out})
 
     def close(self) -> None:

@@ -38,7 +38,8 @@ from .errors import ConnectionLost, UpstreamClosed, UpstreamError
 from .protocol import wirejson
 from .protocol.audio import BYTES_PER_MS, b64_pcm16_nbytes
 from .protocol.config import RealtimeConfig
-from .protocol.events import Dialect, Event, elide
+from .protocol.events import Dialect, Event
+from .protocol.redact import elide
 from .protocol.lifetime import RECYCLE_MARGIN_MAX, RESEND_MAX_MS, ResendLedger, SessionCap, append_ms
 from .protocol.session import Effect, Error, RealtimeSession, SendEvent, State
 

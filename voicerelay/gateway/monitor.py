@@ -24,7 +24,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.events import Event, elide
+from ..protocol.events import Event
+from ..protocol.redact import elide
 from .contract import token_ok
 from .registry import Registered, SessionRegistry
 

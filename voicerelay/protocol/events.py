@@ -24,6 +24,7 @@ import secrets
 from typing import Any
 
 from .audio import SAMPLE_RATE
+from .redact import elide  # noqa: F401 - importable from here as before
 
 Event = dict[str, Any]
 
@@ -382,21 +383,3 @@ def assistant_text(item: dict[str, Any]) -> str:
         if isinstance(part, dict):
             parts.append(part.get("transcript") or part.get("text") or "")
     return "".join(parts)
-
-
-def elide(event: Event, limit: int = 64) -> Event:
-    """A copy of ``event`` safe to log: long base64 audio payloads are replaced by their length."""
-    audio_keys = {"audio"}
-    if str(event.get("type", "")).endswith("audio.delta"):
-        audio_keys.add("delta")
-
-    def _walk(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: _walk(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [_walk(v) for v in value]
-        if isinstance(value, str) and key in audio_keys and len(value) > limit:
-            return f"<{len(value)} chars of base64>"
-        return value
-
-    return _walk(event)

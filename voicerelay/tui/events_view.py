@@ -9,7 +9,7 @@ from typing import Any
 
 from textual.widgets import Input, RichLog
 
-from ..protocol.events import elide
+from ..protocol.redact import elide
 
 #: Events that carry audio, 50 or more a second while someone speaks: shown on request only.
 AUDIO_EVENT_TYPES = frozenset({
