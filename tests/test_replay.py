@@ -412,3 +412,40 @@ async def test_a_backend_url_without_a_path_gets_the_realtime_path(backend: Back
                                         f"ws://127.0.0.1:{backend.port}/realtime")
     assert elsewhere.returncode == 1
     assert "HTTP 404 (Realtime servers listen at /v1/realtime: is the URL's path right?)" in elsewhere.stderr
+
+
+def test_several_files_and_globs_end_with_one_summary_table(tmp_path: Path) -> None:
+    report = tmp_path / "all.json"
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), str(RECORDINGS / "what_*.wav"), "--speed", "0",
+                 "--json", str(report), "--expect", "hello|name|can")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("file ")))
+    assert lines[header].split() == ["file", "turns", "transcripts", "match", "latency", "result"]
+    rows = [line.split() for line in lines[header + 1:]]
+    assert [row[0] for row in rows] == [str(RECORDINGS / f"{stem}.wav") for stem in
+                                        ("hello_there", "what_can_you_do", "what_is_your_name")]
+    assert all(row[1] == "1" and row[2] == "yes" and row[-1] == "passed" for row in rows), rows
+    data = json.loads(report.read_text())
+    assert [f["turns"][0]["user"] for f in data["files"]] == ["hello there", "what can you do", "what is your name"]
+
+
+def test_one_bad_file_among_several_fails_the_run_and_the_rest_still_runs(tmp_path: Path) -> None:
+    (tmp_path / "notes.wav").write_text("not audio")
+    result = cli("replay", str(tmp_path / "notes.wav"), str(RECORDINGS / "hello_there.wav"), "--speed", "0",
+                 "--expect", "nothing like this")
+    assert result.returncode == 2, result.stderr  # unusable input outranks a failed file
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("/", "file"))}
+    assert "unusable: cannot read" in rows[str(tmp_path / "notes.wav")]
+    assert rows[str(RECORDINGS / "hello_there.wav")].split()[-1] == "failed"
+    only_failed = cli("replay", str(RECORDINGS / "hello_there.wav"), str(RECORDINGS / "how_are_you.wav"),
+                      "--speed", "0", "--expect", "hello")
+    assert only_failed.returncode == 1, only_failed.stderr  # how_are_you does not say hello
+
+
+def test_several_files_refuse_a_single_output_and_an_empty_glob(tmp_path: Path) -> None:
+    wav = str(RECORDINGS / "hello_there.wav")
+    result = cli("replay", wav, wav, "--out", str(tmp_path / "x.wav"))
+    assert result.returncode == 2 and "--out takes one input, not 2" in result.stderr
+    result = cli("replay", str(tmp_path / "*.wav"))
+    assert result.returncode == 2 and result.stderr.strip() == f"voicerelay: error: no file matches {tmp_path}/*.wav"

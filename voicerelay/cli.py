@@ -224,8 +224,10 @@ def _dialect(value: str) -> object:
 
 @command
 def replay(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="A WAV (any rate, channels, sample format) or a recorded session folder.",
-                                         show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="PATH...", show_default=False,
+        help="WAVs (any rate, channels, sample format) or recorded session folders; a quoted glob ('tests/*.wav') "
+             "is expanded. Several are replayed one after the other, then summed up in one table.")],
     speed: Annotated[float, typer.Option(metavar="FACTOR", help=(
         "Pacing: 1 = real time, or any factor. 0 = as fast as the upstream takes it, one utterance at a time: "
         "each is sent once the previous one is answered, so every utterance gets its own reply."), min=0)] = 1.0,
@@ -262,16 +264,33 @@ def replay(
     from .console import console as make_console
 
     from .replay import ReplayOptions
-    from .replay import replay as run_replay
+    from .replay import replay_all
 
     _setup_logging(log_level)
     _backend(backend)
-    options = ReplayOptions(path=path, config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
+    options = ReplayOptions(path=Path(), config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
                             backend=backend, dialect=_dialect(dialect), speed=speed, out=out,  # type: ignore[arg-type]
                             json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
     console = make_console(stderr=json_path == "-")
     err = make_console(stderr=True)
-    raise typer.Exit(asyncio.run(run_replay(options, console, err)))
+    raise typer.Exit(asyncio.run(replay_all(_expand_globs(paths), options, console, err)))
+
+
+def _expand_globs(paths: list[Path]) -> list[Path]:
+    """Paths as given, a pattern that names no file expanded (a shell that did not, or a quoted one)."""
+    import glob
+
+    expanded: list[Path] = []
+    for path in paths:
+        text = str(path)
+        if not path.exists() and glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                fail(f"no file matches {text}")
+            expanded += [Path(m) for m in matches]
+        else:
+            expanded.append(path)
+    return expanded
 
 
 def _load_toml(path: Path) -> dict[str, object]:

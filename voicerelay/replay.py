@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from .protocol.audio import ms_to_bytes
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
@@ -107,8 +108,97 @@ class _Source:
                 yield t, pcm
 
 
-async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
-    """Run one replay; returns the exit code. Input problems raise :class:`ReplayInputError`."""
+async def replay_all(paths: list[Path], options: ReplayOptions, console: Console, err: Console) -> int:
+    """Replay each of ``paths`` in turn (its own session), then print one summary table; returns
+    the exit code: 0 when every file passed, 2 when one was unusable, else 1 when one failed.
+
+    One path is :func:`replay` itself. With several, ``--json`` holds ``{"files": [report, ...]}``
+    and ``--out``/``--record`` (which name one output) are refused.
+    """
+    if len(paths) == 1:
+        return await replay(dataclasses.replace(options, path=paths[0]), console, err)
+    for option, value in (("--out", options.out), ("--record", options.record)):
+        if value is not None:
+            raise UsageError(f"{option} takes one input, not {len(paths)}: replay the files one at a time")
+    if options.json_path not in (None, "-"):
+        _check_writable("--json", Path(options.json_path))
+    reports: list[dict[str, Any]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
+    codes: list[int] = []
+    for path in paths:
+        console.print(f"[bold]── {path}[/]", highlight=False)
+        one = dataclasses.replace(options, path=path, json_path=None)
+        count = len(reports)
+        try:
+            code = await replay(one, console, err, reports=reports)
+            result = {0: "passed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+        except UsageError as exc:
+            err.print(f"voicerelay: error: {exc}", highlight=False, markup=False)
+            code, result = exc.exit_code, f"unusable: {exc}"
+        except UpstreamError as exc:
+            err.print(f"voicerelay: error: upstream failed: {exc}", highlight=False, markup=False)
+            code, result = exc.exit_code, f"upstream failed: {exc}"
+        codes.append(code)
+        report = reports[count] if len(reports) > count else None
+        rows.append((str(path), *_summary_cells(report, options), result))
+        if code == EXIT_INTERRUPTED:
+            break
+    _print_summary(rows, console)
+    if options.json_path is not None:
+        _write_json(options.json_path, {"files": reports})
+    for code in (EXIT_INTERRUPTED, EXIT_USAGE, EXIT_FAILED):
+        if code in codes:
+            return code
+    return 0
+
+
+def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tuple[str, str, str]:
+    """turns, transcripts match, median latency."""
+    if report is None:
+        return "-", "-", "-"
+    turns = report["turns"]
+    if "compare" in report:
+        match = "yes" if all(r["same"] for r in report["compare"].values()) else "no"
+    elif options.expect is not None:
+        match = "yes" if report.get("expect_matched") else "no"
+    else:
+        match = "-"
+    latencies = sorted(t["latency_ms"]["first_audio"] for t in turns if t["latency_ms"]["first_audio"] is not None)
+    latency = f"{latencies[len(latencies) // 2]:.0f} ms" if latencies else "-"
+    return str(len(turns)), match, latency
+
+
+SUMMARY_COLUMNS = ("file", "turns", "transcripts match", "latency", "result")
+
+
+def _print_summary(rows: list[tuple[str, str, str, str, str]], console: Console) -> None:
+    """One line per file, columns aligned, never wrapped or cut (a script may read it)."""
+    widths = [max(len(cells[i]) for cells in [SUMMARY_COLUMNS, *rows]) for i in range(4)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(cell.rjust(w) if i in (1, 3) else cell.ljust(w) for i, (cell, w) in
+                         enumerate(zip(cells, widths))) + "  "
+
+    console.print()
+    console.print(Text(line(SUMMARY_COLUMNS) + SUMMARY_COLUMNS[-1], style="bold"))
+    for row in rows:
+        console.print(Text(line(row[:-1])) + Text(row[-1], style="green" if row[-1] == "passed" else "red"))
+
+
+def _write_json(json_path: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2)
+    if json_path == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(json_path).write_text(text + "\n")
+
+
+async def replay(options: ReplayOptions, console: Console, err: Console,
+                 reports: list[dict[str, Any]] | None = None) -> int:
+    """Run one replay; returns the exit code. Input problems raise :class:`~voicerelay.errors.UsageError`,
+    a failed upstream :class:`~voicerelay.errors.UpstreamError` (after the report is written).
+
+    ``reports``, if given, receives the report instead of ``--json``."""
     expect = None
     if options.expect is not None:
         try:
@@ -180,12 +270,13 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
         report["compare"] = _compare(source, turns, console)
         if not all(result["same"] for result in report["compare"].values()):
             exit_code = EXIT_FAILED
-    if options.json_path is not None:
-        text = json.dumps(report, indent=2)
-        if options.json_path == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(options.json_path).write_text(text + "\n")
+    if expect is not None:
+        texts = [t.user_transcript for t in turns] + [t.assistant_transcript for t in turns]
+        report["expect_matched"] = any(expect.search(text) for text in texts)
+    if reports is not None:
+        reports.append(report)
+    elif options.json_path is not None:
+        _write_json(options.json_path, report)
     if failure is not None:
         raise failure  # after the report of what finished
     if interrupted:
@@ -194,8 +285,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console) -> int:
     if not turns:
         err.print(f"voicerelay: no speech was detected in {options.path}", highlight=False, soft_wrap=True)
     if exit_code == 0 and expect is not None:
-        texts = [t.user_transcript for t in turns] + [t.assistant_transcript for t in turns]
-        if not any(expect.search(text) for text in texts):
+        if not report["expect_matched"]:
             err.print(f"[bold red]voicerelay: --expect {options.expect!r} matched no transcript[/]", highlight=False)
             exit_code = 1
     return exit_code
