@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from voicerelay.protocol.events import Dialect, say_exactly
 from voicerelay.backend import responder
 from voicerelay.backend.session import (
     CHUNK_MS,
@@ -23,6 +22,7 @@ from voicerelay.backend.session import (
     Synthesize,
     Transcribe,
 )
+from voicerelay.protocol.events import Dialect, say_exactly
 
 from ..conftest import SDK
 
@@ -166,7 +166,8 @@ def test_a_bad_session_update_is_refused_whole_with_openais_code(fields: dict[st
     session = new_session()
     before = session.session
     # a valid field first: one bad field rejects the whole update, as OpenAI does
-    effects = session.handle({"type": "session.update", "event_id": "evt_7", "session": {"instructions": "new", **fields}})
+    effects = session.handle({"type": "session.update", "event_id": "evt_7",
+                              "session": {"instructions": "new", **fields}})
     error = error_of(effects)
     assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_7")
     assert types(effects) == ["error"]

@@ -31,7 +31,8 @@ streams: a function call or a text reply at once, a spoken reply after ``Synthes
 barge-in have something to interrupt.
 
 Bad client input never raises out of :meth:`ServerSession.handle`: it becomes an ``error``
-event with OpenAI's code, and the session goes on.
+event with OpenAI's code, and the session goes on. What ``session.update`` may say lives in
+``session_config.py``; the envelope of each event was checked by ``validate.py`` before.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..protocol.audio import BYTES_PER_MS, AudioFormatError, decode_b64
-from ..protocol.events import Dialect, Event, beta_session_to_ga, new_id, parse_say_instructions
+from ..protocol.events import Dialect, Event, new_id, parse_say_instructions
 from . import responder
+from .session_config import PCM, default_session, merge_session, session_update
 from .validate import EventError
 
 log = logging.getLogger(__name__)
@@ -53,39 +55,6 @@ log = logging.getLogger(__name__)
 CHUNK_MS = 100  # audio per output delta
 STT_TAIL_MS = 150  # audio after the end of speech that the recogniser still hears
 MIN_COMMIT_MS = 100
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
-    "idle_timeout_ms": None, "create_response": True, "interrupt_response": True,
-}
-_PCM = {"type": "audio/pcm", "rate": 24000}
-_GA_SESSION_KEYS = frozenset({
-    "type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice", "max_output_tokens",
-    "truncation", "tracing", "prompt", "include", "id", "object", "expires_at", "parallel_tool_calls",
-    "reasoning",
-})
-_BETA_SESSION_KEYS = frozenset({
-    "modalities", "instructions", "voice", "input_audio_format", "output_audio_format",
-    "input_audio_transcription", "turn_detection", "input_audio_noise_reduction", "tools", "tool_choice",
-    "temperature", "max_response_output_tokens", "speed", "model", "tracing", "id", "object", "expires_at",
-    "client_secret",
-})
-_AUDIO_SIDE_KEYS = {"input": {"format", "transcription", "turn_detection", "noise_reduction"},
-                    "output": {"format", "voice", "speed"}}
-
-
-def default_session(model: str, expires_at: int) -> dict[str, Any]:
-    """The full GA session object announced by ``session.created``."""
-    return {
-        "type": "realtime", "object": "realtime.session", "id": new_id("sess"), "model": model,
-        "output_modalities": ["audio"], "instructions": "You are the voicerelay embedded test assistant.",
-        "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-        "prompt": None, "expires_at": expires_at, "include": None,
-        "audio": {
-            "input": {"format": dict(_PCM), "transcription": None, "noise_reduction": None,
-                      "turn_detection": dict(DEFAULT_TURN_DETECTION)},
-            "output": {"format": dict(_PCM), "voice": "alloy", "speed": 1.0},
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------ effects
@@ -336,20 +305,7 @@ class ServerSession:
     # ----------------------------------------------------------------------------- session
 
     def _on_session_update(self, event: Event, out: list[Effect]) -> None:
-        raw = event["session"]
-        if self.dialect is Dialect.BETA:
-            _reject_unknown(raw, _BETA_SESSION_KEYS)
-            update = beta_session_to_ga(raw)
-        else:
-            if "type" not in raw:
-                raise EventError("missing_required_parameter", "Missing required parameter: 'session.type'.",
-                                 "session.type")
-            _reject_unknown(raw, _GA_SESSION_KEYS)
-            update = raw
-        if update.get("type") != "realtime":
-            raise EventError("invalid_value", "The embedded backend supports only session.type 'realtime'.",
-                             "session.type")
-        merged = _merge_session(self.session, update)
+        merged = merge_session(self.session, session_update(event["session"], self.dialect))
         old_td = self.session["audio"]["input"]["turn_detection"]
         self.session = merged
         if merged["audio"]["input"]["turn_detection"] != old_td:
@@ -554,12 +510,12 @@ class ServerSession:
         if in_band:
             self._active = run
         self._emit(out, {"type": "response.created", "response": self._response_object(run, "in_progress")})
-        self._guarded(run, self._decide, out)
+        self._guarded(run, lambda: self._decide(run, out), out)
 
-    def _guarded(self, run: _Response, step: Callable[[_Response, list[Effect]], None], out: list[Effect]) -> None:
+    def _guarded(self, run: _Response, step: Callable[[], None], out: list[Effect]) -> None:
         """Run one step of a response; a failure of ours ends it as ``failed``, not the session."""
         try:
-            step(run, out)
+            step()
         except Exception as exc:
             log.exception("response %s failed", run.id)
             self._fail(run, str(exc), out)
@@ -586,7 +542,7 @@ class ServerSession:
             "id": run.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": output or [], "conversation_id": self.conversation_id if run.in_band else None,
             "output_modalities": settings["output_modalities"], "max_output_tokens": settings["max_output_tokens"],
-            "audio": {"output": {"format": dict(_PCM), "voice": settings["voice"]}},
+            "audio": {"output": {"format": dict(PCM), "voice": settings["voice"]}},
             "usage": usage, "metadata": settings["metadata"],
         }
 
@@ -610,7 +566,7 @@ class ServerSession:
                 if self._transcript_pending(item):
                     run.waits_for = item
                     return
-                self._reply(run, responder.respond(self._user_text(item), run.settings["tools"]), out)
+                self._answer(run, item, out)
                 return
         self._reply(run, responder.Reply(text="How can I help?"), out)
 
@@ -637,8 +593,10 @@ class ServerSession:
             item = run.waits_for
             if item is not None and item.get("id") == item_id:
                 run.waits_for = None
-                self._guarded(run, lambda r, o, item=item: self._reply(
-                    r, responder.respond(self._user_text(item), r.settings["tools"]), o), out)
+                self._guarded(run, lambda: self._answer(run, item, out), out)  # noqa: B023 - called at once
+
+    def _answer(self, run: _Response, user_item: dict[str, Any], out: list[Effect]) -> None:
+        self._reply(run, responder.respond(self._user_text(user_item), run.settings["tools"]), out)
 
     def _reply(self, run: _Response, reply: responder.Reply, out: list[Effect]) -> None:
         if reply.call is not None:
@@ -780,103 +738,6 @@ _HANDLERS: dict[str, Callable[[ServerSession, Event, list[Effect]], None]] = {
     "response.create": ServerSession._on_response_create,
     "response.cancel": ServerSession._on_response_cancel,
 }
-
-
-# -------------------------------------------------------------------------------- session config
-
-
-def _reject_unknown(session: dict[str, Any], allowed: frozenset[str]) -> None:
-    for key in session:
-        if key not in allowed:
-            raise EventError("unknown_parameter", f"Unknown parameter: 'session.{key}'.", f"session.{key}")
-
-
-def _merge_session(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Apply a GA session update to the effective session, checking every value first.
-
-    Any invalid field rejects the whole update, as OpenAI does.
-    """
-    merged = copy.deepcopy(current)
-    for key, value in update.items():
-        if key in ("id", "object", "expires_at", "type"):
-            continue
-        if key == "audio":
-            if not isinstance(value, dict):
-                raise EventError("invalid_value", "Invalid type for 'session.audio': expected an object.",
-                                 "session.audio")
-            for side, cfg in value.items():
-                if side not in _AUDIO_SIDE_KEYS or not isinstance(cfg, dict):
-                    raise EventError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}'.",
-                                     f"session.audio.{side}")
-                for sub, sub_value in cfg.items():
-                    if sub not in _AUDIO_SIDE_KEYS[side]:
-                        raise EventError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}.{sub}'.",
-                                         f"session.audio.{side}.{sub}")
-                    _check_audio_value(side, sub, sub_value)
-                    merged["audio"][side][sub] = _with_td_defaults(sub_value) if sub == "turn_detection" else sub_value
-            continue
-        _check_session_value(key, value)
-        merged[key] = value
-    return merged
-
-
-def _with_td_defaults(td: dict[str, Any] | None) -> dict[str, Any] | None:
-    if td is None:
-        return None
-    return {**DEFAULT_TURN_DETECTION, **td}
-
-
-def _check_audio_value(side: str, key: str, value: Any) -> None:
-    param = f"session.audio.{side}.{key}"
-    if key == "format":
-        if not isinstance(value, dict) or value.get("type") not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
-            raise EventError("invalid_value", f"Invalid '{param}': expected audio/pcm, audio/pcmu or audio/pcma.",
-                             param)
-        if value["type"] != "audio/pcm":
-            raise EventError("invalid_value", "The embedded backend supports only audio/pcm at 24000 Hz.", param)
-        rate = value.get("rate", 24000)
-        if rate != 24000:
-            raise EventError("integer_below_min_value" if isinstance(rate, int) and rate < 24000 else "invalid_value",
-                             f"Invalid '{param}.rate': only 24000 is supported.", param + ".rate")
-    elif key == "turn_detection":
-        if value is None:
-            return
-        if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
-            raise EventError("invalid_value", f"Invalid '{param}.type': expected 'server_vad' or 'semantic_vad'.",
-                             param + ".type")
-        threshold = value.get("threshold", 0.5)
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
-            raise EventError("invalid_value", f"Invalid '{param}.threshold': expected a number from 0 to 1.",
-                             param + ".threshold")
-        for ms_key in ("prefix_padding_ms", "silence_duration_ms"):
-            ms = value.get(ms_key, 0)
-            if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
-                raise EventError("invalid_value", f"Invalid '{param}.{ms_key}': expected a non-negative integer.",
-                                 f"{param}.{ms_key}")
-    elif key == "voice":
-        if not isinstance(value, (str, dict)):
-            raise EventError("invalid_value", f"Invalid type for '{param}': expected a string.", param)
-    elif key == "speed":
-        if not isinstance(value, (int, float)) or not 0.25 <= value <= 1.5:
-            raise EventError("invalid_value", f"Invalid '{param}': expected a number from 0.25 to 1.5.", param)
-    elif key == "transcription" and value is not None and not isinstance(value, dict):
-        raise EventError("invalid_value", f"Invalid type for '{param}': expected an object or null.", param)
-
-
-def _check_session_value(key: str, value: Any) -> None:
-    param = f"session.{key}"
-    if key == "instructions" and not isinstance(value, str):
-        raise EventError("invalid_value", f"Invalid type for '{param}': expected a string.", param)
-    if key == "output_modalities" and (not isinstance(value, list) or value not in (["audio"], ["text"])):
-        raise EventError("invalid_value", f"Invalid '{param}': expected [\"audio\"] or [\"text\"].", param)
-    if key == "tools":
-        if not isinstance(value, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                                  for t in value):
-            raise EventError("invalid_value", f"Invalid '{param}': expected a list of function tools with names.",
-                             param)
-    if key == "max_output_tokens" and value != "inf" and (
-            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096):
-        raise EventError("invalid_value", f"Invalid '{param}': expected an integer from 1 to 4096 or 'inf'.", param)
 
 
 def _check_item(item: dict[str, Any]) -> None:
