@@ -23,13 +23,13 @@ import concurrent.futures.process
 import logging
 import multiprocessing
 import os
-import re
 import threading
 from collections.abc import Iterable
 
 import numpy as np
 
-_DELTA = re.compile(r"\s*\S+\s*")
+from . import responder
+
 log = logging.getLogger(__name__)
 
 
@@ -99,11 +99,8 @@ class Engines:
 
     @staticmethod
     def stream_words(text: str) -> list[str]:
-        """``text`` cut into transcript deltas: each word with the spaces after it.
-
-        ``"".join(stream_words(text)) == text``; leading spaces, if any, go with the first chunk.
-        """
-        return _DELTA.findall(text) or ([text] if text else [])
+        """``text`` cut into transcript deltas (:func:`.responder.stream_words`)."""
+        return responder.stream_words(text)
 
     def warm_up(self) -> None:
         """Load both engines (in every recognition worker) now, so the first turn does not pay for it."""

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _WORD = re.compile(r"[a-z0-9]+")
+_DELTA = re.compile(r"\s*\S+\s*")
 _STOPWORDS = frozenset(
     "a an the is are am be what whats who how do does did can could would should will to of in on at for "
     "from with and or me my you your it its this that please get set give tell about some any current "
@@ -63,6 +64,14 @@ def words(text: str) -> list[str]:
     """Lower-case words; ``get_weather`` and ``getWeather`` give ``get weather``."""
     text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
     return _WORD.findall(text.lower().replace("_", " "))
+
+
+def stream_words(text: str) -> list[str]:
+    """``text`` cut into transcript deltas: each word with the spaces after it.
+
+    ``"".join(stream_words(text)) == text``; leading spaces, if any, go with the first chunk.
+    """
+    return _DELTA.findall(text) or ([text] if text else [])
 
 
 def respond(utterance: str, tools: Sequence[Mapping[str, Any]] = ()) -> Reply:

@@ -1,9 +1,12 @@
-"""The embedded backend's WebSocket edge: ``/v1/realtime`` over ``websockets``.
+"""The embedded backend's asyncio side: ``/v1/realtime`` over ``websockets``.
 
-Each connection gets a :class:`~voicerelay.backend.session.BackendSession`. This module only
-does the I/O around it: the handshake (path, ``?model=``, the ``OpenAI-Beta`` header that picks
-the dialect), frame parsing and checking, translation of outgoing events for beta peers, the
-session cap (``session_expired``), and cleanup when the peer goes away.
+Each connection gets a :class:`~voicerelay.backend.session.ServerSession` (the protocol state,
+no I/O) and a :class:`SessionPump` that carries out its effects: it sends events, keeps the
+speech detector, runs recognition and synthesis off the event loop and paces reply audio at
+``pace`` times real time, feeding each result back into the session. :class:`BackendServer`
+does the I/O around them: the handshake (path, ``?model=``, the ``OpenAI-Beta`` header that
+picks the dialect), frame parsing and checking, translation of outgoing events for beta peers,
+the session cap (``session_expired``), and cleanup when the peer goes away.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -23,10 +30,23 @@ from websockets.http11 import Request, Response
 
 from ..protocol.events import Dialect, Event, elide, to_dialect
 from .engines import Engines
-from .session import BackendSession
+from .session import (
+    DetectSpeech,
+    Effect,
+    Pause,
+    SendEvent,
+    ServerSession,
+    StartVad,
+    StopVad,
+    Synthesize,
+    Transcribe,
+)
 from .validate import EventError, check_event, error_event, parse_frame
+from .vad import VoiceActivityDetector
 
 log = logging.getLogger(__name__)
+
+Send = Callable[[Event], Awaitable[None]]
 
 PATH = "/v1/realtime"
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # one 15 MiB append is ~20 MiB of base64
@@ -36,6 +56,95 @@ def dialect_of(headers: Headers) -> Dialect:
     """Beta when the client asks for ``OpenAI-Beta: realtime=v1``, GA otherwise."""
     beta = headers.get("OpenAI-Beta", "")
     return Dialect.BETA if "realtime=v1" in beta.replace(" ", "").lower() else Dialect.GA
+
+
+class SessionPump:
+    """Runs one :class:`ServerSession`: carries out its effects and feeds the results back.
+
+    Client events go in through :meth:`handle`, one at a time, in order. Recognition and
+    synthesis run in threads (recognition in the engines' worker processes), each in a task of
+    its own, so a session never blocks the event loop or another session; :meth:`close` cancels
+    them all.
+    """
+
+    def __init__(self, session: ServerSession, send: Send, engines: Engines, *, pace: float = 10.0) -> None:
+        self.session = session
+        self.engines = engines
+        self.pace = pace
+        self._send = send
+        self._vad: VoiceActivityDetector | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._apply(self.session.start())
+
+    async def handle(self, event: Event) -> None:
+        """Act on one checked client event."""
+        await self._apply(self.session.handle(event))
+
+    async def close(self) -> None:
+        """Stop every task of this session (the socket is gone)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _apply(self, effects: Iterable[Effect]) -> None:
+        """Carry out effects in order; those of a result fed back go before the rest."""
+        todo = deque(effects)
+        while todo:
+            effect = todo.popleft()
+            if isinstance(effect, SendEvent):
+                await self._send(effect.event)
+            elif isinstance(effect, DetectSpeech):
+                assert self._vad is not None, "DetectSpeech without StartVad"
+                edges = [(e.kind, e.ms) for e in self._vad.feed(np.frombuffer(effect.pcm, dtype="<i2"))]
+                todo.extendleft(reversed(self.session.speech_judged(edges)))
+            elif isinstance(effect, StartVad):
+                self._vad = VoiceActivityDetector(effect.threshold, effect.prefix_padding_ms,
+                                                  effect.silence_duration_ms)
+            elif isinstance(effect, StopVad):
+                self._vad = None
+            elif isinstance(effect, Transcribe):
+                self._spawn(self._transcribe(effect), f"transcribe {effect.item_id}")
+            elif isinstance(effect, Synthesize):
+                self._spawn(self._synthesize(effect), f"response {effect.response_id}")
+            elif isinstance(effect, Pause):  # only ever from synthesized()/stream(): we are in its task
+                if self.pace > 0:
+                    await asyncio.sleep(effect.audio_ms / 1000 / self.pace)
+                todo.extendleft(reversed(self.session.stream(effect.response_id)))
+            else:
+                raise TypeError(f"unknown effect {effect!r}")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def _transcribe(self, job: Transcribe) -> None:
+        try:
+            text = await asyncio.to_thread(self.engines.transcribe, np.frombuffer(job.audio, dtype="<i2"), job.phrases)
+        except Exception as exc:  # a recogniser failure is this turn's problem: the session reports it
+            log.exception("transcription of %s failed", job.item_id)
+            await self._apply(self.session.transcription_failed(job.item_id, str(exc)))
+            return
+        await self._apply(self.session.transcribed(job.item_id, text))
+
+    async def _synthesize(self, job: Synthesize) -> None:
+        try:
+            pcm = await asyncio.to_thread(self.engines.synthesize, job.text, job.voice)
+            raw = pcm.astype("<i2").tobytes()
+        except Exception as exc:  # the response ends as failed, the session goes on
+            log.exception("response %s failed", job.response_id)
+            await self._apply(self.session.synthesis_failed(job.response_id, str(exc)))
+            return
+        await self._apply(self.session.synthesized(job.response_id, raw))
 
 
 class BackendServer:
@@ -122,8 +231,8 @@ class BackendServer:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(json.dumps(out))
 
-        session = BackendSession(send, self.engines, dialect=dialect, model=model, pace=self.pace,
-                                 max_session_seconds=self.max_session_seconds)
+        state = ServerSession(model=model, expires_at=int(time.time() + self.max_session_seconds), dialect=dialect)
+        session = SessionPump(state, send, self.engines, pace=self.pace)
         expiry = asyncio.get_running_loop().call_later(
             self.max_session_seconds, lambda: asyncio.ensure_future(self._expire(ws, send)))
         try:

@@ -1,260 +1,394 @@
-"""One embedded-backend Realtime session: the state and behaviour behind one WebSocket.
+"""One embedded-backend Realtime session as a state machine, without I/O.
 
-The server (``server.py``) parses frames, checks them (``validate.py``) and hands events to
-:meth:`BackendSession.handle`, one at a time, in order. Everything this class says goes out
-through the ``send`` coroutine it was given, as GA events; the server translates them for beta
-peers. Slow work (speech recognition, synthesis) runs in threads, and each response streams
-from a task of its own, so a session never blocks the event loop or another session.
+Theory of operation
+-------------------
+The server (``server.py``) parses and checks each client frame (``validate.py``) and feeds the
+event to :meth:`ServerSession.handle`. Every input returns a list of *effects* for the caller to
+carry out, in order. The session never awaits, never touches a socket, a thread or a clock:
+the expiry time of the session is given to it, and slow work (speech detection, recognition,
+synthesis, pacing) goes out as an effect whose result comes back as another input.
 
-Turn flow (section 8 of the protocol reference): audio is appended to the input buffer and,
-with server VAD, judged as it arrives; the end of speech commits the buffer into a user item,
-its transcription starts in a thread, and a response is created that waits for that transcript,
-asks the responder what to say, synthesises it and streams it as audio deltas (paced at
-``pace`` times real time, so cancel and barge-in have something to interrupt).
+Inputs                                       Effects
+  start()                                     SendEvent      a GA server event (event_id set)
+  handle(event)         a checked client      StartVad       a fresh speech detector (config)
+                        event                 StopVad        no speech detection
+  speech_judged(edges)  what the detector     DetectSpeech   judge this appended audio, then
+                        made of DetectSpeech                 call speech_judged()
+  transcribed(item_id, text)                  Transcribe     recognise a user item's audio,
+  transcription_failed(item_id, message)                     then call transcribed() or
+                                                             transcription_failed()
+  synthesized(response_id, pcm)               Synthesize     speak a reply's text, then call
+  synthesis_failed(response_id, message)                     synthesized() or synthesis_failed()
+  stream(response_id)   the next chunk is     Pause          wait ``audio_ms`` of audio (at the
+                        due                                  server's pace), then call stream()
+
+Turn flow (section 8 of the protocol reference): appended audio fills the input buffer and,
+with server VAD, is judged by the detector; the end of speech commits the buffer into a user
+item (``Transcribe``) and, with ``create_response``, creates a response. A response decides
+what to say once the transcript it depends on is known (it waits for ``transcribed()``), then
+streams: a function call or a text reply at once, a spoken reply after ``Synthesize`` one
+``CHUNK_MS`` audio delta per ``stream()`` call, with a ``Pause`` after each, so cancel and
+barge-in have something to interrupt.
+
+Bad client input never raises out of :meth:`ServerSession.handle`: it becomes an ``error``
+event with OpenAI's code, and the session goes on. What ``session.update`` may say lives in
+``session_config.py``; the envelope of each event was checked by ``validate.py`` before.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import dataclasses
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from ..protocol.audio import BYTES_PER_MS, AudioFormatError, decode_b64
-from ..protocol.events import Dialect, Event, beta_session_to_ga, new_id, parse_say_instructions
+from ..protocol.events import Dialect, Event, new_id, parse_say_instructions
 from . import responder
-from .engines import Engines
+from .session_config import PCM, default_session, merge_session, session_update
 from .validate import EventError
-from .vad import VoiceActivityDetector
 
 log = logging.getLogger(__name__)
-
-Send = Callable[[Event], Awaitable[None]]
 
 CHUNK_MS = 100  # audio per output delta
 STT_TAIL_MS = 150  # audio after the end of speech that the recogniser still hears
 MIN_COMMIT_MS = 100
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
-    "idle_timeout_ms": None, "create_response": True, "interrupt_response": True,
-}
-_PCM = {"type": "audio/pcm", "rate": 24000}
-_GA_SESSION_KEYS = frozenset({
-    "type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice", "max_output_tokens",
-    "truncation", "tracing", "prompt", "include", "id", "object", "expires_at", "parallel_tool_calls",
-    "reasoning",
-})
-_BETA_SESSION_KEYS = frozenset({
-    "modalities", "instructions", "voice", "input_audio_format", "output_audio_format",
-    "input_audio_transcription", "turn_detection", "input_audio_noise_reduction", "tools", "tool_choice",
-    "temperature", "max_response_output_tokens", "speed", "model", "tracing", "id", "object", "expires_at",
-    "client_secret",
-})
-_AUDIO_SIDE_KEYS = {"input": {"format", "transcription", "turn_detection", "noise_reduction"},
-                    "output": {"format", "voice", "speed"}}
 
 
-def default_session(model: str, expires_at: int) -> dict[str, Any]:
-    """The full GA session object announced by ``session.created``."""
-    return {
-        "type": "realtime", "object": "realtime.session", "id": new_id("sess"), "model": model,
-        "output_modalities": ["audio"], "instructions": "You are the voicerelay embedded test assistant.",
-        "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-        "prompt": None, "expires_at": expires_at, "include": None,
-        "audio": {
-            "input": {"format": dict(_PCM), "transcription": None, "noise_reduction": None,
-                      "turn_detection": dict(DEFAULT_TURN_DETECTION)},
-            "output": {"format": dict(_PCM), "voice": "alloy", "speed": 1.0},
-        },
-    }
+# ------------------------------------------------------------------------------------ effects
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendEvent:
+    """A server event (GA names) for the client; the server translates it for beta peers."""
+
+    event: Event
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartVad:
+    """Replace the speech detector with a fresh one (its clock starts at 0 now)."""
+
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StopVad:
+    """Turn detection is off: drop the detector."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetectSpeech:
+    """Feed this appended PCM16 to the detector and report its edges through ``speech_judged()``."""
+
+    pcm: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transcribe:
+    """Recognise ``audio`` (PCM16 24 kHz) of a user item; ``phrases`` help the recogniser."""
+
+    item_id: str
+    audio: bytes
+    phrases: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Synthesize:
+    """Speak ``text`` for a response, then report the PCM16 through ``synthesized()``."""
+
+    response_id: str
+    text: str
+    voice: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pause:
+    """Let ``audio_ms`` of reply audio play out (scaled by the server's pace), then ``stream()``."""
+
+    response_id: str
+    audio_ms: int
+
+
+Effect = SendEvent | StartVad | StopVad | DetectSpeech | Transcribe | Synthesize | Pause
+
+
+# ------------------------------------------------------------------------------------ responses
+
+
+@dataclasses.dataclass(slots=True)
+class _Stream:
+    """Where a spoken or written reply stands while it streams."""
+
+    item: dict[str, Any]
+    common: dict[str, Any]
+    previous: str | None
+    words: list[str]
+    truncated: bool
+    audio: bytes = b""
+    chunks: int = 0
+    next_chunk: int = 0
+    sent_words: list[str] = dataclasses.field(default_factory=list)
+    sent_ms: int = 0
 
 
 @dataclasses.dataclass(slots=True)
 class _Response:
     id: str
     in_band: bool
+    params: dict[str, Any]
+    settings: dict[str, Any]
     cancel_reason: str | None = None
-    task: asyncio.Task[None] | None = None
+    waits_for: dict[str, Any] | None = None  # the user item whose transcript decides the reply
+    stream: _Stream | None = None
 
 
-class BackendSession:
-    def __init__(self, send: Send, engines: Engines, *, dialect: Dialect = Dialect.GA, model: str = "gpt-realtime",
-                 pace: float = 10.0, max_session_seconds: float = 3600.0) -> None:
-        self._send = send
-        self.engines = engines
+class ServerSession:
+    """The state of one server session: config, conversation, input buffer and responses."""
+
+    def __init__(self, *, model: str, expires_at: int, dialect: Dialect = Dialect.GA) -> None:
         self.dialect = dialect
-        self.pace = pace
-        self.session = default_session(model, int(time.time() + max_session_seconds))
+        self.session = default_session(model, expires_at)
         self.conversation_id = new_id("conv")
         self.items: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
         self._user_audio: dict[str, bytes] = {}
         self._assistant_ms: dict[str, int] = {}
-        self._transcripts: dict[str, asyncio.Future[str]] = {}
+        self._transcripts: dict[str, str | None] = {}  # committed item -> its transcript (None: pending)
+        self._heard_bytes: dict[str, int] = {}  # committed item -> bytes sent to the recogniser (pending)
         self._buffer = bytearray()
         self._buffer_start_ms = 0  # session audio ms at self._buffer[0]
         self._audio_ms = 0.0  # session audio received so far
+        self._vad_offset_ms = 0.0  # session audio ms at which the current detector's clock started
+        self._speaking = False  # the detector is inside speech
         self._pending_item: str | None = None
-        self._vad: VoiceActivityDetector | None = None
         self._active: _Response | None = None
         self._responses: dict[str, _Response] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._configure_vad()
-
-    # ---------------------------------------------------------------------------- plumbing
-
-    async def send(self, event: Event) -> None:
-        event.setdefault("event_id", new_id("event"))
-        await self._send(event)
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
-
-    async def start(self) -> None:
-        await self.send({"type": "session.created", "session": copy.deepcopy(self.session)})
-
-    async def close(self) -> None:
-        """Stop every task of this session (the socket is gone)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def handle(self, event: Event) -> None:
-        """Act on one checked client event; a refusal is sent as an ``error`` event."""
-        handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
-        try:
-            if handler is None:
-                raise EventError("invalid_value", f"The embedded backend does not support '{event['type']}'.", "type")
-            await handler(event)
-        except EventError as exc:
-            exc.event_id = exc.event_id or event.get("event_id")
-            await self.send(exc.to_event())
-
-    # ---------------------------------------------------------------------------- session
-
-    async def _on_session_update(self, event: Event) -> None:
-        raw = event["session"]
-        if self.dialect is Dialect.BETA:
-            _reject_unknown(raw, _BETA_SESSION_KEYS)
-            update = beta_session_to_ga(raw)
-        else:
-            if "type" not in raw:
-                raise EventError("missing_required_parameter", "Missing required parameter: 'session.type'.",
-                                 "session.type")
-            _reject_unknown(raw, _GA_SESSION_KEYS)
-            update = raw
-        if update.get("type") != "realtime":
-            raise EventError("invalid_value", "The embedded backend supports only session.type 'realtime'.",
-                             "session.type")
-        merged = _merge_session(self.session, update)
-        old_td = self.session["audio"]["input"]["turn_detection"]
-        self.session = merged
-        if merged["audio"]["input"]["turn_detection"] != old_td:
-            self._configure_vad()
-        await self.send({"type": "session.updated", "session": copy.deepcopy(self.session)})
-
-    def _configure_vad(self) -> None:
-        td = self.session["audio"]["input"]["turn_detection"]
-        if td is None:
-            self._vad = None
-            return
-        self._vad = VoiceActivityDetector(float(td.get("threshold", 0.5)), int(td.get("prefix_padding_ms", 300)),
-                                          int(td.get("silence_duration_ms", 500)))
-        # the detector's clock starts now: keep session ms and detector ms aligned
-        self._vad_offset_ms = self._audio_ms
 
     @property
     def tools(self) -> list[dict[str, Any]]:
         return self.session.get("tools") or []
 
-    # ---------------------------------------------------------------------------- input audio
+    @property
+    def buffered_ms(self) -> float:
+        """Audio in the input buffer, in ms."""
+        return len(self._buffer) / BYTES_PER_MS
 
-    async def _on_input_audio_buffer_append(self, event: Event) -> None:
+    @property
+    def active_response(self) -> str | None:
+        """The in-band response in progress, if any."""
+        return self._active.id if self._active is not None else None
+
+    # ----------------------------------------------------------------------------- inputs
+
+    def start(self) -> list[Effect]:
+        """The connection is open: announce the session."""
+        out: list[Effect] = [self._vad_config()]
+        self._emit(out, {"type": "session.created", "session": copy.deepcopy(self.session)})
+        return out
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Act on one checked client event; a refusal is an ``error`` event."""
+        out: list[Effect] = []
+        handler = _HANDLERS.get(event["type"])
+        try:
+            if handler is None:
+                raise EventError("invalid_value", f"The embedded backend does not support '{event['type']}'.", "type")
+            handler(self, event, out)
+        except EventError as exc:
+            exc.event_id = exc.event_id or event.get("event_id")
+            self._emit(out, exc.to_event())
+        return out
+
+    def speech_judged(self, edges: Sequence[tuple[str, int]]) -> list[Effect]:
+        """The detector's verdict on the last ``DetectSpeech``: ``(kind, ms)`` pairs, ``kind`` being
+        ``speech_started`` or ``speech_stopped`` and ``ms`` on the detector's own clock."""
+        out: list[Effect] = []
+        for kind, detector_ms in edges:
+            ms = int(detector_ms + self._vad_offset_ms)
+            if kind == "speech_started":
+                self._speech_started(ms, out)
+            elif kind == "speech_stopped":
+                self._speech_stopped(ms, out)
+            else:
+                raise ValueError(f"unknown speech edge {kind!r}")
+        if not self._speaking:
+            self._trim_buffer()
+        return out
+
+    def transcribed(self, item_id: str, text: str) -> list[Effect]:
+        """The recogniser heard ``text`` in a committed item's audio."""
+        out: list[Effect] = []
+        heard_len = self._heard_bytes.pop(item_id, 0)
+        item = self.items.get(item_id)
+        if item is not None:
+            item["content"][0]["transcript"] = text
+        self._transcripts[item_id] = text
+        if self.session["audio"]["input"]["transcription"] is not None:
+            for delta in responder.stream_words(text):
+                self._emit(out, {"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
+                                 "content_index": 0, "delta": delta})
+            audio_len = len(self._user_audio[item_id]) if item_id in self._user_audio else heard_len
+            self._emit(out, {"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
+                             "content_index": 0, "transcript": text,  # usage counts the whole committed item
+                             "usage": {"type": "duration", "seconds": round(audio_len / BYTES_PER_MS / 1000, 3)}})
+        self._resume_waiting(item_id, out)
+        return out
+
+    def transcription_failed(self, item_id: str, message: str) -> list[Effect]:
+        """The recogniser failed on a committed item: this turn's problem, reported like OpenAI does."""
+        out: list[Effect] = []
+        self._heard_bytes.pop(item_id, None)
+        self._transcripts[item_id] = ""
+        if self.session["audio"]["input"]["transcription"] is not None:
+            self._emit(out, {"type": "conversation.item.input_audio_transcription.failed", "item_id": item_id,
+                             "content_index": 0, "error": {"type": "server_error", "code": "transcription_failed",
+                                                           "message": message, "param": None}})
+        self._resume_waiting(item_id, out)
+        return out
+
+    def synthesized(self, response_id: str, pcm: bytes) -> list[Effect]:
+        """The speech (PCM16 24 kHz) asked for by ``Synthesize``: streaming starts."""
+        run = self._responses.get(response_id)
+        if run is None or run.stream is None:
+            return []
+        step = CHUNK_MS * BYTES_PER_MS
+        run.stream.audio = pcm
+        run.stream.chunks = max(1, -(-len(pcm) // step))
+        return self.stream(response_id)
+
+    def synthesis_failed(self, response_id: str, message: str) -> list[Effect]:
+        """``Synthesize`` failed: the response ends as ``failed``."""
+        out: list[Effect] = []
+        run = self._responses.get(response_id)
+        if run is not None:
+            self._fail(run, message, out)
+        return out
+
+    def stream(self, response_id: str) -> list[Effect]:
+        """The next audio chunk of a spoken reply is due; after the last (or a cancel) it finishes."""
+        out: list[Effect] = []
+        run = self._responses.get(response_id)
+        if run is None or run.stream is None:
+            return out
+        s = run.stream
+        if s.next_chunk >= s.chunks or run.cancel_reason:
+            self._finish_audio(run, out)
+            return out
+        step = CHUNK_MS * BYTES_PER_MS
+        n = s.next_chunk
+        s.next_chunk += 1
+        chunk = s.audio[n * step:(n + 1) * step]
+        self._emit(out, {"type": "response.output_audio.delta", **s.common,
+                         "delta": base64.b64encode(chunk).decode()})
+        s.sent_ms += len(chunk) // BYTES_PER_MS
+        if run.in_band:
+            self._assistant_ms[s.item["id"]] = s.sent_ms
+        upto = round((n + 1) * len(s.words) / s.chunks)
+        for word in s.words[len(s.sent_words):upto]:
+            s.sent_words.append(word)
+            self._emit(out, {"type": "response.output_audio_transcript.delta", **s.common, "delta": word})
+        out.append(Pause(run.id, CHUNK_MS))
+        return out
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    @staticmethod
+    def _emit(out: list[Effect], event: Event) -> None:
+        event.setdefault("event_id", new_id("event"))
+        out.append(SendEvent(event))
+
+    # ----------------------------------------------------------------------------- session
+
+    def _on_session_update(self, event: Event, out: list[Effect]) -> None:
+        merged = merge_session(self.session, session_update(event["session"], self.dialect))
+        old_td = self.session["audio"]["input"]["turn_detection"]
+        self.session = merged
+        if merged["audio"]["input"]["turn_detection"] != old_td:
+            out.append(self._vad_config())
+        self._emit(out, {"type": "session.updated", "session": copy.deepcopy(self.session)})
+
+    def _vad_config(self) -> StartVad | StopVad:
+        """A fresh detector for the current turn detection (its clock starts at the audio so far)."""
+        self._speaking = False
+        td = self.session["audio"]["input"]["turn_detection"]
+        if td is None:
+            return StopVad()
+        self._vad_offset_ms = self._audio_ms
+        return StartVad(float(td.get("threshold", 0.5)), int(td.get("prefix_padding_ms", 300)),
+                        int(td.get("silence_duration_ms", 500)))
+
+    @property
+    def _turn_detection(self) -> dict[str, Any]:
+        return self.session["audio"]["input"]["turn_detection"] or {}
+
+    # ----------------------------------------------------------------------------- input audio
+
+    def _on_input_audio_buffer_append(self, event: Event, out: list[Effect]) -> None:
         try:
             raw = decode_b64(event["audio"])
         except AudioFormatError as exc:
             raise EventError(exc.code, str(exc), "audio") from None
         self._buffer += raw
         self._audio_ms += len(raw) / BYTES_PER_MS
-        if self._vad is None:
-            return
-        for vad_event in self._vad.feed(np.frombuffer(raw, dtype="<i2")):
-            ms = int(vad_event.ms + self._vad_offset_ms)
-            if vad_event.kind == "speech_started":
-                await self._speech_started(ms)
-            else:
-                await self._speech_stopped(ms)
-        if not self._vad.speaking:
-            self._trim_buffer()
+        if self.session["audio"]["input"]["turn_detection"] is not None:
+            out.append(DetectSpeech(raw))
 
     def _trim_buffer(self) -> None:
         """Outside speech, keep only what prefix padding could reach back to (bounded memory)."""
-        td = self.session["audio"]["input"]["turn_detection"] or {}
-        keep = (int(td.get("prefix_padding_ms", 300)) + 500) * BYTES_PER_MS
+        keep = (int(self._turn_detection.get("prefix_padding_ms", 300)) + 500) * BYTES_PER_MS
         excess = len(self._buffer) - keep
         if excess > 48_000:  # trim in 1 s steps, not on every append
             del self._buffer[:excess]
             self._buffer_start_ms += excess // BYTES_PER_MS
 
-    async def _speech_started(self, audio_start_ms: int) -> None:
+    def _speech_started(self, audio_start_ms: int, out: list[Effect]) -> None:
+        self._speaking = True
         self._pending_item = new_id("item")
-        await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms,
+        self._emit(out, {"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms,
                          "item_id": self._pending_item})
-        td = self.session["audio"]["input"]["turn_detection"] or {}
-        if td.get("interrupt_response", True) and self._active is not None:
+        if self._turn_detection.get("interrupt_response", True) and self._active is not None:
             self._active.cancel_reason = "turn_detected"
         # drop what lies before the prefix padding: it is not part of this turn
         start = max(0, (audio_start_ms - self._buffer_start_ms) * BYTES_PER_MS)
         del self._buffer[:start]
         self._buffer_start_ms += start // BYTES_PER_MS
 
-    async def _speech_stopped(self, audio_end_ms: int) -> None:
+    def _speech_stopped(self, audio_end_ms: int, out: list[Effect]) -> None:
+        self._speaking = False
         item_id = self._pending_item or new_id("item")
         self._pending_item = None
-        await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms,
+        self._emit(out, {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms,
                          "item_id": item_id})
-        await self._commit(item_id, speech_end_ms=audio_end_ms)
-        td = self.session["audio"]["input"]["turn_detection"] or {}
+        self._commit(item_id, out, speech_end_ms=audio_end_ms)
         if self._active is not None and self._active.cancel_reason is not None:
             self._active = None  # a cancelled response still winding down does not block the new turn
-        if td.get("create_response", True) and self._active is None:
-            await self._start_response({}, in_band=True)
+        if self._turn_detection.get("create_response", True) and self._active is None:
+            self._start_response({}, True, out)
 
-    async def _on_input_audio_buffer_commit(self, event: Event) -> None:
-        buffered_ms = len(self._buffer) / BYTES_PER_MS
+    def _on_input_audio_buffer_commit(self, event: Event, out: list[Effect]) -> None:
+        buffered_ms = self.buffered_ms
         if buffered_ms < MIN_COMMIT_MS:
             raise EventError("input_audio_buffer_commit_empty",
                              f"Error committing input audio buffer: buffer too small. Expected at least "
                              f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.")
         item_id = self._pending_item or new_id("item")
         self._pending_item = None
-        if self._vad is not None and self._vad.force_stop() is not None:
-            self._configure_vad()  # a fresh detector for the next turn
-        await self._commit(item_id)
+        if self._speaking:  # a manual commit ends the turn in progress: a fresh detector for the next
+            out.append(self._vad_config())
+        self._commit(item_id, out)
 
-    async def _on_input_audio_buffer_clear(self, event: Event) -> None:
+    def _on_input_audio_buffer_clear(self, event: Event, out: list[Effect]) -> None:
         self._buffer_start_ms += len(self._buffer) // BYTES_PER_MS
         self._buffer.clear()
         self._pending_item = None
-        await self.send({"type": "input_audio_buffer.cleared"})
+        self._emit(out, {"type": "input_audio_buffer.cleared"})
 
-    async def _commit(self, item_id: str, speech_end_ms: int | None = None) -> None:
+    def _commit(self, item_id: str, out: list[Effect], speech_end_ms: int | None = None) -> None:
         audio = bytes(self._buffer)
         # the recogniser hears the speech, not the silence that ended the turn (it is most of the cost)
         heard = audio
@@ -267,39 +401,14 @@ class BackendSession:
                 "content": [{"type": "input_audio", "transcript": None}]}
         self._add_item(item)
         self._user_audio[item_id] = audio
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._transcripts[item_id] = future
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
-        await self._announce_item(item, previous)
-        self._spawn(self._transcribe(item_id, heard, future), f"transcribe {item_id}")
+        self._transcripts[item_id] = None
+        self._heard_bytes[item_id] = len(heard)
+        self._emit(out, {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        self._announce_item(item, previous, out)
+        phrases = tuple(f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools)
+        out.append(Transcribe(item_id, heard, phrases))
 
-    async def _transcribe(self, item_id: str, audio: bytes, future: asyncio.Future[str]) -> None:
-        extra = [f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools]
-        try:
-            text = await asyncio.to_thread(self.engines.transcribe, np.frombuffer(audio, dtype="<i2"), extra)
-        except Exception as exc:  # a recogniser failure is this turn's problem, reported like OpenAI does
-            log.exception("transcription of %s failed", item_id)
-            future.set_result("")
-            if self.session["audio"]["input"]["transcription"] is not None:
-                await self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item_id,
-                                 "content_index": 0, "error": {"type": "server_error", "code": "transcription_failed",
-                                                               "message": str(exc), "param": None}})
-            return
-        item = self.items.get(item_id)
-        if item is not None:
-            item["content"][0]["transcript"] = text
-        future.set_result(text)
-        if self.session["audio"]["input"]["transcription"] is None:
-            return
-        audio = self._user_audio.get(item_id, audio)  # usage counts the whole committed item
-        for delta in self.engines.stream_words(text):
-            await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
-                             "content_index": 0, "delta": delta})
-        await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
-                         "content_index": 0, "transcript": text,
-                         "usage": {"type": "duration", "seconds": round(len(audio) / BYTES_PER_MS / 1000, 3)}})
-
-    # ---------------------------------------------------------------------------- items
+    # ----------------------------------------------------------------------------- items
 
     def _add_item(self, item: dict[str, Any], previous_item_id: str | None = None) -> None:
         self.items[item["id"]] = item
@@ -310,11 +419,12 @@ class BackendSession:
         else:
             self.order.insert(self.order.index(previous_item_id) + 1, item["id"])
 
-    async def _announce_item(self, item: dict[str, Any], previous: str | None) -> None:
-        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)})
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
+    def _announce_item(self, item: dict[str, Any], previous: str | None, out: list[Effect]) -> None:
+        self._emit(out, {"type": "conversation.item.added", "previous_item_id": previous,
+                         "item": copy.deepcopy(item)})
+        self._emit(out, {"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
 
-    async def _on_conversation_item_create(self, event: Event) -> None:
+    def _on_conversation_item_create(self, event: Event, out: list[Effect]) -> None:
         item = dict(event["item"])
         previous = event.get("previous_item_id")
         if previous is not None and previous != "root" and previous not in self.items:
@@ -330,27 +440,27 @@ class BackendSession:
                                for p in item["content"]]
         prev = previous if previous is not None else (self.order[-1] if self.order else None)
         self._add_item(item, previous)
-        await self._announce_item(item, prev)
+        self._announce_item(item, prev, out)
 
-    async def _on_conversation_item_delete(self, event: Event) -> None:
+    def _on_conversation_item_delete(self, event: Event, out: list[Effect]) -> None:
         item_id = event["item_id"]
         if item_id not in self.items:
             raise EventError("invalid_value", f"Item with id '{item_id}' not found.", "item_id")
         del self.items[item_id]
         self.order.remove(item_id)
         self._user_audio.pop(item_id, None)
-        await self.send({"type": "conversation.item.deleted", "item_id": item_id})
+        self._emit(out, {"type": "conversation.item.deleted", "item_id": item_id})
 
-    async def _on_conversation_item_retrieve(self, event: Event) -> None:
+    def _on_conversation_item_retrieve(self, event: Event, out: list[Effect]) -> None:
         item_id = event["item_id"]
         if item_id not in self.items:
             raise EventError("invalid_value", f"Item with id '{item_id}' not found.", "item_id")
         item = copy.deepcopy(self.items[item_id])
         if item_id in self._user_audio:
             item["content"][0]["audio"] = base64.b64encode(self._user_audio[item_id]).decode()
-        await self.send({"type": "conversation.item.retrieved", "item": item})
+        self._emit(out, {"type": "conversation.item.retrieved", "item": item})
 
-    async def _on_conversation_item_truncate(self, event: Event) -> None:
+    def _on_conversation_item_truncate(self, event: Event, out: list[Effect]) -> None:
         item_id, end_ms = event["item_id"], event["audio_end_ms"]
         item = self.items.get(item_id)
         if item is None or item_id not in self._assistant_ms:
@@ -367,41 +477,48 @@ class BackendSession:
         for part in item["content"]:
             if part.get("type") == "output_audio":
                 part["transcript"] = ""  # like OpenAI: the unheard transcript is gone
-        await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0,
+        self._emit(out, {"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0,
                          "audio_end_ms": end_ms})
 
-    async def _on_output_audio_buffer_clear(self, event: Event) -> None:
+    def _on_output_audio_buffer_clear(self, event: Event, out: list[Effect]) -> None:
         raise EventError("invalid_value", "output_audio_buffer.clear is for WebRTC/SIP sessions only.", "type")
 
-    async def _on_transcription_session_update(self, event: Event) -> None:
+    def _on_transcription_session_update(self, event: Event, out: list[Effect]) -> None:
         raise EventError("invalid_value", "The embedded backend does not support transcription sessions.", "type")
 
-    # ---------------------------------------------------------------------------- responses
+    # ----------------------------------------------------------------------------- responses
 
-    async def _on_response_create(self, event: Event) -> None:
+    def _on_response_create(self, event: Event, out: list[Effect]) -> None:
         params = event.get("response") or {}
         in_band = params.get("conversation", "auto") != "none"
         if in_band and self._active is not None:
             raise EventError("conversation_already_has_active_response",
                              f"Conversation already has an active response in progress: {self._active.id}. Wait "
                              "until the response is finished before creating a new one.")
-        await self._start_response(params, in_band)
+        self._start_response(params, in_band, out)
 
-    async def _on_response_cancel(self, event: Event) -> None:
+    def _on_response_cancel(self, event: Event, out: list[Effect]) -> None:
         wanted = event.get("response_id")
         run = self._responses.get(wanted) if wanted else self._active
         if run is None or run.cancel_reason is not None:
             raise EventError("response_cancel_not_active", "Cancellation failed: no active response found")
         run.cancel_reason = "client_cancelled"
 
-    async def _start_response(self, params: dict[str, Any], in_band: bool) -> None:
-        run = _Response(new_id("resp"), in_band)
+    def _start_response(self, params: dict[str, Any], in_band: bool, out: list[Effect]) -> None:
+        run = _Response(new_id("resp"), in_band, params, self._response_settings(params))
         self._responses[run.id] = run
         if in_band:
             self._active = run
-        settings = self._response_settings(params)
-        await self.send({"type": "response.created", "response": self._response_object(run, settings, "in_progress")})
-        run.task = self._spawn(self._run_response(run, params, settings), f"response {run.id}")
+        self._emit(out, {"type": "response.created", "response": self._response_object(run, "in_progress")})
+        self._guarded(run, lambda: self._decide(run, out), out)
+
+    def _guarded(self, run: _Response, step: Callable[[], None], out: list[Effect]) -> None:
+        """Run one step of a response; a failure of ours ends it as ``failed``, not the session."""
+        try:
+            step()
+        except Exception as exc:
+            log.exception("response %s failed", run.id)
+            self._fail(run, str(exc), out)
 
     def _response_settings(self, params: dict[str, Any]) -> dict[str, Any]:
         if "modalities" in params and "output_modalities" not in params:  # beta shape
@@ -417,68 +534,174 @@ class BackendSession:
             "tools": params.get("tools", self.tools),
         }
 
-    def _response_object(self, run: _Response, settings: dict[str, Any], status: str,
-                         output: list[dict[str, Any]] | None = None, details: dict[str, Any] | None = None,
-                         usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _response_object(self, run: _Response, status: str, output: list[dict[str, Any]] | None = None,
+                         details: dict[str, Any] | None = None, usage: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+        settings = run.settings
         return {
             "id": run.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": output or [], "conversation_id": self.conversation_id if run.in_band else None,
             "output_modalities": settings["output_modalities"], "max_output_tokens": settings["max_output_tokens"],
-            "audio": {"output": {"format": dict(_PCM), "voice": settings["voice"]}},
+            "audio": {"output": {"format": dict(PCM), "voice": settings["voice"]}},
             "usage": usage, "metadata": settings["metadata"],
         }
 
-    async def _decide(self, run: _Response, params: dict[str, Any], settings: dict[str, Any]) -> responder.Reply:
-        say = parse_say_instructions(settings["instructions"])
+    def _decide(self, run: _Response, out: list[Effect]) -> None:
+        """Choose the reply, or wait for the transcript of the user item it answers."""
+        say = parse_say_instructions(run.settings["instructions"])
         if say is not None:
-            return responder.Reply(text=say)
-        items = params.get("input") if not run.in_band else [self.items[i] for i in self.order]
+            self._reply(run, responder.Reply(text=say), out)
+            return
+        items = run.params.get("input") if not run.in_band else [self.items[i] for i in self.order]
         for item in reversed(items or []):
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "function_call_output":
                 name = next((i.get("name", "") for i in self.items.values()
                              if i.get("type") == "function_call" and i.get("call_id") == item.get("call_id")), "")
-                return responder.Reply(text=responder.answer_tool_output(name, str(item.get("output", ""))))
+                self._reply(run, responder.Reply(text=responder.answer_tool_output(name, str(item.get("output", "")))),
+                            out)
+                return
             if item.get("type") == "message" and item.get("role") == "user":
-                return responder.respond(await self._user_text(item), settings["tools"])
-        return responder.Reply(text="How can I help?")
+                if self._transcript_pending(item):
+                    run.waits_for = item
+                    return
+                self._answer(run, item, out)
+                return
+        self._reply(run, responder.Reply(text="How can I help?"), out)
 
-    async def _user_text(self, item: dict[str, Any]) -> str:
+    def _transcript_pending(self, item: dict[str, Any]) -> bool:
+        return (any(p.get("type") == "input_audio" for p in item.get("content") or [])
+                and item.get("id", "") in self._transcripts and self._transcripts[item.get("id", "")] is None)
+
+    def _user_text(self, item: dict[str, Any]) -> str:
         texts = []
         for part in item.get("content") or []:
             if part.get("type") == "input_text":
                 texts.append(part.get("text", ""))
             elif part.get("type") == "input_audio":
-                future = self._transcripts.get(item.get("id", ""))
-                if future is not None:
-                    texts.append(await asyncio.shield(future))
+                heard = self._transcripts.get(item.get("id", ""))
+                if heard is not None:
+                    texts.append(heard)
                 elif part.get("transcript"):
                     texts.append(part["transcript"])
         return " ".join(t for t in texts if t)
 
-    async def _run_response(self, run: _Response, params: dict[str, Any], settings: dict[str, Any]) -> None:
-        started = time.perf_counter()
-        try:
-            reply = await self._decide(run, params, settings)
-            if reply.call is not None:
-                output, status, details = await self._stream_call(run, reply.call)
-                out_words, out_ms = len(reply.call.arguments_json) // 4, 0
-            else:
-                output, status, details, out_words, out_ms = await self._stream_message(run, reply.text, settings)
-        except Exception as exc:
-            log.exception("response %s failed", run.id)
-            output, status, out_words, out_ms = [], "failed", 0, 0
-            details = {"type": "failed", "error": {"type": "server_error", "code": "embedded_backend_error",
-                                                   "message": str(exc)}}
-        finally:
-            if self._active is run:
-                self._active = None
+    def _resume_waiting(self, item_id: str, out: list[Effect]) -> None:
+        """Responses waiting for this item's transcript decide now, in the order they were created."""
+        for run in list(self._responses.values()):
+            item = run.waits_for
+            if item is not None and item.get("id") == item_id:
+                run.waits_for = None
+                self._guarded(run, lambda: self._answer(run, item, out), out)  # noqa: B023 - called at once
+
+    def _answer(self, run: _Response, user_item: dict[str, Any], out: list[Effect]) -> None:
+        self._reply(run, responder.respond(self._user_text(user_item), run.settings["tools"]), out)
+
+    def _reply(self, run: _Response, reply: responder.Reply, out: list[Effect]) -> None:
+        if reply.call is not None:
+            self._stream_call(run, reply.call, out)
+        else:
+            self._start_message(run, reply.text, out)
+
+    def _stream_call(self, run: _Response, call: responder.FunctionCall, out: list[Effect]) -> None:
+        item = {"id": new_id("item"), "type": "function_call", "object": "realtime.item", "status": "in_progress",
+                "call_id": new_id("call"), "name": call.name, "arguments": ""}
+        common = {"response_id": run.id, "item_id": item["id"], "output_index": 0}
+        self._emit(out, {"type": "response.output_item.added", "response_id": run.id, "output_index": 0,
+                         "item": dict(item)})
+        previous = self.order[-1] if self.order else None
+        if run.in_band:
+            self._add_item(item)
+            self._emit(out, {"type": "conversation.item.added", "previous_item_id": previous, "item": dict(item)})
+        arguments = call.arguments_json
+        for i in range(0, len(arguments), 16):
+            self._emit(out, {"type": "response.function_call_arguments.delta", **common, "call_id": item["call_id"],
+                             "delta": arguments[i:i + 16]})
+        item.update(arguments=arguments, status="completed")
+        self._emit(out, {"type": "response.function_call_arguments.done", **common, "call_id": item["call_id"],
+                         "name": call.name, "arguments": arguments})
+        if run.in_band:
+            self._emit(out, {"type": "conversation.item.done", "previous_item_id": previous, "item": dict(item)})
+        self._emit(out, {"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
+                         "item": dict(item)})
+        status, details = self._done_status(run, False)
+        self._done(run, [dict(item)], status, details, len(arguments) // 4, 0, out)
+
+    def _start_message(self, run: _Response, text: str, out: list[Effect]) -> None:
+        settings = run.settings
+        limit = settings["max_output_tokens"]
+        said = text.split()
+        truncated = isinstance(limit, int) and len(said) > limit
+        if truncated:
+            text = " ".join(said[:limit])
+        audio_mode = "audio" in settings["output_modalities"]
+        item: dict[str, Any] = {"id": new_id("item"), "type": "message", "object": "realtime.item",
+                                "status": "in_progress", "role": "assistant", "content": []}
+        common = {"response_id": run.id, "item_id": item["id"], "output_index": 0, "content_index": 0}
+        self._emit(out, {"type": "response.output_item.added", "response_id": run.id, "output_index": 0,
+                         "item": copy.deepcopy(item)})
+        previous = self.order[-1] if self.order else None
+        if run.in_band:
+            self._add_item(item)
+            self._assistant_ms[item["id"]] = 0
+            self._emit(out, {"type": "conversation.item.added", "previous_item_id": previous,
+                             "item": copy.deepcopy(item)})
+        self._emit(out, {"type": "response.content_part.added", **common,
+                         "part": {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}})
+        run.stream = _Stream(item, common, previous, responder.stream_words(text), truncated)
+        if audio_mode:
+            out.append(Synthesize(run.id, text, settings["voice"]))
+            return
+        s = run.stream
+        for word in s.words:
+            if run.cancel_reason:
+                break
+            s.sent_words.append(word)
+            self._emit(out, {"type": "response.output_text.delta", **common, "delta": word})
+        transcript = "".join(s.sent_words)
+        self._emit(out, {"type": "response.output_text.done", **common, "text": transcript})
+        self._finish_message(run, {"type": "text", "text": transcript}, [{"type": "output_text", "text": transcript}],
+                             out)
+
+    def _finish_audio(self, run: _Response, out: list[Effect]) -> None:
+        s = run.stream
+        assert s is not None
+        transcript = "".join(s.sent_words)
+        self._emit(out, {"type": "response.output_audio.done", **s.common})
+        self._emit(out, {"type": "response.output_audio_transcript.done", **s.common, "transcript": transcript})
+        self._finish_message(run, {"type": "audio", "transcript": transcript},
+                             [{"type": "output_audio", "transcript": transcript}], out)
+
+    def _finish_message(self, run: _Response, part: dict[str, Any], content: list[dict[str, Any]],
+                        out: list[Effect]) -> None:
+        s = run.stream
+        assert s is not None
+        self._emit(out, {"type": "response.content_part.done", **s.common, "part": part})
+        status, details = self._done_status(run, s.truncated)
+        s.item.update(content=content, status="incomplete" if status != "completed" else "completed")
+        if run.in_band:
+            self._emit(out, {"type": "conversation.item.done", "previous_item_id": s.previous,
+                             "item": copy.deepcopy(s.item)})
+        self._emit(out, {"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
+                         "item": copy.deepcopy(s.item)})
+        self._done(run, [copy.deepcopy(s.item)], status, details, len(s.sent_words), s.sent_ms, out)
+
+    def _fail(self, run: _Response, message: str, out: list[Effect]) -> None:
+        details = {"type": "failed", "error": {"type": "server_error", "code": "embedded_backend_error",
+                                               "message": message}}
+        self._done(run, [], "failed", details, 0, 0, out)
+
+    def _done(self, run: _Response, output: list[dict[str, Any]], status: str, details: dict[str, Any] | None,
+              out_words: int, out_ms: int, out: list[Effect]) -> None:
+        if self._active is run:
+            self._active = None
+        run.stream = None
+        run.waits_for = None
         usage = self._usage(out_words, out_ms)
-        log.debug("response %s %s in %.0f ms", run.id, status, (time.perf_counter() - started) * 1000)
         self._responses.pop(run.id, None)
-        await self.send({"type": "response.done",
-                         "response": self._response_object(run, settings, status, output, details, usage)})
+        self._emit(out, {"type": "response.done",
+                         "response": self._response_object(run, status, output, details, usage)})
 
     def _usage(self, out_words: int, out_ms: int) -> dict[str, Any]:
         """Token usage in OpenAI's shape. There is no model here, so these are estimates at
@@ -491,204 +714,30 @@ class BackendSession:
                 "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": 0},
                 "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
 
-    def _done_status(self, run: _Response, truncated: bool) -> tuple[str, dict[str, Any] | None]:
+    @staticmethod
+    def _done_status(run: _Response, truncated: bool) -> tuple[str, dict[str, Any] | None]:
         if run.cancel_reason:
             return "cancelled", {"type": "cancelled", "reason": run.cancel_reason}
         if truncated:
             return "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         return "completed", None
 
-    async def _stream_call(self, run: _Response, call: responder.FunctionCall
-                           ) -> tuple[list[dict[str, Any]], str, dict[str, Any] | None]:
-        item = {"id": new_id("item"), "type": "function_call", "object": "realtime.item", "status": "in_progress",
-                "call_id": new_id("call"), "name": call.name, "arguments": ""}
-        common = {"response_id": run.id, "item_id": item["id"], "output_index": 0}
-        await self.send({"type": "response.output_item.added", "response_id": run.id, "output_index": 0,
-                         "item": dict(item)})
-        previous = self.order[-1] if self.order else None
-        if run.in_band:
-            self._add_item(item)
-            await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": dict(item)})
-        arguments = call.arguments_json
-        for i in range(0, len(arguments), 16):
-            await self.send({"type": "response.function_call_arguments.delta", **common, "call_id": item["call_id"],
-                             "delta": arguments[i:i + 16]})
-        item.update(arguments=arguments, status="completed")
-        await self.send({"type": "response.function_call_arguments.done", **common, "call_id": item["call_id"],
-                         "name": call.name, "arguments": arguments})
-        if run.in_band:
-            await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": dict(item)})
-        await self.send({"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
-                         "item": dict(item)})
-        status, details = self._done_status(run, False)
-        return [dict(item)], status, details
 
-    async def _stream_message(self, run: _Response, text: str, settings: dict[str, Any]
-                              ) -> tuple[list[dict[str, Any]], str, dict[str, Any] | None, int, int]:
-        limit = settings["max_output_tokens"]
-        said = text.split()
-        truncated = isinstance(limit, int) and len(said) > limit
-        if truncated:
-            text = " ".join(said[:limit])
-        audio_mode = "audio" in settings["output_modalities"]
-        item: dict[str, Any] = {"id": new_id("item"), "type": "message", "object": "realtime.item",
-                                "status": "in_progress", "role": "assistant", "content": []}
-        common = {"response_id": run.id, "item_id": item["id"], "output_index": 0, "content_index": 0}
-        await self.send({"type": "response.output_item.added", "response_id": run.id, "output_index": 0,
-                         "item": copy.deepcopy(item)})
-        previous = self.order[-1] if self.order else None
-        if run.in_band:
-            self._add_item(item)
-            self._assistant_ms[item["id"]] = 0
-            await self.send({"type": "conversation.item.added", "previous_item_id": previous,
-                             "item": copy.deepcopy(item)})
-        part_type = "audio" if audio_mode else "text"
-        await self.send({"type": "response.content_part.added", **common,
-                         "part": {"type": part_type, "transcript": ""} if audio_mode else {"type": "text", "text": ""}})
-        words = self.engines.stream_words(text)
-        sent_words: list[str] = []
-        sent_ms = 0
-        if audio_mode:
-            pcm = await asyncio.to_thread(self.engines.synthesize, text, settings["voice"])
-            raw = pcm.astype("<i2").tobytes()
-            step = CHUNK_MS * BYTES_PER_MS
-            chunks = max(1, -(-len(raw) // step))
-            for n in range(chunks):
-                if run.cancel_reason:
-                    break
-                chunk = raw[n * step:(n + 1) * step]
-                await self.send({"type": "response.output_audio.delta", **common,
-                                 "delta": base64.b64encode(chunk).decode()})
-                sent_ms += len(chunk) // BYTES_PER_MS
-                if run.in_band:
-                    self._assistant_ms[item["id"]] = sent_ms
-                upto = round((n + 1) * len(words) / chunks)
-                for word in words[len(sent_words):upto]:
-                    sent_words.append(word)
-                    await self.send({"type": "response.output_audio_transcript.delta", **common, "delta": word})
-                if self.pace > 0:
-                    await asyncio.sleep(CHUNK_MS / 1000 / self.pace)
-            transcript = "".join(sent_words)
-            await self.send({"type": "response.output_audio.done", **common})
-            await self.send({"type": "response.output_audio_transcript.done", **common, "transcript": transcript})
-            part = {"type": "audio", "transcript": transcript}
-            content = [{"type": "output_audio", "transcript": transcript}]
-        else:
-            for word in words:
-                if run.cancel_reason:
-                    break
-                sent_words.append(word)
-                await self.send({"type": "response.output_text.delta", **common, "delta": word})
-            transcript = "".join(sent_words)
-            await self.send({"type": "response.output_text.done", **common, "text": transcript})
-            part = {"type": "text", "text": transcript}
-            content = [{"type": "output_text", "text": transcript}]
-        await self.send({"type": "response.content_part.done", **common, "part": part})
-        status, details = self._done_status(run, truncated)
-        item.update(content=content, status="incomplete" if status != "completed" else "completed")
-        if run.in_band:
-            await self.send({"type": "conversation.item.done", "previous_item_id": previous,
-                             "item": copy.deepcopy(item)})
-        await self.send({"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
-                         "item": copy.deepcopy(item)})
-        return [copy.deepcopy(item)], status, details, len(sent_words), sent_ms
-
-
-# -------------------------------------------------------------------------------- helpers
-
-
-def _reject_unknown(session: dict[str, Any], allowed: frozenset[str]) -> None:
-    for key in session:
-        if key not in allowed:
-            raise EventError("unknown_parameter", f"Unknown parameter: 'session.{key}'.", f"session.{key}")
-
-
-def _merge_session(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Apply a GA session update to the effective session, checking every value first.
-
-    Any invalid field rejects the whole update, as OpenAI does.
-    """
-    merged = copy.deepcopy(current)
-    for key, value in update.items():
-        if key in ("id", "object", "expires_at", "type"):
-            continue
-        if key == "audio":
-            if not isinstance(value, dict):
-                raise EventError("invalid_value", "Invalid type for 'session.audio': expected an object.",
-                                 "session.audio")
-            for side, cfg in value.items():
-                if side not in _AUDIO_SIDE_KEYS or not isinstance(cfg, dict):
-                    raise EventError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}'.",
-                                     f"session.audio.{side}")
-                for sub, sub_value in cfg.items():
-                    if sub not in _AUDIO_SIDE_KEYS[side]:
-                        raise EventError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}.{sub}'.",
-                                         f"session.audio.{side}.{sub}")
-                    _check_audio_value(side, sub, sub_value)
-                    merged["audio"][side][sub] = _with_td_defaults(sub_value) if sub == "turn_detection" else sub_value
-            continue
-        _check_session_value(key, value)
-        merged[key] = value
-    return merged
-
-
-def _with_td_defaults(td: dict[str, Any] | None) -> dict[str, Any] | None:
-    if td is None:
-        return None
-    return {**DEFAULT_TURN_DETECTION, **td}
-
-
-def _check_audio_value(side: str, key: str, value: Any) -> None:
-    param = f"session.audio.{side}.{key}"
-    if key == "format":
-        if not isinstance(value, dict) or value.get("type") not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
-            raise EventError("invalid_value", f"Invalid '{param}': expected audio/pcm, audio/pcmu or audio/pcma.",
-                             param)
-        if value["type"] != "audio/pcm":
-            raise EventError("invalid_value", "The embedded backend supports only audio/pcm at 24000 Hz.", param)
-        rate = value.get("rate", 24000)
-        if rate != 24000:
-            raise EventError("integer_below_min_value" if isinstance(rate, int) and rate < 24000 else "invalid_value",
-                             f"Invalid '{param}.rate': only 24000 is supported.", param + ".rate")
-    elif key == "turn_detection":
-        if value is None:
-            return
-        if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
-            raise EventError("invalid_value", f"Invalid '{param}.type': expected 'server_vad' or 'semantic_vad'.",
-                             param + ".type")
-        threshold = value.get("threshold", 0.5)
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
-            raise EventError("invalid_value", f"Invalid '{param}.threshold': expected a number from 0 to 1.",
-                             param + ".threshold")
-        for ms_key in ("prefix_padding_ms", "silence_duration_ms"):
-            ms = value.get(ms_key, 0)
-            if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
-                raise EventError("invalid_value", f"Invalid '{param}.{ms_key}': expected a non-negative integer.",
-                                 f"{param}.{ms_key}")
-    elif key == "voice":
-        if not isinstance(value, (str, dict)):
-            raise EventError("invalid_value", f"Invalid type for '{param}': expected a string.", param)
-    elif key == "speed":
-        if not isinstance(value, (int, float)) or not 0.25 <= value <= 1.5:
-            raise EventError("invalid_value", f"Invalid '{param}': expected a number from 0.25 to 1.5.", param)
-    elif key == "transcription" and value is not None and not isinstance(value, dict):
-        raise EventError("invalid_value", f"Invalid type for '{param}': expected an object or null.", param)
-
-
-def _check_session_value(key: str, value: Any) -> None:
-    param = f"session.{key}"
-    if key == "instructions" and not isinstance(value, str):
-        raise EventError("invalid_value", f"Invalid type for '{param}': expected a string.", param)
-    if key == "output_modalities" and (not isinstance(value, list) or value not in (["audio"], ["text"])):
-        raise EventError("invalid_value", f"Invalid '{param}': expected [\"audio\"] or [\"text\"].", param)
-    if key == "tools":
-        if not isinstance(value, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                                  for t in value):
-            raise EventError("invalid_value", f"Invalid '{param}': expected a list of function tools with names.",
-                             param)
-    if key == "max_output_tokens" and value != "inf" and (
-            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096):
-        raise EventError("invalid_value", f"Invalid '{param}': expected an integer from 1 to 4096 or 'inf'.", param)
+#: client event type -> what the session does with it
+_HANDLERS: dict[str, Callable[[ServerSession, Event, list[Effect]], None]] = {
+    "session.update": ServerSession._on_session_update,
+    "transcription_session.update": ServerSession._on_transcription_session_update,
+    "input_audio_buffer.append": ServerSession._on_input_audio_buffer_append,
+    "input_audio_buffer.commit": ServerSession._on_input_audio_buffer_commit,
+    "input_audio_buffer.clear": ServerSession._on_input_audio_buffer_clear,
+    "output_audio_buffer.clear": ServerSession._on_output_audio_buffer_clear,
+    "conversation.item.create": ServerSession._on_conversation_item_create,
+    "conversation.item.retrieve": ServerSession._on_conversation_item_retrieve,
+    "conversation.item.delete": ServerSession._on_conversation_item_delete,
+    "conversation.item.truncate": ServerSession._on_conversation_item_truncate,
+    "response.create": ServerSession._on_response_create,
+    "response.cancel": ServerSession._on_response_cancel,
+}
 
 
 def _check_item(item: dict[str, Any]) -> None:
