@@ -160,7 +160,7 @@ class Gateway:
         except (OSError, TimeoutError):
             return False
         writer.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):  # reset by the peer: it was reachable all the same
             await writer.wait_closed()
         return True
 
