@@ -538,3 +538,38 @@ async def test_attach_follows_and_acts_on_another_connections_session(gateway: t
         async with asyncio.timeout(5):
             while client.sessions[session_id].chat_active:
                 await asyncio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------------------- only the client's errors
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://host", "http://", "127.0.0.1:8000", "http://127.0.0.1:99999",
+                                 "http://host:port", "http://:8000", "http://user@:8000", "http://host:0"])
+def test_a_bad_url_is_a_usage_error(url: str) -> None:
+    with pytest.raises(UsageError, match="url must be"):
+        GatewayClient(url)
+
+
+async def test_a_host_that_cannot_be_encoded_is_unreachable_not_a_foreign_error() -> None:
+    client = GatewayClient("http://a..b:8000", max_connect_attempts=1, http_attempts=1, **FAST)
+    with pytest.raises(GatewayUnreachableError, match="after 1 attempts"):
+        await client.start()
+    with pytest.raises(GatewayUnreachableError):
+        await client.health_check()
+
+
+async def test_health_check_while_the_client_stops_raises_only_a_client_error() -> None:
+    """The retries of a health check outlive the run whose HTTP session they began with."""
+    dead = reserve()
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there now
+    client = GatewayClient(f"http://127.0.0.1:{port}", http_attempts=3, reconnect_delay=0.05,
+                           reconnect_delay_max=0.3, http_retry_delay=0.3, jitter=0.0)
+    runner = asyncio.create_task(client.start())  # retries until stop(), its HTTP session open
+    await asyncio.sleep(0.05)
+    check = asyncio.create_task(client.health_check())
+    await asyncio.sleep(0.1)  # the first attempt was refused: it waits to try again
+    await client.stop()  # closes the run's HTTP session
+    with pytest.raises(GatewayUnreachableError, match="failed 3 times"):
+        await check
+    await asyncio.wait_for(runner, 5)

@@ -1,10 +1,10 @@
-"""Agent-wrapper and function-calling modes over real sockets, and the Gateway as a library."""
+"""Agent-wrapper and function-calling modes over real sockets (the Gateway as a library:
+``test_server.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from typing import Any
 
@@ -118,31 +118,6 @@ async def test_a_failing_function_returns_an_error_upstream_and_to_the_browser(m
 def test_configuration_errors_at_start_up(kw: dict[str, Any], message: str) -> None:
     with pytest.raises((GatewayConfigError, ValueError), match=message):
         Gateway(backend="embedded", **kw)
-
-
-async def test_mounted_in_fastapi_with_ragent_overrides(engines: Any, browsers: Any) -> None:
-    import httpx
-    from fastapi import FastAPI
-
-    gw = Gateway(backend="embedded", embedded_options={"engines": engines, "pace": 20.0},
-                 config_overrides={"voice": "echo", "turn_detection_mode": "aggressive", "max_output_tokens": 200})
-    app = FastAPI(lifespan=gw.lifespan)
-
-    @app.get("/api/ping")
-    async def ping() -> dict[str, str]:
-        return {"pong": "yes"}
-
-    app.mount("/voice", gw.asgi_app())
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
-        assert (await http.get("/api/ping")).json() == {"pong": "yes"}
-        config = (await http.get("/voice/session-config")).json()
-        assert config["voice"] == "echo" and config["turn_detection"]["silence_duration_ms"] == 250
-        assert config["max_output_tokens"] == 200
-        browser = await browsers().connect(url, socketio_path="/voice/socket.io")
-        await browser.start()
-        await browser.emit("text_input", {"text": "how are you"})
-        assert (await browser.wait_for("ai_response"))["response"] == "I am fine, thank you for asking."
-        assert json.dumps(config).count("sk-") == 0
 
 
 async def test_a_function_that_hangs_is_cut_off_by_the_timeout(make_gateway: Any, browsers: Any) -> None:

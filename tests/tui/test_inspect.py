@@ -1,23 +1,17 @@
-"""``voicerelay inspect`` and the /monitor namespace against a real gateway."""
+"""``voicerelay inspect`` against a real gateway (the ``/monitor`` namespace itself:
+``tests/gateway/test_monitor.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import statistics
-import time
 from typing import Any
-
-import pytest
-import socketio
-from websockets.asyncio.client import connect
 
 from voicerelay.gateway.server import Gateway
 from voicerelay.tui.events_view import EventLog
 from voicerelay.tui.inspect_app import InspectApp
 
-from ..gateway.conftest import Browser, serving
+from ..gateway.conftest import serving
 
 
 async def until(predicate: Any, timeout: float = 10.0, pause: Any = None) -> None:
@@ -27,7 +21,7 @@ async def until(predicate: Any, timeout: float = 10.0, pause: Any = None) -> Non
 
 
 async def test_inspect_lists_live_sessions_and_one_ending(gateway: tuple[Gateway, str], browsers: Any) -> None:
-    _, url = gateway
+    gw, url = gateway
     first, second = await browsers().connect(url), await browsers().connect(url)
     first_id, second_id = await first.start(), await second.start()
     app = InspectApp(url)
@@ -66,6 +60,7 @@ async def test_inspect_lists_live_sessions_and_one_ending(gateway: tuple[Gateway
         await pilot.press("p")
         await pilot.pause()
         assert '"text":"hello there"' in "\n".join(line.text for line in log.lines[before:])
+        assert gw.monitor.skipped == 0  # inspect acknowledged every batch: it never counted as stuck
 
 
 async def test_inspect_survives_a_gateway_restart(make_gateway: Any, browsers: Any) -> None:
@@ -88,74 +83,3 @@ async def test_inspect_survives_a_gateway_restart(make_gateway: Any, browsers: A
             assert app.model.sessions[old_id].ended is not None  # resynced: the old session is gone
             assert app.model.sessions[new_id].ended is None
             await second.close()
-
-
-async def test_monitor_requires_the_admin_token(make_gateway: Any) -> None:
-    gw = make_gateway(admin_token="adm1n")
-    async with serving(gw.asgi_app()) as url:
-        client = socketio.AsyncClient(reconnection=False)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await client.connect(url, namespaces=["/monitor"], transports=["websocket"])
-        if client.eio.http is not None:
-            await client.eio.http.close()
-        ok = socketio.AsyncClient(reconnection=False)
-        got: list[Any] = []
-        ok.on("sessions", lambda data: got.append(data), namespace="/monitor")
-        await ok.connect(url, namespaces=["/monitor"], transports=["websocket"], auth={"token": "adm1n"})
-        await until(lambda: got)
-        assert got[0] == {"sessions": []}
-        await ok.disconnect()
-
-
-async def _first_audio_latency(browser: Browser, n: int) -> list[float]:
-    latencies = []
-    for _ in range(n):
-        browser.events.clear()
-        started = time.monotonic()
-        await browser.emit("text_input", {"text": "hello"})
-        await browser.wait_for("audio_delta")
-        latencies.append((time.monotonic() - started) * 1000)
-        await browser.wait_for("response_complete")
-    return latencies
-
-
-async def test_a_monitor_that_never_reads_does_not_slow_sessions(make_gateway: Any, browsers: Any) -> None:
-    """A monitor stops reading: it is skipped (the gateway's writes to it block after a few KB:
-    small kernel buffers, as on a slow link), no session waits, and once it reads again it
-    gets a full resync."""
-    gw = make_gateway()
-    async with serving(gw.asgi_app(), send_buffer=8192) as url:
-        talker = await browsers().connect(url)
-        await talker.start()
-        baseline = await _first_audio_latency(talker, 5)
-        # a monitor on a raw engine.io socket with a tiny receive buffer, that stops reading
-        host, port = url.removeprefix("http://").split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect((host, int(port)))
-        stuck = await connect(f"ws://{host}:{port}/socket.io/?EIO=4&transport=websocket", sock=sock,
-                              max_queue=1, compression=None)
-        try:
-            await stuck.recv()  # engine.io open packet
-            await stuck.send("40/monitor,")
-            await until(lambda: gw.monitor.watchers)
-            session_id = next(iter(gw.sessions.values())).id
-            await stuck.send("42/monitor," + json.dumps(["select", {"session_id": session_id}]))
-            # from here on it does not read; the talker keeps talking and the monitor is fed
-            with_stuck: list[float] = []
-            while len(with_stuck) < 60 and gw.monitor.skipped < 20:  # until it has been skipped for 2 s
-                with_stuck += await _first_audio_latency(talker, 5)
-            assert gw.monitor.skipped >= 20, with_stuck  # its queue backed up and it was skipped
-            assert statistics.median(with_stuck) < statistics.median(baseline) * 2 + 50, (baseline, with_stuck)
-            assert not talker.of("error")
-            skipped = gw.monitor.skipped
-            # it reads again: the backlog drains, then a full picture replaces what it missed
-            resynced = False
-            while not resynced:
-                packet = await asyncio.wait_for(stuck.recv(), 10)
-                if packet == "2":
-                    await stuck.send("3")  # engine.io ping
-                resynced = str(packet).startswith('42/monitor,["sessions",') and gw.monitor.skipped >= skipped
-            assert json.loads(str(packet).split(",", 1)[1])[1]["sessions"][0]["session_id"] == session_id
-        finally:
-            stuck.transport.abort()

@@ -133,6 +133,11 @@ PACE_WINDOW_S = 5.0
 PACE_FACTOR = 1.5  # the gateway cuts off above 2x real time over 5 s
 
 
+#: What closing a connection can raise from python-socketio and the aiohttp websocket below it,
+#: when the connection is already half gone: ignored, since it is being closed anyway.
+_CLOSING_ERRORS = (socketio.exceptions.SocketIOError, aiohttp.ClientError, OSError)
+
+
 class _Lost(Exception):
     """The connection dropped while waiting for the gateway (internal)."""
 
@@ -173,8 +178,13 @@ class GatewayClient:
                  ack_timeout: float = 10.0, start_timeout: float = 15.0, http_attempts: int = 4,
                  http_timeout: float = 5.0, http_retry_delay: float = 0.2, audio_chunk_ms: int = 100,
                  transports: list[str] | None = None) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) and \
+                (parts.port is None or parts.port > 0)
+        except ValueError:  # a malformed host or port ("http://[::1", "http://host:99999")
+            usable = False
+        if not usable:
             raise UsageError(f"url must be http(s)://host[:port][/prefix], not {url!r}")
         if max_queued_actions < 0:
             raise UsageError("max_queued_actions must be 0 or more")
@@ -281,7 +291,7 @@ class GatewayClient:
         for handler in list(self._handlers.get(name, ())):
             try:
                 result = handler(dict(payload))
-            except Exception:
+            except Exception:  # the program's handler: its bug is logged, never the client's failure
                 log.exception("GatewayClient: the %s handler %r failed", name, handler)
                 continue
             if inspect.isawaitable(result):
@@ -367,7 +377,7 @@ class GatewayClient:
                     failures += 1
                     self._emit("error", {"session_id": self.session_id, "code": "resync_failed",
                                          "message": f"could not resync with the gateway: {exc}"})
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(*_CLOSING_ERRORS):
                         await run.sio.disconnect()
                     continue
                 failures = 0
@@ -376,7 +386,7 @@ class GatewayClient:
                 run.online.clear()
                 if not run.stop.is_set():
                     failures = 1
-        except BaseException as exc:
+        except BaseException as exc:  # whatever ends start(), a cancel too, is what wait_connected() says; re-raised
             self._failure = exc
             raise
         finally:
@@ -395,7 +405,7 @@ class GatewayClient:
             if run is not None:
                 run.stop.set()
                 if run.sio.connected:
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(*_CLOSING_ERRORS):
                         await run.sio.disconnect()
             if self._running and run is not None:
                 if run.task is not me:
@@ -403,8 +413,7 @@ class GatewayClient:
             else:
                 await self._shutdown()
             if self._runner is not None and not self._runner.done() and self._runner is not me:
-                with contextlib.suppress(BaseException):
-                    await self._runner
+                await asyncio.gather(self._runner, return_exceptions=True)  # its failure is in self._failure
         finally:
             if me is not None:
                 self._stoppers.discard(me)
@@ -415,7 +424,7 @@ class GatewayClient:
         self._runner = asyncio.create_task(self.start(), name="GatewayClient.start")
         try:
             await self.wait_connected(self.connect_timeout if self.max_connect_attempts is None else None)
-        except BaseException:
+        except BaseException:  # a failure or a cancel: the runner must not outlive it; re-raised
             await self.stop()
             raise
         return self
@@ -467,10 +476,11 @@ class GatewayClient:
                                                    socketio_path=self._sio_path, wait_timeout=self.connect_timeout),
                                    self.connect_timeout + 2)
         except TimeoutError:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_CLOSING_ERRORS):
                 await run.sio.eio.disconnect(abort=True)
             raise GatewayUnreachableError(f"no answer within {self.connect_timeout:g} s") from None
-        except (socketio.exceptions.ConnectionError, OSError) as exc:
+        except (socketio.exceptions.ConnectionError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # aiohttp's errors and ValueError (a host IDNA cannot encode) come through engine.io untranslated
             refusal = self._refusal
             reason = refusal.get("message") if isinstance(refusal, dict) else refusal
             reason = one_line(reason or exc or type(exc).__name__)
@@ -500,7 +510,7 @@ class GatewayClient:
         run = self._run
         if run is not None:
             run.online.clear()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_CLOSING_ERRORS):
                 if run.sio.connected:
                     await run.sio.disconnect()
                 elif run.sio.eio.state != "disconnected":
@@ -534,13 +544,12 @@ class GatewayClient:
             config = asyncio.ensure_future(self._read_session_config())
             try:
                 lost = await self._request_state()
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(TimeoutError):  # the chunk limit stays as it was
                     await asyncio.wait_for(config, self.http_timeout)
             finally:
                 if not config.done():
                     config.cancel()
-                    with contextlib.suppress(BaseException):
-                        await config
+                    await asyncio.gather(config, return_exceptions=True)
             if reconnect and self.resume and lost is not None and lost.status == "disconnected" \
                     and not any(a.event == c.END_SESSION for a in self._queue):
                 try:
@@ -605,7 +614,7 @@ class GatewayClient:
         """Every gateway event, in order (a sync handler: nothing here awaits)."""
         try:
             effects = self._mirror.receive(name, data)
-        except Exception:  # a bug in the mirror must not stop the socket's event loop
+        except Exception:  # a bug in the mirror: logged, and it must not stop the socket's event loop
             log.exception("GatewayClient: could not handle %s %r", name, data)
             return
         self._carry_out(effects)
@@ -647,8 +656,7 @@ class GatewayClient:
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost_waiter.cancel()
-            with contextlib.suppress(BaseException):
-                await lost_waiter
+            await asyncio.gather(lost_waiter, return_exceptions=True)
         if future in done:
             return future.result()
         future.cancel()
@@ -657,9 +665,11 @@ class GatewayClient:
         raise GatewayTimeoutError(f"the gateway did not answer {what} within {timeout:g} s")
 
     async def _quietly(self, event: str) -> None:
+        """Emit ``event`` without an ack, if connected: a best effort (a dropped connection ends
+        the session anyway)."""
         run = self._run
-        with contextlib.suppress(Exception):
-            if run is not None and run.sio.connected:
+        if run is not None and run.sio.connected:
+            with contextlib.suppress(socketio.exceptions.SocketIOError):
                 await run.sio.emit(event)
 
     def _require_session(self, label: str) -> SessionState:
@@ -906,13 +916,16 @@ class GatewayClient:
 
     async def _get_json(self, path: str, attempts: int) -> dict[str, Any]:
         url = self._http_base + path
-        run = self._run
-        own = run is None or run.http.closed
-        http = aiohttp.ClientSession() if own or run is None else run.http
+        own: aiohttp.ClientSession | None = None  # when no run's session is open
         started = time.monotonic()
         last = ""
         try:
             for attempt in range(1, attempts + 1):
+                run = self._run  # each attempt: the run may have stopped (and closed its session) meanwhile
+                if run is not None and not run.http.closed:
+                    http = run.http
+                else:
+                    http = own = own or aiohttp.ClientSession()
                 try:
                     async with http.get(url, timeout=aiohttp.ClientTimeout(total=self.http_timeout)) as response:
                         if response.status == 200:
@@ -933,7 +946,7 @@ class GatewayClient:
                     await asyncio.sleep(backoff_delay(attempt, self.http_retry_delay, self.reconnect_delay_max,
                                                       self.jitter))
         finally:
-            if own:
-                await http.close()
+            if own is not None:
+                await own.close()
         raise GatewayUnreachableError(f"GET {url} failed {attempts} times in {time.monotonic() - started:.1f} s: "
                                       f"{last}")

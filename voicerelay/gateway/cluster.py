@@ -72,13 +72,13 @@ class Cluster:
                            asyncio.create_task(self._listen(), name="cluster commands")]
 
     async def close(self) -> None:
+        from redis.exceptions import RedisError
+
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # cancelled: they catch Redis' errors themselves
         self._tasks = []
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # Redis is down: the key expires after TTL_S
             await asyncio.wait_for(self.redis.delete(self.sessions_key), 1)
         await self.redis.aclose()
 
@@ -164,7 +164,7 @@ class Cluster:
                 self._trouble(exc)
                 await asyncio.sleep(HEARTBEAT_S)
             finally:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RedisError, OSError):  # the connection is already gone
                     await pubsub.aclose()
 
     async def _carry_out(self, raw: bytes) -> None:

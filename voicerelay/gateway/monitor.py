@@ -10,16 +10,20 @@ has one) and receive:
   transcript lines and raw Realtime events (audio elided) since the last batch.
 
 The audio path never waits for a monitor. Sessions only mark themselves dirty and append to
-bounded ring buffers; one publisher task sends at most ``MAX_RATE`` batches per second. A
-monitor whose outgoing queue is backed up (it stopped reading) is skipped, and gets a full
-resync once it drains: memory stays bounded and no session notices.
+bounded ring buffers; one publisher task sends at most ``MAX_RATE`` batches per second. The last
+event of each batch asks for a Socket.IO ack, which python-socketio clients (``voicerelay
+inspect``) send when their handler returns (a JavaScript client calls the ack function its
+handler gets). A monitor with more than ``MAX_UNACKED`` batches unacknowledged has stopped
+reading: it is skipped, and gets a full resync once it acknowledges again. Memory stays bounded
+(at most ``MAX_UNACKED + 1`` batches wait for a monitor) and no session notices.
+
+A monitor's batches go to its own connection on this node, never through Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "/monitor"
 MAX_RATE = 10  # updates per second per session, at most
-BACKLOG_LIMIT = 64  # packets queued for a monitor before it is skipped
+MAX_UNACKED = 10  # batches a monitor has not acknowledged before it is skipped
 EVENT_LOG = 200
 TRANSCRIPT_LOG = 100
 
@@ -65,12 +69,24 @@ class SessionLog:
 
 
 class _Watcher:
-    __slots__ = ("selected", "seen", "stale")
+    """One connected monitor: what it selected, what it was sent, and what it acknowledged."""
+
+    __slots__ = ("selected", "seen", "stale", "unacked")
 
     def __init__(self) -> None:
         self.selected: str | None = None
         self.seen = 0  # SessionLog.seq already sent
         self.stale = True  # needs a full "sessions" resync
+        self.unacked = 0  # batches sent and not acknowledged yet
+
+    @property
+    def backed_up(self) -> bool:
+        """It stopped reading: skip it until it acknowledges again."""
+        return self.unacked > MAX_UNACKED
+
+    def acked(self, *_: Any) -> None:
+        """The Socket.IO ack of one batch."""
+        self.unacked = max(0, self.unacked - 1)
 
 
 class Monitor:
@@ -116,6 +132,7 @@ class Monitor:
         self.watchers[sid] = _Watcher()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._publish(), name="monitor publisher")
+            self._task.add_done_callback(_report_failure)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
         self.watchers.pop(sid, None)
@@ -128,16 +145,8 @@ class Monitor:
         watcher.selected = session_id if isinstance(session_id, str) else None
         watcher.seen = 0
 
-    def _backed_up(self, sid: str) -> bool:
-        try:
-            eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-            return self.sio.eio.sockets[eio_sid].queue.qsize() > BACKLOG_LIMIT
-        except (KeyError, AttributeError):
-            return False
-
     async def _publish(self) -> None:
         """One task for all monitors: at most MAX_RATE batches a second, never blocking a session."""
-        sio = self.sio
         while self.watchers:
             await asyncio.sleep(1 / MAX_RATE)
             dirty, self._dirty = self._dirty, set()
@@ -146,25 +155,34 @@ class Monitor:
             updates = [sessions[i].state() for i in dirty if i in sessions]
             remote = self._remote_changes(updates, closed)
             for sid, watcher in list(self.watchers.items()):
-                if self._backed_up(sid):
+                if watcher.backed_up:
                     watcher.stale = True
                     self.skipped += 1
                     continue
-                with contextlib.suppress(Exception):
-                    if watcher.stale:
-                        watcher.stale = False
-                        await sio.emit("sessions", {"sessions": [s.state() for s in sessions.values()] + remote},
-                                       to=sid, namespace=NAMESPACE)
-                    else:
-                        for update in updates:
-                            await sio.emit("session_update", update, to=sid, namespace=NAMESPACE)
-                        for item in closed:
-                            await sio.emit("session_closed", item, to=sid, namespace=NAMESPACE)
-                    session = sessions.get(watcher.selected or "")
-                    if session is not None and session.log.seq > watcher.seen:
-                        detail = {"session_id": session.id, **session.log.since(watcher.seen)}
-                        watcher.seen = session.log.seq
-                        await sio.emit("session_detail", detail, to=sid, namespace=NAMESPACE)
+                batch: list[tuple[str, Any]] = []
+                if watcher.stale:
+                    watcher.stale = False
+                    batch.append(("sessions", {"sessions": [s.state() for s in sessions.values()] + remote}))
+                else:
+                    batch += [("session_update", update) for update in updates]
+                    batch += [("session_closed", item) for item in closed]
+                session = sessions.get(watcher.selected or "")
+                if session is not None and session.log.seq > watcher.seen:
+                    batch.append(("session_detail", {"session_id": session.id, **session.log.since(watcher.seen)}))
+                    watcher.seen = session.log.seq
+                await self._send(sid, watcher, batch)
+
+    async def _send(self, sid: str, watcher: _Watcher, batch: list[tuple[str, Any]]) -> None:
+        """Emit ``batch`` to one monitor (on this node: never through Redis); its last event asks
+        for the ack that tells the monitor is still reading. A monitor that disconnected
+        meanwhile is simply not sent anything (python-socketio emits to nobody)."""
+        if not batch:
+            return
+        *first, (name, data) = batch
+        for event, payload in first:
+            await self.sio.emit(event, payload, to=sid, namespace=NAMESPACE, ignore_queue=True)
+        watcher.unacked += 1
+        await self.sio.emit(name, data, to=sid, namespace=NAMESPACE, ignore_queue=True, callback=watcher.acked)
 
     def _remote_changes(self, updates: list[dict[str, Any]], closed: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Other nodes' sessions (multi-node): add their changes to this tick; return them all."""
@@ -182,5 +200,11 @@ class Monitor:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)  # a failure was logged when it happened
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """The publisher ended by a bug (emitting to a local connection raises nothing else): say so;
+    the next monitor that connects starts a new one."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("monitor publisher failed: %r", task.exception(), exc_info=task.exception())

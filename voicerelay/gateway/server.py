@@ -63,14 +63,17 @@ class Gateway:
                  node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None,
                  redis_url: str | None = None, node_id: str | None = None) -> None:
         check_modes(on_transcript, tools, function_map)
-        base = config or RealtimeConfig()
-        base = RealtimeConfig.from_mapping(dict(config_overrides or {}), base)
-        if tools:
-            base = RealtimeConfig.from_mapping({"tools": list(tools)}, base)
-        if on_transcript is not None:
-            base = RealtimeConfig.from_mapping({"create_response": False}, base)
+        try:  # the pure layer's ConfigError and choose_backend's ValueError: a gateway built wrong
+            base = config or RealtimeConfig()
+            base = RealtimeConfig.from_mapping(dict(config_overrides or {}), base)
+            if tools:
+                base = RealtimeConfig.from_mapping({"tools": list(tools)}, base)
+            if on_transcript is not None:
+                base = RealtimeConfig.from_mapping({"create_response": False}, base)
+            self.backend = choose_backend(backend)
+        except ValueError as exc:
+            raise GatewayConfigError(str(exc)) from exc
         self.config = base
-        self.backend = choose_backend(backend)
         self.dialect = Dialect(dialect)
         self.on_transcript = on_transcript
         self.function_map = function_map
@@ -160,7 +163,7 @@ class Gateway:
         except (OSError, TimeoutError):
             return False
         writer.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):  # reset by the peer: it was reachable all the same
             await writer.wait_closed()
         return True
 

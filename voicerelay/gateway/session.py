@@ -94,6 +94,9 @@ class GatewaySession:
     # ----------------------------------------------------------------------------- to the browser
 
     async def emit(self, name: str, data: Any = None) -> None:
+        """Send an event to the browser and the followers. python-socketio queues it for each
+        connection and raises nothing (a connection that is gone gets nothing; Redis' failures
+        are logged by its manager)."""
         # the browser is connected to this node: never through Redis (audio must not depend on it)
         if isinstance(data, dict) and "session_id" not in data:
             data = {**data, "session_id": self.id}  # an addition: followers act on several sessions
@@ -188,10 +191,9 @@ class GatewaySession:
             await self.end("error")
         except asyncio.CancelledError:
             run.cancel()
-            with contextlib.suppress(BaseException):
-                await run
+            await asyncio.gather(run, return_exceptions=True)  # cancelled with the session: how it ends is moot
             raise
-        except Exception as exc:
+        except Exception as exc:  # a bug below the session: logged with its traceback, told to the browser
             log.exception("session %s failed", self.id)
             await self.error("internal_error", f"{type(exc).__name__}: {exc}")
             await self.end("error")
@@ -208,16 +210,14 @@ class GatewaySession:
         if self.conversation is not None:
             await self.conversation.stop()
         if self.task is not None and self.task is not asyncio.current_task():
-            try:
-                await asyncio.wait_for(asyncio.shield(self.task), 1.0)
-            except (TimeoutError, Exception):
+            # _run reports its own failures; one that does not end within a second is cancelled
+            done, _ = await asyncio.wait({self.task}, timeout=1.0)
+            if not done:
                 self.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self.task
+                await asyncio.gather(self.task, return_exceptions=True)
         if notify:  # what the relay said before the end reaches the browser before session_ended
-            with contextlib.suppress(Exception):
-                while self._outbox:
-                    await self.emit(*self._outbox.popleft())
+            while self._outbox:
+                await self.emit(*self._outbox.popleft())
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -228,8 +228,7 @@ class GatewaySession:
         self.registry.remove(self)
         self.monitor.closed(self, status)
         if notify:
-            with contextlib.suppress(Exception):
-                await self._goodbye(status, ack_timeout)
+            await self._goodbye(status, ack_timeout)
 
     async def _goodbye(self, status: str, ack_timeout: float | None) -> None:
         data = {"status": status, "session_id": self.id}
