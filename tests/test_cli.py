@@ -148,3 +148,44 @@ def test_shared_options_have_one_wording() -> None:
     for option in ("--port", "--host", "--log-level"):
         serve_line, backend_line = option_line("serve", option), option_line("backend", option)
         assert serve_line.split("[default")[0] == backend_line.split("[default")[0], option
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def _wait_gone(pids: list[str], timeout: float = 5) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if os.path.exists(f"/proc/{p}")]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def _started_backend() -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", "0"], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+    assert proc.stderr is not None
+    while "Ctrl-C stops it" not in (line := proc.stderr.readline()):
+        assert line, "the backend exited early"
+    return proc
+
+
+def test_ctrl_c_to_the_process_group_stops_quietly_with_no_worker_traceback() -> None:
+    with _started_backend() as proc:
+        workers = _children(proc.pid)
+        assert workers
+        os.killpg(proc.pid, 2)  # what a terminal's Ctrl-C does: SIGINT to every process of the group
+        assert proc.wait(timeout=10) in (0, 130)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert _wait_gone(workers) == []
+
+
+def test_workers_go_with_a_killed_backend() -> None:
+    with _started_backend() as proc:
+        workers = _children(proc.pid)
+        assert workers
+        proc.kill()  # SIGKILL: no chance to stop its pool
+        proc.wait(timeout=5)
+    assert _wait_gone(workers, timeout=5) == [], "recognition workers outlived their backend"
