@@ -19,7 +19,7 @@ from voicerelay.tui.talk_app import HelpScreen, TalkApp
 from .. import audio_rig
 from ..test_talk import rig  # noqa: F401 - the session's one virtual sound card
 from . import terminal
-from .test_talk_tui import rig_devices, text_of, until  # noqa: F401
+from .test_talk_app import rig_devices, text_of, until  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(not audio_rig.available(), reason="needs PulseAudio: apt-get install pulseaudio"),
