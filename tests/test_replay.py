@@ -449,3 +449,23 @@ def test_several_files_refuse_a_single_output_and_an_empty_glob(tmp_path: Path) 
     assert result.returncode == 2 and "--out takes one input, not 2" in result.stderr
     result = cli("replay", str(tmp_path / "*.wav"))
     assert result.returncode == 2 and result.stderr.strip() == f"voicerelay: error: no file matches {tmp_path}/*.wav"
+
+
+def test_the_progress_bar_in_a_terminal_never_shares_a_line_with_a_transcript(tmp_path: Path) -> None:
+    from .tui.terminal import Terminal
+
+    long_input = tmp_path / "long.wav"  # >= 10 s: the bar is drawn
+    soundfile.write(long_input, np.concatenate([room_noise(500), read_recording("hello_there"), room_noise(4000),
+                                                read_recording("what_is_your_name"), room_noise(4000)]), 24_000)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    with Terminal([sys.executable, "-m", "voicerelay", "replay", str(long_input)], env, size=(100, 30)) as term:
+        term.wait_for(r"replaying .* \d+/12 s", timeout=20)  # the bar is up
+        assert term.exit_code(timeout=60) == 0
+        screen = term.after_exit()
+    lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
+    assert not [line for line in lines if "replaying" in line], lines  # gone once the input ended
+    assert lines[-6:] == ["     user  hello there",
+                          "assistant  Hello! I am the voicerelay test assistant. How can I help?",
+                          lines[-4], "     user  what is your name",
+                          "assistant  My name is voicerelay. I am an offline test assistant.", lines[-1]]
+    assert lines[-4].lstrip().startswith("turn 1: completed") and lines[-1].lstrip().startswith("turn 2: completed")

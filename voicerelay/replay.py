@@ -242,8 +242,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
             relay = Relay(options.config, spec, recorder=recorder)
             conversation = Conversation(relay, InstantPlayback(writer.write if writer is not None else None),
                                         ready_timeout=options.timeout)
-            conversation.subscribe(_printer(console, err, errors))
-            await _drive(conversation, source, options, err)
+            screen = _Screen(console, err)
+            conversation.subscribe(_printer(screen, errors))
+            await _drive(conversation, source, options, screen)
     except UpstreamError as exc:
         errors.append(str(exc))
         failure = exc
@@ -291,32 +292,53 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
     return exit_code
 
 
-def _printer(console: Console, err: Console, errors: list[str]) -> Any:
+class _Screen:
+    """Where replay's lines go: transcripts to ``console`` (stdout), the rest to ``err``. While the
+    progress bar is drawn, lines bound for the same terminal go through the bar's own console,
+    which prints them above the bar (rich's consoles write past each other's live displays)."""
+
+    def __init__(self, console: Console, err: Console) -> None:
+        self._console = console
+        self._err = err
+        self.live: Console | None = None  # the progress bar's console, while it is drawn
+
+    @property
+    def console(self) -> Console:
+        return self.live if self.live is not None and self._console.is_terminal else self._console
+
+    @property
+    def err(self) -> Console:
+        return self.live if self.live is not None else self._err
+
+
+def _printer(screen: _Screen, errors: list[str]) -> Any:
     def observe(obs: Observation) -> None:
         if isinstance(obs, Transcript) and obs.final and obs.text:
-            console.print(transcript_line(obs.role, obs.text))
+            screen.console.print(transcript_line(obs.role, obs.text))
         elif isinstance(obs, TurnFinished):
             turn = obs.turn
             latency = f"{turn.first_audio_ms:.0f} ms to first audio" if turn.first_audio_ms is not None else "no audio"
-            console.print(f"[dim]{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
-                          f"{turn.audio_out_ms / 1000:.1f} s of reply audio[/]", highlight=False)
+            screen.console.print(f"[dim]{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
+                                 f"{turn.audio_out_ms / 1000:.1f} s of reply audio[/]", highlight=False)
         elif isinstance(obs, Error):
             errors.append(f"{obs.code}: {obs.message}")
-            err.print(f"[red]error[/] {obs.code}: {obs.message}", highlight=False)
+            screen.err.print(f"[red]error[/] {obs.code}: {obs.message}", highlight=False)
         elif isinstance(obs, Notice) and obs.kind in ("recycled", "reconnecting"):
-            err.print(f"[yellow]{obs.message}[/]", highlight=False)
+            screen.err.print(f"[yellow]{obs.message}[/]", highlight=False)
 
     return observe
 
 
-async def _drive(conversation: Conversation, source: _Source, options: ReplayOptions, err: Console) -> None:
+async def _drive(conversation: Conversation, source: _Source, options: ReplayOptions, screen: _Screen) -> None:
     """Send the input, close the last turn, wait for the replies; raise the upstream's failure
     (:class:`~voicerelay.errors.UpstreamTimeout` when it did not configure or answer in time)."""
     relay = conversation.relay
     run = conversation.start()
+    progress = None
     try:
         await conversation.wait_ready()
-        progress = _progress(source, options, err)
+        progress = _progress(source, options, screen.err)
+        screen.live = progress.console if progress is not None else None
         utterances = _Utterances(options) if options.speed == 0 else None
         t0 = time.monotonic()
         async for t, pcm in source.frames():
@@ -334,11 +356,15 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
         if progress is not None:
             progress.stop()
+            progress = screen.live = None
         await _finish_turn(relay, options, t0)
         if not await _wait_for_replies(relay, run, options.timeout) and not run.done():
             raise UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout "
                                   f"{options.timeout:g} s")
     finally:
+        if progress is not None:  # (a failure or Ctrl-C mid-input)
+            progress.stop()
+            screen.live = None
         await conversation.close()  # raises the upstream's failure, if it failed
 
 
