@@ -469,3 +469,25 @@ def test_the_progress_bar_in_a_terminal_never_shares_a_line_with_a_transcript(tm
                           lines[-4], "     user  what is your name",
                           "assistant  My name is voicerelay. I am an offline test assistant.", lines[-1]]
     assert lines[-4].lstrip().startswith("turn 1: completed") and lines[-1].lstrip().startswith("turn 2: completed")
+
+
+async def test_barge_in_during_a_replay_truncates_at_what_the_file_sink_took(engines: Engines, tmp_path: Path) -> None:
+    from .barge_in import assert_truncate_is_what_was_heard
+
+    # the second utterance starts while the first reply still streams (pace 0.5: 4 s of reply take 8 s)
+    pcm = np.concatenate([room_noise(300), read_recording("what_can_you_do"), room_noise(1500),
+                          read_recording("hello_there"), room_noise(1000)])
+    path = tmp_path / "talk_over.wav"
+    soundfile.write(path, pcm, 24_000, subtype="PCM_16")
+    folder = tmp_path / "rec"
+    async with BackendServer(port=0, engines=engines, pace=0.5) as slow:
+        code, out, err = await run_replay(path, slow, speed=1.0, record=folder, timeout=20.0)
+    assert code == 0, err
+    events = [json.loads(line)["event"] for line in (folder / "session.jsonl").read_text().splitlines()[1:]]
+    cut = next(i for i, e in enumerate(events) if e["type"] == "conversation.item.truncate")
+    truncate = events[cut]
+    received = sum(e["delta"]["bytes"] for e in events[:cut]
+                   if e["type"] == "response.output_audio.delta" and e["item_id"] == truncate["item_id"]) // 48
+    assert received > 500  # really cut in the middle
+    # a file sink (or none) takes every delta the moment it arrives: what was received was "played"
+    assert_truncate_is_what_was_heard(truncate["audio_end_ms"], received, received)
