@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
-    """Something the relay did on its own: ``connected``, ``recycled``, ``reconnecting``, ``ended``."""
+    """Something the relay did on its own: ``connected``, ``recycled``, ``reconnecting`` (a connection
+    was lost), ``recovered`` (the next one is ready), ``ended``."""
 
     kind: str
     message: str
@@ -120,6 +121,7 @@ class Relay:
         self._ready = asyncio.Event()
         self._recycle = asyncio.Event()
         self._fatal: Error | None = None
+        self._recovering = False  # a connection was lost: say so once the next one is ready
         self._flush = flush
         self._flush_follows = False
         self._inflight: list[Event] = []  # taken for sending, not sent yet: sent again on a new connection
@@ -285,6 +287,8 @@ class Relay:
                 if retries_left <= 0:
                     raise UpstreamClosed(f"lost the connection to {self.spec.describe()} ({outcome})")
                 retries_left -= 1
+                self._dispatch(self.session.connection_lost(self.clock()))  # a cut reply ends as interrupted
+                self._recovering = True
                 self._notify(Notice("reconnecting", f"lost the connection to {self.spec.describe()} ({outcome}); "
                                                     "reconnecting"))
         except UpstreamError as exc:
@@ -415,6 +419,9 @@ class Relay:
         self._dispatch(effects)
         if self.session.ready and not self._ready.is_set():
             self._ready.set()
+            if self._recovering:
+                self._recovering = False
+                self._notify(Notice("recovered", f"reconnected to {self.spec.describe()}; the session goes on"))
 
     async def _recycle_timer(self) -> None:
         """Recycle before the cap: at a quiet moment once inside the margin, or just before it."""

@@ -99,3 +99,43 @@ async def test_a_bad_playback_position_is_refused_and_the_session_goes_on(make_g
         await browser.emit("text_input", {"text": "thanks"})
         assert (await browser.wait_for("ai_response"))["response"] == "You are welcome."
         assert browser.of("error") == []
+
+
+async def test_an_upstream_lost_mid_reply_and_back_is_told_and_nothing_is_replayed(engines: Any, browsers: Any) -> None:
+    from voicerelay.backend.server import BackendServer
+    from voicerelay.gateway.server import Gateway
+
+    first = BackendServer(port=0, engines=engines, pace=1.0)  # a 4 s reply streams for 4 s
+    await first.start()
+    port = first.port
+    gw = Gateway(backend=f"ws://127.0.0.1:{port}/v1/realtime")
+    try:
+        async with serving(gw.asgi_app()) as url:
+            browser = await browsers().connect(url)
+            await browser.start()
+            await browser.emit("text_input", {"text": "what can you do"})
+            first_delta = await browser.wait_for("audio_delta")
+            await asyncio.sleep(0.3)
+            await first.close()  # the upstream dies mid-reply ...
+            second = BackendServer(port=port, engines=engines, pace=20.0)
+            await second.start()  # ... and is back within the relay's reconnect window
+            try:
+                lost = await browser.wait_for("upstream_status", timeout=10)
+                assert lost["status"] == "lost" and lost["session_id"] == first_delta["session_id"]
+                cut = await browser.wait_for("response_complete", lambda d: d["status"] == "interrupted",
+                                             timeout=10)
+                assert (await browser.wait_for("upstream_status", lambda d: d["status"] == "recovered",
+                                               timeout=10))["message"]
+                await asyncio.sleep(0.5)
+                replayed = [d for d in browser.of("audio_delta") if d["item_id"] == first_delta["item_id"]]
+                assert browser.of("audio_delta")[-1]["item_id"] == first_delta["item_id"]  # nothing new after
+                assert len(replayed) == len(browser.of("audio_delta"))
+                assert cut["response_id"]
+                browser.events.clear()
+                await browser.emit("text_input", {"text": "thanks"})  # the session goes on
+                assert (await browser.wait_for("ai_response", timeout=15))["response"] == "You are welcome."
+                assert not [e for e in browser.of("error") if e["code"] != "response_cancel_not_active"]
+            finally:
+                await second.close()
+    finally:
+        await gw.close()

@@ -81,3 +81,16 @@ def test_a_short_session_gets_a_proportional_margin_and_a_bad_cap_none() -> None
     assert cap.recycle_from == pytest.approx(3.0)  # a quarter of 4 s
     cap.session_created({"session": {"expires_at": True}}, now=0.0, wall_now=1000.0)
     assert cap.expires_at is None and not cap.should_recycle(10**6, quiet=True)
+
+
+def test_the_first_reply_output_answers_the_turn_but_a_say_answers_nobody() -> None:
+    ledger = ResendLedger()
+    ledger.written(ledger.number(), append(1))
+    ledger.server_event({"type": "input_audio_buffer.committed"})
+    ledger.server_event({"type": "response.created", "response": {"id": "say1", "metadata": {"voicerelay": "say"}}})
+    ledger.server_event({"type": "response.output_audio.delta", "response_id": "say1", "delta": "AAAA"})
+    assert len(ledger) == 1  # an out-of-band say is not the answer
+    ledger.server_event({"type": "response.created", "response": {"id": "r1"}})
+    assert len(ledger) == 1  # created, nothing heard yet: a reconnect would ask again
+    ledger.server_event({"type": "response.output_audio.delta", "response_id": "r1", "delta": "AAAA"})
+    assert ledger.take() == []  # the user began to hear the answer: never asked for again

@@ -252,3 +252,30 @@ def test_base64_microphone_audio_is_sent_as_it_is() -> None:
         s.audio_b64(base64.b64encode(b"\0").decode())
     s.closed()
     assert s.audio_b64(chunk) == []
+
+
+def test_a_reply_cut_by_a_lost_connection_ends_as_interrupted() -> None:
+    from voicerelay.protocol.session import ResponseDone
+
+    session = ready_session()
+    session.server_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 0}, 1.0)
+    session.server_event({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900}, 2.0)
+    reply(session, 2.1)
+    effects = session.connection_lost(2.5)
+    [done] = of(effects, ResponseDone)
+    [finished] = of(effects, TurnFinished)
+    assert done.status == "interrupted" and finished.turn.status == "interrupted" and finished.turn.done_at == 2.5
+    assert not session.response_active
+    # the same response's late deltas (if any arrive) are not played
+    late = session.server_event({"type": "response.output_audio.delta", "response_id": "resp_1",
+                                 "item_id": "item_a", "delta": MS_100}, 2.6)
+    assert not of(late, PlayAudio)
+
+
+def test_a_reply_that_had_not_begun_stays_open_for_the_new_connection() -> None:
+    session = ready_session()
+    session.server_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 0}, 1.0)
+    session.server_event({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900}, 2.0)
+    session.server_event({"type": "response.created", "response": {"id": "resp_1", "conversation_id": "c"}}, 2.1)
+    assert session.connection_lost(2.2) == []
+    assert session.turns[-1].done_at is None and not session.response_active

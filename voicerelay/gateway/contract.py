@@ -42,6 +42,7 @@ AI_TRANSCRIPT = "ai_transcript"  # addition: {text, final, item_id} (assistant d
 AI_STATE = "ai_state"  # addition: {state}
 INTERRUPTED = "interrupted"  # addition: {item_id}: stop playback now
 SESSION_RECYCLED = "session_recycled"  # addition: {message}
+UPSTREAM_STATUS = "upstream_status"  # addition: {status: "lost"|"recovered", message}
 SESSION_STATE = "session_state"  # addition: {session_id|null, chat_active, ai_state, ...}
 
 DEFAULT_MAX_CHUNK_B64 = 64 * 1024

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 5.0
 RATE_LIMIT = 2.0  # times real time, sustained over RATE_WINDOW_S
 READY_TIMEOUT_S = 15.0
+#: The relay's notices a browser hears of: the upstream connection was lost (a reconnect is under
+#: way), or it is back and the session goes on (a failed reconnect ends the session with an error).
+UPSTREAM_STATUS = {"reconnecting": "lost", "recovered": "recovered"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -307,6 +310,8 @@ class GatewaySession:
             self._emit_soon(c.ERROR, c.error_payload(obs.code, obs.message))
         elif isinstance(obs, Notice) and obs.kind == "recycled":
             self._emit_soon(c.SESSION_RECYCLED, {"message": obs.message})
+        elif isinstance(obs, Notice) and obs.kind in UPSTREAM_STATUS:
+            self._emit_soon(c.UPSTREAM_STATUS, {"status": UPSTREAM_STATUS[obs.kind], "message": obs.message})
 
     def _transcript(self, obs: Transcript) -> None:
         if obs.final and obs.text:

@@ -4,9 +4,10 @@ when to recycle before the server's session cap.
 :class:`ResendLedger` keeps the ``input_audio_buffer.append`` events written to the current
 connection whose turn the server has not answered yet, numbered in the order they were written.
 A new connection (a recycle, or a reconnect after a drop) gets them again, so an utterance cut
-in the middle is not lost. It forgets a turn's audio once the turn is answered
-(``response.done`` of an in-band response after the audio was committed) or the buffer was
-cleared, and holds at most ``max_ms`` of audio (the oldest goes first).
+in the middle is not lost. It forgets a turn's audio once the turn is answered — from the first
+reply output of an in-band response after the audio was committed (a reply the user has begun
+to hear is never asked for again: a cut reply ends as interrupted instead of being replayed) —
+or the buffer was cleared, and holds at most ``max_ms`` of audio (the oldest goes first).
 
 :class:`SessionCap` reads the cap from ``session.created`` (``expires_at``, Unix seconds) and
 says when to recycle: at a quiet moment once inside the margin before the cap, or just before
@@ -28,6 +29,12 @@ RESEND_MAX_MS = 15_000
 RECYCLE_MARGIN_MAX = 60.0
 
 
+#: Server events that show a turn was answered: the first reply output, or the response's end.
+ANSWERS = frozenset({"response.done", "response.output_audio.delta", "response.audio.delta",
+                     "response.output_audio_transcript.delta", "response.audio_transcript.delta",
+                     "response.output_text.delta", "response.text.delta", "response.function_call_arguments.delta"})
+
+
 def append_ms(event: Event) -> float:
     """Milliseconds of audio in an ``input_audio_buffer.append`` (from its base64 length)."""
     return len(event["audio"]) * 3 / 4 / BYTES_PER_MS
@@ -47,6 +54,7 @@ class ResendLedger:
         self._ms = 0.0
         self._seq = 0
         self._committed_upto = 0  # appends numbered below this belong to a committed turn
+        self._say: set[str] = set()  # out-of-band responses: they answer nobody
 
     @property
     def ms(self) -> float:
@@ -82,11 +90,20 @@ class ResendLedger:
         etype = event.get("type")
         if etype in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
             self._committed_upto = self._seq + 1
-        if etype == "input_audio_buffer.cleared" or (
-                etype == "response.done" and ((event.get("response") or {}).get("metadata") or {}).get("voicerelay")
-                != "say"):
+        elif etype == "response.created":
+            response = event.get("response") or {}
+            if (response.get("metadata") or {}).get("voicerelay") == "say":
+                self._say.add(str(response.get("id")))
+            return
+        if etype == "input_audio_buffer.cleared" or (etype in ANSWERS and self._in_band(event)):
             while self._seqs and self._seqs[0] < self._committed_upto:
                 self._drop_oldest()
+
+    def _in_band(self, event: Event) -> bool:
+        if event.get("type") == "response.done":
+            response = event.get("response") or {}
+            return (response.get("metadata") or {}).get("voicerelay") != "say" and response.get("id") not in self._say
+        return event.get("response_id") not in self._say
 
     def take(self) -> list[Event]:
         """Everything held, oldest first, for a new connection (which numbers them anew)."""

@@ -391,6 +391,26 @@ class RealtimeSession:
         self._set_state(State.ENDED, out)
         return out
 
+    def connection_lost(self, now: float) -> list[Effect]:
+        """The connection dropped mid-session (a reconnect follows). A reply the user has begun to
+        receive is cut: it ends as ``interrupted`` (what was heard stays heard; the new connection
+        does not ask for it again). A reply that had not produced anything yet is asked for again
+        with the turn's audio, so its turn stays open."""
+        out: list[Effect] = []
+        response = self._active_response
+        turn = self._current
+        if response is not None and turn is not None and turn.done_at is None and (
+                turn.first_delta_at is not None or turn.assistant_transcript):
+            self._ignored_responses.add(response)
+            turn.status = "interrupted"
+            turn.done_at = now
+            turn.errors.append("the upstream connection was lost during the reply")
+            out.append(ResponseDone(str(response), "interrupted"))
+            out.append(TurnFinished(turn))
+        self._active_response = None
+        self._response_done = True
+        return out
+
     def reset_for_new_connection(self) -> None:
         """Forget per-connection state before reconnecting (the history is kept)."""
         self.state = State.CONNECTING
