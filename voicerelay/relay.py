@@ -278,6 +278,7 @@ class Relay:
                     break
                 if ending is Ending.RECYCLE:
                     self.recycles += 1
+                    self._dispatch(self.session.connection_lost(self.clock()))  # (the cap cut a reply short)
                     self._notify(Notice("recycled", "opened a new upstream session before the server's time limit "
                                                     "(the conversation's text history was carried over)"))
                     continue
