@@ -109,8 +109,9 @@ class Gateway:
         self.monitor = Monitor(self.sio, self.registry, admin_token, self.cluster)
         self.namespace = GatewayNamespace(self)
         self.sio.register_namespace(self.namespace)
-        self.socketio_js = find_socketio_client(node_modules)
-        if self.socketio_js is None:
+        self._node_modules = node_modules
+        self._socketio_js = find_socketio_client(node_modules)
+        if self._socketio_js is None:
             log.warning("demo page: %s", INSTALL_HINT)
 
     @property
@@ -122,6 +123,16 @@ class Gateway:
     def clients(self) -> dict[str, str]:
         """The connected Socket.IO clients of this node (``sid`` -> ``client_id (address)``)."""
         return dict(self.registry.clients)
+
+    @property
+    def socketio_js(self) -> Path | None:
+        """The demo page's Socket.IO client: looked up again on each request while it is missing
+        (``npm install`` while the gateway runs), kept once found."""
+        if self._socketio_js is None:
+            self._socketio_js = find_socketio_client(self._node_modules)
+            if self._socketio_js is not None:
+                log.info("demo page: found the browser Socket.IO client at %s", self._socketio_js)
+        return self._socketio_js
 
     @property
     def backend_server(self) -> Any:
