@@ -45,6 +45,8 @@ class HttpHost(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    async def startup(self) -> None: ...
+
     def session_config(self) -> dict[str, Any]: ...
 
     async def upstream_reachable(self) -> bool: ...
@@ -110,6 +112,7 @@ class HttpRoutes:
                 gc.collect()
                 gc.freeze()
                 gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+                await self.gateway.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.close()
