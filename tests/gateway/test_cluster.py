@@ -262,6 +262,9 @@ async def test_a_dead_redis_at_startup_is_one_line_and_health_says_so_at_once(tm
                 redis.stop()
         finally:
             await browser.close()
+    help_text = subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--help"], capture_output=True, text=True,
+                               timeout=30, env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}).stdout
+    assert "starts degraded" in help_text  # the choice is documented where a user looks
 
 
 async def test_an_outage_is_two_lines_and_ok_means_reachable_again(redis_server: RedisServer, tmp_path: Path) -> None:
