@@ -337,7 +337,8 @@ def serve(
         show_default=False)] = None,
     redis: Annotated[str | None, typer.Option(metavar="URL",
         help="Run as one node of several sharing this Redis (redis://host:port/db): sessions and actions "
-        "reach across nodes.", show_default=False)] = None,
+        "reach across nodes. Checked at start-up: if it cannot be reached, serve says so in one line and starts "
+        "degraded (/health says so) until it can.", show_default=False)] = None,
     node_id: Annotated[str | None, typer.Option(metavar="NAME", help="This node's name in the cluster (default: random).",
                                                 show_default=False)] = None,
     backend: Backend = None,
@@ -350,9 +351,11 @@ def serve(
 ) -> None:
     """Serve the pipeline to browsers: a Socket.IO gateway (ragent's event contract) with a demo page.
 
-    GET / is the demo page, GET /health the gateway's status, GET /session-config the public session settings. The API key stays on the server.
+    GET / is the demo page, GET /health the gateway's status, GET /session-config the public session settings. The API key stays on the server. The demo page needs npm's socket.io-client (npm install): without it serve and the page say so, and it is found once installed, without a restart.
 
-    Exit codes: 0 stopped (Ctrl-C or SIGTERM, every session ended first); 1 the gateway failed to start; 2 unusable options or a port that cannot be listened on.
+    With --redis, a Redis that cannot be reached is one line and the node starts degraded (/health says "degraded" until Redis answers and this node's sessions are registered); it recovers by itself.
+
+    Exit codes: 0 stopped (Ctrl-C or SIGTERM, every session ended first); 1 the gateway failed to start; 2 unusable options or a port that cannot be listened on. An unreachable --redis is not an exit: the node starts degraded.
     """
     import asyncio
 

@@ -203,3 +203,120 @@ def test_redis_url_must_be_usable(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--redis", "not-a-url", "--port", "0"],
                             capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 2 and "--redis" in result.stderr
+
+
+@contextlib.asynccontextmanager
+async def logged_node(name: str, redis_url: str, log: Path, wait_ok: bool = True) -> AsyncIterator[str]:
+    """``voicerelay serve --redis`` as a subprocess whose stderr goes to ``log``; yields its URL
+    once it answers /health (its first answer: nothing was asked of it before)."""
+    port = free_port()
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "voicerelay", "serve", "--port", str(port), "--redis", redis_url, "--node-id", name,
+            "--log-level", "warning", stderr=err, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(30):
+            while True:
+                assert proc.returncode is None, log.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def redis_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "redis" in line.lower()]
+
+
+async def test_a_dead_redis_at_startup_is_one_line_and_health_says_so_at_once(tmp_path: Path) -> None:
+    """Item 18: serve starts degraded (documented), says so in one line, /health is degraded from
+    its first answer, each Redis error is logged once (not twice in two formats, not per retry),
+    and the node recovers by itself when Redis comes."""
+    redis = RedisServer(tmp_path)  # not started: nothing listens on its port
+    log = tmp_path / "serve.log"
+    async with logged_node("node-a", redis.url, log) as url:
+        first = await health(url)
+        assert first["status"] == "degraded" and first["cluster"]["redis"] == "degraded", first
+        assert "ConnectionError" in first["cluster"]["error"]
+        browser = await Browser().connect(url)  # a browser on a degraded node: its session works
+        try:
+            await browser.start()
+            await asyncio.sleep(3.5)  # python-socketio retries its subscription meanwhile (1 s, 2 s, ...)
+            assert (await health(url))["status"] == "degraded"
+            lines = redis_lines(log)
+            assert len(lines) == 1, lines
+            assert "cluster degraded" in lines[0] and redis.url in lines[0] and "start-up" in lines[0], lines
+            redis.start()
+            try:
+                await until_health(url, lambda h: h["status"] == "ok", timeout=20)
+                lines = redis_lines(log)
+                assert len(lines) == 2 and "cluster recovered" in lines[1], lines
+            finally:
+                redis.stop()
+        finally:
+            await browser.close()
+    help_text = subprocess.run([sys.executable, "-m", "voicerelay", "serve", "--help"], capture_output=True, text=True,
+                               timeout=30, env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}).stdout
+    assert "starts degraded" in help_text  # the choice is documented where a user looks
+
+
+async def test_an_outage_is_two_lines_and_ok_means_reachable_again(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Item 18b: a session followed from another node logs one line when Redis goes and one when
+    it is back, not one per event; once both nodes say ok an action from the other node reaches
+    the session at the first try; errors about a followed session name it, so GatewayClient
+    gives them to that session's handlers."""
+    from voicerelay.client import GatewayClient
+
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    async with logged_node("node-a", redis_server.url, log_a) as url_a, \
+            logged_node("node-b", redis_server.url, log_b) as url_b:
+        await until_health(url_a, lambda h: h["status"] == "ok")
+        await until_health(url_b, lambda h: h["status"] == "ok")
+        browser_b = await Browser().connect(url_b)
+        program = await Browser().connect(url_a)
+        try:
+            session_b = await browser_b.start()
+            await until_health(url_a, lambda h: h["cluster"]["remote_sessions"] == 1)  # B's heartbeat registered it
+            async with GatewayClient(url_a, client_id="ops-bot") as client:
+                errors: list[dict[str, Any]] = []
+                client.on("error", errors.append)
+                await client.attach(session_b)  # node B now also emits this session's events to node A
+                redis_server.stop()
+                await until_health(url_b, lambda h: h["status"] == "degraded")
+                await until_health(url_a, lambda h: h["status"] == "degraded")
+                for text in ("hello", "what is your name"):  # text turns: dozens of events each, all followed
+                    browser_b.events.clear()
+                    await browser_b.emit("text_input", {"text": text})
+                    await browser_b.wait_for("response_complete")
+                await client.send_text("hello", session_id=session_b)
+                await eventually(lambda: _async(errors))
+                assert errors[0]["code"] == "cluster_degraded" and errors[0]["session_id"] == session_b, errors
+                await program.emit("text_input", {"text": "hello", "session_id": "vr_nosuchsession"})
+                error = await program.wait_for("error")
+                assert error["session_id"] == "vr_nosuchsession", error
+
+                redis_server.start()
+                async with asyncio.timeout(25):  # both ok: checked as often as a script would
+                    while not all([(await health(u))["status"] == "ok" for u in (url_a, url_b)]):
+                        await asyncio.sleep(0.02)
+                program.events.clear()
+                await program.emit("text_input", {"text": "thanks", "session_id": session_b})  # the first try
+                reply = await program.wait_for("ai_response", timeout=10)
+                assert not program.of("error"), program.events
+                assert reply["session_id"] == session_b
+        finally:
+            for browser in (browser_b, program):
+                await browser.close()
+    for log in (log_a, log_b):
+        text = log.read_text()
+        assert "Cannot publish" not in text and "Cannot receive" not in text, text
+        lines = redis_lines(log)
+        assert len(lines) == 2, lines
+        assert "cluster degraded" in lines[0] and "cluster recovered" in lines[1], lines

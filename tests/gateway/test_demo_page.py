@@ -5,6 +5,7 @@ reports what its AudioWorklet played, and the truncate after an interruption use
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -107,5 +108,41 @@ async def test_the_page_says_how_to_install_a_missing_socketio_client(make_gatew
             await page.click("#start")
             notice = await page.wait_for_selector("#notice:not([hidden])", timeout=5_000)
             assert "npm install" in await notice.inner_text()
+        finally:
+            await browser.close()
+
+
+async def test_the_page_says_at_load_the_client_is_missing_and_finds_it_once_installed(make_gateway: Any,
+                                                                                       tmp_path: Path) -> None:
+    """Before Start, the page says the Socket.IO client is missing; after an ``npm install`` a
+    reload works without restarting the gateway."""
+    from playwright.async_api import async_playwright
+
+    node_modules = tmp_path / "node_modules"
+    node_modules.mkdir()
+    gw = make_gateway(node_modules=node_modules)
+    mic = tmp_path / "mic.wav"
+    soundfile.write(mic, np.concatenate((room_noise(500), read_recording("hello_there"), room_noise(6000))), 24_000,
+                    subtype="PCM_16")
+    async with serving(gw.asgi_app()) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(mic))
+        try:
+            context = await browser.new_context()
+            await context.grant_permissions(["microphone"], origin=url)
+            page = await context.new_page()
+            await page.goto(url)
+            notice = await page.wait_for_selector("#notice:not([hidden])", timeout=5_000)  # no click
+            assert "npm install" in await notice.inner_text()
+            # `npm install` while the gateway runs
+            installed = node_modules / "socket.io-client" / "dist"
+            installed.mkdir(parents=True)
+            source = Path(os.environ.get("VOICERELAY_NODE_MODULES") or Path(__file__).parents[2] / "node_modules")
+            shutil.copy(source / "socket.io-client" / "dist" / "socket.io.min.js", installed)
+            await page.reload()
+            assert await page.evaluate("typeof io") == "function"
+            assert await page.is_hidden("#notice")
+            await page.click("#start")
+            await page.wait_for_function("window.voicerelay.sessionStarted", timeout=15_000)
+            await page.click("#stop")
         finally:
             await browser.close()

@@ -157,3 +157,29 @@ def test_agent_modules_are_imported_from_the_current_directory(agent_pkg: Path) 
                                 capture_output=True, text=True, timeout=30, env=env, cwd=agent_pkg)
     assert "cannot import myagent" not in result.stderr, result.stderr
     assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+
+
+async def test_a_missing_socketio_client_is_one_line_at_startup(tmp_path: Path) -> None:
+    """The demo page cannot work without npm's socket.io-client: serve says so once, in one line,
+    before its banner, and says that no restart is needed after installing it."""
+    empty = tmp_path / "node_modules"
+    empty.mkdir()
+    env = {**os.environ, "COLUMNS": "60", "NO_COLOR": "1", "VOICERELAY_NODE_MODULES": str(empty)}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0",
+                                                stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not lines or "voicerelay gateway on" not in lines[-1]:
+                line = (await proc.stderr.readline()).decode()
+                assert line, f"serve exited early: {lines}"
+                lines.append(line.rstrip("\n"))
+    finally:
+        proc.terminate()
+        await proc.wait()
+    hints = [line for line in lines if "socket.io-client" in line or "Socket.IO client" in line]
+    assert len(hints) == 1, lines
+    assert "npm install" in hints[0] and "VOICERELAY_NODE_MODULES" in hints[0] and "no restart" in hints[0], hints
+    assert lines.index(hints[0]) < len(lines) - 1  # before the banner

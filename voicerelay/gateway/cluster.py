@@ -14,6 +14,15 @@ Several gateway nodes share one Redis (``serve --redis redis://...``):
 Audio never goes through Redis: a session emits to its own browser on the local node only. So
 when Redis is down, local sessions carry on; cross-node features report ``degraded`` (in
 ``/health`` and as ``error {code: "cluster_degraded"}``) and recover by themselves.
+
+The node checks Redis when the gateway starts (:meth:`Cluster.check`): a Redis that cannot be
+reached is one warning line and the node starts degraded (``/health`` says so from the start);
+it never refuses to start, so nodes and Redis may come up in any order. The node is ``ok`` only
+once its sessions are registered and it listens for commands again (and Socket.IO's own Redis
+subscription is back, when Redis lets it see that), so that ``ok`` means other nodes can reach
+its sessions. An outage is two log lines, one when it starts and one when it ends, whichever
+part noticed it: Socket.IO's Redis manager logs through :meth:`Cluster.socketio_logger`, whose
+filter turns its per-event errors into that one line.
 """
 
 from __future__ import annotations
@@ -57,14 +66,58 @@ class Cluster:
         self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2,
                                              health_check_interval=5)
         self.remote: dict[str, dict[str, Any]] = {}  # session id -> state (with "node") on other nodes
-        self.degraded = False
+        self.degraded = False  # Redis failed, and this node is not back in full yet
+        self.ready = False  # registered and listening: other nodes can reach this node's sessions
         self.last_error: str | None = None
+        self.checked = asyncio.Event()  # the first heartbeat is over (ready or degraded)
+        self._listening = False  # subscribed to this node's command channel
+        self._socketio_seen = False  # Socket.IO's Redis subscription was seen once (so it is checked)
         self._tasks: list[asyncio.Task[None]] = []
         self.remote_version = 0  # bumps when self.remote changes (the monitor republishes)
 
     @property
     def sessions_key(self) -> str:
         return f"{PREFIX}{self.node_id}:sessions"
+
+    @property
+    def status(self) -> str:
+        """``starting`` (not checked yet), ``ok`` or ``degraded``."""
+        return "ok" if self.ready else "degraded" if self.degraded else "starting"
+
+    @property
+    def socketio_client_name(self) -> str:
+        """The Redis client name of this node's Socket.IO manager (seen in ``CLIENT LIST``)."""
+        return f"voicerelay-{self.node_id}-socketio"
+
+    def socketio_manager(self) -> Any:
+        """Socket.IO's Redis manager for this node: its connections are named (so the heartbeat
+        can see its subscription) and it logs through :meth:`socketio_logger`."""
+        import socketio
+
+        return socketio.AsyncRedisManager(self.url, logger=self.socketio_logger(),
+                                          redis_options={"client_name": self.socketio_client_name})
+
+    def socketio_logger(self) -> logging.Logger:
+        """The logger of Socket.IO's Redis manager: its Redis errors (one or two per event emitted
+        while Redis is down) become this node's one "cluster degraded" line; the rest goes on."""
+        logger = logging.getLogger(f"{__name__}.socketio.{self.node_id}")
+        logger.setLevel(logging.WARNING)  # not its INFO "backend initialized" nor DEBUG per message
+        logger.addFilter(self._socketio_record)
+        return logger
+
+    def _socketio_record(self, record: logging.LogRecord) -> bool:
+        reason = getattr(record, "redis_exception", None)  # the extra its Redis errors carry
+        if reason is None:
+            return True
+        self._trouble(ConnectionError(reason))  # (its message says what it was doing: publish or receive)
+        return False
+
+    async def check(self, timeout: float = 3.0) -> None:
+        """Start the cluster and wait (at most ``timeout`` seconds) until Redis was tried once,
+        so that ``/health`` tells the truth from the start and a dead Redis is said at once."""
+        self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.checked.wait(), timeout)
 
     def start(self) -> None:
         if not self._tasks:
@@ -83,16 +136,39 @@ class Cluster:
         await self.redis.aclose()
 
     def _trouble(self, exc: BaseException) -> None:
+        from ..errors import one_line
+
         if not self.degraded:
-            log.warning("cluster degraded: Redis at %s is unusable (%s); local sessions carry on", self.url, exc)
+            when = "at start-up" if not self.checked.is_set() else "now"
+            log.warning("cluster degraded: Redis at %s is unusable %s (%s): local sessions carry on, cross-node "
+                        "actions wait until it is back (/health says degraded)", self.url, when, one_line(exc))
         self.degraded = True
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.ready = False
+        self.last_error = one_line(f"{type(exc).__name__}: {exc}")
+        self.checked.set()
 
     def _recovered(self) -> None:
         if self.degraded:
-            log.warning("cluster recovered: Redis at %s is back", self.url)
+            log.warning("cluster recovered: Redis at %s is back and this node's sessions are registered again",
+                        self.url)
         self.degraded = False
+        self.ready = True
         self.last_error = None
+        self.checked.set()
+
+    async def _socketio_subscribed(self) -> bool:
+        """Whether Socket.IO's manager is subscribed, as Redis sees it (``CLIENT LIST``). True
+        before its first subscription (python-socketio starts it with the first connection) and
+        where Redis does not allow ``CLIENT LIST``."""
+        from redis.exceptions import ResponseError
+
+        try:
+            clients = await self.redis.client_list(_type="pubsub")
+        except ResponseError:  # CLIENT LIST not allowed (a managed Redis): trust it
+            return True
+        subscribed = any(c.get("name") == self.socketio_client_name and int(c.get("sub", 0)) > 0 for c in clients)
+        self._socketio_seen = self._socketio_seen or subscribed
+        return subscribed or not self._socketio_seen
 
     # ----------------------------------------------------------------------------- registry
 
@@ -121,7 +197,11 @@ class Cluster:
                 if remote != self.remote:
                     self.remote = remote
                     self.remote_version += 1
-                self._recovered()
+                if self._listening and await self._socketio_subscribed():
+                    self._recovered()
+                elif not self.checked.is_set():
+                    await asyncio.sleep(0.05)  # the listener subscribes in a moment: check again soon
+                    continue
             except (RedisError, OSError) as exc:
                 self._trouble(exc)
             await asyncio.sleep(HEARTBEAT_S)
@@ -129,6 +209,32 @@ class Cluster:
     def node_of(self, session_id: str) -> str | None:
         state = self.remote.get(session_id)
         return state.get("node") if state else None
+
+    async def locate(self, session_id: str) -> str | None:
+        """The node of ``session_id``, asking Redis when the last heartbeat did not know it (a
+        session that another node registered since). Raises :class:`ClusterUnavailable` when
+        Redis cannot say."""
+        from redis.exceptions import RedisError
+
+        node = self.node_of(session_id)
+        if node is not None:
+            return node
+        if self.degraded:
+            raise ClusterUnavailable(f"no session {session_id} on this node, and the cluster is degraded "
+                                     f"({self.last_error}): the other nodes cannot be asked")
+        try:
+            async for key in self.redis.scan_iter(match=f"{PREFIX}*:sessions", count=100):
+                if key.decode() == self.sessions_key:
+                    continue
+                raw = await self.redis.hget(key, session_id)
+                if raw is not None:
+                    state = json.loads(raw)
+                    self.remote[session_id] = state
+                    return state.get("node")
+        except (RedisError, OSError) as exc:
+            self._trouble(exc)
+            raise ClusterUnavailable(f"cannot reach Redis: {exc}") from None
+        return None
 
     # ----------------------------------------------------------------------------- commands
 
@@ -143,10 +249,13 @@ class Cluster:
             raise ClusterUnavailable(f"the cluster is degraded ({self.last_error}); cross-node actions are paused")
         message = json.dumps({"action": action, "session_id": session_id, "data": data, "reply_to": reply_to})
         try:
-            await self.redis.publish(f"{PREFIX}{node}:commands", message)
+            receivers = await self.redis.publish(f"{PREFIX}{node}:commands", message)
         except (RedisError, OSError) as exc:
             self._trouble(exc)
             raise ClusterUnavailable(f"cannot reach Redis: {exc}") from None
+        if not receivers:  # its node is not listening (yet): the command would be lost
+            raise ClusterUnavailable(f"node {node} of session {session_id} is not listening for commands right "
+                                     "now (it is reconnecting to Redis or gone); try again")
 
     async def _listen(self) -> None:
         from redis.exceptions import RedisError
@@ -156,14 +265,17 @@ class Cluster:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(channel)
+                self._listening = True
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         await self._carry_out(message["data"])
             except (RedisError, OSError) as exc:
+                self._listening = False
                 self._trouble(exc)
                 await asyncio.sleep(HEARTBEAT_S)
             finally:
+                self._listening = False
                 with contextlib.suppress(RedisError, OSError):  # the connection is already gone
                     await pubsub.aclose()
 

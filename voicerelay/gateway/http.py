@@ -13,21 +13,24 @@ from typing import Any, Protocol
 STATIC = Path(__file__).parent / "static"
 SOCKETIO_JS = Path("socket.io-client") / "dist" / "socket.io.min.js"
 GC_YOUNG_THRESHOLD = 10_000  # a standalone gateway's first garbage-collector threshold (see HttpRoutes)
-INSTALL_HINT = "the browser Socket.IO client is missing: run `npm install` in the voicerelay checkout " \
-               "(or set VOICERELAY_NODE_MODULES to a node_modules folder holding socket.io-client)"
+INSTALL_HINT = "the browser Socket.IO client is missing, so its Start button cannot work: run `npm install` " \
+               "in the voicerelay checkout (or set VOICERELAY_NODE_MODULES to a node_modules folder holding " \
+               "socket.io-client); no restart needed"
 
 
 def find_socketio_client(node_modules: str | os.PathLike[str] | None = None) -> Path | None:
     """The browser Socket.IO client installed by ``npm install`` (never committed, never a CDN).
 
-    Looks in ``node_modules`` when given, else in $VOICERELAY_NODE_MODULES, ./node_modules and
-    the checkout's node_modules.
+    Looks in ``node_modules`` when given, else in $VOICERELAY_NODE_MODULES when it is set, else in
+    ./node_modules and the checkout's node_modules. Cheap (a few ``stat`` calls): a gateway asks
+    again while the file is missing, so an ``npm install`` while it runs needs no restart.
     """
+    if node_modules is None and os.environ.get("VOICERELAY_NODE_MODULES"):
+        node_modules = os.environ["VOICERELAY_NODE_MODULES"]  # the user said where: look only there
     if node_modules is not None:
         candidates = [Path(node_modules)]
     else:
-        candidates = [Path(os.environ["VOICERELAY_NODE_MODULES"])] if os.environ.get("VOICERELAY_NODE_MODULES") else []
-        candidates += [Path.cwd() / "node_modules", Path(__file__).resolve().parents[2] / "node_modules"]
+        candidates = [Path.cwd() / "node_modules", Path(__file__).resolve().parents[2] / "node_modules"]
     for base in candidates:
         if (base / SOCKETIO_JS).is_file():
             return base / SOCKETIO_JS
@@ -37,9 +40,12 @@ def find_socketio_client(node_modules: str | os.PathLike[str] | None = None) -> 
 class HttpHost(Protocol):
     """What the routes ask of the gateway."""
 
-    socketio_js: Path | None
+    @property
+    def socketio_js(self) -> Path | None: ...  # looked up again while missing
 
     def health(self) -> dict[str, Any]: ...
+
+    async def startup(self) -> None: ...
 
     def session_config(self) -> dict[str, Any]: ...
 
@@ -106,6 +112,7 @@ class HttpRoutes:
                 gc.collect()
                 gc.freeze()
                 gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+                await self.gateway.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.close()

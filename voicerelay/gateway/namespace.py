@@ -80,7 +80,12 @@ class GatewayNamespace(socketio.AsyncNamespace):
             session = self.registry.by_sid(sid)
             if session is not None:
                 session.refused()
-            await self.emit(c.ERROR, exc.payload(), to=sid)
+            payload = exc.payload()
+            target = args[1].get("session_id") if event in ROUTED and len(args) > 1 and isinstance(args[1], dict) \
+                else None
+            if isinstance(target, str):  # an action on a named (followed) session: its handlers hear of it
+                payload["session_id"] = target
+            await self.emit(c.ERROR, payload, to=sid)
             if exc.code == "rate_limited":
                 if session is not None:
                     await session.end("rate_limited")
@@ -178,12 +183,13 @@ class GatewayNamespace(socketio.AsyncNamespace):
             await self.act_locally(action, target, data, sid)
             return
         cluster = self.gateway.cluster
-        if cluster is not None and cluster.node_of(target) is not None:
+        if cluster is not None:
             try:
-                await cluster.send(target, action, data, sid)
+                if await cluster.locate(target) is not None:  # asks Redis when the last heartbeat did not know
+                    await cluster.send(target, action, data, sid)
+                    return
             except ClusterUnavailable as exc:
                 raise c.ContractError("cluster_degraded", str(exc)) from None
-            return
         raise c.ContractError("no_session", f"no session {target}")
 
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
@@ -209,4 +215,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
             elif action == c.GET_STATE:
                 await self.emit(c.SESSION_STATE, session.state(), to=reply_to)
         except c.ContractError as exc:
-            await self.emit(c.ERROR, exc.payload(), to=reply_to)
+            payload = exc.payload()
+            if reply_to != (session.sid if session is not None else None):  # a follower's action
+                payload["session_id"] = session_id
+            await self.emit(c.ERROR, payload, to=reply_to)

@@ -98,19 +98,24 @@ class Gateway:
         if redis_url is not None:
             if not redis_url.startswith(("redis://", "rediss://", "unix://")):
                 raise GatewayConfigError(f"--redis takes a redis://, rediss:// or unix:// URL, not {redis_url!r}")
-            manager = socketio.AsyncRedisManager(redis_url)
             self.cluster = Cluster(self.registry, redis_url, node_id, act=self.act_locally)
+            manager = self.cluster.socketio_manager()
         self.node_id = self.cluster.node_id if self.cluster else None
         self.session_options = SessionOptions(max_session_seconds=max_session_seconds, record_dir=self.record_dir,
                                               node_id=self.node_id, on_transcript=on_transcript,
                                               function_map=function_map, tool_timeout=tool_timeout)
+        # python-socketio and python-engineio given their loggers: left to themselves, they add a
+        # handler of their own to the root's and every line they log appears twice, in two formats
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,
-                                        max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4), json=wirejson)
+                                        max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4), json=wirejson,
+                                        logger=_library_logger("socketio.server"),
+                                        engineio_logger=_library_logger("engineio.server"))
         self.monitor = Monitor(self.sio, self.registry, admin_token, self.cluster)
         self.namespace = GatewayNamespace(self)
         self.sio.register_namespace(self.namespace)
-        self.socketio_js = find_socketio_client(node_modules)
-        if self.socketio_js is None:
+        self._node_modules = node_modules
+        self._socketio_js = find_socketio_client(node_modules)
+        if self._socketio_js is None:
             log.warning("demo page: %s", INSTALL_HINT)
 
     @property
@@ -124,6 +129,16 @@ class Gateway:
         return dict(self.registry.clients)
 
     @property
+    def socketio_js(self) -> Path | None:
+        """The demo page's Socket.IO client: looked up again on each request while it is missing
+        (``npm install`` while the gateway runs), kept once found."""
+        if self._socketio_js is None:
+            self._socketio_js = find_socketio_client(self._node_modules)
+            if self._socketio_js is not None:
+                log.info("demo page: found the browser Socket.IO client at %s", self._socketio_js)
+        return self._socketio_js
+
+    @property
     def backend_server(self) -> Any:
         """The embedded backend, once a session started it (else None)."""
         return self._upstream.server if self._upstream is not None else None
@@ -134,6 +149,12 @@ class Gateway:
     def start_cluster(self) -> None:
         if self.cluster is not None:
             self.cluster.start()
+
+    async def startup(self) -> None:
+        """What the ASGI lifespan's start-up does: with ``redis_url``, check Redis (a dead Redis
+        is one warning line and the node starts degraded; see :mod:`~voicerelay.gateway.cluster`)."""
+        if self.cluster is not None:
+            await self.cluster.check()
 
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
         """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""
@@ -196,6 +217,7 @@ class Gateway:
 
         Mounted apps get no lifespan events of their own, so the host must close the gateway.
         """
+        await self.startup()
         try:
             yield
         finally:
@@ -223,9 +245,11 @@ class Gateway:
                                   "connections": len(self.registry.clients),
                                   "backend": self.backend if self.backend in ("embedded", "openai") else "custom"}
         if self.cluster is not None:
-            health["cluster"] = {"node": self.cluster.node_id, "redis": "degraded" if self.cluster.degraded else "ok",
+            # ok only once this node's sessions are registered and it listens: before the first
+            # check ("starting") and until it is back in full after an outage, it is degraded
+            health["cluster"] = {"node": self.cluster.node_id, "redis": self.cluster.status,
                                  "error": self.cluster.last_error, "remote_sessions": len(self.cluster.remote)}
-            if self.cluster.degraded:
+            if self.cluster.status != "ok":
                 health["status"] = "degraded"
         return health
 
@@ -234,3 +258,11 @@ class Gateway:
         return {**self.config.public(), "dialect": self.dialect.value, "mode": mode,
                 "backend": self.health()["backend"], "token_required": self.token is not None,
                 "max_chunk_b64": self.max_chunk_b64, "socketio_client": self.socketio_js is not None}
+
+
+def _library_logger(name: str) -> logging.Logger:
+    """``name``'s logger, quiet below ERROR unless logging was set up for it (as the library's default)."""
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
+    return logger

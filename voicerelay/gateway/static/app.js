@@ -16,6 +16,9 @@ const $ = (id) => document.getElementById(id);
 let socket = null, ctx = null, stream = null, node = null, source = null, player = null;
 let pending = new Float32Array(0);
 
+const MISSING_CLIENT = "The Socket.IO client is missing, so Start cannot work: run `npm install` in the voicerelay " +
+  "checkout (or set VOICERELAY_NODE_MODULES for the server), then reload this page. No restart is needed.";
+
 function showNotice(text) { $("notice").textContent = text; $("notice").hidden = false; }
 function counters() {
   $("counters").textContent = `chunks sent ${vr.chunksSent} · deltas played ${vr.deltasPlayed} · errors ${vr.errors.length}`;
@@ -56,6 +59,7 @@ function capture(block) {
   }
   if (!vr.sessionStarted) pending = new Float32Array(0);
   counters();
+if (typeof io === "undefined") showNotice(MISSING_CLIENT); // say so at load, not only after Start
 }
 
 function play(d) {
@@ -79,7 +83,7 @@ function stopPlayback() {
 
 async function start() {
   if (typeof io === "undefined") {
-    showNotice("The Socket.IO client is missing: run `npm install` in the voicerelay checkout, then reload.");
+    showNotice(MISSING_CLIENT);
     return;
   }
   $("start").disabled = true;
@@ -122,3 +126,4 @@ function finish() {
 $("start").addEventListener("click", () => start().catch((e) => { showNotice(String(e)); vr.errors.push(String(e)); $("start").disabled = false; }));
 $("stop").addEventListener("click", () => { if (socket) { socket.emit("end_session"); } vr.sessionStarted = false; finish(); });
 counters();
+if (typeof io === "undefined") showNotice(MISSING_CLIENT); // say so at load, not only after Start
