@@ -41,10 +41,10 @@ def lint_recording(folder: str | Path, ignore: Iterable[str] = ()) -> LintResult
     """Lint one recording; :class:`~voicerelay.errors.RecordingError` if it cannot be read."""
     session = RecordedSession.open(folder)
     linter = Linter(ignore)
-    chunks = session.input_chunks()
+    chunks = session.input_chunks() if "VR108" not in linter.ignore else None  # only VR108 reads audio
     t = 0.0
     for rec in session.events:
-        pcm = next(chunks)[1] if _is_input_ref(rec.direction, rec.event) else None
+        pcm = next(chunks)[1] if chunks is not None and _is_input_ref(rec.direction, rec.event) else None
         linter.feed(rec.direction, rec.t, rec.event, pcm)
         t = rec.t
     linter.finish(t)
