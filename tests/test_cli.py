@@ -111,7 +111,7 @@ def _readme_exit_codes() -> dict[str, set[int]]:
 
 def test_every_command_states_the_exit_codes_of_the_readme_table() -> None:
     table = _readme_exit_codes()
-    assert set(table) == {"replay", "talk", "serve", "backend", "inspect", "devices"}
+    assert set(table) == {"replay", "talk", "serve", "backend", "inspect", "devices", "lint"}
     for command, codes in table.items():
         text = " ".join(run(command, "--help").stdout.split())
         stated = text.split("Exit codes:", 1)[1] if "Exit codes:" in text else ""

@@ -578,6 +578,41 @@ def devices() -> None:
         console.print(f"  sinks:   {listed('sink', pulse.get('sinks', []))}")
 
 
+@command
+def lint(
+    recordings: Annotated[list[Path], typer.Argument(metavar="RECORDING...", show_default=False,
+        help="Recorded session folders (--record of replay, talk and serve).")],
+    output_format: Annotated[str, typer.Option("--format", metavar="text|json",
+        help="text: one line per finding, like a code linter; json: one document.")] = "text",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", metavar="CODE",
+        help="Skip this rule (repeatable), e.g. --ignore VR106.", show_default=False)] = None,
+) -> None:
+    """Find Realtime protocol mistakes in recorded sessions: each with its code, time, why, and what to do instead.
+
+    Also audits every conversation.item.truncate: the audio received, played (unknown unless the recording says) and sent. The rules are listed in the README ("Lint a recorded session").
+
+    Exit codes: 0 nothing found; 1 findings; 2 unusable input (not a recording, truncated, a newer format version) or options.
+    """
+    from .console import console as make_console
+    from .lint import format_json, format_text, lint_recordings
+    from .protocol.lint import RULES
+
+    if output_format not in ("text", "json"):
+        fail(f"--format must be text or json, not {output_format!r}")
+    codes = [code.upper() for code in ignore or []]
+    unknown = sorted(set(codes) - RULES.keys())
+    if unknown:
+        fail(f"--ignore {unknown[0]}: no such rule (known: {', '.join(RULES)})")
+    results = lint_recordings(_expand_globs(recordings), codes)
+    console = make_console()
+    if output_format == "json":
+        console.print(format_json(results), markup=False)
+    else:
+        for line in format_text(results):
+            console.print(line, markup=False)
+    raise typer.Exit(1 if any(r.findings for r in results) else 0)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: errors become one line and their exit code, here and only here."""
     try:

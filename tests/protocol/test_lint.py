@@ -1,0 +1,96 @@
+"""The lint rules as a live stream would use them: one event at a time, findings as soon as they
+are known, audio as base64 (what a proxy sees) rather than a recording's references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voicerelay.protocol.audio import pcm16_to_b64
+from voicerelay.protocol.lint import RESPONSE_GRACE_S, Linter, band_limit_hz
+
+from ..conftest import read_recording
+from ..lint.scenarios import through
+
+GA_CREATED = {"type": "session.created", "event_id": "e0", "session": {
+    "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}, "output": {"voice": "alloy"}}}}
+
+
+def started() -> Linter:
+    linter = Linter()
+    assert linter.feed("down", 0.0, GA_CREATED) == []
+    return linter
+
+
+def test_a_finding_comes_out_with_the_event_that_settles_it() -> None:
+    linter = started()
+    assert linter.feed("up", 1.0, {"type": "response.create"}) == []
+    assert linter.feed("down", 1.1, {"type": "response.created", "response": {"id": "r1", "conversation_id": "c"}}) == []
+    [finding] = linter.feed("up", 1.2, {"type": "response.create"})
+    assert finding.code == "VR104" and finding.t == 1.2 and "r1" in finding.message
+    linter.feed("down", 2.0, {"type": "response.done", "response": {"id": "r1", "conversation_id": "c"}})
+    assert linter.feed("up", 2.1, {"type": "response.create"}) == []  # after response.done: fine
+
+
+def test_out_of_band_responses_may_run_alongside() -> None:
+    linter = started()
+    linter.feed("down", 1.0, {"type": "response.created", "response": {"id": "r1", "conversation_id": "c"}})
+    assert linter.feed("up", 1.1, {"type": "response.create", "response": {"conversation": "none"}}) == []
+
+
+def test_a_pending_function_output_is_reported_once_its_grace_is_over() -> None:
+    linter = started()
+    linter.feed("up", 3.0, {"type": "conversation.item.create",
+                            "item": {"type": "function_call_output", "call_id": "call_1", "output": "{}"}})
+    assert linter.feed("down", 3.0 + RESPONSE_GRACE_S - 0.1, {"type": "rate_limits.updated"}) == []
+    [finding] = linter.feed("down", 3.0 + RESPONSE_GRACE_S + 0.1, {"type": "rate_limits.updated"})
+    assert finding.code == "VR103" and finding.t == 3.0 and "call_1" in finding.message
+    assert linter.finish() == []  # said once
+
+
+def test_base64_audio_counts_and_a_played_report_reach_the_truncate_audit() -> None:
+    linter = started()
+    pcm = np.zeros(24 * 500, dtype=np.int16)  # 500 ms
+    linter.feed("down", 1.0, {"type": "response.output_audio.delta", "item_id": "i1", "delta": pcm16_to_b64(pcm)})
+    linter.played("i1", 180)
+    assert linter.feed("up", 1.25, {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0,
+                                    "audio_end_ms": 180}) == []
+    [finding] = linter.feed("up", 1.3, {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0,
+                                        "audio_end_ms": 501})
+    assert finding.code == "VR101" and "only 500 ms" in finding.message
+    first, second = linter.truncates
+    assert (first.received_ms, first.played_ms, first.sent_ms, first.verdict) == (500, 180, 180, "ok")
+    assert second.verdict == "past received"
+
+
+def test_beta_events_queued_before_session_created_are_judged_when_it_arrives() -> None:
+    linter = Linter()
+    assert linter.feed("up", 0.0, {"type": "session.update", "session": {"voice": "alloy"}}) == []
+    [finding] = linter.feed("down", 0.1, GA_CREATED)
+    assert finding.code == "VR107" and finding.t == 0.0
+
+
+def test_ignored_codes_and_unknown_codes() -> None:
+    linter = Linter(ignore=["vr106"])
+    linter.feed("down", 0.0, GA_CREATED)
+    assert linter.feed("up", 1.0, {"type": "response.cancel"}) == []
+    with pytest.raises(ValueError, match="VR999"):
+        Linter(ignore=["VR999"])
+
+
+def test_malformed_events_never_raise() -> None:
+    linter = started()
+    for event in ({}, {"type": 3}, {"type": "conversation.item.truncate"}, {"type": "response.done", "response": 1},
+                  {"type": "session.updated", "session": None}, {"type": "error", "error": "x"},
+                  {"type": "input_audio_buffer.append", "audio": {"invalid_audio": True}},
+                  {"type": "response.output_audio.delta", "item_id": 5, "delta": None}):
+        linter.feed("down", 1.0, event)
+        linter.feed("up", 1.0, event)
+    linter.finish()
+
+
+@pytest.mark.parametrize("rate, cutoff", [(8000, 4000), (16000, 8000)])
+def test_band_limit_of_real_speech_through_a_lower_rate(rate: int, cutoff: float) -> None:
+    speech = read_recording("what_can_you_do")
+    assert band_limit_hz(speech.tobytes()) is None  # recorded at 24 kHz: full band
+    assert band_limit_hz(through(speech, rate).tobytes()) == cutoff

@@ -1,0 +1,581 @@
+"""Protocol lint: mistakes a Realtime client made, found in the events of its session. No I/O.
+
+Theory of operation
+-------------------
+A :class:`Linter` watches one session from the client's side, the way a recording holds it:
+each event with its direction (``"up"`` sent to the Realtime server, ``"down"`` received from
+it), its time in the session (seconds) and the event itself, audio as a byte count (a
+recording's ``{"wav", "offset", "bytes"}`` reference) or as base64 (a live stream). It keeps
+the little state the rules need (the session's dialect, turn detection and voice; the responses
+in progress; the audio received per item; the input buffer) and hands back a :class:`Finding`
+as soon as a mistake is known, so the same rules run over a recording (``voicerelay lint``) and
+live, one event at a time, in anything that sees a session's events::
+
+    linter = Linter()
+    for direction, t, event in events:
+        for finding in linter.feed(direction, t, event):
+            ...
+    for finding in linter.finish():      # what only the end of the session settles
+        ...
+
+Inputs                                         Findings it may produce
+  feed("up", t, event, pcm=None)                VR101 VR102 VR104 VR105 VR106 VR107 VR108 VR109
+                                                VR112 VR113, and VR103 once its grace has passed
+  feed("down", t, event)                        VR104 (the server refused a second response)
+                                                VR110 VR111, VR107 (events queued before
+                                                session.created)
+  played(item_id, ms)                           none: what the client's player reports as played
+                                                (live use), shown in the truncate audit
+  finish(t=None)                                VR103 still pending at the end
+
+``pcm`` is the PCM16 audio of an ``input_audio_buffer.append`` when the caller has it (a
+recording's ``input.wav``, a live base64 payload decoded): only VR108 looks at it, with numpy.
+Every ``conversation.item.truncate`` is also audited (:attr:`Linter.truncates`): the audio
+received for that item, what was played (when the caller said so with :meth:`Linter.played`,
+else ``None``), what was sent, and what the server answered.
+
+The rules are data (:data:`RULES`: code, title, what to do instead), so the README's table and
+``--ignore`` use the same codes. Bad input never raises: an event without the fields a rule
+needs is skipped by that rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .audio import BYTES_PER_MS, SAMPLE_RATE
+from .events import normalize
+
+__all__ = ["RULES", "Finding", "Linter", "Rule", "TruncateAudit", "band_limit_hz"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One lint rule: its code, what it finds, and what to do instead."""
+
+    code: str
+    title: str
+    instead: str
+    severity: str = "warning"
+
+
+_RULES = (
+    Rule("VR101", "truncate past the audio the client received",
+         "clamp audio_end_ms to the audio received for that item (bytes // 48); OpenAI rejects a longer truncate",
+         "error"),
+    Rule("VR102", "truncate computed from wall-clock time, not from what was played",
+         "send what the player really played of the item (its played bytes // 48), not the time since the first "
+         "delta: audio arrives faster than real time and waits in buffers"),
+    Rule("VR103", "function_call_output without a following response.create",
+         "send response.create after the function_call_output item(s), or the model stays silent", "error"),
+    Rule("VR104", "response.create while a response is active",
+         "wait for response.done (or use conversation: \"none\" for an out-of-band response)", "error"),
+    Rule("VR105", "manual input_audio_buffer.commit while server VAD is on",
+         "let server VAD commit the turn, or turn it off (turn_detection: null) to commit yourself"),
+    Rule("VR106", "response.cancel with no response in progress",
+         "cancel only between response.created and response.done; with server VAD the server cancels on "
+         "barge-in by itself", "info"),
+    Rule("VR107", "beta event names or session shape sent to a GA session",
+         "use the GA shape: session.type \"realtime\", audio.input/audio.output, output_modalities "
+         "(or connect with OpenAI-Beta: realtime=v1 where beta still exists)", "error"),
+    Rule("VR108", "input audio at the wrong sample rate (no content above a low cutoff)",
+         "capture or resample to 24 kHz PCM16 before appending; for 8 kHz telephony audio use audio/pcmu or "
+         "audio/pcma"),
+    Rule("VR109", "session.update changes the voice after audio was produced",
+         "set the voice in the first session.update, before any response speaks; the voice is fixed after "
+         "the first audio output"),
+    Rule("VR110", "the session ran into the 60-minute cap",
+         "open a new session before session.expires_at and carry the conversation over (its text history)",
+         "error"),
+    Rule("VR111", "conversation items only grow: every turn pays for the whole history",
+         "delete items you no longer need (conversation.item.delete) or set session.truncation with a "
+         "retention_ratio", "info"),
+    Rule("VR112", "output_audio_buffer.clear sent over a WebSocket",
+         "stop your own playback and send conversation.item.truncate; output_audio_buffer.clear is for "
+         "WebRTC/SIP only", "error"),
+    Rule("VR113", "input_audio_buffer.commit with less than 100 ms of audio",
+         "commit only after at least 100 ms (4800 bytes) of audio, or skip the turn",
+         "error"),
+)
+
+#: Every rule by code, in order.
+RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One mistake: its code, when (seconds into the session), what happened, what to do instead."""
+
+    code: str
+    t: float
+    message: str
+    instead: str
+    severity: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "t": round(self.t, 3), "severity": self.severity, "message": self.message,
+                "instead": self.instead}
+
+
+@dataclass(slots=True)
+class TruncateAudit:
+    """One ``conversation.item.truncate``: received, played (``None``: unknown) and sent, side by side."""
+
+    t: float
+    item_id: str
+    received_ms: int
+    played_ms: int | None
+    sent_ms: int
+    verdict: str = "ok"
+    server: str = "no answer"
+    event_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "item_id": self.item_id, "received_ms": self.received_ms,
+                "played_ms": self.played_ms, "sent_ms": self.sent_ms, "verdict": self.verdict,
+                "server": self.server}
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+#: A function_call_output must be followed by response.create within this many seconds.
+RESPONSE_GRACE_S = 5.0
+#: A truncate this close to the time since the item's first delta was computed from a clock.
+WALL_CLOCK_TOLERANCE_MS = 30
+#: ... when the audio had arrived at least this far ahead of real time.
+AHEAD_OF_REAL_TIME_MS = 300
+MIN_COMMIT_MS = 100
+#: VR111 looks at this many in-band turns.
+GROWTH_TURNS = 5
+#: VR108 judges input audio in blocks of this much audio louder than SPEECH_DBFS.
+SPECTRUM_BLOCK_S = 0.5
+SPEECH_DBFS = -50.0
+#: Audio with nothing above this frequency was sampled below 24 kHz (or sent at the wrong rate).
+NARROW_BELOW_HZ = 9000
+_BAND_HZ = 500
+_EMPTY_DB = 60.0
+
+_BETA_SESSION_KEYS = frozenset({"modalities", "voice", "input_audio_format", "output_audio_format",
+                                "turn_detection", "input_audio_transcription", "input_audio_noise_reduction",
+                                "temperature", "max_response_output_tokens", "speed"})
+_BETA_RESPONSE_KEYS = frozenset({"modalities", "voice", "output_audio_format", "temperature",
+                                 "max_response_output_tokens"})
+_BETA_ONLY_DOWN = frozenset({"response.audio.delta", "response.audio.done", "response.audio_transcript.delta",
+                             "response.audio_transcript.done", "response.text.delta", "response.text.done",
+                             "transcription_session.updated"})
+_GA_ONLY_DOWN = frozenset({"response.output_audio.delta", "response.output_audio.done",
+                           "response.output_audio_transcript.delta", "response.output_audio_transcript.done",
+                           "response.output_text.delta", "response.output_text.done", "conversation.item.added",
+                           "conversation.item.done"})
+
+
+def _audio_nbytes(value: Any) -> int | None:
+    """Bytes of PCM an event carries: a recording's reference, or base64 as sent. ``None``: unusable."""
+    if isinstance(value, Mapping):
+        n = value.get("bytes")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    if isinstance(value, str):
+        stripped = value.rstrip("=")
+        return len(stripped) * 3 // 4
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def band_limit_hz(pcm: bytes) -> float | None:
+    """The frequency above which ``pcm`` (PCM16 mono 24 kHz) holds nothing, or ``None`` if it is full band.
+
+    The long-term spectrum in 500 Hz bands: a band is empty when it is 60 dB below the loudest.
+    Audio recorded at 24 kHz has content (speech or the room's noise) up to about 11 kHz; audio
+    that went through 8 kHz or 16 kHz has nothing above 4 or 8 kHz.
+    """
+    import numpy as np
+
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+    size = 1024
+    frames = len(samples) // size
+    if frames < 4:
+        return None
+    window = np.hanning(size)
+    power = (np.abs(np.fft.rfft(samples[: frames * size].reshape(frames, size) * window, axis=1)) ** 2).mean(0)
+    freqs = np.fft.rfftfreq(size, 1 / SAMPLE_RATE)
+    levels = []
+    for low in range(0, SAMPLE_RATE // 2, _BAND_HZ):
+        band = power[(freqs >= low) & (freqs < low + _BAND_HZ)]
+        levels.append(10 * np.log10(band.mean() + 1e-12))
+    loudest = max(levels)
+    if loudest < 40:  # (near) digital silence: nothing to judge
+        return None
+    top = max(i for i, level in enumerate(levels) if level >= loudest - _EMPTY_DB)
+    cutoff = (top + 1) * _BAND_HZ
+    return float(cutoff) if cutoff <= NARROW_BELOW_HZ else None
+
+
+def _rms_dbfs(pcm: bytes) -> float:
+    import numpy as np
+
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return -math.inf
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
+
+
+@dataclass(slots=True)
+class _Item:
+    first_t: float
+    received: int = 0
+
+
+@dataclass(slots=True)
+class _State:
+    dialect: str | None = None  # "ga" | "beta"
+    turn_detection: Any = "unknown"
+    voice: Any = None
+    retention: bool = False
+    audio_out: bool = False
+    active: set[str] = field(default_factory=set)  # responses in progress, in-band and out-of-band
+    in_band: set[str] = field(default_factory=set)
+    items: dict[str, _Item] = field(default_factory=dict)
+    buffered: int = 0
+    pending_outputs: list[tuple[float, str]] = field(default_factory=list)
+    last_create: tuple[float, bool] | None = None  # (t, already flagged) of the last in-band response.create
+    queued_up: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # before the dialect is known
+    deletes: int = 0
+    turn_inputs: list[int] = field(default_factory=list)
+    grew: bool = False
+    narrow_block: bytearray = field(default_factory=bytearray)
+    narrow_reported: bool = False
+
+
+class Linter:
+    """The rules over one session's events, fed one at a time; findings as soon as they are known."""
+
+    def __init__(self, ignore: Iterable[str] = ()) -> None:
+        self.ignore = frozenset(code.upper() for code in ignore)
+        unknown = self.ignore - RULES.keys()
+        if unknown:
+            raise ValueError(f"unknown lint code {', '.join(sorted(unknown))} (known: {', '.join(RULES)})")
+        self.findings: list[Finding] = []
+        self.truncates: list[TruncateAudit] = []
+        self._s = _State()
+        self._played: dict[str, int] = {}
+        self._t = 0.0
+        self._out: list[Finding] = []
+
+    # ------------------------------------------------------------------------------ inputs
+
+    def feed(self, direction: str, t: float, event: Mapping[str, Any], pcm: bytes | None = None) -> list[Finding]:
+        """One event of the session; the findings it settles (possibly about earlier events)."""
+        self._out = []
+        self._t = max(self._t, t)
+        if isinstance(event, Mapping) and isinstance(event.get("type"), str):
+            self._due(t)
+            if direction == "up":
+                self._up(t, event, pcm)
+            elif direction == "down":
+                self._down(t, normalize(dict(event)), event.get("type"))
+        return self._drain()
+
+    def played(self, item_id: str, ms: int) -> None:
+        """What the client's player has played of ``item_id`` (live use): shown in the truncate audit."""
+        self._played[item_id] = int(ms)
+
+    def finish(self, t: float | None = None) -> list[Finding]:
+        """The session ended (at ``t``, else at its last event): what is still pending is a finding."""
+        self._out = []
+        for at, call_id in self._s.pending_outputs:
+            self._flag("VR103", at, f"function_call_output for {call_id} was never followed by response.create "
+                                    "before the session ended")
+        self._s.pending_outputs.clear()
+        return self._drain()
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _flag(self, code: str, t: float, message: str) -> None:
+        if code in self.ignore:
+            return
+        rule = RULES[code]
+        self._out.append(Finding(code, t, message, rule.instead, rule.severity))
+
+    def _drain(self) -> list[Finding]:
+        out, self._out = self._out, []
+        self.findings.extend(out)
+        return out
+
+    def _due(self, t: float) -> None:
+        keep = []
+        for at, call_id in self._s.pending_outputs:
+            if t - at > RESPONSE_GRACE_S:
+                self._flag("VR103", at, f"function_call_output for {call_id} was not followed by response.create "
+                                        f"within {RESPONSE_GRACE_S:g} s: the model stays silent")
+            else:
+                keep.append((at, call_id))
+        self._s.pending_outputs = keep
+
+    # ------------------------------------------------------------------------------ client events
+
+    def _up(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        kind = event["type"]
+        if s.dialect is None:
+            s.queued_up.append((t, dict(event)))
+        elif s.dialect == "ga":
+            self._beta_in_ga(t, event)
+        handler = _UP.get(kind)
+        if handler is not None:
+            handler(self, t, event, pcm)
+
+    def _beta_in_ga(self, t: float, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "transcription_session.update":
+            self._flag("VR107", t, "transcription_session.update is a beta event; a GA session rejects it")
+        elif kind == "session.update" and isinstance(event.get("session"), Mapping):
+            session = event["session"]
+            beta = sorted(_BETA_SESSION_KEYS.intersection(session))
+            if beta or "type" not in session:
+                what = f"beta fields {', '.join(beta)}" if beta else "no session.type"
+                self._flag("VR107", t, f"session.update in the beta shape ({what}) sent to a GA session")
+        elif kind == "response.create" and isinstance(event.get("response"), Mapping):
+            beta = sorted(_BETA_RESPONSE_KEYS.intersection(event["response"]))
+            if beta:
+                self._flag("VR107", t, f"response.create with beta fields {', '.join(beta)} sent to a GA session")
+
+    def _on_append(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        nbytes = _audio_nbytes(event.get("audio"))
+        s.buffered += nbytes or 0
+        if pcm:
+            self._spectrum(t, pcm)
+
+    def _spectrum(self, t: float, pcm: bytes) -> None:
+        s = self._s
+        if _rms_dbfs(pcm) < SPEECH_DBFS:
+            return
+        s.narrow_block += pcm
+        if len(s.narrow_block) < SPECTRUM_BLOCK_S * SAMPLE_RATE * 2:
+            return
+        cutoff = band_limit_hz(bytes(s.narrow_block))
+        s.narrow_block.clear()
+        if cutoff is None:
+            s.narrow_reported = False
+        elif not s.narrow_reported:
+            s.narrow_reported = True
+            self._flag("VR108", t, f"the input audio has nothing above {cutoff / 1000:g} kHz in a 24 kHz stream: "
+                                   f"it was sampled at about {2 * cutoff / 1000:g} kHz (or sent at the wrong rate)")
+
+    def _on_commit(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        td = s.turn_detection
+        if isinstance(td, Mapping) and td.get("type") in ("server_vad", "semantic_vad"):
+            self._flag("VR105", t, f"input_audio_buffer.commit sent while {td.get('type')} is on: the server "
+                                   "commits turns itself (double turns, commit_empty errors)")
+        elif td is None and s.buffered < MIN_COMMIT_MS * BYTES_PER_MS:
+            self._flag("VR113", t, f"input_audio_buffer.commit with {s.buffered // BYTES_PER_MS} ms of audio "
+                                   f"buffered (at least {MIN_COMMIT_MS} ms needed): the server rejects it")
+        s.buffered = 0
+
+    def _on_clear(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        self._s.buffered = 0
+
+    def _on_item_create(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        item = event.get("item")
+        if isinstance(item, Mapping) and item.get("type") == "function_call_output":
+            self._s.pending_outputs.append((t, str(item.get("call_id", "?"))))
+
+    def _on_item_delete(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        self._s.deletes += 1
+
+    def _on_response_create(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        params = event.get("response")
+        in_band = not (isinstance(params, Mapping) and params.get("conversation") == "none")
+        if not in_band:
+            return
+        s.pending_outputs.clear()
+        flagged = bool(s.in_band)
+        if flagged:
+            self._flag("VR104", t, f"response.create while {sorted(s.in_band)[0]} is still in progress: the server "
+                                   "refuses it (conversation_already_has_active_response)")
+        s.last_create = (t, flagged)
+
+    def _on_response_cancel(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        wanted = event.get("response_id")
+        if wanted:
+            if wanted not in s.active:
+                self._flag("VR106", t, f"response.cancel for {wanted}, which is not in progress")
+        elif not s.active:
+            self._flag("VR106", t, "response.cancel with no response in progress (response_cancel_not_active)")
+
+    def _on_truncate(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        item_id = event.get("item_id")
+        sent = _number(event.get("audio_end_ms"))
+        if not isinstance(item_id, str) or sent is None:
+            return
+        item = s.items.get(item_id)
+        received = item.received // BYTES_PER_MS if item else 0
+        audit = TruncateAudit(t, item_id, received, self._played.get(item_id), int(sent),
+                              event_id=event.get("event_id") if isinstance(event.get("event_id"), str) else None)
+        self.truncates.append(audit)
+        if sent > received:
+            audit.verdict = "past received"
+            what = f"only {received} ms of it was received" if item else "no audio of it was received"
+            self._flag("VR101", t, f"truncate of {item_id} at {int(sent)} ms, but {what}: the server rejects it")
+            return
+        elapsed_ms = (t - item.first_t) * 1000 if item else 0.0
+        if (item and abs(sent - elapsed_ms) <= WALL_CLOCK_TOLERANCE_MS
+                and received >= elapsed_ms + AHEAD_OF_REAL_TIME_MS):
+            audit.verdict = "wall clock"
+            self._flag("VR102", t, f"truncate of {item_id} at {int(sent)} ms = the time since its first delta "
+                                   f"({elapsed_ms:.0f} ms), while {received} ms had arrived: a clock, not playback")
+
+    def _on_output_clear(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        self._flag("VR112", t, "output_audio_buffer.clear sent over a WebSocket: only WebRTC/SIP sessions have "
+                               "a server-side output buffer")
+
+    def _on_session_update(self, t: float, event: Mapping[str, Any], pcm: bytes | None) -> None:
+        s = self._s
+        session = event.get("session")
+        if not isinstance(session, Mapping) or not s.audio_out:
+            return
+        voice = session.get("voice")
+        audio = session.get("audio")
+        if isinstance(audio, Mapping) and isinstance(audio.get("output"), Mapping) and "voice" in audio["output"]:
+            voice = audio["output"]["voice"]
+        if voice is not None and s.voice is not None and voice != s.voice:
+            self._flag("VR109", t, f"session.update changes the voice from {s.voice!r} to {voice!r} after audio "
+                                   "was produced: the voice is fixed by then")
+
+    # ------------------------------------------------------------------------------ server events
+
+    def _down(self, t: float, event: dict[str, Any], raw_type: Any) -> None:
+        s = self._s
+        kind = event["type"]
+        if s.dialect is None:
+            if raw_type in _BETA_ONLY_DOWN:
+                self._set_dialect("beta")
+            elif raw_type in _GA_ONLY_DOWN:
+                self._set_dialect("ga")
+        if kind in ("session.created", "session.updated"):
+            self._session(event.get("session"))
+        elif kind == "response.created":
+            response = event.get("response")
+            if isinstance(response, Mapping) and isinstance(response.get("id"), str):
+                s.active.add(response["id"])
+                if not ("conversation_id" in response and response["conversation_id"] is None):
+                    s.in_band.add(response["id"])
+        elif kind == "response.done":
+            response = event.get("response")
+            if isinstance(response, Mapping):
+                rid = response.get("id")
+                in_band = rid in s.in_band or (rid not in s.active and response.get("conversation_id") is not None)
+                s.active.discard(rid)
+                s.in_band.discard(rid)
+                if in_band:
+                    self._turn_done(t, response.get("usage"))
+        elif kind == "response.output_audio.delta":
+            s.audio_out = True
+            item_id = event.get("item_id")
+            if isinstance(item_id, str):
+                item = s.items.setdefault(item_id, _Item(t))
+                item.received += _audio_nbytes(event.get("delta")) or 0
+        elif kind in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
+            s.buffered = 0
+        elif kind == "conversation.item.truncated":
+            for audit in reversed(self.truncates):
+                if audit.item_id == event.get("item_id") and audit.server == "no answer":
+                    audit.server = "accepted"
+                    break
+        elif kind == "error":
+            self._error(t, event.get("error"))
+
+    def _set_dialect(self, dialect: str) -> None:
+        s = self._s
+        s.dialect = dialect
+        queued, s.queued_up = s.queued_up, []
+        if dialect == "ga":
+            for at, event in queued:
+                self._beta_in_ga(at, event)
+
+    def _session(self, session: Any) -> None:
+        s = self._s
+        if not isinstance(session, Mapping):
+            return
+        if s.dialect is None:
+            self._set_dialect("ga" if "type" in session or "audio" in session else "beta")
+        audio = session.get("audio")
+        if isinstance(audio, Mapping):  # GA
+            inp, out = audio.get("input"), audio.get("output")
+            if isinstance(inp, Mapping) and "turn_detection" in inp:
+                s.turn_detection = inp["turn_detection"]
+            if isinstance(out, Mapping) and "voice" in out:
+                s.voice = out["voice"]
+        else:  # beta
+            if "turn_detection" in session:
+                s.turn_detection = session["turn_detection"]
+            if "voice" in session:
+                s.voice = session["voice"]
+        truncation = session.get("truncation")
+        s.retention = isinstance(truncation, Mapping) and truncation.get("type") == "retention_ratio"
+
+    def _turn_done(self, t: float, usage: Any) -> None:
+        s = self._s
+        tokens = _number(usage.get("input_tokens")) if isinstance(usage, Mapping) else None
+        if tokens is None:
+            return
+        s.turn_inputs.append(int(tokens))
+        last = s.turn_inputs[-GROWTH_TURNS:]
+        if (not s.grew and len(last) == GROWTH_TURNS and s.deletes == 0 and not s.retention
+                and all(a <= b for a, b in zip(last, last[1:])) and last[-1] >= 2 * max(last[0], 1)):
+            s.grew = True
+            self._flag("VR111", t, f"input tokens grew every turn for {GROWTH_TURNS} turns ({last[0]} to "
+                                   f"{last[-1]}) and no item was ever deleted: each turn re-bills the whole history")
+
+    def _error(self, t: float, error: Any) -> None:
+        s = self._s
+        if not isinstance(error, Mapping):
+            return
+        code = error.get("code")
+        if code == "conversation_already_has_active_response" and s.last_create and not s.last_create[1]:
+            at = s.last_create[0]
+            s.last_create = (at, True)
+            self._flag("VR104", at, "response.create while a response was already in progress (the server "
+                                    "refused it: conversation_already_has_active_response)")
+        elif code == "session_expired":
+            self._flag("VR110", t, "the session hit the server's maximum duration (session_expired) and was "
+                                   "closed mid-conversation")
+        pending = [a for a in self.truncates if a.server == "no answer"]
+        if pending:
+            echoed = error.get("event_id")
+            for audit in pending:
+                if (echoed and audit.event_id == echoed) or (
+                        not echoed and error.get("param") in ("audio_end_ms", "item_id", "content_index")):
+                    audit.server = f"rejected: {error.get('message') or code}"
+                    break
+
+
+_UP = {
+    "input_audio_buffer.append": Linter._on_append,
+    "input_audio_buffer.commit": Linter._on_commit,
+    "input_audio_buffer.clear": Linter._on_clear,
+    "conversation.item.create": Linter._on_item_create,
+    "conversation.item.delete": Linter._on_item_delete,
+    "conversation.item.truncate": Linter._on_truncate,
+    "response.create": Linter._on_response_create,
+    "response.cancel": Linter._on_response_cancel,
+    "output_audio_buffer.clear": Linter._on_output_clear,
+    "session.update": Linter._on_session_update,
+}
