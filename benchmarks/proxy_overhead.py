@@ -131,6 +131,12 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1] * 1000 if values else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_proxy(upstream_url: str, record: str | None) -> tuple[subprocess.Popen[str], str]:
     args = [sys.executable, "-m", "voicerelay", "proxy", "--port", "0", "--backend", upstream_url,
             "--log-level", "warning", "--max-sessions", "1000"]
@@ -170,7 +176,9 @@ def main() -> int:
             proxy, proxy_url = start_proxy(direct_url, str(Path(tmp) / "rec") if options.record else None)
             results = {}
             for label, url in (("direct", direct_url), ("proxied", proxy_url)):
+                before = cpu_seconds(proxy.pid)
                 results[label] = asyncio.run(run_mode(url + "?model=bench", options.sessions, options.seconds))
+            proxy_cpu = cpu_seconds(proxy.pid) - before
         finally:
             for proc in (proxy, server):
                 if proc is not None:
@@ -188,14 +196,14 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine shows up as stalls of a "
           f"process hop: compare runs at a load below the CPU count)")
     print(f"every event arrived, in order, unchanged: {n} up and {n} down per mode\n")
-    print(f"{'one-way latency (ms)':<24}{'p50':>8}{'p99':>8}{'max':>8}")
+    print(f"{'one-way latency (ms)':<24}{'p50':>10}{'p99':>10}{'max':>10}")
     rows = {}
     for direction in ("up", "down"):
         for label in ("direct", "proxied"):
             values = getattr(results[label], direction)
             rows[label, direction] = (pct(values, 50), pct(values, 99))
-            print(f"{direction + ' ' + label:<24}{rows[label, direction][0]:>8.3f}{rows[label, direction][1]:>8.3f}"
-                  f"{max(values) * 1000:>8.2f}")
+            print(f"{direction + ' ' + label:<24}{rows[label, direction][0]:>10.3f}{rows[label, direction][1]:>10.3f}"
+                  f"{max(values) * 1000:>10.2f}")
     print()
     worst = 0.0
     for direction in ("up", "down"):
@@ -203,6 +211,8 @@ def main() -> int:
         p99 = rows["proxied", direction][1] - rows["direct", direction][1]
         worst = max(worst, p99)
         print(f"added by the proxy, {direction:<4}  p50 {p50:+.3f} ms   p99 {p99:+.3f} ms")
+    print(f"the proxy's CPU: {proxy_cpu:.2f} s for {2 * n} events = {proxy_cpu / (2 * n) * 1e6:.0f} µs per event "
+          f"({proxy_cpu / options.seconds * 100:.0f} % of one core)")
     print(f"\ntarget: at most 1 ms added at p99 per event: {'met' if worst <= 1.0 else 'NOT met'}")
     return 0
 
