@@ -111,7 +111,7 @@ def _readme_exit_codes() -> dict[str, set[int]]:
 
 def test_every_command_states_the_exit_codes_of_the_readme_table() -> None:
     table = _readme_exit_codes()
-    assert set(table) == {"replay", "talk", "serve", "backend", "inspect", "devices", "lint"}
+    assert set(table) == {"replay", "talk", "serve", "backend", "inspect", "devices", "lint", "proxy"}
     for command, codes in table.items():
         text = " ".join(run(command, "--help").stdout.split())
         stated = text.split("Exit codes:", 1)[1] if "Exit codes:" in text else ""
@@ -133,7 +133,7 @@ def test_usage_mistakes_are_one_line_and_exit_2_in_every_command() -> None:
 def test_help_shows_flags_as_flags_and_offers_completion() -> None:
     root = run("--help")
     assert "--install-completion" in root.stdout and "<bool>" not in root.stdout
-    for command in ("replay", "talk", "serve", "backend", "inspect", "devices"):
+    for command in ("replay", "talk", "serve", "backend", "inspect", "devices", "proxy"):
         text = run(command, "--help").stdout
         assert "<bool>" not in text and "<str>" not in text.split("Options")[-1], command
     replay_help = run("replay", "--help").stdout

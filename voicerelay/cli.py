@@ -150,6 +150,62 @@ def backend(
         console.print("stopped.")
 
 
+@command
+def proxy(
+    host: Host = "127.0.0.1",
+    port: Port = 8766,
+    backend: Annotated[str | None, typer.Option(metavar="BACKEND",
+        help="Where to forward: embedded, openai, or a ws:// or wss:// URL. Default: openai when OPENAI_API_KEY is "
+             "set, else embedded. The proxy adds OPENAI_API_KEY upstream itself: apps may hold a placeholder key.",
+        show_default=False)] = None,
+    record: Annotated[Path | None, typer.Option(metavar="DIR",
+        help="Record every session into a folder of its own under DIR (replay it with voicerelay replay).",
+        show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(metavar="TOKEN", envvar="VOICERELAY_TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' from clients (the openai SDK's api_key). Needed to listen on "
+             "an address other than loopback.", show_default=False)] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(metavar="ORIGIN",
+        help="Browser origins allowed to connect (repeatable; '*' any). Default: none (clients that send no Origin, "
+             "such as SDKs, are not affected).", show_default=False)] = None,
+    max_sessions: Annotated[int, typer.Option(metavar="N", help="Concurrent sessions at most (more get HTTP 503).",
+                                              min=1)] = 100,
+    log_level: LogLevel = "info",
+) -> None:
+    """Put voicerelay between any Realtime app and its server: every event forwarded unchanged, and recorded.
+
+    Listens at [bold]ws://HOST:PORT/v1/realtime[/] (OpenAI's path and query; the GA and beta [bold]OpenAI-Beta[/] headers pass through). An app switches by changing only its base URL ([italic]websocket_base_url="ws://HOST:PORT/v1"[/] in the openai SDK). Messages are forwarded byte for byte and in order; when either side closes, the other is closed with the same code.
+
+    Exit codes: 0 stopped (Ctrl-C or SIGTERM); 1 the embedded backend or the proxy failed to start; 2 unusable options (a non-loopback --host without --token, --backend openai without OPENAI_API_KEY) or a port that cannot be listened on.
+    """
+    import asyncio
+
+    from .console import console as make_console
+    from .proxy.rules import check_listen
+    from .proxy.server import run
+
+    _setup_logging(log_level)
+    _backend(backend)
+    problem = check_listen(host, token)
+    if problem is not None:
+        fail(problem)
+    sock = _listening_socket(host, port)
+    console = make_console(stderr=True)
+
+    def ready(server: Any) -> None:
+        console.print(f"[bold green]voicerelay proxy[/] on [cyan]{server.url}[/] → {server.label}"
+                      f"{'  (recording into ' + str(record) + ')' if record else ''}. "
+                      f"Point apps at [bold]websocket_base_url=\"{server.base_url}\"[/]. Ctrl-C stops it.")
+
+    try:
+        asyncio.run(run(backend=backend, host=host, port=sock.getsockname()[1], token=token,
+                        allow_origins=allow_origin or [], max_sessions=max_sessions,
+                        record=str(record) if record is not None else None, sock=sock, ready=ready))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("stopped.")
+    finally:
+        sock.close()
+
+
 def _cannot_listen(host: str, port: int, exc: OSError) -> VoiceRelayError:
     """The same words for every server command: ``cannot listen on HOST:PORT: reason``."""
     from .errors import ListenError
