@@ -240,7 +240,7 @@ def test_a_broken_table_is_a_usage_error_naming_the_file_and_the_problem(tmp_pat
 
 
 def test_a_missing_table_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"price table .*nope\.toml: no such file"):
+    with pytest.raises(UsageError, match=r"price table .*nope\.toml \(VOICERELAY_PRICES\): no such file"):
         load_prices(env={PRICES_ENV: str(tmp_path / "nope.toml")})
     with pytest.raises(UsageError, match="is a folder"):
         load_prices(tmp_path)

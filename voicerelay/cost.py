@@ -49,11 +49,11 @@ from .errors import UsageError
 from .protocol.session import add_usage
 
 if TYPE_CHECKING:
-    from .protocol.session import RealtimeSession
+    from .protocol.session import RealtimeSession, Turn
     from .upstream import UpstreamSpec
 
 __all__ = ["PRICES_ENV", "Cost", "PriceTable", "Prices", "SessionCost", "cost_state", "default_prices",
-           "format_usd", "load_prices", "parse_prices", "session_cost", "upstream_estimates", "usage_cost"]
+           "format_usd", "load_prices", "parse_prices", "session_cost", "turn_cost", "upstream_estimates", "usage_cost"]
 
 #: The environment variable that points voicerelay at a price table of the user's own.
 PRICES_ENV = "VOICERELAY_PRICES"
@@ -99,12 +99,12 @@ class PriceTable:
         return {"date": self.date, "source": self.source, "file": self.origin}
 
 
-def parse_prices(text: str, origin: str) -> PriceTable:
+def parse_prices(text: str, origin: str, label: str | None = None) -> PriceTable:
     """A price table from the TOML ``text`` of the file ``origin``; raises :class:`UsageError`
-    (``price table FILE: problem``) when it cannot be used."""
+    (``price table FILE: problem``, FILE said as ``label`` if given) when it cannot be used."""
 
     def bad(problem: str) -> UsageError:
-        return UsageError(f"price table {origin}: {problem}")
+        return UsageError(f"price table {label or origin}: {problem}")
 
     try:
         data = tomllib.loads(text)
@@ -156,16 +156,18 @@ def load_prices(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     """The price table: ``path``, else the file named by ``VOICERELAY_PRICES``, else the shipped
     one. Read once per file and process."""
     env = os.environ if env is None else env
-    chosen = path if path is not None else env.get(PRICES_ENV) or None
-    return _load(None if chosen is None else str(Path(chosen).expanduser()))
+    if path is not None:
+        return _load(str(Path(path).expanduser()), False)
+    chosen = env.get(PRICES_ENV) or None
+    return _load(None if chosen is None else str(Path(chosen).expanduser()), True)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str | None) -> PriceTable:
+def _load(path: str | None, from_env: bool) -> PriceTable:
     if path is None:
         return parse_prices((resources.files("voicerelay") / "data" / "prices.toml").read_text("utf-8"),
                             default_prices())
-    where = f"({PRICES_ENV}) {path}" if path == os.environ.get(PRICES_ENV) else path
+    where = f"{path} ({PRICES_ENV})" if from_env else path
     try:
         text = Path(path).read_text("utf-8")
     except FileNotFoundError:
@@ -174,7 +176,7 @@ def _load(path: str | None) -> PriceTable:
         raise UsageError(f"price table {where}: is a folder, not a file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"price table {where}: cannot be read: {exc}") from None
-    return parse_prices(text, path)
+    return parse_prices(text, path, where)
 
 
 # ----------------------------------------------------------------------------------- arithmetic
@@ -192,6 +194,13 @@ class Cost:
     def text(self) -> str:
         """``$0.0123``, ``~$0.0123`` (an estimate) or ``cost unknown``."""
         return format_usd(self.usd, self.estimate)
+
+    def line(self) -> str:
+        """``text()`` with what qualifies it: ``~$0.0123 (estimate)``, ``cost unknown (model x is not
+        in the price table)``."""
+        if self.usd is None:
+            return f"{self.text()} ({self.note})" if self.note else self.text()
+        return f"{self.text()} (estimate)" if self.estimate else self.text()
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"usd": None if self.usd is None else round(self.usd, 6), "estimate": self.estimate}
@@ -277,6 +286,14 @@ def session_model(session: RealtimeSession) -> str | None:
     return str(reported) if reported else session.config.model or None
 
 
+def turn_cost(session: RealtimeSession, turn: Turn, *, estimate: bool, table: PriceTable | None = None) -> Cost:
+    """The cost of one turn of ``session`` (all its responses)."""
+    table = load_prices() if table is None else table
+    model = session_model(session)
+    return usage_cost(turn.usage, table.find(model), model=model, estimate=estimate,
+                      note=ESTIMATED_USAGE if estimate else "")
+
+
 def session_cost(session: RealtimeSession, *, estimate: bool, table: PriceTable | None = None) -> SessionCost:
     """The cost of a :class:`~voicerelay.protocol.session.RealtimeSession` so far. ``estimate``:
     its usage figures are estimates (:func:`upstream_estimates`)."""
@@ -284,7 +301,7 @@ def session_cost(session: RealtimeSession, *, estimate: bool, table: PriceTable 
     model = session_model(session)
     prices = table.find(model)
     note = ESTIMATED_USAGE if estimate else ""
-    turns = tuple(usage_cost(t.usage, prices, model=model, estimate=estimate, note=note) for t in session.turns)
+    turns = tuple(turn_cost(session, t, estimate=estimate, table=table) for t in session.turns)
     total = usage_cost(sum_usage([*(t.usage for t in session.turns), session.say_usage]), prices, model=model,
                        estimate=estimate, note=note)
     return SessionCost(model, total, turns, table)
