@@ -1,12 +1,14 @@
-"""The talk screens' plain parts: the conversation model, the level meter, the status figures."""
+"""The talk screens' plain parts: the conversation model, the level meter, the status figures, the cost."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from textual.widgets import Static
+
 from voicerelay.talk import TalkStatus, status_line
-from voicerelay.tui.demo import talk_status
-from voicerelay.tui.talk_app import METER_CELLS, Conversation, level_meter
+from voicerelay.tui.demo import show_talk, talk_status
+from voicerelay.tui.talk_app import METER_CELLS, Conversation, TalkApp, cost_label, level_meter
 
 
 def test_partials_show_until_the_final_line_replaces_them() -> None:
@@ -41,3 +43,26 @@ def test_status_figures() -> None:
     line = status_line(dataclasses.replace(status, state="user_speaking", push_to_talk=True, talking=False))
     assert line.plain.startswith("● user speaking  Enter to talk  │ mic -31 dBFS │ reply queued 1.3 s")
     assert isinstance(status, TalkStatus)
+
+
+def test_the_cost_label_says_estimates_and_why_a_cost_is_unknown() -> None:
+    assert cost_label({"usd": 0.01234, "estimate": False}).plain == "$0.0123"
+    assert cost_label({"usd": 0.01234, "estimate": True}).plain == "~$0.0123 estimate"
+    assert cost_label({"model": "house-model", "usd": None, "estimate": False,
+                       "note": "model house-model is not in the price table"}).plain == "unknown (house-model is not priced)"
+    assert cost_label({"usd": None, "note": "price table /x.toml: not valid TOML"}).plain == \
+        "unknown (price table unusable)"
+    assert cost_label(None).plain == "-"
+
+
+async def test_the_session_panel_shows_the_cost_beside_the_time_left() -> None:
+    app = TalkApp(None)
+    async with app.run_test(size=(130, 34)) as pilot:
+        show_talk(app.view)
+        await pilot.pause()
+        lines = str(app.query_one("#session", Static).content).splitlines()
+        assert "cost      ~$0.0215 estimate" in lines
+        assert lines[lines.index("cost      ~$0.0215 estimate") + 1] == "remaining 28:32 to the session cap"
+        app.view.state("listening")  # a state change keeps the cost it showed
+        await pilot.pause()
+        assert "cost      ~$0.0215 estimate" in str(app.query_one("#session", Static).content)
