@@ -215,6 +215,7 @@ def test_a_users_own_table_through_the_environment(tmp_path: Path) -> None:
     assert prices is not None and prices.model == "house-model"
     out = {"input_token_details": {}, "output_token_details": {"audio_tokens": 1_000_000}}
     assert usd(usage_cost(out, prices).usd) == 20.0
+    assert parse_prices(CUSTOM, "mine.toml").find("house-model") == prices  # the same table, without a file
 
 
 @pytest.mark.parametrize(("text", "problem"), [

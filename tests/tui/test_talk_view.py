@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import pytest
 from textual.widgets import Static
 
 from voicerelay.talk import TalkStatus, status_line
@@ -48,8 +50,9 @@ def test_status_figures() -> None:
 def test_the_cost_label_says_estimates_and_why_a_cost_is_unknown() -> None:
     assert cost_label({"usd": 0.01234, "estimate": False}).plain == "$0.0123"
     assert cost_label({"usd": 0.01234, "estimate": True}).plain == "~$0.0123 estimate"
-    assert cost_label({"model": "house-model", "usd": None, "estimate": False,
-                       "note": "model house-model is not in the price table"}).plain == "unknown (house-model is not priced)"
+    unknown = {"model": "house-model", "usd": None, "estimate": False,
+               "note": "model house-model is not in the price table"}
+    assert cost_label(unknown).plain == "unknown (house-model is not priced)"
     assert cost_label({"usd": None, "note": "price table /x.toml: not valid TOML"}).plain == \
         "unknown (price table unusable)"
     assert cost_label(None).plain == "-"
@@ -66,3 +69,39 @@ async def test_the_session_panel_shows_the_cost_beside_the_time_left() -> None:
         app.view.state("listening")  # a state change keeps the cost it showed
         await pilot.pause()
         assert "cost      ~$0.0215 estimate" in str(app.query_one("#session", Static).content)
+
+
+class _Session:
+    """What :meth:`TuiView.tick` reads of a running talk: a real relay (never connected) and the
+    status ``Talk.status()`` would give."""
+
+    def __init__(self) -> None:
+        from voicerelay.protocol.config import RealtimeConfig
+        from voicerelay.protocol.events import Dialect
+        from voicerelay.relay import Relay
+        from voicerelay.upstream import embedded_spec
+
+        self.relay = Relay(RealtimeConfig(), embedded_spec("ws://127.0.0.1:9/v1/realtime", "gpt-realtime", Dialect.GA))
+
+    def status(self) -> TalkStatus:
+        return talk_status()
+
+
+async def test_a_broken_price_table_is_said_once_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tmp_path / "broken.toml"
+    table.write_text("date = ")
+    monkeypatch.setenv("VOICERELAY_PRICES", str(table))
+    app, talk = TalkApp(None), _Session()
+    async with app.run_test(size=(130, 34)) as pilot:
+        app.view.tick(talk)  # type: ignore[arg-type]
+        app.view.tick(talk)  # type: ignore[arg-type]
+        await pilot.pause()
+        assert "cost      unknown (price table unusable)" in str(app.query_one("#session", Static).content)
+        transcript = str(app.query_one("#transcript", Static).content)
+        assert transcript.count(f"cost unknown: price table {table} (VOICERELAY_PRICES): not valid TOML") == 1
+    monkeypatch.delenv("VOICERELAY_PRICES")
+    app = TalkApp(None)
+    async with app.run_test(size=(130, 34)) as pilot:
+        app.view.tick(_Session())  # type: ignore[arg-type]
+        await pilot.pause()
+        assert "cost      ~$0.0000 estimate" in str(app.query_one("#session", Static).content)

@@ -160,6 +160,7 @@ class TuiView:
         self.app = app
         self.status: TalkStatus | None = None
         self.cost: Mapping[str, Any] | None = None  # the session's cost so far (cost_state)
+        self._said = ""  # the price table's problem, once said
 
     def __enter__(self) -> TuiView:
         return self
@@ -190,7 +191,12 @@ class TuiView:
         self.app.add_event(direction, event)
 
     def tick(self, talk: Talk) -> None:
-        self.show(talk.status(), cost_state(talk.relay.session, talk.relay.spec))
+        cost = cost_state(talk.relay.session, talk.relay.spec)
+        note = str(cost.get("note") or "")
+        if cost["usd"] is None and note.startswith("price table") and note != self._said:
+            self._said = note  # a price table that cannot be used: said once, in full, in the conversation
+            self.line(f"cost unknown: {note}", "yellow")
+        self.show(talk.status(), cost)
 
     def show(self, status: TalkStatus, cost: Mapping[str, Any] | None = None) -> None:
         self.status, self.cost = status, cost
