@@ -421,7 +421,7 @@ def test_several_files_and_globs_end_with_one_summary_table(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("file ")))
-    assert lines[header].split() == ["file", "turns", "transcripts", "match", "latency", "result"]
+    assert lines[header].split() == ["file", "turns", "transcripts", "match", "latency", "cost", "result"]
     rows = [line.split() for line in lines[header + 1:]]
     assert [row[0] for row in rows] == [str(RECORDINGS / f"{stem}.wav") for stem in
                                         ("hello_there", "what_can_you_do", "what_is_your_name")]
@@ -491,3 +491,79 @@ async def test_barge_in_during_a_replay_truncates_at_what_the_file_sink_took(eng
     assert received > 500  # really cut in the middle
     # a file sink (or none) takes every delta the moment it arrives: what was received was "played"
     assert_truncate_is_what_was_heard(truncate["audio_end_ms"], received, received)
+
+
+# ------------------------------------------------------------------------------------------- cost
+
+
+def priced(turn: dict[str, Any], model: str = "gpt-realtime") -> float:
+    """The turn's dollars, computed here from its usage and the shipped table's prices."""
+    from voicerelay.cost import load_prices
+
+    prices = load_prices(env={}).find(model)
+    assert prices is not None
+    inp, out = turn["usage"]["input_token_details"], turn["usage"]["output_token_details"]
+    assert inp["cached_tokens"] == 0  # (the embedded backend caches nothing)
+    return (inp["text_tokens"] * prices.text_input + inp["audio_tokens"] * prices.audio_input
+            + out["text_tokens"] * prices.text_output + out["audio_tokens"] * prices.audio_output) / 1e6
+
+
+def test_the_report_and_the_summary_price_every_turn_as_an_estimate_on_the_embedded_backend(tmp_path: Path) -> None:
+    report = tmp_path / "all.json"
+    result = cli("replay", str(RECORDINGS / "hello_there.wav"), str(RECORDINGS / "what_can_you_do.wav"),
+                 "--speed", "0", "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    files = json.loads(report.read_text())["files"]
+    for data in files:
+        assert data["backend"].startswith("embedded backend")
+        [turn] = data["turns"]
+        assert turn["cost"]["estimate"] is True and "estimate" in turn["cost"]["note"]
+        assert turn["cost"]["usd"] == round(priced(turn), 6) and turn["cost"]["usd"] > 0
+        total = data["cost"]
+        assert total["model"] == "gpt-realtime" and total["estimate"] is True
+        assert total["usd"] == turn["cost"]["usd"]  # one turn: the session costs what it cost
+        assert total["prices"]["file"].endswith("prices.toml") and total["prices"]["date"]
+    lines = result.stdout.splitlines()
+    turn_lines = [line for line in lines if "turn 1: completed" in line]
+    assert [line.split(", ")[-1] for line in turn_lines] == [
+        f"~${f['cost']['usd']:.4f} (estimate)" for f in files], turn_lines
+    header = lines.index(next(line for line in lines if line.startswith("file ")))
+    rows = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[-2] for row in rows] == [f"~${f['cost']['usd']:.4f}" for f in files], rows
+    assert "cost ~ is an estimate: the embedded backend's usage figures are estimates" in lines[header - 2]
+
+
+def test_an_unknown_model_costs_unknown_and_a_users_table_prices_it(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    unknown = cli("replay", str(RECORDINGS / "hello_there.wav"), "--speed", "0", "--model", "house-model",
+                  "--json", str(report))
+    assert unknown.returncode == 0, unknown.stderr
+    data = json.loads(report.read_text())
+    assert data["cost"]["usd"] is None and data["turns"][0]["cost"]["usd"] is None
+    assert data["cost"]["note"] == "model house-model is not in the price table"
+    assert "cost unknown (model house-model is not in the price table)" in unknown.stdout
+    table = tmp_path / "mine.toml"
+    table.write_text('date = "2030-01-01"\nsource = "a test"\n[models.house-model]\ntext_input = 1\n'
+                     'text_cached_input = 0\ntext_output = 2\naudio_input = 3\naudio_cached_input = 0\n'
+                     'audio_output = 4\n')
+    mine = cli("replay", str(RECORDINGS / "hello_there.wav"), "--speed", "0", "--model", "house-model",
+               "--json", str(report), env={"VOICERELAY_PRICES": str(table)})
+    assert mine.returncode == 0, mine.stderr
+    data = json.loads(report.read_text())
+    usage = data["turns"][0]["usage"]
+    expected = (usage["input_token_details"]["text_tokens"] * 1 + usage["input_token_details"]["audio_tokens"] * 3
+                + usage["output_token_details"]["text_tokens"] * 2
+                + usage["output_token_details"]["audio_tokens"] * 4) / 1e6
+    assert data["cost"]["usd"] == round(expected, 6) > 0
+    assert data["cost"]["prices"] == {"date": "2030-01-01", "source": "a test", "file": str(table)}
+
+
+def test_a_broken_price_table_is_one_line_and_exit_2_before_the_run(tmp_path: Path) -> None:
+    table = tmp_path / "prices.toml"
+    table.write_text('date = "2030-01-01"\nsource = "x"\n[models.m]\ntext_input = 1\n')
+    for files in ([RECORDINGS / "hello_there.wav"], [RECORDINGS / "hello_there.wav", RECORDINGS / "how_are_you.wav"]):
+        result = cli("replay", *map(str, files), "--speed", "0", env={"VOICERELAY_PRICES": str(table)})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (f"voicerelay: error: price table {table} (VOICERELAY_PRICES): "
+                                         "models.m: 'text_cached_input' is missing")
+        assert "user" not in result.stdout  # nothing was replayed

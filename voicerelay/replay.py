@@ -5,7 +5,8 @@ The input is streamed in 20 ms frames through a :class:`~voicerelay.conversation
 nothing), paced at ``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
 silence closes the last turn; with turn detection disabled the relay commits. Then it waits for
 the replies (with a timeout), prints the transcript, and optionally writes the assistant audio,
-a JSON report and a recording.
+a JSON report and a recording. Each turn's line, the report and the summary say what the turns
+cost in dollars (:mod:`voicerelay.cost`; estimates on the embedded backend).
 
 Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
 replies timed out (``--timeout`` bounds every wait); 2 unusable input (a one-line message, never
@@ -36,6 +37,7 @@ from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect
 from .console import transcript_line
 from .conversation import Conversation, InstantPlayback
+from .cost import PriceTable, format_usd, load_prices, session_cost, turn_cost, upstream_estimates
 from .errors import UpstreamTimeout
 from .protocol.session import Error, Transcript, TurnFinished
 from .relay import Notice, Observation, Relay
@@ -122,8 +124,9 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
             raise UsageError(f"{option} takes one input, not {len(paths)}: replay the files one at a time")
     if options.json_path not in (None, "-"):
         _check_writable("--json", Path(options.json_path))
+    load_prices()  # a price table that cannot be used stops the run before the first file
     reports: list[dict[str, Any]] = []
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     codes: list[int] = []
     for path in paths:
         console.print(f"[bold]── {path}[/]", highlight=False)
@@ -143,6 +146,9 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
         rows.append((str(path), *_summary_cells(report, options), result))
         if code == EXIT_INTERRUPTED:
             break
+    if any((r.get("cost") or {}).get("estimate") for r in reports):  # (above the table: it ends the output)
+        console.print("\n[dim]cost ~ is an estimate: the embedded backend's usage figures are estimates "
+                      "(no model ran)[/]", highlight=False)
     _print_summary(rows, console)
     if options.json_path is not None:
         _write_json(options.json_path, {"files": reports})
@@ -152,10 +158,10 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
     return 0
 
 
-def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tuple[str, str, str]:
-    """turns, transcripts match, median latency."""
+def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tuple[str, str, str, str]:
+    """turns, transcripts match, median latency, cost."""
     if report is None:
-        return "-", "-", "-"
+        return "-", "-", "-", "-"
     turns = report["turns"]
     if "compare" in report:
         match = "yes" if all(r["same"] for r in report["compare"].values()) else "no"
@@ -165,18 +171,21 @@ def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tup
         match = "-"
     latencies = sorted(t["latency_ms"]["first_audio"] for t in turns if t["latency_ms"]["first_audio"] is not None)
     latency = f"{latencies[len(latencies) // 2]:.0f} ms" if latencies else "-"
-    return str(len(turns)), match, latency
+    cost = report.get("cost") or {}
+    dollars = format_usd(cost.get("usd"), bool(cost.get("estimate"))) if "usd" in cost else "-"
+    return str(len(turns)), match, latency, dollars
 
 
-SUMMARY_COLUMNS = ("file", "turns", "transcripts match", "latency", "result")
+SUMMARY_COLUMNS = ("file", "turns", "transcripts match", "latency", "cost", "result")
+_RIGHT = (1, 3, 4)  # right-aligned columns: the figures
 
 
-def _print_summary(rows: list[tuple[str, str, str, str, str]], console: Console) -> None:
+def _print_summary(rows: list[tuple[str, ...]], console: Console) -> None:
     """One line per file, columns aligned, never wrapped or cut (a script may read it)."""
-    widths = [max(len(cells[i]) for cells in [SUMMARY_COLUMNS, *rows]) for i in range(4)]
+    widths = [max(len(cells[i]) for cells in [SUMMARY_COLUMNS, *rows]) for i in range(len(SUMMARY_COLUMNS) - 1)]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(cell.rjust(w) if i in (1, 3) else cell.ljust(w) for i, (cell, w) in
+        return "  ".join(cell.rjust(w) if i in _RIGHT else cell.ljust(w) for i, (cell, w) in
                          enumerate(zip(cells, widths))) + "  "
 
     console.print()
@@ -210,6 +219,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
                          f"{options.path}: a WAV has no transcripts to compare with")
     if options.json_path not in (None, "-"):
         _check_writable("--json", Path(options.json_path))
+    prices = load_prices()  # before the run: a price table that cannot be used is a usage error
     source = _Source(options.path)
     writer = None
     if options.out is not None:
@@ -243,7 +253,7 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
             conversation = Conversation(relay, InstantPlayback(writer.write if writer is not None else None),
                                         ready_timeout=options.timeout)
             screen = _Screen(console, err)
-            conversation.subscribe(_printer(screen, errors))
+            conversation.subscribe(_printer(screen, errors, relay, prices))
             await _drive(conversation, source, options, screen)
     except UpstreamError as exc:
         errors.append(str(exc))
@@ -258,14 +268,17 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
             recorder.close()
 
     turns = relay.session.turns if relay is not None else []
+    cost = session_cost(relay.session, estimate=upstream_estimates(relay.spec), table=prices) \
+        if relay is not None else None
     report = {
         "input": str(options.path), "backend": relay.spec.describe() if relay else options.backend,
         "dialect": options.dialect.value, "model": options.config.model, "speed": options.speed,
         "audio_seconds": {"in": round(source.duration_s, 3),
                           "out": round(sum(t.audio_out_ms for t in turns) / 1000, 3)},
         "wall_seconds": round(time.monotonic() - started, 3),
-        "turns": [t.report() for t in turns], "errors": errors,
-        "recycles": relay.recycles if relay else 0, "interrupted": interrupted,
+        "turns": [{**t.report(), "cost": c.report()} for t, c in zip(turns, cost.turns if cost else ())],
+        "cost": cost.report() if cost is not None else None,
+        "errors": errors, "recycles": relay.recycles if relay else 0, "interrupted": interrupted,
     }
     if options.compare and not interrupted and failure is None:
         report["compare"] = _compare(source, turns, console)
@@ -311,15 +324,18 @@ class _Screen:
         return self.live if self.live is not None else self._err
 
 
-def _printer(screen: _Screen, errors: list[str]) -> Any:
+def _printer(screen: _Screen, errors: list[str], relay: Relay, prices: PriceTable) -> Any:
+    estimate = upstream_estimates(relay.spec)
+
     def observe(obs: Observation) -> None:
         if isinstance(obs, Transcript) and obs.final and obs.text:
             screen.console.print(transcript_line(obs.role, obs.text))
         elif isinstance(obs, TurnFinished):
             turn = obs.turn
             latency = f"{turn.first_audio_ms:.0f} ms to first audio" if turn.first_audio_ms is not None else "no audio"
-            screen.console.print(f"[dim]{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
-                                 f"{turn.audio_out_ms / 1000:.1f} s of reply audio[/]", highlight=False)
+            cost = turn_cost(relay.session, turn, estimate=estimate, table=prices)
+            screen.console.print(Text(f"{'':>9}  turn {turn.index}: {turn.status}, {latency}, "
+                                      f"{turn.audio_out_ms / 1000:.1f} s of reply audio, {cost.line()}", style="dim"))
         elif isinstance(obs, Error):
             errors.append(f"{obs.code}: {obs.message}")
             screen.err.print(f"[red]error[/] {obs.code}: {obs.message}", highlight=False)

@@ -139,3 +139,26 @@ async def test_an_upstream_lost_mid_reply_and_back_is_told_and_nothing_is_replay
                 await second.close()
     finally:
         await gw.close()
+
+
+async def test_the_state_carries_the_sessions_cost_as_an_estimate_on_the_embedded_backend(
+        gateway: tuple[Any, str], browsers: Any) -> None:
+    """``state()`` (what ``session_state`` and the monitor send) says what the session cost so far."""
+    from voicerelay.cost import load_prices, usage_cost
+
+    gw, url = gateway
+    browser = await browsers().connect(url)
+    session_id = await browser.start()
+    [session] = [s for s in gw.sessions.values() if s.id == session_id]
+    assert session.state()["cost"] == {"model": "gpt-realtime", "usd": 0.0, "estimate": True,
+                                       "note": "the embedded backend's usage figures are estimates (no model ran)"}
+    for text in ("hello there", "what is your name"):
+        browser.events.clear()
+        await browser.emit("text_input", {"text": text})
+        await browser.wait_for("response_complete")
+    turns = session.relay.session.turns
+    assert len(turns) == 2 and all(t.usage for t in turns)
+    prices = load_prices().find("gpt-realtime")
+    expected = sum(usage_cost(t.usage, prices).usd or 0 for t in turns)
+    cost = session.state()["cost"]
+    assert cost["usd"] == round(expected, 6) and cost["usd"] > 0 and cost["estimate"] is True

@@ -279,3 +279,46 @@ def test_a_reply_that_had_not_begun_stays_open_for_the_new_connection() -> None:
     session.server_event({"type": "response.created", "response": {"id": "resp_1", "conversation_id": "c"}}, 2.1)
     assert session.connection_lost(2.2) == []
     assert session.turns[-1].done_at is None and not session.response_active
+
+
+USAGE_A = {"total_tokens": 30, "input_tokens": 20, "output_tokens": 10,
+           "input_token_details": {"text_tokens": 5, "audio_tokens": 15, "cached_tokens": 4,
+                                   "cached_tokens_details": {"text_tokens": 4, "audio_tokens": 0}},
+           "output_token_details": {"text_tokens": 2, "audio_tokens": 8}}
+USAGE_B = {"total_tokens": 7, "input_tokens": 6, "output_tokens": 1,
+           "input_token_details": {"text_tokens": 6, "audio_tokens": 0, "cached_tokens": 0},
+           "output_token_details": {"text_tokens": 1, "audio_tokens": 0}}
+
+
+def test_a_turn_with_a_tool_call_carries_the_usage_of_both_its_responses() -> None:
+    """Both responses are billed: the turn's usage is their sum, details included (the second
+    response.done used to replace the first's)."""
+    s = ready_session(RealtimeConfig(tools=({"type": "function", "name": "get_weather"},)))
+    s.server_event({"type": "response.created", "response": {"id": "resp_1", "conversation_id": "c"}}, 1.0)
+    s.server_event({"type": "response.output_item.added", "response_id": "resp_1", "output_index": 0,
+                    "item": {"type": "function_call", "call_id": "call_1", "name": "get_weather"}}, 1.0)
+    s.server_event({"type": "response.function_call_arguments.done", "response_id": "resp_1",
+                    "call_id": "call_1", "arguments": "{}"}, 1.1)
+    s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                                                          "usage": USAGE_A}}, 1.2)
+    s.tool_result("call_1", "{}")
+    reply(s, 1.3, response_id="resp_2")
+    done = s.server_event({"type": "response.done", "response": {"id": "resp_2", "status": "completed",
+                                                                 "usage": USAGE_B}}, 1.9)
+    turn = of(done, TurnFinished)[0].turn
+    assert turn.usage == {"total_tokens": 37, "input_tokens": 26, "output_tokens": 11,
+                          "input_token_details": {"text_tokens": 11, "audio_tokens": 15, "cached_tokens": 4,
+                                                  "cached_tokens_details": {"text_tokens": 4, "audio_tokens": 0}},
+                          "output_token_details": {"text_tokens": 3, "audio_tokens": 8}}
+    assert USAGE_A["total_tokens"] == 30  # the server's dicts are not changed
+
+
+def test_say_usage_is_kept_outside_the_turns() -> None:
+    s = ready_session()
+    assert s.say_usage is None
+    s.say("Welcome.")
+    s.server_event({"type": "response.created", "response": {"id": "resp_say", "metadata": {"voicerelay": "say"}}},
+                   1.0)
+    s.server_event({"type": "response.done", "response": {"id": "resp_say", "status": "completed", "usage": USAGE_B,
+                                                          "metadata": {"voicerelay": "say"}}}, 1.5)
+    assert s.turns == [] and s.say_usage == USAGE_B

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any
 
@@ -41,6 +42,12 @@ async def test_inspect_lists_live_sessions_and_one_ending(gateway: tuple[Gateway
         assert "response.done" in events
         log_text = "\n".join(str(line) for line in app.query_one("#events").lines)
         assert "response.done" in log_text
+        # the cost column: what the gateway's state says the session cost, an estimate here
+        [talking] = [s for s in gw.sessions.values() if s.id == first_id]
+        await until(lambda: table.get_cell(first_id, "cost") == f"~${talking.state()['cost']['usd']:.4f}" != "~$0.0000",
+                    pause=lambda: pilot.pause(0.05))
+        assert table.get_cell(second_id, "cost") == "~$0.0000"  # no turn yet
+        assert re.fullmatch(r"\d+:\d\d", table.get_cell(first_id, "time left"))
         # one session ends: the table says so
         await second.emit("end_session")
         await until(lambda: app.model.sessions[second_id].ended is not None, pause=lambda: pilot.pause(0.05))

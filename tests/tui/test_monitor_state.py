@@ -32,11 +32,28 @@ def test_updates_closings_and_details_reach_their_session_only() -> None:
 def test_a_row_fills_every_column_whole() -> None:
     monitor = MonitorState()
     monitor.apply("session_update", state("a", ai_state="user_speaking", node="n1", last_latency_ms=412,
-                                          queues={"queued_audio_ms": 40, "dropped_audio_ms": 0}))
+                                          queues={"queued_audio_ms": 40, "dropped_audio_ms": 0},
+                                          cost={"model": "gpt-realtime", "usd": 0.01234, "estimate": False},
+                                          session_remaining_s=1712.4))
     row = monitor.row(monitor.sessions["a"])
     assert len(row) == len(COLUMNS)
     assert dict(zip(COLUMNS, row)) | {} == {"session": "a", "node": "n1", "client": "", "state": "user_speaking",
                                            "duration": "3 s", "queued audio": "40 ms", "dropped": "0 ms",
-                                           "last latency": "412 ms", "errors": "0", "turns": "1"}
+                                           "last latency": "412 ms", "errors": "0", "turns": "1",
+                                           "cost": "$0.0123", "time left": "28:32"}
     monitor.apply("session_update", state("b"))
     assert monitor.row(monitor.sessions["b"])[1] == "-"  # a single node
+
+
+def test_the_cost_column_says_estimates_and_unknown_costs() -> None:
+    monitor = MonitorState()
+
+    def cell(**cost: object) -> str:
+        monitor.apply("session_update", state("a", cost=cost or None))
+        return dict(zip(COLUMNS, monitor.row(monitor.sessions["a"])))["cost"]
+
+    assert cell(usd=0.0215, estimate=True) == "~$0.0215"
+    assert cell(usd=None, estimate=False, note="model x is not in the price table") == "unknown"
+    assert cell() == "-"  # a gateway that sends no cost (an older one)
+    monitor.apply("session_update", state("a"))
+    assert dict(zip(COLUMNS, monitor.row(monitor.sessions["a"])))["time left"] == "-"

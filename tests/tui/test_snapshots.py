@@ -21,7 +21,7 @@ def test_inspect_screen(snap_compare: Any) -> None:
             await app.feed(name, data)
         await pilot.pause(0.2)
 
-    assert snap_compare(app, run_before=feed, terminal_size=(130, 34))
+    assert snap_compare(app, run_before=feed, terminal_size=(160, 34))  # every column of the table
 
 
 def test_talk_screen(snap_compare: Any) -> None:

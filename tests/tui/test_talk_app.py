@@ -25,6 +25,7 @@ import pytest
 from textual.widgets import Static
 
 from voicerelay.backend.server import BackendServer
+from voicerelay.cost import cost_state, format_usd
 from voicerelay.protocol.config import RealtimeConfig
 from voicerelay.protocol.events import Dialect
 from voicerelay.talk import TalkOptions
@@ -117,6 +118,8 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         tokens = app.talk.relay.session.turns[0].usage["total_tokens"]
         assert f"total {tokens}" in text_of(app, "#session"), text_of(app, "#session")
         assert "remaining" in text_of(app, "#session") and "remaining -" not in text_of(app, "#session")
+        cost = cost_state(app.talk.relay.session, app.talk.relay.spec)  # the panel shows the session's cost
+        assert cost["usd"] > 0 and f"cost      {format_usd(cost['usd'], cost['estimate'])}" in text_of(app, "#session")
 
         # the event log: raw events, audio hidden and base64 elided; filter and pause
         log = event_log(app)

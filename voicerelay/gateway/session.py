@@ -252,6 +252,8 @@ class GatewaySession:
 
     def state(self) -> dict[str, Any]:
         """What a client mirrors (``session_state``) and a monitor shows."""
+        from ..cost import cost_state as _cost_state  # (the session's cost so far: voicerelay.cost)
+
         snapshot = self.relay.snapshot() if self.relay is not None else {}
         turns = self.relay.session.turns if self.relay is not None else []
         last = next((t.first_audio_ms for t in reversed(turns) if t.first_audio_ms is not None), None)
@@ -263,6 +265,7 @@ class GatewaySession:
             "turns": len(turns), "last_latency_ms": None if last is None else round(last),
             "queues": {k: snapshot.get(k) for k in ("queued_events", "queued_audio_ms", "dropped_audio_ms")},
             "session_remaining_s": snapshot.get("session_remaining_s"),
+            "cost": None if self.relay is None else _cost_state(self.relay.session, self.relay.spec),
         }
 
     # ----------------------------------------------------------------------------- from the browser

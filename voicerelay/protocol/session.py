@@ -178,7 +178,7 @@ class Turn:
     first_delta_at: float | None = None
     done_at: float | None = None
     status: str = "open"
-    usage: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None  # the sum of its responses' usage (a tool call makes two)
     errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -245,6 +245,8 @@ class RealtimeSession:
         self._current: Turn | None = None
         self._response_done = True
         self._buffered_ms = 0.0
+        #: usage of the ``say()`` responses, which belong to no turn (they are billed all the same)
+        self.say_usage: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -596,11 +598,12 @@ class RealtimeSession:
             out.append(SendEvent(response_create()))
             self._response_done = False
         if is_say:
+            self.say_usage = add_usage(self.say_usage, response.get("usage"))
             if self.state is State.THINKING and not self._playing_item:
                 self._set_state(State.LISTENING, out)
             return out
         turn = self._turn()
-        turn.usage = response.get("usage")
+        turn.usage = add_usage(turn.usage, response.get("usage"))
         details = response.get("status_details") or {}
         if status == "failed":
             err = details.get("error") or {}
@@ -659,6 +662,23 @@ class RealtimeSession:
             self._playing_item = None
             out.append(StopPlayback(item_id))
         return out
+
+
+def add_usage(total: dict[str, Any] | None, usage: Any) -> dict[str, Any] | None:
+    """``total`` plus one response's ``usage``: counts added key by key, nested details too
+    (``None`` while there is none). What is not a count (``type``, ...) is kept as it came."""
+    if not isinstance(usage, dict):
+        return total
+    out = dict(total or {})
+    for key, value in usage.items():
+        before = out.get(key)
+        if isinstance(value, dict):
+            out[key] = add_usage(before if isinstance(before, dict) else None, value)
+        elif isinstance(value, int) and not isinstance(value, bool) and isinstance(before, int):
+            out[key] = before + value
+        elif key not in out or before is None:
+            out[key] = value
+    return out
 
 
 def _round(value: float | None) -> float | None:

@@ -13,18 +13,20 @@ URL = "http://127.0.0.1:8000"
 
 
 def _state(session_id: str, client: str, state: str, duration: float, turns: int, latency: int | None,
-           errors: int = 0) -> dict[str, Any]:
+           usd: float, errors: int = 0) -> dict[str, Any]:
     return {"session_id": session_id, "node": None, "chat_active": True, "ai_state": state, "client": client,
             "duration_s": duration, "errors": errors, "turns": turns, "last_latency_ms": latency,
             "queues": {"queued_events": 0, "queued_audio_ms": 40, "dropped_audio_ms": 0},
-            "session_remaining_s": 3540.0}
+            "session_remaining_s": 3600.0 - duration,
+            "cost": {"model": "gpt-realtime", "usd": usd, "estimate": True,
+                     "note": "the embedded backend's usage figures are estimates (no model ran)"}}
 
 
 EVENTS: list[tuple[str, Any]] = [
     ("connect", None),
     ("sessions", {"sessions": [
-        _state("vr_kitchen-tablet", "kitchen-tablet (127.0.0.1:52114)", "speaking", 74.0, 3, 96),
-        _state("vr_front-desk", "front-desk (127.0.0.1:52160)", "listening", 12.0, 1, 104, errors=1),
+        _state("vr_kitchen-tablet", "kitchen-tablet (127.0.0.1:52114)", "speaking", 74.0, 3, 96, 0.0215),
+        _state("vr_front-desk", "front-desk (127.0.0.1:52160)", "listening", 12.0, 1, 104, 0.0061, errors=1),
     ]}),
     ("session_detail", {"session_id": "vr_kitchen-tablet", "transcripts": [
         {"role": "user", "text": "hello there"},
@@ -86,6 +88,11 @@ def talk_status() -> Any:
                       remaining_s=1712.0, recording="recordings/desk", recycles=0)
 
 
+#: what the session has cost so far (the demo talks to the embedded backend: an estimate)
+TALK_COST = {"model": "gpt-realtime", "usd": 0.0215, "estimate": True,
+             "note": "the embedded backend's usage figures are estimates (no model ran)"}
+
+
 def show_talk(view: Any) -> None:
     """Draw a fixed moment of a talk session through a :class:`~voicerelay.tui.talk_app.TuiView`."""
     view.banner(TALK_BANNER)
@@ -94,4 +101,4 @@ def show_talk(view: Any) -> None:
     view.line("          [interrupted: 1.9 s of 3.6 s heard]", "dim")
     for direction, event in TALK_EVENTS:
         view.event(direction, event)
-    view.show(talk_status())
+    view.show(talk_status(), TALK_COST)

@@ -9,12 +9,16 @@ import collections
 import dataclasses
 from typing import Any
 
+from ..cost import format_usd
+
 MAX_LINES = 500
 
 #: The session table's columns, in the order :meth:`MonitorState.row` fills them. ``node`` is the
-#: gateway node that holds the session (``serve --redis``); ``-`` on a single node.
-COLUMNS = ("session", "node", "client", "state", "duration", "queued audio", "dropped", "last latency", "errors",
-           "turns")
+#: gateway node that holds the session (``serve --redis``); ``-`` on a single node. ``cost`` is
+#: the session's so far (``~`` an estimate, ``unknown`` a model without prices), ``time left``
+#: what remains before the upstream's session cap.
+COLUMNS = ("session", "node", "client", "state", "duration", "time left", "cost", "queued audio", "dropped",
+           "last latency", "errors", "turns")
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,10 +87,28 @@ class MonitorState:
         latency = s.get("last_latency_ms")
         return (
             view.id, str(s.get("node") or "-"), str(s.get("client") or ""), _state_label(view),
-            f"{s.get('duration_s', 0):.0f} s", f"{queues.get('queued_audio_ms') or 0} ms",
-            f"{queues.get('dropped_audio_ms') or 0} ms", "-" if latency is None else f"{latency} ms",
-            str(s.get("errors", 0)), str(s.get("turns", 0)),
+            f"{s.get('duration_s', 0):.0f} s", time_left(s.get("session_remaining_s")), cost_cell(s.get("cost")),
+            f"{queues.get('queued_audio_ms') or 0} ms", f"{queues.get('dropped_audio_ms') or 0} ms",
+            "-" if latency is None else f"{latency} ms", str(s.get("errors", 0)), str(s.get("turns", 0)),
         )
+
+
+def cost_cell(cost: Any) -> str:
+    """``$0.0123``, ``~$0.0123`` (an estimate), ``unknown``, or ``-`` (a gateway that sends no cost)."""
+    if not isinstance(cost, dict) or "usd" not in cost:
+        return "-"
+    usd = cost["usd"]
+    if not isinstance(usd, (int, float)) or isinstance(usd, bool):
+        return "unknown"
+    return format_usd(float(usd), bool(cost.get("estimate")))
+
+
+def time_left(seconds: Any) -> str:
+    """Minutes and seconds before the session cap, ``-`` when there is none."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def _state_label(view: SessionView) -> str:

@@ -2,9 +2,10 @@
 
 The session is the same :func:`~voicerelay.talk.run_talk` as plain mode; :class:`TuiView` is
 the window it draws through (the :class:`~voicerelay.talk.View` protocol). Every tick (0.1 s)
-the view reads a :class:`~voicerelay.talk.TalkStatus` (plain data) and redraws the state, the
-microphone's level, the queues, the latencies and the usage; transcripts, notices and raw wire
-events arrive as they happen.
+the view reads a :class:`~voicerelay.talk.TalkStatus` (plain data) and the session's cost
+(:func:`voicerelay.cost.cost_state`), and redraws the state, the microphone's level, the queues,
+the latencies, the usage and the cost so far; transcripts, notices and raw wire events arrive as
+they happen.
 
 ``TalkApp(None)`` runs no session: it draws only what is handed to its view (screenshots,
 snapshot tests; see :mod:`voicerelay.tui.demo`).
@@ -17,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -28,6 +30,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from ..errors import VoiceRelayError
 from ..console import transcript_line
+from ..cost import cost_state, format_usd
 from ..talk import STATE_COLOURS
 from .events_view import EventLog, EventLogKeys
 
@@ -108,6 +111,21 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
+def cost_label(cost: Mapping[str, Any] | None) -> Text:
+    """The session's cost so far as the panel shows it: ``$0.0123``, ``~$0.0123 estimate``, or
+    ``unknown`` and why (a model the price table lacks, a table that cannot be used)."""
+    if not cost:
+        return Text("-", style="bold")
+    usd = cost.get("usd")
+    if usd is None:
+        note = str(cost.get("note") or "")
+        why = (f"{cost.get('model')} is not priced" if "not in the price table" in note
+               else "price table unusable" if note.startswith("price table") else "")
+        return Text.assemble(("unknown", "bold yellow"), (f" ({why})" if why else "", "yellow"))
+    return Text.assemble((format_usd(float(usd), bool(cost.get("estimate"))), "bold"),
+                         (" estimate" if cost.get("estimate") else "", "dim"))
+
+
 def _remaining(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -141,6 +159,8 @@ class TuiView:
     def __init__(self, app: TalkApp) -> None:
         self.app = app
         self.status: TalkStatus | None = None
+        self.cost: Mapping[str, Any] | None = None  # the session's cost so far (cost_state)
+        self._said = ""  # the price table's problem, once said
 
     def __enter__(self) -> TuiView:
         return self
@@ -165,17 +185,22 @@ class TuiView:
 
     def state(self, state: str) -> None:
         if self.status is not None:
-            self.show(dataclasses.replace(self.status, state=state))
+            self.show(dataclasses.replace(self.status, state=state), self.cost)
 
     def event(self, direction: str, event: Event) -> None:
         self.app.add_event(direction, event)
 
     def tick(self, talk: Talk) -> None:
-        self.show(talk.status())
+        cost = cost_state(talk.relay.session, talk.relay.spec)
+        note = str(cost.get("note") or "")
+        if cost["usd"] is None and note.startswith("price table") and note != self._said:
+            self._said = note  # a price table that cannot be used: said once, in full, in the conversation
+            self.line(f"cost unknown: {note}", "yellow")
+        self.show(talk.status(), cost)
 
-    def show(self, status: TalkStatus) -> None:
-        self.status = status
-        self.app.show_status(status)
+    def show(self, status: TalkStatus, cost: Mapping[str, Any] | None = None) -> None:
+        self.status, self.cost = status, cost
+        self.app.show_status(status, cost)
 
 
 class TalkApp(EventLogKeys, App[int]):
@@ -277,7 +302,7 @@ class TalkApp(EventLogKeys, App[int]):
             self._shown[widget_id] = content
             self.query_one(f"#{widget_id}", Static).update(content)
 
-    def show_status(self, s: TalkStatus) -> None:
+    def show_status(self, s: TalkStatus, cost: Mapping[str, Any] | None = None) -> None:
         if not self._drawable():
             return
         colour = STATE_COLOURS.get(s.state, "red")
@@ -306,6 +331,7 @@ class TalkApp(EventLogKeys, App[int]):
         self._update("session", Text.assemble(
             "tokens in ", (str(usage.get("input_tokens", 0)), "bold"), "  out ",
             (str(usage.get("output_tokens", 0)), "bold"), "  total ", (str(usage.get("total_tokens", 0)), "bold"),
+            "\ncost      ", cost_label(cost),
             "\nremaining ", (_remaining(s.remaining_s), "bold"), " to the session cap",
             "\nrecycled  ", (str(s.recycles), "bold"), " time" if s.recycles == 1 else " times"))
 
