@@ -54,6 +54,10 @@ def _worker_started(parent: int) -> None:
     threading.Thread(target=watch, name="orphan watch", daemon=True).start()
 
 
+def _worker_ready() -> bool:
+    return True
+
+
 def _transcribe_in_worker(pcm: bytes, extra_phrases: tuple[str, ...]) -> str:
     from .stt import recognizer_for
 
@@ -81,6 +85,25 @@ class Engines:
                     self.stt_processes, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_started, initargs=(os.getpid(),))
             return self._pool
+
+    def start_workers(self) -> None:
+        """Spawn every recognition worker now. Called from the main thread, Ctrl-C is ignored while
+        they are spawned, and a spawned process keeps an ignored signal ignored through its start-up:
+        a terminal's Ctrl-C, which reaches the whole process group, then never interrupts a worker
+        still importing its modules (the parent stops the pool). Elsewhere it only spawns them."""
+        if self.stt_processes == 0:
+            return
+        import signal
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            pool = self._stt_pool()
+            for _ in range(self.stt_processes):  # no worker is idle yet: each submission spawns one
+                pool.submit(_worker_ready)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def close(self) -> None:
         """Stop the recognition workers."""

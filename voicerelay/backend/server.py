@@ -177,6 +177,7 @@ class BackendServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
         if self._owns_engines:  # load the engines while the first session is still talking
+            self.engines.start_workers()  # (from this thread: see Engines.start_workers)
             self._warm = asyncio.ensure_future(asyncio.to_thread(self.engines.warm_up))
 
     async def close(self) -> None:
@@ -273,6 +274,7 @@ async def run(host: str, port: int, pace: float, max_session_seconds: float, rea
     try:
         async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
                                  engines=engines) as server:
+            engines.start_workers()  # (from the main thread: see Engines.start_workers)
             await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
             if ready is not None:
                 ready(server)
