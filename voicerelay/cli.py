@@ -169,6 +169,9 @@ def proxy(
              "such as SDKs, are not affected).", show_default=False)] = None,
     max_sessions: Annotated[int, typer.Option(metavar="N", help="Concurrent sessions at most (more get HTTP 503).",
                                               min=1)] = 100,
+    lint: Annotated[bool, typer.Option("--lint/--no-lint", help=(
+        "Check every session live against the protocol rules of [bold]voicerelay lint[/]: each finding is one "
+        "warning line, as soon as it is known."))] = True,
     log_level: LogLevel = "info",
 ) -> None:
     """Put voicerelay between any Realtime app and its server: every event forwarded unchanged, and recorded.
@@ -199,7 +202,8 @@ def proxy(
     try:
         asyncio.run(run(backend=backend, host=host, port=sock.getsockname()[1], token=token,
                         allow_origins=allow_origin or [], max_sessions=max_sessions,
-                        record=str(record) if record is not None else None, sock=sock, ready=ready))
+                        record=str(record) if record is not None else None, sock=sock, ready=ready,
+                        lint=lint))
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("stopped.")
     finally:

@@ -88,9 +88,10 @@ class Engines:
 
     def start_workers(self) -> None:
         """Spawn every recognition worker now. Called from the main thread, Ctrl-C is ignored while
-        they are spawned, and a spawned process keeps an ignored signal ignored through its start-up:
-        a terminal's Ctrl-C, which reaches the whole process group, then never interrupts a worker
-        still importing its modules (the parent stops the pool). Elsewhere it only spawns them."""
+        they are spawned (about 10 ms: call it before anything tells the user the program is up),
+        and a spawned process keeps an ignored signal ignored through its start-up: a terminal's
+        Ctrl-C, which reaches the whole process group, then never interrupts a worker still
+        importing its modules (the parent stops the pool). Elsewhere it only spawns them."""
         if self.stt_processes == 0:
             return
         import signal

@@ -172,12 +172,13 @@ class BackendServer:
         return f"ws://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
+        if self._owns_engines:
+            self.engines.start_workers()  # (first, from this thread: see Engines.start_workers)
         self._server = await serve(self._handle, self.host, self.port, process_request=self._check_path,
                                    max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
         if self._owns_engines:  # load the engines while the first session is still talking
-            self.engines.start_workers()  # (from this thread: see Engines.start_workers)
             self._warm = asyncio.ensure_future(asyncio.to_thread(self.engines.warm_up))
 
     async def close(self) -> None:
@@ -272,9 +273,9 @@ async def run(host: str, port: int, pace: float, max_session_seconds: float, rea
     with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM ends it like Ctrl-C
         loop.add_signal_handler(signal.SIGTERM, lambda: main.cancel() if main else None)
     try:
+        engines.start_workers()  # first, from the main thread: see Engines.start_workers
         async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
                                  engines=engines) as server:
-            engines.start_workers()  # (from the main thread: see Engines.start_workers)
             await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
             if ready is not None:
                 ready(server)

@@ -281,7 +281,8 @@ def _address(address: Any) -> str:
 
 
 async def run(*, backend: str | None, host: str, port: int, token: str | None, allow_origins: Sequence[str],
-              max_sessions: int, record: str | None, sock: Any = None, ready: Any = None) -> None:
+              max_sessions: int, record: str | None, sock: Any = None, ready: Any = None,
+              lint: bool = True) -> None:
     """Run a proxy until cancelled (the ``voicerelay proxy`` command): resolve ``--backend`` (an
     embedded backend is started here), record if asked, serve."""
     import os
@@ -303,6 +304,10 @@ async def run(*, backend: str | None, host: str, port: int, token: str | None, a
         else:
             base = urlunsplit(urlsplit(upstream.spec.url)._replace(query=""))
         observers: list[Observer] = []
+        if lint:
+            from .lint import LiveLint
+
+            observers.append(LiveLint())
         if record is not None:
             from .record import Recordings
 
