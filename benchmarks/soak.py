@@ -24,11 +24,12 @@ Processes (each its own, so that each can be killed alone and none shares a GIL)
   browser that vanishes and the one that freezes) in a process each. A session that gets
   ``session_ended`` starts a new one a second later, as a page would.
 
-Faults, at fractions of the run: the backend SIGKILLed (``restart``, at 15 %: its recognition
-workers are counted 5 s later) and started again; a browser SIGKILLed while it speaks
-(``vanish``, 35 %: the kernel closes its TCP connection, no Socket.IO disconnect is sent); a
-burst of malformed events from one crowd session (``burst``, 50 %); a browser SIGSTOPped while
-it speaks (``freeze``, 60 %: it stops reading; held until its upstream closes or 90 s).
+Faults, at fractions of the run: the backend SIGKILLed (``restart``, from 15 %, once a crowd
+session has heard a reply for 0.4 s; its recognition workers are counted 5 s later) and started
+again on the same port; a browser SIGKILLed while it speaks (``vanish``, 35 %: the kernel closes
+its TCP connection, no Socket.IO disconnect is sent); a burst of malformed events from one crowd
+session (``burst``, 50 %); a browser SIGSTOPped while it speaks (``freeze``, 60 %: it stops
+reading; held until its upstream closes, 90 s, or 10 s before the end).
 
 Printed: per fault, what the affected sessions saw and when, and whether any neighbour saw an
 ``error`` or ``session_ended``; for the whole run, chunks sent vs counted at the backend (lost,
@@ -128,6 +129,15 @@ def read_mark(audio_b64: str) -> tuple[int, int] | None:
     if word >> 48 != MAGIC:
         return None
     return (word >> 32) & 0xFFFF, word & 0xFFFFFFFF
+
+
+def _process_kind(pid: int) -> str:
+    """``spawn`` (a pool worker) or ``resource_tracker``, from a child's command line."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    return "resource_tracker" if "resource_tracker" in cmd else "spawn" if "spawn_main" in cmd else cmd[:60]
 
 
 def free_port() -> int:
@@ -278,6 +288,8 @@ class Browser:
         now = time.time()
         if name == "audio_delta":
             self.events.append((now, name, None))
+            if self.speaking_file:  # the run kills the backend while this reply streams
+                Path(self.speaking_file + ".reply").write_text(str(now))
             return
         brief = data if name in ("error", "session_ended", "user_transcript") else None
         self.events.append((now, name, brief))
@@ -454,6 +466,26 @@ class Run:
             time.sleep(0.02)
         return time.time()
 
+    @staticmethod
+    def when_replying(flag: Path, after: float, timeout: float = 30) -> float:
+        """Wait until a reply has been streaming to the browser for 0.4 s (audio_delta still arriving)."""
+        deadline = time.time() + timeout
+        first = None
+        while time.time() < deadline:
+            try:
+                last = float(flag.read_text())
+            except (OSError, ValueError):
+                last = 0.0
+            now = time.time()
+            if last >= after and now - last < 0.25:
+                first = first or last
+                if now - first >= 0.4:
+                    return now
+            else:
+                first = None
+            time.sleep(0.02)
+        return time.time()
+
     def conn_events(self) -> list[tuple[float, int, int, str, list[str]]]:
         out = []
         for line in (self.dir / "backend.log").read_text().splitlines():
@@ -514,8 +546,9 @@ class Run:
             at(when)
             if fault == "restart":
                 assert crowd_flag is not None
-                self.when_speaking(crowd_flag, time.time(), then=3.6)
+                self.when_replying(Path(str(crowd_flag) + ".reply"), time.time())
                 workers = [p for p in children_of(backend.pid) if alive(p)]
+                kinds = [_process_kind(p) for p in workers]
                 kill_t = time.time()
                 backend.kill()
                 backend.wait()
@@ -524,7 +557,8 @@ class Run:
                 time.sleep(max(0.0, kill_t + 5 - time.time()))
                 left = [p for p in workers if alive(p)]
                 rep["faults"]["restart"] = {"t": kill_t - t0, "back_after_s": backend_started - kill_t,
-                                            "workers_before_kill": len(workers), "workers_left_after_5s": len(left)}
+                                            "workers_before_kill": len(workers), "workers_left_after_5s": len(left),
+                                            "worker_kinds": kinds}
                 for p in left:
                     os.kill(p, signal.SIGKILL)
             elif fault == "vanish":
@@ -687,7 +721,8 @@ def print_report(rep: dict[str, Any]) -> None:
         replies = [s["first_reply_after_backend_back_s"] for s in per if s["first_reply_after_backend_back_s"] is not None]
         codes = sorted({c for s in per for c in s["error_codes"]})
         p(f"\n[restart] backend SIGKILLed at {r['t']:.1f} s, back after {r['back_after_s']:.1f} s; "
-          f"recognition workers before: {r['workers_before_kill']}, left 5 s after the kill: {r['workers_left_after_5s']}")
+          f"its child processes ({', '.join(r['worker_kinds'])}): {r['workers_before_kill']}, left 5 s after the kill: "
+          f"{r['workers_left_after_5s']}")
         p(f"  {sum(s['mid_response'] for s in per)}/{len(per)} sessions mid-response; got an error: {len(errs)} "
           f"(after {_span(errs)}; codes {codes}); session_ended: {len(ended)} (after {_span(ended)}); "
           f"a reply after the backend was back: {len(replies)} (after {_span(replies)})")
