@@ -684,7 +684,16 @@ class Run:
                     back = start + info["back_after_s"]
                     reply = next((t - back for t, n, _ in evs if t >= back and n == "response_complete"), None)
                     codes = sorted({(b or {}).get("code", "?") for t, n, b in evs if start <= t <= window and n == "error"})
-                    per.append({"session": r["number"], "mid_response": mid, "error_after_s": err,
+                    ends = [(t - start, n) for t, n, _ in evs if t >= start and n in ("response_complete", "interrupted")]
+                    finals = [(t, (b or {}).get("text")) for t, n, b in evs
+                              if n == "user_transcript" and (b or {}).get("final")]
+                    before = [x for t, x in finals if t < start]
+                    after = [x for t, x in finals if t >= start]
+                    per.append({"session": r["number"], "mid_response": mid,
+                                "cut_reply_ended_after_s": ends[0][0] if mid and ends else None,
+                                "cut_reply_ended_as": ends[0][1] if mid and ends else None,
+                                "utterance_heard_again": bool(before and after and before[-1] == after[0]),
+                                "error_after_s": err,
                                 "session_ended_after_s": ended, "first_reply_after_backend_back_s": reply,
                                 "error_codes": codes})
                 info["sessions"] = per
@@ -726,6 +735,10 @@ def print_report(rep: dict[str, Any]) -> None:
         p(f"  {sum(s['mid_response'] for s in per)}/{len(per)} sessions mid-response; got an error: {len(errs)} "
           f"(after {_span(errs)}; codes {codes}); session_ended: {len(ended)} (after {_span(ended)}); "
           f"a reply after the backend was back: {len(replies)} (after {_span(replies)})")
+        cut = [s["cut_reply_ended_after_s"] for s in per if s["cut_reply_ended_after_s"] is not None]
+        kinds = sorted({s["cut_reply_ended_as"] for s in per if s["cut_reply_ended_as"]})
+        p(f"  the cut reply ended for the browser after {_span(cut)} (as {kinds}); the utterance before the kill "
+          f"transcribed and answered again after it: {sum(s['utterance_heard_again'] for s in per)}/{len(per)} sessions")
     if "vanish" in f:
         v = f["vanish"]
         closed = v["upstream_closed_after_s"]
