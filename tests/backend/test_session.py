@@ -527,3 +527,60 @@ def test_a_synthesis_failure_fails_the_response_and_frees_the_conversation() -> 
     assert done["response"]["status_details"]["error"]["code"] == "embedded_backend_error"
     assert session.active_response is None
     assert types(session.handle({"type": "response.create"}))[0] == "response.created"
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def talk_turns(session: ServerSession, turns: int, ms: int = 2000) -> list[str]:
+    """``turns`` committed user turns of ``ms`` each, transcribed and answered in text."""
+    ids = []
+    for n in range(turns):
+        session.handle(append(ms, n % 1000 + 1))
+        effects = session.handle({"type": "input_audio_buffer.commit"})
+        (job,) = jobs(effects, Transcribe)
+        session.transcribed(job.item_id, "what is your name")
+        ids.append(job.item_id)
+        done = session.handle({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        assert types(done)[-1] == "response.done"
+    return ids
+
+
+def test_a_long_session_holds_bounded_audio_and_items() -> None:
+    """600 turns of 2 s (20 minutes of speech): what the session holds stops growing after the first few."""
+    from voicerelay.backend.session import KEEP_AUDIO_BYTES, KEEP_AUDIO_ITEMS, MAX_ITEMS
+
+    session = new_session()
+    update(session, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    talk_turns(session, 20)
+    early = session.held_bytes
+    ids = talk_turns(session, 580)
+    assert session.held_bytes <= min(KEEP_AUDIO_ITEMS * 2000 * BYTES_PER_MS, KEEP_AUDIO_BYTES)
+    assert session.held_bytes == early  # flat: the same 8 turns' worth
+    assert len(session.items) == len(session.order) == MAX_ITEMS
+    # the newest items' audio is still retrievable, an older one keeps its transcript and loses its audio
+    newest = sent(session.handle({"type": "conversation.item.retrieve", "item_id": ids[-1]}))[0]["item"]
+    assert base64.b64decode(newest["content"][0]["audio"]) == pcm(2000, 580)  # the last of the 580: value 580
+    older = sent(session.handle({"type": "conversation.item.retrieve", "item_id": ids[-KEEP_AUDIO_ITEMS - 1]}))
+    assert "audio" not in older[0]["item"]["content"][0]
+    assert older[0]["item"]["content"][0]["transcript"] == "what is your name"
+    # the oldest left the conversation, like any unknown item
+    assert error_of(session.handle({"type": "conversation.item.retrieve", "item_id": ids[0]}))["param"] == "item_id"
+
+
+def test_usage_still_counts_the_audio_of_items_whose_audio_was_dropped() -> None:
+    session = new_session()
+    talk_turns(session, 12, ms=1000)
+    effects = session.handle({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    usage = sent(effects)[-1]["response"]["usage"]
+    assert usage["input_token_details"]["audio_tokens"] == 12 * 10  # 10 tokens per second of audio in
+
+
+def test_a_big_turn_does_not_keep_the_older_turns_audio_beyond_the_byte_bound() -> None:
+    from voicerelay.backend.session import KEEP_AUDIO_BYTES
+
+    session = new_session()
+    talk_turns(session, 3, ms=30_000)  # 3 × 1.4 MB
+    assert session.held_bytes <= KEEP_AUDIO_BYTES
+    talk_turns(session, 1, ms=100_000)  # one turn above the bound on its own: kept alone
+    assert session.held_bytes == 100_000 * BYTES_PER_MS

@@ -33,6 +33,29 @@ barge-in have something to interrupt.
 Bad client input never raises out of :meth:`ServerSession.handle`: it becomes an ``error``
 event with OpenAI's code, and the session goes on. What ``session.update`` may say lives in
 ``session_config.py``; the envelope of each event was checked by ``validate.py`` before.
+
+Memory: nothing grows with the length of a session
+--------------------------------------------------
+A session may last OpenAI's 60 minutes of continuous talk, so what it holds is bounded, not
+proportional to the turns so far (it used to keep every committed turn's audio: 0.44 MB/s of
+backend growth at 20 talking sessions):
+
+- **User audio** is kept for ``conversation.item.retrieve`` only for the newest
+  ``KEEP_AUDIO_ITEMS`` user audio items, and while their sum stays under ``KEEP_AUDIO_BYTES`` (the
+  newest item's audio is always kept). An older item keeps its transcript, and retrieving it
+  returns the item with ``transcript`` and no ``audio`` field, the shape of the ``conversation.item.*``
+  events (the protocol reference says only that ``retrieved`` "includes audio"; OpenAI does not
+  document what it returns for audio it no longer holds, so this is our choice). Its duration is
+  still counted in usage.
+- **Items**: at most ``MAX_ITEMS`` in the conversation. Beyond that the oldest leave it, as
+  OpenAI's ``truncation: "auto"`` drops the oldest items from a full context; retrieving,
+  deleting or inserting after one is then ``invalid_value`` "not found", as for any unknown item.
+  Their per-item books (transcript, assistant audio length, input duration) go with them.
+- The input buffer is trimmed outside speech (``_trim_buffer``), and a response's synthesized
+  audio is dropped when the response ends.
+
+:attr:`ServerSession.held_bytes` reports the audio held; ``tests/backend/test_session.py`` feeds
+hundreds of turns and checks it stays under the bound.
 """
 
 from __future__ import annotations
@@ -55,6 +78,9 @@ log = logging.getLogger(__name__)
 CHUNK_MS = 100  # audio per output delta
 STT_TAIL_MS = 150  # audio after the end of speech that the recogniser still hears
 MIN_COMMIT_MS = 100
+KEEP_AUDIO_ITEMS = 8  # user audio items whose audio conversation.item.retrieve still returns
+KEEP_AUDIO_BYTES = 4 * 1024 * 1024  # ... while their audio stays under this (about 87 s)
+MAX_ITEMS = 500  # items in the conversation; the oldest leave it beyond this
 
 
 # ------------------------------------------------------------------------------------ effects
@@ -156,7 +182,8 @@ class ServerSession:
         self.conversation_id = new_id("conv")
         self.items: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
-        self._user_audio: dict[str, bytes] = {}
+        self._user_audio: dict[str, bytes] = {}  # the newest user audio items' audio (bounded: see the module doc)
+        self._input_ms: dict[str, float] = {}  # user audio item -> its duration (usage), while it is in the conversation
         self._assistant_ms: dict[str, int] = {}
         self._transcripts: dict[str, str | None] = {}  # committed item -> its transcript (None: pending)
         self._heard_bytes: dict[str, int] = {}  # committed item -> bytes sent to the recogniser (pending)
@@ -177,6 +204,12 @@ class ServerSession:
     def buffered_ms(self) -> float:
         """Audio in the input buffer, in ms."""
         return len(self._buffer) / BYTES_PER_MS
+
+    @property
+    def held_bytes(self) -> int:
+        """Audio this session holds: the input buffer, the kept user audio and replies being streamed."""
+        streams = sum(len(r.stream.audio) for r in self._responses.values() if r.stream is not None)
+        return len(self._buffer) + sum(len(a) for a in self._user_audio.values()) + streams
 
     @property
     def active_response(self) -> str | None:
@@ -232,11 +265,13 @@ class ServerSession:
             for delta in responder.stream_words(text):
                 self._emit(out, {"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                                  "content_index": 0, "delta": delta})
-            audio_len = len(self._user_audio[item_id]) if item_id in self._user_audio else heard_len
+            audio_ms = self._input_ms.get(item_id, heard_len / BYTES_PER_MS)
             self._emit(out, {"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
                              "content_index": 0, "transcript": text,  # usage counts the whole committed item
-                             "usage": {"type": "duration", "seconds": round(audio_len / BYTES_PER_MS / 1000, 3)}})
+                             "usage": {"type": "duration", "seconds": round(audio_ms / 1000, 3)}})
         self._resume_waiting(item_id, out)
+        if item_id not in self.items:  # deleted or truncated away while it was recognised
+            self._transcripts.pop(item_id, None)
         return out
 
     def transcription_failed(self, item_id: str, message: str) -> list[Effect]:
@@ -249,6 +284,8 @@ class ServerSession:
                              "content_index": 0, "error": {"type": "server_error", "code": "transcription_failed",
                                                            "message": message, "param": None}})
         self._resume_waiting(item_id, out)
+        if item_id not in self.items:
+            self._transcripts.pop(item_id, None)
         return out
 
     def synthesized(self, response_id: str, pcm: bytes) -> list[Effect]:
@@ -286,7 +323,7 @@ class ServerSession:
         self._emit(out, {"type": "response.output_audio.delta", **s.common,
                          "delta": base64.b64encode(chunk).decode()})
         s.sent_ms += len(chunk) // BYTES_PER_MS
-        if run.in_band:
+        if run.in_band and s.item["id"] in self.items:
             self._assistant_ms[s.item["id"]] = s.sent_ms
         upto = round((n + 1) * len(s.words) / s.chunks)
         for word in s.words[len(s.sent_words):upto]:
@@ -401,12 +438,21 @@ class ServerSession:
                 "content": [{"type": "input_audio", "transcript": None}]}
         self._add_item(item)
         self._user_audio[item_id] = audio
+        self._input_ms[item_id] = len(audio) / BYTES_PER_MS
+        self._forget_old_audio()
         self._transcripts[item_id] = None
         self._heard_bytes[item_id] = len(heard)
         self._emit(out, {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         self._announce_item(item, previous, out)
         phrases = tuple(f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools)
         out.append(Transcribe(item_id, heard, phrases))
+
+    def _forget_old_audio(self) -> None:
+        """Keep the audio of the newest user items only (see the module doc); dicts keep insertion order."""
+        held = sum(len(a) for a in self._user_audio.values())
+        while len(self._user_audio) > KEEP_AUDIO_ITEMS or (held > KEEP_AUDIO_BYTES and len(self._user_audio) > 1):
+            oldest = next(iter(self._user_audio))
+            held -= len(self._user_audio.pop(oldest))
 
     # ----------------------------------------------------------------------------- items
 
@@ -418,6 +464,18 @@ class ServerSession:
             self.order.insert(0, item["id"])
         else:
             self.order.insert(self.order.index(previous_item_id) + 1, item["id"])
+        while len(self.order) > MAX_ITEMS:  # the oldest leave a full conversation (truncation "auto")
+            self._forget_item(self.order[0] if self.order[0] != item["id"] else self.order[1])
+
+    def _forget_item(self, item_id: str) -> None:
+        """An item leaves the conversation, with everything kept about it."""
+        self.items.pop(item_id, None)
+        self.order.remove(item_id)
+        self._user_audio.pop(item_id, None)
+        self._input_ms.pop(item_id, None)
+        self._assistant_ms.pop(item_id, None)
+        if self._transcripts.get(item_id, "") is not None:  # a pending transcript is still awaited
+            self._transcripts.pop(item_id, None)
 
     def _announce_item(self, item: dict[str, Any], previous: str | None, out: list[Effect]) -> None:
         self._emit(out, {"type": "conversation.item.added", "previous_item_id": previous,
@@ -446,9 +504,7 @@ class ServerSession:
         item_id = event["item_id"]
         if item_id not in self.items:
             raise EventError("invalid_value", f"Item with id '{item_id}' not found.", "item_id")
-        del self.items[item_id]
-        self.order.remove(item_id)
-        self._user_audio.pop(item_id, None)
+        self._forget_item(item_id)
         self._emit(out, {"type": "conversation.item.deleted", "item_id": item_id})
 
     def _on_conversation_item_retrieve(self, event: Event, out: list[Effect]) -> None:
@@ -706,7 +762,7 @@ class ServerSession:
     def _usage(self, out_words: int, out_ms: int) -> dict[str, Any]:
         """Token usage in OpenAI's shape. There is no model here, so these are estimates at
         OpenAI's published rates: 10 audio tokens a second in, 20 out, about a token a word."""
-        audio_in = int(sum(len(a) for a in self._user_audio.values()) / BYTES_PER_MS / 100)
+        audio_in = int(sum(self._input_ms.values()) / 100)
         text_in = sum(len(responder.words(str(i.get("content", "")))) for i in self.items.values()) // 2
         audio_out, text_out = out_ms // 50, out_words
         return {"total_tokens": audio_in + text_in + audio_out + text_out, "input_tokens": audio_in + text_in,
