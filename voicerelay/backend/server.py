@@ -189,7 +189,7 @@ class BackendServer:
         if self._owns_engines:
             warm = getattr(self, "_warm", None)
             if warm is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # a failed warm-up was the first session's problem, not ours now
                     await warm
             await asyncio.to_thread(self.engines.close)
 

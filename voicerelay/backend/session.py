@@ -572,7 +572,7 @@ class ServerSession:
         """Run one step of a response; a failure of ours ends it as ``failed``, not the session."""
         try:
             step()
-        except Exception as exc:
+        except Exception as exc:  # any bug of ours in a step: that response fails, the session goes on
             log.exception("response %s failed", run.id)
             self._fail(run, str(exc), out)
 

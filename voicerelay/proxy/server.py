@@ -218,7 +218,7 @@ class ProxyServer:
         finally:
             if session.end is None:  # (cancelled: the proxy is stopping)
                 session.end = SessionEnd(session.id, "proxy", 1001, "proxy stopping", time.monotonic())
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
                     await upstream.close(1001)
             self._admitted -= 1
             del self.sessions[session.id]

@@ -115,7 +115,7 @@ class InspectApp(EventLogKeys, App[None]):
                 return
             except (socketio.exceptions.ConnectionError, TimeoutError) as exc:
                 timed_out = isinstance(exc, TimeoutError)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(socketio.exceptions.SocketIOError, OSError):
                 await self.sio.disconnect()  # what an interrupted attempt left open
             self.problem, self.token_problem = await self._why(timed_out)
             self._status()

@@ -418,7 +418,7 @@ class ViewLogHandler(logging.Handler):
         self.early.clear()
 
     def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a log handler must never raise into the code that logged
             message = f"{record.levelname.lower()}: {record.getMessage()}"
             style = "dim" if record.levelno < logging.WARNING else "yellow" if record.levelno < logging.ERROR else "red"
             if self.loop is None:
