@@ -195,27 +195,18 @@ async def test_ctrl_c_on_serve_ends_the_sessions_and_leaves_no_worker_traceback(
     import asyncio
 
     from .gateway.conftest import Browser
+    from .gateway.test_serve_cli import serving_cli
 
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    env.pop("OPENAI_API_KEY", None)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0",
-                                                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
-    assert proc.stderr is not None
-    url = None
-    async with asyncio.timeout(30):
-        while url is None:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "serve exited early"
-            match = re.search(r"voicerelay gateway on (http://127\.0\.0\.1:\d+)", line)
-            url = match and match.group(1)
-    browser = await Browser().connect(url)
-    await browser.start()  # the embedded backend starts: its workers are spawned and still starting up
-    workers = [pid for pid in _children(proc.pid)]
-    await asyncio.sleep(0.4)  # they are importing numpy and pocketsphinx now
-    os.killpg(proc.pid, 2)  # a terminal's Ctrl-C to the whole process group
-    assert (await browser.wait_for("session_ended", timeout=10))["status"] == "shutdown"
-    assert await asyncio.wait_for(proc.wait(), 15) in (0, 130)
-    await browser.close()
-    rest = (await proc.stderr.read()).decode()
+    async with serving_cli(own_group=True) as (proc, url):
+        assert proc.stderr is not None
+        browser = await Browser().connect(url)
+        await browser.start()  # the embedded backend starts: its workers are spawned and still starting up
+        workers = [pid for pid in _children(proc.pid)]
+        await asyncio.sleep(0.4)  # they are importing numpy and pocketsphinx now
+        os.killpg(proc.pid, 2)  # a terminal's Ctrl-C to the whole process group
+        assert (await browser.wait_for("session_ended", timeout=10))["status"] == "shutdown"
+        assert await asyncio.wait_for(proc.wait(), 15) in (0, 130)
+        await browser.close()
+        rest = (await proc.stderr.read()).decode()
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     assert _wait_gone(workers) == []

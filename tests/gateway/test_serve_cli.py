@@ -59,12 +59,13 @@ def test_a_bad_toml_value_names_the_key(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving_cli(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``voicerelay serve --port 0 ARGS`` as a subprocess; yields it and its URL (read from its log)."""
+async def serving_cli(*args: str, own_group: bool = False) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``voicerelay serve --port 0 ARGS`` as a subprocess; yields it and its URL (read from its log).
+    ``own_group``: in a process group of its own, as a terminal runs it (for Ctrl-C to the group)."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     env.pop("OPENAI_API_KEY", None)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voicerelay", "serve", "--port", "0", *args,
-                                                stderr=asyncio.subprocess.PIPE, env=env)
+                                                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=own_group)
     assert proc.stderr is not None
     try:
         url = None
