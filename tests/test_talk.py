@@ -271,7 +271,7 @@ def test_devices_lists_the_rig(rig: audio_rig.AudioRig) -> None:
     (["--input-device", "no such mic"], "no input device matches 'no such mic'; input devices: 0 'pulse', 1 'default'"),
     (["--output-device", "UL"], "'UL' matches several output devices: 0 'pulse', 1 'default'; give its index"),
     (["--input-device", "7"], "no input device has index 7"),
-    (["--duplex", "quarter"], "--duplex must be full or half"),
+    (["--duplex", "quarter"], "--duplex must be auto, full or half"),
 ], ids=["unknown name", "ambiguous name", "unknown index", "bad duplex"])
 def test_bad_device_options_are_one_line(rig: audio_rig.AudioRig, args: list[str], message: str) -> None:
     code, err, _ = cli("talk", *args, env=_env(rig))
@@ -331,3 +331,76 @@ def test_recording_into_a_used_folder_is_refused(rig: audio_rig.AudioRig, tmp_pa
     (tmp_path / "session.jsonl").write_text("")
     code, err, _ = cli("talk", "--record", str(tmp_path), env=_env(rig))
     assert code == 2 and len(err) == 1 and "already holds a recorded session" in err[0], err
+
+
+# ---------------------------------------------------------------------- echo: laptop speakers on the rig
+#
+# ``rig.echo()`` feeds what the speakers play back into the microphone at -6 dB after 30 ms, as
+# laptop speakers do. The assistant's own voice then reaches server VAD: without cancellation it
+# interrupts itself; with it (``--duplex auto``, the default), it must not, and a real voice must
+# still cut it off at what the speakers played.
+
+ECHO_REPLIES = 3
+
+
+async def self_interruptions(rig: audio_rig.AudioRig, backend: BackendServer, replies: int, *args: str
+                             ) -> tuple[int, list[str]]:
+    """Ask for ``replies`` long replies by typing (nobody speaks) with the echo on; how many times
+    the assistant cut itself off or answered a turn nobody said, and the lines.
+
+    Each reply gets until it is played out (``[listening]``) or 8 s: without cancellation the
+    echo sets off a loop of turns that never goes back to listening."""
+    with rig.echo():
+        async with talking(rig, backend, "--text", *args) as talker:
+            seen = 0
+            for _ in range(replies):
+                await talker.type("what can you do")
+                seen = await talker.expect(r"^\s+user  what can you do$", seen)
+                seen = await talker.expect(r"\[speaking\]", seen)
+                try:
+                    seen = await talker.expect(r"\[listening\]", seen, timeout=8)
+                except AssertionError:
+                    seen = len(talker.lines)
+                await asyncio.sleep(0.5)  # the echo's tail, and anything it sets off
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines
+    cut = [line for line in talker.lines
+           if "[interrupted" in line or (re.match(r"^\s+user  ", line) and "what can you do" not in line)]
+    return len(cut), talker.lines
+
+
+async def test_echo_cancellation_stops_the_assistant_interrupting_itself(rig: audio_rig.AudioRig,
+                                                                          backend: BackendServer) -> None:
+    without, lines = await self_interruptions(rig, backend, 1, "--duplex", "full")
+    print(f"self-interruptions: without cancellation {without} over 1 reply")
+    assert without >= 1, "\n".join(lines)  # the rig does reproduce the problem
+    with_aec, lines = await self_interruptions(rig, backend, ECHO_REPLIES)  # --duplex auto, the default
+    print(f"... with cancellation {with_aec} over {ECHO_REPLIES} replies")
+    assert any("echo cancellation (webrtc)" in line for line in lines), lines
+    assert with_aec == 0, "\n".join(lines)
+
+
+async def test_barge_in_through_the_echo_truncates_at_what_the_speakers_played(
+        rig: audio_rig.AudioRig, backend: BackendServer, tmp_path: Path) -> None:
+    capture = tmp_path / "speaker.wav"
+    folder = tmp_path / "rec"
+    with rig.echo():
+        async with speaker_capture(rig, capture), talking(rig, backend, "--text", "--record", str(folder)) as talker:
+            await talker.type("what can you do")
+            seen = await talker.expect(r"^assistant  I can greet you")  # a 4 s reply, now playing
+            await asyncio.sleep(1.0)
+            await say(rig, "hello_there")  # speech over the reply and its echo
+            seen = await talker.expect(r"\[interrupted: \d+\.\d s of 4\.\d s heard\]", seen)
+            await talker.expect(r"^\s+user  hello there$", seen)
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines
+    events = recorded_events(folder)
+    truncates = [e for e in events if e["type"] == "conversation.item.truncate"]
+    assert len(truncates) == 1, truncates
+    reply = reply_audio(folder, truncates[0]["item_id"])
+    heard, _ = soundfile.read(capture, dtype="int16")
+    at_least, at_most = heard_extent_ms(heard, reply)
+    end = truncates[0]["audio_end_ms"]
+    print(f"truncate audio_end_ms={end}, the speakers played {at_least:.0f}-{at_most:.0f} ms of {reply.size / 24:.0f} ms")
+    assert 500 < at_least < reply.size / 24 - 1000
+    assert at_least - 60 <= end <= at_most + 60
