@@ -237,6 +237,8 @@ class SpeakerPlayback:
         return self.buffer.received_ms(item_id)
 
     def played_ms(self, item_id: str) -> int:
+        if self.keep_running:  # stop() lets the device play out what it holds: that is heard too
+            return self.buffer.handed_ms(item_id)
         return self.buffer.played_ms(item_id)  # the output stream's position, less what is in the device
 
     def pending_ms(self) -> float:

@@ -57,12 +57,13 @@ LEAD = SAMPLE_RATE * 40 // 1000
 #: the echo lags its reference by the lead plus the room), and the bounds.
 GATE_HISTORY_FRAMES = 20
 ONSET_FRAMES = 15
-GATE_BELOW_NEAR_DB = 15.0
 GATE_BELOW_FAR_DB = 25.0
 GATE_ONSET_DB = 3.0
 #: When the canceller counts as converged (see :attr:`EchoPath.converged`).
 CONVERGED_FRAMES = 30
 CONVERGED_ERLE_DB = 20.0
+#: ... or the microphone hears the far end this far down: no echo to learn (headphones).
+NO_ECHO_DB = 30.0
 #: A reported capture or playing time further than this from the stream's own timeline is a gap.
 MAX_JITTER_S = 0.02
 #: The microphone's timeline is moved when the reported times drift this far away on average (two
@@ -218,7 +219,8 @@ class EchoStats:
     gated: int = 0  # frames the residual echo gate silenced
     relearns: int = 0  # times a gap in a stream made the canceller learn the delay again
     erle_near: float = 0.0  # energy in and out while the far end sounds (for ERLE)
-    erle_out: float = 0.0
+    erle_out: float = 0.0  # the canceller's output
+    erle_gated_out: float = 0.0  # ... after the residual echo gate (what goes upstream)
 
     @property
     def erle_db(self) -> float | None:
@@ -226,6 +228,14 @@ class EchoStats:
         if self.erle_near <= 0 or self.erle_out <= 0:
             return None
         return 10 * math.log10(self.erle_near / self.erle_out)
+
+    @property
+    def erle_gated_db(self) -> float | None:
+        """ERLE of what goes upstream (the gate's silence counts as a tiny floor, not as nothing)."""
+        if self.erle_near <= 0:
+            return None
+        floor = self.frames * FRAME * 1.0  # +-1 LSB per sample, over the frames processed
+        return 10 * math.log10(self.erle_near / max(self.erle_gated_out, floor))
 
     @property
     def cpu_per_audio_s(self) -> float:
@@ -250,18 +260,23 @@ class EchoPath:
         self.out_rate = out_rate
         self.stats = EchoStats()
         #: The canceller has learnt the echo path: over the last ``CONVERGED_FRAMES`` frames where
-        #: the far end sounded, it took ``CONVERGED_ERLE_DB`` out. Until then the assistant's
+        #: the far end sounded, it took ``CONVERGED_ERLE_DB`` out (or the microphone heard the far
+        #: end ``NO_ECHO_DB`` down: nothing to learn). Until then the assistant's
         #: first words leak through (``talk`` keeps the microphone muted while it speaks).
         self.converged = False
-        #: The residual echo gate (on by default): while the far end sounds, a frame the canceller
-        #: took most of the microphone out of, or far below the far end, or at an onset of the far
-        #: end (where a canceller lags for a frame or two) is the echo's residue: silence is sent
-        #: instead. A voice detector hears a residue 40-80 dB down as speech (webrtcvad does:
+        #: The residual echo gate (on by default): while the far end sounds, a frame far below the
+        #: far end, or at an onset of the far end (where a canceller lags for a frame or two) a frame
+        #: the canceller took much out of, is the echo's residue: silence is sent instead. A voice detector hears a residue 40-80 dB down as speech (webrtcvad does:
         #: one 20 ms frame and its hangover start a turn); a person speaking over the assistant
         #: is well above these bounds.
         self.gate = gate
+        #: The microphone hears the far end ``NO_ECHO_DB`` down or less (headphones): its frames go
+        #: up as they are. A canceller that has no echo to learn stays in its cautious first state
+        #: and eats the start of a voice over the far end (AEC3 does: half the frames of "hello"
+        #: 10 dB down). Measured with convergence; measured again after a gap (:meth:`relearn`).
+        self.echo_free = False
         self._far_levels: collections.deque[float] = collections.deque(maxlen=GATE_HISTORY_FRAMES)
-        self._learning: collections.deque[tuple[float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
+        self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
         self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
         self._written = None  # absolute 24 kHz index the ring is written up to (exclusive)
@@ -276,7 +291,7 @@ class EchoPath:
 
     def relearn(self) -> None:
         """The echo's delay changed (a gap in either stream): not converged until it is learnt again."""
-        self.converged = False
+        self.converged = self.echo_free = False
         self._learning.clear()
         self.stats.relearns += 1
 
@@ -295,6 +310,7 @@ class EchoPath:
     def near(self, frames: list[bytes], adc_time: float) -> list[bytes]:
         """24 kHz microphone frames (any length, multiples of 10 ms best) whose first sample was
         captured at ``adc_time``: the same frames with the echo taken out."""
+        started = time.thread_time()
         self._drain_far()
         pcm = np.frombuffer(b"".join(frames), dtype=_PCM16)
         # the microphone's timeline stays contiguous: the callbacks' capture times jitter by
@@ -317,18 +333,20 @@ class EchoPath:
         data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
         out = np.empty_like(data)
         stats = self.stats
-        started = time.thread_time()
         whole = data.size - data.size % FRAME
         near_e = out_e = echo_e = far_e = 0.0
         for i in range(0, whole, FRAME):
             near = data[i:i + FRAME]
             far = self._far_at(self._near_index + i + LEAD)
             cleaned = self.engine.process(near, far)
+            if self.echo_free:  # nothing to cancel: the microphone as it is (see echo_free)
+                cleaned = near
             n = near.astype(np.float64)
             c = cleaned.astype(np.float64)
             f = far.astype(np.float64)
             ne, ce, fe = float(n @ n), float(c @ c), float(f @ f)
-            if self.gate and self._residual(_dbfs(ne, FRAME), _dbfs(ce, FRAME), _dbfs(fe, FRAME)):
+            canceller_e = ce
+            if self.gate and not self.echo_free and self._residual(_dbfs(ne, FRAME), _dbfs(ce, FRAME), _dbfs(fe, FRAME)):
                 cleaned = np.zeros(FRAME, dtype=_PCM16)
                 c = cleaned.astype(np.float64)
                 ce = 0.0
@@ -341,12 +359,16 @@ class EchoPath:
             far_e += fe
             if _dbfs(fe, FRAME) > FAR_ACTIVE_DBFS:
                 stats.erle_near += ne
-                stats.erle_out += ce
+                stats.erle_out += canceller_e
+                stats.erle_gated_out += ce
                 if not self.converged:
-                    self._learning.append((ne, ce))
+                    self._learning.append((ne, canceller_e, fe))
                     if len(self._learning) == self._learning.maxlen:
-                        n_sum, c_sum = map(sum, zip(*self._learning, strict=True))
-                        self.converged = 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB
+                        n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
+                        # it cancels the echo, or there is none to cancel (headphones)
+                        self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
+                        self.converged = (self.echo_free
+                                          or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB)
         stats.cpu_s += time.thread_time() - started
         stats.frames += whole // FRAME
         if whole:
@@ -369,8 +391,7 @@ class EchoPath:
         if loudest <= FAR_ACTIVE_DBFS:
             return False  # the far end is silent: whatever is left is the room's
         onset = min(list(history)[-ONSET_FRAMES:]) <= FAR_ACTIVE_DBFS
-        return (out_db < near_db - GATE_BELOW_NEAR_DB or out_db < loudest - GATE_BELOW_FAR_DB
-                or (onset and out_db < near_db - GATE_ONSET_DB))
+        return out_db < loudest - GATE_BELOW_FAR_DB or (onset and out_db < near_db - GATE_ONSET_DB)
 
     def _drain_far(self) -> None:
         while self._blocks:

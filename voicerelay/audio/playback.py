@@ -164,6 +164,12 @@ class PlaybackBuffer:
                 self._heard_by = now
             return current, self._ms(current, 0) if current is not None else 0
 
+    def handed_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` handed to the device so far, in flight or heard: what will
+        have been heard when the device is never made to drop what it holds."""
+        with self._lock:
+            return self._ms(item_id, 0)
+
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` heard so far (what is still in flight does not count)."""
         with self._lock:
