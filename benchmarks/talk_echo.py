@@ -58,6 +58,7 @@ from tests.audio_rig import AudioRig, available  # noqa: E402
 CANDIDATES = ["none", "webrtc", "aec-audio-processing", "speex"]
 LOUD = 8
 REPLY_WAIT_S = 8.0
+PROMPT = "what can you do"  # a 4.1 s reply
 
 
 class Probe:
@@ -91,8 +92,8 @@ class Probe:
         def observe(obs: Any) -> None:
             if isinstance(obs, Interrupted) and obs.item_id:
                 self.interrupted.append(time.monotonic())
-            elif isinstance(obs, Transcript) and obs.role == "user" and obs.final:
-                self.user_turns.append((time.monotonic(), obs.text))
+            elif isinstance(obs, Transcript) and obs.role == "user" and obs.final and obs.text != PROMPT:
+                self.user_turns.append((time.monotonic(), obs.text))  # (a typed prompt is a user turn too)
 
         talk.conversation.subscribe(observe)
         process = talk.mic.process  # the echo path's, or None
@@ -160,17 +161,21 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
             # 1. self-interruptions, nobody speaking
             cut_before, turns_before = len(probe.interrupted), len(probe.user_turns)
             affected = valid = 0
-            for _ in range(args.replies):
+            for k in range(args.replies):
                 n_int, n_turns = len(probe.interrupted), len(probe.user_turns)
                 probe.mic_peak_dbfs = float("-inf")
-                talk_.relay.user_text("what can you do")
+                talk_.relay.user_text(PROMPT)
                 sounded = await until(lambda: not talk_.buffer.idle, 10)
                 await played_out(talk_, REPLY_WAIT_S)
                 await asyncio.sleep(0.5)
                 heard = probe.mic_peak_dbfs > -40  # the echo did reach the microphone
                 if sounded and heard:
                     valid += 1
-                    affected += len(probe.interrupted) > n_int or len(probe.user_turns) > n_turns
+                    hit = len(probe.interrupted) > n_int or len(probe.user_turns) > n_turns
+                    affected += hit
+                    if hit and args.verbose:
+                        print(f"  reply {k}: {len(probe.interrupted) - n_int} barge-ins, "
+                              f"turns {[text for _, text in probe.user_turns[n_turns:]]}", flush=True)
             result["self_interruptions"] = (len(probe.interrupted) - cut_before) + (len(probe.user_turns) - turns_before)
             result["replies_affected"] = affected
             result["replies_valid"] = valid
@@ -197,7 +202,7 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
                          "--channels=1", "--format=s16le", "--file-format=wav", str(capture)], env=rig.env(None, None))
                     await asyncio.sleep(0.3)
                     n_int, n_trunc = len(probe.interrupted), len(probe.truncates)
-                    talk_.relay.user_text("what can you do")
+                    talk_.relay.user_text(PROMPT)
                     await until(lambda: not talk_.buffer.idle, 10)
                     await asyncio.sleep(1.0)
                     tries += 1
@@ -279,6 +284,7 @@ if __name__ == "__main__":
     parser.add_argument("--barge-ins", type=int, default=20, help="barge-in tries (default 20)")
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
                         help=f"comma-separated, of {', '.join(CANDIDATES)} (default all)")
+    parser.add_argument("--verbose", action="store_true", help="say which replies were cut off and by what")
     args = parser.parse_args()
     if not available():
         raise SystemExit("needs PulseAudio: apt-get install pulseaudio pulseaudio-utils")

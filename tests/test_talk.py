@@ -404,3 +404,30 @@ async def test_barge_in_through_the_echo_truncates_at_what_the_speakers_played(
     print(f"truncate audio_end_ms={end}, the speakers played {at_least:.0f}-{at_most:.0f} ms of {reply.size / 24:.0f} ms")
     assert 500 < at_least < reply.size / 24 - 1000
     assert at_least - 60 <= end <= at_most + 60
+
+
+async def test_without_the_canceller_auto_is_half_duplex_and_says_why(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                                     tmp_path: Path) -> None:
+    # livekit (the voicerelay[aec] extra) cannot be imported in the child process
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoLivekit:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'livekit' or name.startswith('livekit.'):\n"
+        "            raise ImportError('no livekit here')\n"
+        "sys.meta_path.insert(0, _NoLivekit())\n")
+    env = {**_env(rig), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "talk", "--backend", backend.url, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    talker = Talker(proc)
+    try:
+        await talker.expect("Ctrl-C quits")
+        code, _ = await talker.quit()
+    finally:
+        await talker.close()
+    assert code == 0, talker.lines
+    why = [line for line in talker.lines if "echo cancellation off" in line]
+    assert why == ["  echo cancellation off: the echo canceller needs livekit: pip install 'voicerelay[aec]'; "
+                   "half duplex"], talker.lines
+    assert any("half duplex (Enter interrupts)" in line for line in talker.lines), talker.lines
