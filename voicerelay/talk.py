@@ -15,10 +15,21 @@ heard. The output stream starts again with the next reply audio; it also rests a
 without any (an idle stream costs CPU).
 
 Modes: server VAD by default; ``push_to_talk`` (turn detection disabled: Enter starts and ends
-a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex="half"``
-(the microphone sends silence while reply audio plays and for a short echo tail after it: for
-speakers without echo cancellation, whose sound would otherwise reach the microphone and
-interrupt the assistant).
+a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex``:
+
+- ``"auto"`` (the default): echo cancellation (:mod:`voicerelay.audio.echo`). The speakers'
+  output callback hands each block it gave the device to an :class:`~voicerelay.audio.echo.EchoPath`
+  with PortAudio's time for it; the microphone's callback runs its frames through the path,
+  matched by time, before they go to the event loop. The output stream then never stops (each
+  start changes its latency, which the canceller would have to learn again), and on barge-in
+  what the device holds plays out and counts as heard. Until the canceller has learnt the room
+  (its first second of reply audio, and again after a gap in a stream) the microphone is muted
+  while a reply plays, as in half duplex. When the canceller is missing or the devices cannot
+  be aligned (:func:`alignment_problem`), half duplex, and the banner says why in one line.
+- ``"half"``: the microphone sends silence while reply audio plays and for a short echo tail
+  after it (speakers whose sound would otherwise reach the microphone and interrupt the
+  assistant).
+- ``"full"``: the microphone as it is (headphones, or a system echo canceller).
 """
 
 from __future__ import annotations
@@ -41,8 +52,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
-from .audio.echo import EchoUnavailable
 from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
 from .errors import UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
@@ -208,7 +219,8 @@ class PlainView:
 class SpeakerPlayback:
     """The :class:`~voicerelay.conversation.Playback` of ``talk``: the jitter buffer that the
     speakers' output callback reads, and the output stream, which starts with reply audio and is
-    aborted on barge-in (silence within one output block)."""
+    aborted on barge-in (silence within one output block), except with echo cancellation
+    (``keep_running``: silence once the device has played what it holds, which is counted)."""
 
     def __init__(self, buffer: PlaybackBuffer, speaker: Speaker, keep_running: bool = False) -> None:
         self.buffer = buffer
@@ -728,4 +740,4 @@ class _Keyboard:
             self._fd = None
 
 
-__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]
+__all__ = ["PlainView", "Talk", "alignment_problem", "echo_path", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]

@@ -10,8 +10,18 @@ Two sides, two PortAudio threads:
   24 kHz frames with the time their first sample was captured (``inputBufferAdcTime`` less
   what the resampler and the frame splitter held). Queued far blocks are resampled to 24 kHz
   and written into a ring indexed by time; the reference of each 10 ms microphone frame is the
-  ring at the same time, so the canceller sees the far signal as it sounded when the microphone
-  heard it, and only has to model the room (a few ms to a few tens of ms of acoustic path).
+  ring at the same time (plus ``LEAD``: an echo must never come before its reference), so the
+  canceller only has to model the room (a few ms to a few tens of ms of acoustic path). Both
+  timelines stay contiguous: PortAudio's times jitter by a millisecond or two from callback to
+  callback, and a reference that moves by a sample is one a linear canceller cannot follow. A
+  gap in either (an underrun, an overflow) moves it, and the canceller learns again.
+
+After the canceller, a **residual echo gate** silences what is left of the echo at the far end's
+onsets (where cancellers lag a frame or two) and far below it: a voice detector such as
+webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. :attr:`EchoPath.converged`
+says when the canceller has learnt the room (``talk`` mutes the microphone while a reply plays
+until then); :attr:`EchoPath.echo_free` when there is no echo to learn (headphones: the
+microphone goes up as it is).
 
 The canceller itself is an :class:`Engine`: :class:`WebRTCEngine` (WebRTC's audio processing
 module as livekit's ``rtc.AudioProcessingModule`` ships it: AEC3, noise suppression, high-pass
@@ -301,10 +311,6 @@ class EchoPath:
         """A block as handed to the speakers (int16 at ``out_rate``), first heard at ``dac_time``."""
         self._blocks.append((dac_time, block.copy()))
 
-    def reset_far(self) -> None:
-        """The speakers' stream stopped (what it held is dropped): the next block starts a new segment."""
-        self._blocks.append((-1.0, np.zeros(0, dtype=_PCM16)))
-
     # ------------------------------------------------------------------ near end (input callback)
 
     def near(self, frames: list[bytes], adc_time: float) -> list[bytes]:
@@ -396,9 +402,6 @@ class EchoPath:
     def _drain_far(self) -> None:
         while self._blocks:
             dac_time, block = self._blocks.popleft()
-            if dac_time < 0:
-                self._resampler = None
-                continue
             if self._resampler is not None and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
                 # not contiguous with the last block (an underrun): a new segment, whose delay the
                 # canceller must learn again
