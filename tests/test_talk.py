@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +431,57 @@ async def test_without_the_canceller_auto_is_half_duplex_and_says_why(rig: audio
     assert why == ["  echo cancellation off: the echo canceller needs livekit: pip install 'voicerelay[aec]'; "
                    "half duplex"], talker.lines
     assert any("half duplex (Enter interrupts)" in line for line in talker.lines), talker.lines
+
+
+# ---------------------------------------------------------------------- devices that go away
+
+@contextlib.contextmanager
+def microphone_unplugged_later(rig: audio_rig.AudioRig) -> Iterator[Callable[[], None]]:
+    """``unplug()`` removes the rig's microphone ``vr_mic`` (its module); it is back afterwards."""
+    def unplug() -> None:
+        module = next(line.split("\t")[0] for line in rig.pactl("list", "short", "modules").splitlines()
+                      if "module-virtual-source" in line and "source_name=vr_mic " in line + " ")
+        rig.pactl("unload-module", module)
+
+    try:
+        yield unplug
+    finally:
+        if "vr_mic\t" not in rig.pactl("list", "short", "sources"):
+            rig.pactl("load-module", "module-virtual-source", "source_name=vr_mic", "master=vr_mic_feed.monitor",
+                      "source_properties=device.description=vr_mic")
+        rig.pactl("set-default-source", "vr_mic")
+        time.sleep(2.0)  # a fresh vr_mic yields nothing for a moment (see tests/audio_rig.py)
+
+
+async def test_a_microphone_that_goes_away_stops_with_one_line(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "rec"
+    with microphone_unplugged_later(rig) as unplug:
+        async with talking(rig, backend, "--record", str(folder)) as talker:
+            await say(rig, "hello_there")
+            await talker.expect(r"^assistant  Hello!")
+            unplug()
+            started = time.monotonic()
+            code = await asyncio.wait_for(talker.proc.wait(), 10)
+            elapsed = time.monotonic() - started
+            await talker.close()
+    errors = [line for line in talker.lines if line.startswith("voicerelay: error:")]
+    assert code == 2 and errors == ["voicerelay: error: the microphone (vr_mic) went away during the session; "
+                                    "start again, or use --follow-default to go on with the default device"], \
+        talker.lines
+    assert elapsed < 3, elapsed
+    assert not [line for line in talker.lines if "Traceback" in line]
+    events = recorded_events(folder)  # the recording is complete up to that moment
+    assert any(e["type"] == "response.done" for e in events)
+    assert soundfile.info(folder / "input.wav").duration > 1
+
+
+async def test_with_follow_default_the_session_goes_on(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
+    with microphone_unplugged_later(rig) as unplug:
+        async with talking(rig, backend, "--follow-default", "--text") as talker:
+            unplug()
+            seen = await talker.expect(r"the microphone \(vr_mic\) went away: going on with the default device")
+            await talker.type("how are you")
+            await talker.expect(r"^assistant  I am fine", seen)
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines

@@ -489,6 +489,10 @@ def talk(
     echo_canceller: EchoCanceller = "webrtc",
     noise_suppression: Annotated[bool, typer.Option(
         "--noise-suppression", help="With --duplex auto: also suppress steady noise in the microphone.")] = False,
+    follow_default: Annotated[bool, typer.Option(
+        "--follow-default", help="When the microphone or the speakers go away mid-session (PulseAudio: "
+                                 "the source or sink removed), go on with the default device instead of "
+                                 "stopping with exit code 2.")] = False,
     high_pass: Annotated[bool, typer.Option(
         "--high-pass/--no-high-pass", help="With --duplex auto: filter out rumble below ~80 Hz.")] = True,
     record: Annotated[Path | None, typer.Option(metavar="DIR",
@@ -509,7 +513,7 @@ def talk(
 
     Prints the conversation as it goes, with a one-line state. By default the speakers' echo is cancelled in the microphone ([bold]--duplex auto[/]), so speaking interrupts the assistant even on laptop speakers. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, i interrupt, r record, space push-to-talk (with --push-to-talk), t type a message (with --text), q quit, ? help.
 
-    Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices.
+    Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices, or a device that went away mid-session (without [bold]--follow-default[/]).
     """
     import asyncio
 
@@ -527,6 +531,7 @@ def talk(
                           backend=backend, dialect=_dialect(dialect), input_device=input_device,  # type: ignore[arg-type]
                           output_device=output_device, push_to_talk=push_to_talk, text=text, duplex=duplex,
                           echo_canceller=echo_canceller, noise_suppression=noise_suppression, high_pass=high_pass,
+                          follow_default=follow_default,
                           record=record)
     if tui:
         from .talk import select_devices

@@ -55,7 +55,7 @@ from rich.text import Text
 from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
-from .errors import UsageError
+from .errors import DeviceError, UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
@@ -104,6 +104,7 @@ class TalkOptions:
     noise_suppression: bool = False
     high_pass: bool = True
     record: Path | None = None
+    follow_default: bool = False  # a device that goes away: go on with the default one (else: stop)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -287,6 +288,7 @@ class Talk:
         self._silence = bytes(ms_to_bytes(FRAME_MS))
         self._state = relay.session.state.value
         self._stop = stop
+        self._device_gone: DeviceError | None = None
         relay.recorder = self  # every wire event passes through record(): the recording and the view
 
     def quit(self) -> None:
@@ -298,7 +300,7 @@ class Talk:
         self.conversation.subscribe(self.observe)
         self.mic.on_frames = self.on_mic_frames
         run = self.conversation.start()
-        keyboard = None
+        keyboard = watch = None
         try:
             if not await self.conversation.wait_ready(self._stop):
                 return
@@ -306,6 +308,7 @@ class Talk:
                 on_start(self)
             self.mic.start()  # the speakers start with the first reply audio
             self.live_audio = True
+            watch = self._watch_devices()
             if self.view.keyboard:
                 keyboard = _Keyboard(self.loop, self.on_line, cbreak=not self.options.text)
             self.view.banner(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options, self))
@@ -320,7 +323,11 @@ class Talk:
                     await asyncio.gather(stopping, return_exceptions=True)
             if run.done():
                 await run  # raises the upstream's failure
+            if self._device_gone is not None:
+                raise self._device_gone
         finally:
+            if watch is not None:
+                watch.close()
             if keyboard is not None:
                 keyboard.close()
             self.live_audio = False
@@ -330,6 +337,28 @@ class Talk:
                 await self.conversation.close()
             finally:
                 self._close_recorder()
+
+    # ------------------------------------------------------------------ devices that go away
+
+    def _watch_devices(self) -> Any:
+        """Watch the PulseAudio devices in use, if there is such a server (see audio/hotplug.py)."""
+        from .audio.hotplug import PulseWatch
+
+        watch = PulseWatch(lambda kind, name: self.loop.call_soon_threadsafe(self.device_gone, kind, name))
+        return watch if watch.start() else None
+
+    def device_gone(self, kind: str, name: str) -> None:
+        """The microphone or the speakers were removed: go on with the default device (which the
+        sound server has already moved the stream to) with ``--follow-default``; else stop, and
+        the command ends with a one-line error (exit code 2)."""
+        if self.options.follow_default:
+            self.view.line(f"the {kind} ({name}) went away: going on with the default device", "yellow", err=True)
+            if self.echo is not None:
+                self.echo.relearn()  # another room, another delay
+            return
+        self._device_gone = DeviceError(f"the {kind} ({name}) went away during the session; start again, "
+                                        "or use --follow-default to go on with the default device")
+        self._stop.set()
 
     # ------------------------------------------------------------------ audio thread -> loop
 
