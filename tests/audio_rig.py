@@ -19,6 +19,7 @@ source ``vr_mic`` fed by ``vr_mic_feed``'s monitor.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -102,6 +103,13 @@ class AudioRig:
             raise
         return self
 
+    def echo(self, gain_db: float = -6.0, delay_ms: int = 30) -> Echo:
+        """Feed what the speakers play back into the microphone, as laptop speakers do: a
+        ``module-loopback`` from ``vr_speaker.monitor`` into ``vr_mic_feed`` (where speech played
+        with ``paplay`` mixes with it) at ``gain_db`` and ``delay_ms``. Use it as a context
+        manager; :meth:`Echo.remove` unloads it."""
+        return Echo(self, gain_db, delay_ms)
+
     def _wait_for_microphone(self, timeout: float = 10.0) -> None:
         """Until ``vr_mic`` yields samples (see the module docstring)."""
         with subprocess.Popen(["pacat", "--record", "--latency-msec=20", "--device=vr_mic", f"--rate={RATE}",
@@ -152,3 +160,39 @@ class AudioRig:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Echo:
+    """The speakers' sound fed back into the rig's microphone (see :meth:`AudioRig.echo`)."""
+
+    def __init__(self, rig: AudioRig, gain_db: float, delay_ms: int) -> None:
+        self.rig, self.gain_db, self.delay_ms = rig, gain_db, delay_ms
+        self.module: str | None = None
+
+    def add(self) -> Self:
+        # the loopback's sink input gets the gain (pactl takes dB); no volume sharing with the sink
+        self.module = self.rig.pactl(
+            "load-module", "module-loopback", "source=vr_speaker.monitor", "sink=vr_mic_feed",
+            f"latency_msec={self.delay_ms}", "adjust_time=0", "source_dont_move=true", "sink_dont_move=true",
+            "remix=false", "sink_input_properties=media.name=vr_echo").strip()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for block in self.rig.pactl("list", "sink-inputs").split("Sink Input #")[1:]:
+                if re.search(rf"^\s*Owner Module: {self.module}$", block, re.MULTILINE):
+                    self.rig.pactl("set-sink-input-volume", block.split()[0], f"{self.gain_db}dB")
+                    time.sleep(0.3)  # the loopback fills its latency first
+                    return self
+            time.sleep(0.05)
+        self.remove()
+        raise RuntimeError("the echo loopback's sink input did not appear")
+
+    def remove(self) -> None:
+        if self.module is not None:
+            self.rig.pactl("unload-module", self.module)
+            self.module = None
+
+    def __enter__(self) -> Self:
+        return self.add()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +269,7 @@ def test_devices_lists_the_rig(rig: audio_rig.AudioRig) -> None:
     (["--input-device", "no such mic"], "no input device matches 'no such mic'; input devices: 0 'pulse', 1 'default'"),
     (["--output-device", "UL"], "'UL' matches several output devices: 0 'pulse', 1 'default'; give its index"),
     (["--input-device", "7"], "no input device has index 7"),
-    (["--duplex", "quarter"], "--duplex must be full or half"),
+    (["--duplex", "quarter"], "--duplex must be auto, full or half"),
 ], ids=["unknown name", "ambiguous name", "unknown index", "bad duplex"])
 def test_bad_device_options_are_one_line(rig: audio_rig.AudioRig, args: list[str], message: str) -> None:
     code, err, _ = cli("talk", *args, env=_env(rig))
@@ -329,3 +329,157 @@ def test_recording_into_a_used_folder_is_refused(rig: audio_rig.AudioRig, tmp_pa
     (tmp_path / "session.jsonl").write_text("")
     code, err, _ = cli("talk", "--record", str(tmp_path), env=_env(rig))
     assert code == 2 and len(err) == 1 and "already holds a recorded session" in err[0], err
+
+
+# ---------------------------------------------------------------------- echo: laptop speakers on the rig
+#
+# ``rig.echo()`` feeds what the speakers play back into the microphone at -6 dB after 30 ms, as
+# laptop speakers do. The assistant's own voice then reaches server VAD: without cancellation it
+# interrupts itself; with it (``--duplex auto``, the default), it must not, and a real voice must
+# still cut it off at what the speakers played.
+
+ECHO_REPLIES = 3
+
+
+async def self_interruptions(rig: audio_rig.AudioRig, backend: BackendServer, replies: int, *args: str
+                             ) -> tuple[int, list[str]]:
+    """Ask for ``replies`` long replies by typing (nobody speaks) with the echo on; how many times
+    the assistant cut itself off or answered a turn nobody said, and the lines.
+
+    Each reply gets until it is played out (``[listening]``) or 8 s: without cancellation the
+    echo sets off a loop of turns that never goes back to listening."""
+    with rig.echo():
+        async with talking(rig, backend, "--text", *args) as talker:
+            seen = 0
+            for _ in range(replies):
+                await talker.type("what can you do")
+                seen = await talker.expect(r"^\s+user  what can you do$", seen)
+                seen = await talker.expect(r"\[speaking\]", seen)
+                try:
+                    seen = await talker.expect(r"\[listening\]", seen, timeout=8)
+                except AssertionError:
+                    seen = len(talker.lines)
+                await asyncio.sleep(0.5)  # the echo's tail, and anything it sets off
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines
+    cut = [line for line in talker.lines
+           if "[interrupted" in line or (re.match(r"^\s+user  ", line) and "what can you do" not in line)]
+    return len(cut), talker.lines
+
+
+async def test_echo_cancellation_stops_the_assistant_interrupting_itself(rig: audio_rig.AudioRig,
+                                                                          backend: BackendServer) -> None:
+    without, lines = await self_interruptions(rig, backend, 1, "--duplex", "full")
+    print(f"self-interruptions: without cancellation {without} over 1 reply")
+    assert without >= 1, "\n".join(lines)  # the rig does reproduce the problem
+    with_aec, lines = await self_interruptions(rig, backend, ECHO_REPLIES)  # --duplex auto, the default
+    print(f"... with cancellation {with_aec} over {ECHO_REPLIES} replies")
+    assert any("echo cancellation (webrtc)" in line for line in lines), lines
+    assert with_aec == 0, "\n".join(lines)
+
+
+async def test_barge_in_through_the_echo_truncates_at_what_the_speakers_played(
+        rig: audio_rig.AudioRig, backend: BackendServer, tmp_path: Path) -> None:
+    capture = tmp_path / "speaker.wav"
+    folder = tmp_path / "rec"
+    with rig.echo():
+        async with speaker_capture(rig, capture), talking(rig, backend, "--text", "--record", str(folder)) as talker:
+            await talker.type("what can you do")
+            seen = await talker.expect(r"^assistant  I can greet you")  # a 4 s reply, now playing
+            await asyncio.sleep(1.0)
+            await say(rig, "hello_there")  # speech over the reply and its echo (6 dB louder than the voice)
+            seen = await talker.expect(r"\[interrupted: \d+\.\d s of 4\.\d s heard\]", seen)
+            await talker.expect(r"^\s+user  \w", seen)  # a turn (what is recognised of the voice varies)
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines
+    events = recorded_events(folder)
+    truncates = [e for e in events if e["type"] == "conversation.item.truncate"]
+    assert len(truncates) == 1, truncates
+    reply = reply_audio(folder, truncates[0]["item_id"])
+    heard, _ = soundfile.read(capture, dtype="int16")
+    at_least, at_most = heard_extent_ms(heard, reply)
+    end = truncates[0]["audio_end_ms"]
+    print(f"truncate audio_end_ms={end}, the speakers played {at_least:.0f}-{at_most:.0f} ms of {reply.size / 24:.0f} ms")
+    assert 500 < at_least < reply.size / 24 - 1000
+    assert at_least - 60 <= end <= at_most + 60
+
+
+async def test_without_the_canceller_auto_is_half_duplex_and_says_why(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                                     tmp_path: Path) -> None:
+    # livekit (the voicerelay[aec] extra) cannot be imported in the child process
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoLivekit:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'livekit' or name.startswith('livekit.'):\n"
+        "            raise ImportError('no livekit here')\n"
+        "sys.meta_path.insert(0, _NoLivekit())\n")
+    env = {**_env(rig), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "talk", "--backend", backend.url, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    talker = Talker(proc)
+    try:
+        await talker.expect("Ctrl-C quits")
+        code, _ = await talker.quit()
+    finally:
+        await talker.close()
+    assert code == 0, talker.lines
+    why = [line for line in talker.lines if "echo cancellation off" in line]
+    assert why == ["  echo cancellation off: the echo canceller needs livekit: pip install 'voicerelay[aec]'; "
+                   "half duplex"], talker.lines
+    assert any("half duplex (Enter interrupts)" in line for line in talker.lines), talker.lines
+
+
+# ---------------------------------------------------------------------- devices that go away
+
+@contextlib.contextmanager
+def microphone_unplugged_later(rig: audio_rig.AudioRig) -> Iterator[Callable[[], None]]:
+    """``unplug()`` removes the rig's microphone ``vr_mic`` (its module); it is back afterwards."""
+    def unplug() -> None:
+        module = next(line.split("\t")[0] for line in rig.pactl("list", "short", "modules").splitlines()
+                      if "module-virtual-source" in line and "source_name=vr_mic " in line + " ")
+        rig.pactl("unload-module", module)
+
+    try:
+        yield unplug
+    finally:
+        if "vr_mic\t" not in rig.pactl("list", "short", "sources"):
+            rig.pactl("load-module", "module-virtual-source", "source_name=vr_mic", "master=vr_mic_feed.monitor",
+                      "source_properties=device.description=vr_mic")
+        rig.pactl("set-default-source", "vr_mic")
+        time.sleep(2.0)  # a fresh vr_mic yields nothing for a moment (see tests/audio_rig.py)
+
+
+async def test_a_microphone_that_goes_away_stops_with_one_line(rig: audio_rig.AudioRig, backend: BackendServer,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "rec"
+    with microphone_unplugged_later(rig) as unplug:
+        async with talking(rig, backend, "--record", str(folder)) as talker:
+            await say(rig, "hello_there")
+            await talker.expect(r"^assistant  Hello!")
+            unplug()
+            started = time.monotonic()
+            code = await asyncio.wait_for(talker.proc.wait(), 10)
+            elapsed = time.monotonic() - started
+            await talker.close()
+    errors = [line for line in talker.lines if line.startswith("voicerelay: error:")]
+    assert code == 2 and errors == ["voicerelay: error: the microphone (vr_mic) went away during the session; "
+                                    "start again, or use --follow-default to go on with the default device"], \
+        talker.lines
+    assert elapsed < 3, elapsed
+    assert not [line for line in talker.lines if "Traceback" in line]
+    events = recorded_events(folder)  # the recording is complete up to that moment
+    assert any(e["type"] == "response.done" for e in events)
+    assert soundfile.info(folder / "input.wav").duration > 1
+
+
+async def test_with_follow_default_the_session_goes_on(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
+    with microphone_unplugged_later(rig) as unplug:
+        async with talking(rig, backend, "--follow-default", "--text") as talker:
+            unplug()
+            seen = await talker.expect(r"the microphone \(vr_mic\) went away: going on with the default device")
+            await talker.type("how are you")
+            await talker.expect(r"^assistant  I am fine", seen)
+            code, _ = await talker.quit()
+    assert code == 0, talker.lines

@@ -526,9 +526,14 @@ def inspect(
         raise inspect_app.failure  # the screen is given back: now its one line
 
 
-Duplex = Annotated[str, typer.Option("--duplex", metavar="full|half", help=(
-    "full, or half: mute the microphone while the assistant speaks (laptop speakers without echo "
-    "cancellation; the assistant can then be interrupted with Enter, not by voice)."))]
+Duplex = Annotated[str, typer.Option("--duplex", metavar="auto|full|half", help=(
+    "auto: cancel the speakers' echo in the microphone, so the assistant can be interrupted by voice on "
+    "laptop speakers (falls back to half, saying why in one line, when the echo canceller is not installed "
+    "or the devices cannot be aligned); full: no cancellation (headphones); half: mute the microphone "
+    "while the assistant speaks (it can then be interrupted with Enter, not by voice)."))]
+EchoCanceller = Annotated[str, typer.Option("--echo-canceller", metavar="webrtc|speex", help=(
+    "With --duplex auto: webrtc (WebRTC's AEC3, from the voicerelay[aec] extra) or speex "
+    "(the system's libspeexdsp)."))]
 
 
 @command
@@ -543,7 +548,16 @@ def talk(
         "--push-to-talk", help="Turn detection off: Enter starts a turn, Enter again sends it.")] = False,
     text: Annotated[bool, typer.Option("--text", help="Also type messages: each line is sent as the user's.")
                     ] = False,
-    duplex: Duplex = "full",
+    duplex: Duplex = "auto",
+    echo_canceller: EchoCanceller = "webrtc",
+    noise_suppression: Annotated[bool, typer.Option(
+        "--noise-suppression", help="With --duplex auto: also suppress steady noise in the microphone.")] = False,
+    follow_default: Annotated[bool, typer.Option(
+        "--follow-default", help="When the microphone or the speakers go away mid-session (PulseAudio: "
+                                 "the source or sink removed), go on with the default device instead of "
+                                 "stopping with exit code 2.")] = False,
+    high_pass: Annotated[bool, typer.Option(
+        "--high-pass/--no-high-pass", help="With --duplex auto: filter out rumble below ~80 Hz.")] = True,
     record: Annotated[Path | None, typer.Option(metavar="DIR",
         help="Record the session into this new folder (in the TUI, [bold]r[/] stops and starts recordings).",
         show_default=False)] = None,
@@ -560,9 +574,9 @@ def talk(
 ) -> None:
     """Talk with the assistant: microphone in, speakers out, interrupt it by speaking.
 
-    Prints the conversation as it goes, with a one-line state. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, i interrupt, r record, space push-to-talk (with --push-to-talk), t type a message (with --text), q quit, ? help.
+    Prints the conversation as it goes, with a one-line state. By default the speakers' echo is cancelled in the microphone ([bold]--duplex auto[/]), so speaking interrupts the assistant even on laptop speakers. Enter interrupts the assistant (with [bold]--push-to-talk[/]: starts and sends a turn). Ctrl-C quits. With [bold]--tui[/]: m mute, i interrupt, r record, space push-to-talk (with --push-to-talk), t type a message (with --text), q quit, ? help.
 
-    Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices.
+    Exit codes: 0 quit (Ctrl-C, or q in the TUI); 1 the upstream failed; 2 unusable options or devices, or a device that went away mid-session (without [bold]--follow-default[/]).
     """
     import asyncio
 
@@ -572,11 +586,15 @@ def talk(
     from .talk import talk as run_talk
 
     _backend(backend)
-    if duplex not in ("full", "half"):
-        fail(f"--duplex must be full or half, not {duplex!r}")
+    if duplex not in ("auto", "full", "half"):
+        fail(f"--duplex must be auto, full or half, not {duplex!r}")
+    if echo_canceller not in ("webrtc", "speex"):
+        fail(f"--echo-canceller must be webrtc or speex, not {echo_canceller!r}")
     options = TalkOptions(config=_config(model, voice, instructions, turn_detection),  # type: ignore[arg-type]
                           backend=backend, dialect=_dialect(dialect), input_device=input_device,  # type: ignore[arg-type]
                           output_device=output_device, push_to_talk=push_to_talk, text=text, duplex=duplex,
+                          echo_canceller=echo_canceller, noise_suppression=noise_suppression, high_pass=high_pass,
+                          follow_default=follow_default,
                           record=record)
     if tui:
         from .talk import select_devices

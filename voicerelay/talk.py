@@ -15,10 +15,21 @@ heard. The output stream starts again with the next reply audio; it also rests a
 without any (an idle stream costs CPU).
 
 Modes: server VAD by default; ``push_to_talk`` (turn detection disabled: Enter starts and ends
-a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex="half"``
-(the microphone sends silence while reply audio plays and for a short echo tail after it: for
-speakers without echo cancellation, whose sound would otherwise reach the microphone and
-interrupt the assistant).
+a turn, which is then committed); ``text`` (typed lines become user messages); ``duplex``:
+
+- ``"auto"`` (the default): echo cancellation (:mod:`voicerelay.audio.echo`). The speakers'
+  output callback hands each block it gave the device to an :class:`~voicerelay.audio.echo.EchoPath`
+  with PortAudio's time for it; the microphone's callback runs its frames through the path,
+  matched by time, before they go to the event loop. The output stream then never stops (each
+  start changes its latency, which the canceller would have to learn again), and on barge-in
+  what the device holds plays out and counts as heard. Until the canceller has learnt the room
+  (its first second of reply audio, and again after a gap in a stream) the microphone is muted
+  while a reply plays, as in half duplex. When the canceller is missing or the devices cannot
+  be aligned (:func:`alignment_problem`), half duplex, and the banner says why in one line.
+- ``"half"``: the microphone sends silence while reply audio plays and for a short echo tail
+  after it (speakers whose sound would otherwise reach the microphone and interrupt the
+  assistant).
+- ``"full"``: the microphone as it is (headphones, or a system echo canceller).
 """
 
 from __future__ import annotations
@@ -38,11 +49,13 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import numpy as np
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
-from .errors import UsageError
+from .errors import DeviceError, UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
@@ -53,6 +66,7 @@ from .relay import Notice, Observation, Relay
 from .upstream import upstream_for
 
 if TYPE_CHECKING:
+    from .audio.echo import EchoPath
     from .recording import Recorder
 
 log = logging.getLogger(__name__)
@@ -85,8 +99,12 @@ class TalkOptions:
     output_device: str | None = None
     push_to_talk: bool = False
     text: bool = False
-    duplex: str = "full"  # "full" | "half"
+    duplex: str = "auto"  # "auto" (echo cancellation, else half) | "full" | "half"
+    echo_canceller: str = "webrtc"  # "webrtc" | "speex"
+    noise_suppression: bool = False
+    high_pass: bool = True
     record: Path | None = None
+    follow_default: bool = False  # a device that goes away: go on with the default one (else: stop)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +126,8 @@ class TalkStatus:
     remaining_s: float | None  # before the upstream's session cap (the relay recycles before it)
     recording: str | None  # the folder being recorded into
     recycles: int
+    echo_dbfs: float | None = None  # echo cancellation: the echo taken out of the microphone (level_dbfs is after it)
+    duplex: str = "full"  # what is in effect: "auto" (cancelling echo), "full" or "half"
 
     def latency(self, percentile: float) -> float | None:
         if not self.latencies_ms:
@@ -200,11 +220,16 @@ class PlainView:
 class SpeakerPlayback:
     """The :class:`~voicerelay.conversation.Playback` of ``talk``: the jitter buffer that the
     speakers' output callback reads, and the output stream, which starts with reply audio and is
-    aborted on barge-in (silence within one output block)."""
+    aborted on barge-in (silence within one output block), except with echo cancellation
+    (``keep_running``: silence once the device has played what it holds, which is counted)."""
 
-    def __init__(self, buffer: PlaybackBuffer, speaker: Speaker) -> None:
+    def __init__(self, buffer: PlaybackBuffer, speaker: Speaker, keep_running: bool = False) -> None:
         self.buffer = buffer
         self.speaker = speaker
+        #: echo cancellation: the output stream never stops once started (each start changes the
+        #: output's latency by a few ms, which the canceller must learn again while the assistant's
+        #: voice leaks into the microphone); on barge-in what the device holds plays out and counts
+        self.keep_running = keep_running
 
     def feed(self, audio: PlayAudio) -> None:
         self.buffer.feed(audio.pcm, audio.item_id)
@@ -215,6 +240,9 @@ class SpeakerPlayback:
         self.buffer.finish()  # what is queued may play out without a pre-roll
 
     def stop(self) -> None:
+        if self.keep_running:
+            self.buffer.stop(drop_in_flight=False)
+            return
         self.buffer.stop()
         self.speaker.pause()
 
@@ -222,6 +250,8 @@ class SpeakerPlayback:
         return self.buffer.received_ms(item_id)
 
     def played_ms(self, item_id: str) -> int:
+        if self.keep_running:  # stop() lets the device play out what it holds: that is heard too
+            return self.buffer.handed_ms(item_id)
         return self.buffer.played_ms(item_id)  # the output stream's position, less what is in the device
 
     def pending_ms(self) -> float:
@@ -233,8 +263,12 @@ class Talk:
 
     def __init__(self, relay: Relay, options: TalkOptions, view: View, loop: asyncio.AbstractEventLoop,
                  buffer: PlaybackBuffer, mic: Microphone, speaker: Speaker, stop: asyncio.Event,
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None, echo: EchoPath | None = None, duplex: str | None = None,
+                 echo_off: str | None = None) -> None:
         self.relay = relay
+        self.echo = echo  # cancels the speakers' echo in the microphone (--duplex auto)
+        self.duplex = duplex or ("half" if options.duplex == "half" else "full")  # in effect
+        self.echo_off = echo_off  # why --duplex auto fell back to half duplex
         self.options = options
         self.view = view
         self.loop = loop
@@ -242,7 +276,8 @@ class Talk:
         self.mic = mic
         self.speaker = speaker
         self.recorder = recorder
-        self.conversation = Conversation(relay, SpeakerPlayback(buffer, speaker), close_timeout=CLOSE_TIMEOUT_S)
+        self.conversation = Conversation(relay, SpeakerPlayback(buffer, speaker, keep_running=echo is not None),
+                                         close_timeout=CLOSE_TIMEOUT_S)
         self.recording_used = recorder is not None  # --record DIR names the first recording only
         self.talking = not options.push_to_talk  # push-to-talk: only between two presses
         self.user_muted = False
@@ -253,6 +288,7 @@ class Talk:
         self._silence = bytes(ms_to_bytes(FRAME_MS))
         self._state = relay.session.state.value
         self._stop = stop
+        self._device_gone: DeviceError | None = None
         relay.recorder = self  # every wire event passes through record(): the recording and the view
 
     def quit(self) -> None:
@@ -264,7 +300,7 @@ class Talk:
         self.conversation.subscribe(self.observe)
         self.mic.on_frames = self.on_mic_frames
         run = self.conversation.start()
-        keyboard = None
+        keyboard = watch = None
         try:
             if not await self.conversation.wait_ready(self._stop):
                 return
@@ -272,9 +308,10 @@ class Talk:
                 on_start(self)
             self.mic.start()  # the speakers start with the first reply audio
             self.live_audio = True
+            watch = self._watch_devices()
             if self.view.keyboard:
                 keyboard = _Keyboard(self.loop, self.on_line, cbreak=not self.options.text)
-            self.view.banner(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options))
+            self.view.banner(_banner(self.relay.spec.describe(), self.mic, self.speaker, self.options, self))
             with self.view:
                 ticker = _Every(self.loop, TICK_S, self.tick)
                 stopping = asyncio.create_task(self._stop.wait())
@@ -286,7 +323,11 @@ class Talk:
                     await asyncio.gather(stopping, return_exceptions=True)
             if run.done():
                 await run  # raises the upstream's failure
+            if self._device_gone is not None:
+                raise self._device_gone
         finally:
+            if watch is not None:
+                watch.close()
             if keyboard is not None:
                 keyboard.close()
             self.live_audio = False
@@ -296,6 +337,28 @@ class Talk:
                 await self.conversation.close()
             finally:
                 self._close_recorder()
+
+    # ------------------------------------------------------------------ devices that go away
+
+    def _watch_devices(self) -> Any:
+        """Watch the PulseAudio devices in use, if there is such a server (see audio/hotplug.py)."""
+        from .audio.hotplug import PulseWatch
+
+        watch = PulseWatch(lambda kind, name: self.loop.call_soon_threadsafe(self.device_gone, kind, name))
+        return watch if watch.start() else None
+
+    def device_gone(self, kind: str, name: str) -> None:
+        """The microphone or the speakers were removed: go on with the default device (which the
+        sound server has already moved the stream to) with ``--follow-default``; else stop, and
+        the command ends with a one-line error (exit code 2)."""
+        if self.options.follow_default:
+            self.view.line(f"the {kind} ({name}) went away: going on with the default device", "yellow", err=True)
+            if self.echo is not None:
+                self.echo.relearn()  # another room, another delay
+            return
+        self._device_gone = DeviceError(f"the {kind} ({name}) went away during the session; start again, "
+                                        "or use --follow-default to go on with the default device")
+        self._stop.set()
 
     # ------------------------------------------------------------------ audio thread -> loop
 
@@ -315,12 +378,16 @@ class Talk:
             self.level_dbfs = float("-inf") if muted else rms_dbfs(np.frombuffer(frames[-1], dtype="<i2"))
 
     def _muted(self) -> str | None:
-        """Why the microphone sends silence: the user muted it, or (half duplex) reply audio is
-        playing or its echo may still be in the room."""
+        """Why the microphone sends silence: the user muted it, or (half duplex, or echo
+        cancellation still learning the room) reply audio is playing or its echo may still be in
+        the room."""
         if self.user_muted:
             return "muted"
-        if self.options.duplex == "half" and (not self.buffer.idle or time.monotonic() < self._unmute_at):
+        if self.duplex == "half" and (not self.buffer.idle or time.monotonic() < self._unmute_at):
             return "half duplex"
+        if self.echo is not None and not self.echo.converged and (not self.buffer.idle
+                                                                  or time.monotonic() < self._unmute_at):
+            return "learning the echo"  # the canceller's first second: the assistant's voice leaks through
         return None
 
     # ------------------------------------------------------------------ wire events
@@ -453,7 +520,7 @@ class Talk:
         if not idle:
             self._sounding_at = now
             self._unmute_at = now + ECHO_TAIL_S
-        elif self.speaker.active and now - self._sounding_at >= SPEAKER_REST_S:
+        elif self.speaker.active and now - self._sounding_at >= SPEAKER_REST_S and self.echo is None:
             self.speaker.pause()
         self.view.tick(self)
 
@@ -472,7 +539,8 @@ class Talk:
             playback_ms=round(self.buffer.queued_ms),
             latencies_ms=tuple(t.first_audio_ms for t in turns if t.first_audio_ms is not None),
             turns=len(turns), usage=usage, remaining_s=snap["session_remaining_s"],
-            recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"])
+            recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"],
+            echo_dbfs=None if self.echo is None else self.echo.stats.echo_dbfs, duplex=self.duplex)
 
 
 STATE_COLOURS = {"connecting": "yellow", "listening": "green", "user_speaking": "cyan", "thinking": "yellow",
@@ -486,6 +554,9 @@ def status_line(status: TalkStatus) -> Text:
     if status.push_to_talk:
         line += Text("  recording, Enter sends" if status.talking else "  Enter to talk", style="cyan")
     mic = status.muted or ("-∞" if status.level_dbfs == float("-inf") else f"{status.level_dbfs:.0f} dBFS")
+    if status.echo_dbfs is not None and not status.muted:
+        echo = "-∞" if status.echo_dbfs == float("-inf") else f"{status.echo_dbfs:.0f} dBFS"
+        mic += f", echo removed {echo}"
     line += Text(f"  │ mic {mic} │ reply queued {status.playback_ms / 1000:.1f} s"
                  f" │ upstream queue {status.upstream_ms} ms │ dropped {status.dropped_ms} ms"
                  f" │ turns {status.turns} │ Ctrl-C quits", style="dim")
@@ -546,6 +617,13 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
         buffer.latency = speaker.latency
         mic = Microphone(mic_device, lambda frames: None, frame_ms=FRAME_MS, sd=sd)  # wired by Talk
         opened.callback(mic.close)
+        echo, duplex, echo_off = None, "half" if options.duplex == "half" else "full", None
+        if options.duplex == "auto":
+            try:
+                echo = echo_path(options, mic, speaker)
+                duplex = "auto"
+            except EchoUnavailable as exc:
+                duplex, echo_off = "half", str(exc)
         recorder = None
         if options.record is not None:
             from .recording import Recorder, RecordingError
@@ -559,11 +637,49 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
         try:
             async with upstream_for(options.backend, config.model, options.dialect) as spec:
                 relay = Relay(config, spec)
-                talk = Talk(relay, options, view, asyncio.get_running_loop(), buffer, mic, speaker, stop, recorder)
+                talk = Talk(relay, options, view, asyncio.get_running_loop(), buffer, mic, speaker, stop, recorder,
+                            echo=echo, duplex=duplex, echo_off=echo_off)
                 await talk.run(on_start)
         finally:
             log.info("playback underruns %d, microphone overflows %d, speaker underflows %d", buffer.underruns,
                      mic.overflows, speaker.underflows)
+
+
+#: The devices' latencies beyond which the far end cannot be matched with the microphone in time.
+MAX_ALIGNABLE_LATENCY_S = 0.5
+
+
+def echo_path(options: TalkOptions, mic: Microphone, speaker: Speaker) -> EchoPath:
+    """Echo cancellation between these two streams, wired into their callbacks; or
+    :class:`~voicerelay.audio.echo.EchoUnavailable` saying why not (in a line)."""
+    from .audio.echo import EchoPath, load_engine
+
+    problem = alignment_problem(mic, speaker)
+    if problem is not None:
+        raise EchoUnavailable(problem)
+    engine = load_engine(options.echo_canceller, noise_suppression=options.noise_suppression,
+                         high_pass=options.high_pass)
+    path = EchoPath(engine, speaker.rate)
+    speaker.tap = path.far
+    mic.process = path.near
+    return path
+
+
+def alignment_problem(mic: Microphone, speaker: Speaker) -> str | None:
+    """Why the speakers' blocks cannot be matched in time with the microphone's, or None.
+
+    Both streams' times come from PortAudio's clock of their host API: two host APIs, two
+    clocks. A latency sounddevice does not report, or beyond what a reference can be kept for,
+    leaves nothing to align with.
+    """
+    if mic.device.hostapi != speaker.device.hostapi:
+        return (f"the microphone ({mic.device.hostapi}) and the speakers ({speaker.device.hostapi}) "
+                "are on different host APIs, whose clocks cannot be aligned")
+    for what, stream in (("microphone", mic), ("speakers", speaker)):
+        if not 0 < stream.latency <= MAX_ALIGNABLE_LATENCY_S:
+            return (f"the {what}' latency ({stream.latency * 1000:.0f} ms) is not reported or beyond "
+                    f"{MAX_ALIGNABLE_LATENCY_S * 1000:.0f} ms").replace("microphone'", "microphone's")
+    return None
 
 
 class _Every:
@@ -581,17 +697,20 @@ class _Every:
         self._handle.cancel()
 
 
-def _banner(upstream: str, mic: Microphone, speaker: Speaker, options: TalkOptions) -> str:
+def _banner(upstream: str, mic: Microphone, speaker: Speaker, options: TalkOptions, talk: Talk) -> str:
     rate = f" → {SAMPLE_RATE // 1000} kHz" if mic.rate != SAMPLE_RATE else ""
     mode = "push-to-talk (Enter starts and sends a turn)" if options.push_to_talk else "server VAD"
     extras = [mode]
     if options.text:
         extras.append("type a line to send it")
-    if options.duplex == "half":
-        extras.append("half duplex")
+    if talk.echo is not None:
+        extras.append(f"echo cancellation ({talk.echo.engine.name})")
+    elif talk.duplex == "half":
+        extras.append("half duplex (Enter interrupts)")
     if options.record is not None:
         extras.append(f"recording to {options.record}")
-    return (f"[bold green]talking[/] to {upstream}\n"
+    fallback = f"\n  [yellow]echo cancellation off: {escape(talk.echo_off)}; half duplex[/]" if talk.echo_off else ""
+    return (f"[bold green]talking[/] to {upstream}{fallback}\n"
             f"  microphone {mic.device.label()} at {mic.rate} Hz{rate}, speaker {speaker.device.label()} at "
             f"{speaker.rate} Hz\n  {', '.join(extras)}. Ctrl-C quits.")
 
@@ -650,4 +769,4 @@ class _Keyboard:
             self._fd = None
 
 
-__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]
+__all__ = ["PlainView", "Talk", "alignment_problem", "echo_path", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]

@@ -311,7 +311,11 @@ class Microphone(_DeviceStream):
         self.device = device
         self.overflows = 0
         self.on_frames = on_frames
+        #: ``process(frames, adc_time) -> frames``: on PortAudio's thread, before ``on_frames``
+        #: (echo cancellation); ``adc_time`` is when the first sample was captured (stream time).
+        self.process: Callable[[list[bytes], float], list[bytes]] | None = None
         self._splitter = FrameSplitter(frame_ms)
+        self._resampled = self._framed = 0  # 24 kHz samples out of the resampler, and out of the splitter
         self._resampler: soxr.ResampleStream | None = None
 
         def make(rate: int) -> Any:
@@ -328,7 +332,18 @@ class Microphone(_DeviceStream):
         pcm = np.frombuffer(indata, dtype=_PCM16)
         if self._resampler is not None:
             pcm = self._resampler.resample_chunk(pcm)
+        self._resampled += pcm.size
         out = self._splitter.feed(pcm.tobytes())
+        self._framed += sum(map(len, out)) // 2
+        if out and self.process is not None:
+            # when the first sample of ``out`` was captured: the block's end, less what the
+            # resampler and the splitter still hold and what ``out`` spans
+            adc = time.inputBufferAdcTime
+            if not adc > 0:  # a host API that does not report it
+                adc = time.currentTime - self._stream.latency
+            held = (self._resampler.delay() if self._resampler is not None else 0) / SAMPLE_RATE
+            pending = (self._resampled - self._framed + sum(map(len, out)) // 2) / SAMPLE_RATE
+            out = self.process(out, adc + frames / self.rate - held - pending)
         if out:
             self.on_frames(out)
 
@@ -349,6 +364,9 @@ class Speaker(_DeviceStream):
         self.device = device
         self.underflows = 0
         self._pull = pull
+        #: ``tap(block, dac_time)``: each block exactly as handed to the device (int16 at its
+        #: rate) and when its first sample is heard (stream time), from the output callback.
+        self.tap: Callable[[np.ndarray, float], None] | None = None
         self._lock = threading.Lock()  # pause() against the callback, for the resampler state
         self._pending = np.zeros(0, dtype=_PCM16)  # resampled, not handed yet
 
@@ -377,7 +395,13 @@ class Speaker(_DeviceStream):
             latency = self._stream.latency
         if self._read_into is not None:  # the buffer is at the device's rate: fill the block in place
             self._read_into(np.frombuffer(outdata, dtype=_PCM16), latency)
-            return
+        else:
+            self._fill(outdata, frames, latency)
+        if self.tap is not None:  # PortAudio's time for this block (the first ones after a start: no latency yet)
+            dac = time.outputBufferDacTime if time.outputBufferDacTime > 0 else time.currentTime + latency
+            self.tap(np.frombuffer(outdata, dtype=_PCM16), dac)
+
+    def _fill(self, outdata: Any, frames: int, latency: float) -> None:
         with self._lock:
             if self._resampler is None:
                 outdata[:] = self._pull(frames, latency).tobytes()

@@ -139,10 +139,12 @@ class PlaybackBuffer:
             for item in self._items.values():
                 item.complete = True
 
-    def stop(self) -> tuple[str | None, int]:
+    def stop(self, drop_in_flight: bool = True) -> tuple[str | None, int]:
         """Drop everything queued; return ``(item_id, played_ms)`` of the item being played.
 
-        The caller must drop what the device holds too (see the module docstring). The item
+        The caller must drop what the device holds too (see the module docstring), unless
+        ``drop_in_flight`` is false: the device then plays it out, and it counts as heard (the
+        output stream keeps running, as echo cancellation wants it). The item
         is the one handed most recently, or the next one queued when nothing was handed yet
         (``played_ms`` 0), or ``None`` when there was nothing at all.
         """
@@ -150,7 +152,7 @@ class PlaybackBuffer:
         self._resampler = self._resampling = None  # what it holds is dropped too
         with self._lock:
             now = self._clock()
-            for item_id, samples in self._unheard(now).items():
+            for item_id, samples in self._unheard(now).items() if drop_in_flight else ():
                 self._items[item_id].handed -= samples
             current = self._handed_order[-1] if self._handed_order else (self._queue[0][0] if self._queue else
                                                                           in_resampler)
@@ -158,8 +160,15 @@ class PlaybackBuffer:
             self._offset = self._queued = 0
             self._handed_order.clear()
             self._playing = False
-            self._heard_by = now
+            if drop_in_flight:
+                self._heard_by = now
             return current, self._ms(current, 0) if current is not None else 0
+
+    def handed_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` handed to the device so far, in flight or heard: what will
+        have been heard when the device is never made to drop what it holds."""
+        with self._lock:
+            return self._ms(item_id, 0)
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` heard so far (what is still in flight does not count)."""

@@ -88,10 +88,14 @@ class Conversation:
         return out
 
 
-def level_meter(level_dbfs: float, muted: str | None) -> Text:
-    """The microphone's level as a bar from -60 to 0 dBFS."""
+def level_meter(level_dbfs: float, muted: str | None, echo_dbfs: float | None = None) -> Text:
+    """The microphone's level as a bar from -60 to 0 dBFS; with echo cancellation (``echo_dbfs``,
+    the echo taken out), the level is after it and a second bar shows the echo."""
     if muted:
         return Text(f"{'·' * METER_CELLS} {muted}", style="yellow")
+    if echo_dbfs is not None:
+        return (Text("mic  ", style="dim") + level_meter(level_dbfs, None) + Text("\necho ", style="dim")
+                + level_meter(echo_dbfs, None))
     if level_dbfs == float("-inf") or level_dbfs < METER_FLOOR_DB:
         filled, label = 0, "   -∞ dBFS"
     else:
@@ -317,7 +321,7 @@ class TalkApp(EventLogKeys, App[int]):
         if s.recording:
             state += Text(f"   ● REC {s.recording}", style="bold red")
         self._update("state", state)
-        self._update("meter", level_meter(s.level_dbfs, s.muted))
+        self._update("meter", level_meter(s.level_dbfs, s.muted, s.echo_dbfs))
         self._update("queues", Text.assemble(
             "mic → upstream  ", (f"{s.upstream_frames} frame{'' if s.upstream_frames == 1 else 's'}", "bold"),
             f" ({s.upstream_ms} ms)\n",

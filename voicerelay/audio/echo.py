@@ -1,0 +1,459 @@
+"""Acoustic echo cancellation for ``talk``: what the speakers play, taken back out of the microphone.
+
+Two sides, two PortAudio threads:
+
+- **Far end** (:meth:`EchoPath.far`, the speakers' output callback): each block exactly as it
+  was handed to the device (at the device's rate, after resampling), with the time its first
+  sample is heard (``outputBufferDacTime``, else now plus the latency sounddevice reports). It
+  is only copied into a queue there: the output callback must stay cheap.
+- **Near end** (:meth:`EchoPath.near`, the microphone's input callback, after its resampler):
+  24 kHz frames with the time their first sample was captured (``inputBufferAdcTime`` less
+  what the resampler and the frame splitter held). Queued far blocks are resampled to 24 kHz
+  and written into a ring indexed by time; the reference of each 10 ms microphone frame is the
+  ring at the same time (plus ``LEAD``: an echo must never come before its reference), so the
+  canceller only has to model the room (a few ms to a few tens of ms of acoustic path). Both
+  timelines stay contiguous: PortAudio's times jitter by a millisecond or two from callback to
+  callback, and a reference that moves by a sample is one a linear canceller cannot follow. A
+  gap in either (an underrun, an overflow) moves it, and the canceller learns again.
+
+After the canceller, a **residual echo gate** silences what is left of the echo at the far end's
+onsets (where cancellers lag a frame or two) and far below it: a voice detector such as
+webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. :attr:`EchoPath.converged`
+says when the canceller has learnt the room (``talk`` mutes the microphone while a reply plays
+until then); :attr:`EchoPath.echo_free` when there is no echo to learn (headphones: the
+microphone goes up as it is).
+
+The canceller itself is an :class:`Engine`: :class:`WebRTCEngine` (WebRTC's audio processing
+module as livekit's ``rtc.AudioProcessingModule`` ships it: AEC3, noise suppression, high-pass
+filter) or :class:`SpeexEngine` (speexdsp's echo canceller and preprocessor, through ctypes on
+the system library ``libspeexdsp.so.1``). :func:`load_engine` says why one cannot be used
+(:class:`EchoUnavailable`), which ``talk --duplex auto`` prints before it falls back to half
+duplex.
+
+:class:`EchoStats` counts what a meter and a benchmark need: the microphone's level before
+and after, the echo estimate (what was taken out), ERLE while only the far end sounds, and the
+CPU time spent in the canceller.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import dataclasses
+import math
+import time
+from typing import Protocol
+
+import numpy as np
+import soxr
+
+from voicerelay.protocol.audio import SAMPLE_RATE
+
+__all__ = ["ENGINES", "EchoPath", "EchoStats", "EchoUnavailable", "Engine", "SpeexEngine", "WebRTCEngine",
+           "load_engine"]
+
+#: Both engines work on 10 ms frames at 24 kHz.
+FRAME = SAMPLE_RATE // 100
+#: How much far-end history is kept (the microphone's frames are matched against it by time).
+RING_S = 2.0
+#: The far end is "sounding" (for ERLE) when its 10 ms reference frame is above this level.
+FAR_ACTIVE_DBFS = -50.0
+#: The reference is taken this far ahead of the microphone's frame (samples): an error in the
+#: reported times that made the echo arrive before its reference would leave nothing to cancel;
+#: a later echo is what the canceller models anyway (the speakers' blocks are known that far ahead).
+LEAD = SAMPLE_RATE * 40 // 1000
+#: The residual echo gate (see :attr:`EchoPath.gate`): the far end's levels kept (10 ms frames:
+#: the echo lags its reference by the lead plus the room), and the bounds.
+GATE_HISTORY_FRAMES = 20
+ONSET_FRAMES = 15
+GATE_BELOW_FAR_DB = 25.0
+GATE_ONSET_DB = 3.0
+#: When the canceller counts as converged (see :attr:`EchoPath.converged`).
+CONVERGED_FRAMES = 30
+CONVERGED_ERLE_DB = 20.0
+#: ... or the microphone hears the far end this far down: no echo to learn (headphones).
+NO_ECHO_DB = 30.0
+#: A reported capture or playing time further than this from the stream's own timeline is a gap.
+MAX_JITTER_S = 0.02
+#: The microphone's timeline is moved when the reported times drift this far away on average (two
+#: devices' clocks). Less is left to the canceller, which follows a slowly moving delay: every jump is
+#: one it must learn again, while the assistant's voice leaks through.
+REANCHOR_SAMPLES = SAMPLE_RATE // 20
+_PCM16 = np.dtype("<i2")
+
+
+class EchoUnavailable(Exception):
+    """Echo cancellation cannot be used here; the message says why, in one line."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """One 10 ms frame (``FRAME`` int16 samples each): the microphone less the echo of ``far``."""
+        ...
+
+
+class WebRTCEngine:
+    """WebRTC's audio processing module (AEC3) through livekit's ``rtc.AudioProcessingModule``.
+
+    The reference handed to it is already aligned with the microphone (see the module
+    docstring), so the delay it is told is the residual one: 0 ms.
+    """
+
+    name = "webrtc"
+
+    def __init__(self, *, noise_suppression: bool = False, high_pass: bool = True) -> None:
+        try:
+            from livekit import rtc
+        except ImportError:
+            raise EchoUnavailable("the echo canceller needs livekit: pip install 'voicerelay[aec]'") from None
+        self._rtc = rtc
+        self._apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=noise_suppression,
+                                              high_pass_filter=high_pass)
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        rtc = self._rtc
+        self._apm.process_reverse_stream(rtc.AudioFrame(far.tobytes(), SAMPLE_RATE, 1, FRAME))
+        self._apm.set_stream_delay_ms(0)
+        frame = rtc.AudioFrame(near.tobytes(), SAMPLE_RATE, 1, FRAME)
+        self._apm.process_stream(frame)
+        return np.frombuffer(frame.data, dtype=_PCM16).copy()
+
+
+class SpeexEngine:
+    """speexdsp's echo canceller (MDF) and preprocessor (residual echo, optional noise suppression).
+
+    Through ctypes on the system library (Debian ``libspeexdsp1``, which PulseAudio itself
+    depends on): nothing to build. The filter covers ``tail_ms`` of acoustic path. speexdsp
+    has no high-pass filter; a DC blocker stands in for it.
+    """
+
+    name = "speex"
+    _SET_SAMPLING_RATE = 24
+    _PREPROCESS_SET_DENOISE = 0
+    _PREPROCESS_SET_ECHO_STATE = 24
+
+    def __init__(self, *, noise_suppression: bool = False, high_pass: bool = True, tail_ms: int = 150) -> None:
+        path = ctypes.util.find_library("speexdsp") or "libspeexdsp.so.1"
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            raise EchoUnavailable("the speex echo canceller needs libspeexdsp: apt-get install libspeexdsp1") from None
+        lib.speex_echo_state_init.restype = ctypes.c_void_p
+        lib.speex_echo_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.speex_echo_state_destroy.argtypes = [ctypes.c_void_p]
+        lib.speex_echo_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        lib.speex_echo_cancellation.argtypes = [ctypes.c_void_p] * 4
+        lib.speex_preprocess_state_init.restype = ctypes.c_void_p
+        lib.speex_preprocess_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.speex_preprocess_state_destroy.argtypes = [ctypes.c_void_p]
+        lib.speex_preprocess_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        lib.speex_preprocess_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._lib = lib
+        self._echo = lib.speex_echo_state_init(FRAME, SAMPLE_RATE * tail_ms // 1000)
+        rate = ctypes.c_int(SAMPLE_RATE)
+        lib.speex_echo_ctl(self._echo, self._SET_SAMPLING_RATE, ctypes.byref(rate))
+        self._pre = lib.speex_preprocess_state_init(FRAME, SAMPLE_RATE)
+        lib.speex_preprocess_ctl(self._pre, self._PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(self._echo))
+        denoise = ctypes.c_int(1 if noise_suppression else 0)
+        lib.speex_preprocess_ctl(self._pre, self._PREPROCESS_SET_DENOISE, ctypes.byref(denoise))
+        self._high_pass = high_pass
+        self._dc = 0.0
+        self._out = np.zeros(FRAME, dtype=_PCM16)
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        near = np.ascontiguousarray(near, dtype=_PCM16)
+        far = np.ascontiguousarray(far, dtype=_PCM16)
+        out = np.empty(FRAME, dtype=_PCM16)
+        self._lib.speex_echo_cancellation(self._echo, near.ctypes.data, far.ctypes.data, out.ctypes.data)
+        self._lib.speex_preprocess_run(self._pre, out.ctypes.data)
+        if self._high_pass:  # a DC blocker: the frame's mean, smoothed across frames
+            self._dc = 0.9 * self._dc + 0.1 * float(out.mean())
+            out = np.clip(out - round(self._dc), -32768, 32767).astype(_PCM16)
+        return out
+
+    def __del__(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is not None:
+            lib.speex_preprocess_state_destroy(self._pre)
+            lib.speex_echo_state_destroy(self._echo)
+
+
+class AecAudioProcessingEngine:
+    """WebRTC's audio processing module as the ``aec-audio-processing`` package builds it (from
+    source: no wheel; several minutes of C++). Compared in ``benchmarks/talk_echo.py``; not the
+    default. Its high-pass filter cannot be chosen (the module's own default applies)."""
+
+    name = "aec-audio-processing"
+
+    def __init__(self, *, noise_suppression: bool = False, high_pass: bool = True) -> None:
+        try:
+            from aec_audio_processing import AudioProcessor
+        except ImportError:
+            raise EchoUnavailable("this echo canceller needs aec-audio-processing: "
+                                  "pip install aec-audio-processing") from None
+        self._ap = AudioProcessor(enable_aec=True, enable_ns=noise_suppression, enable_agc=False, enable_vad=False)
+        self._ap.set_stream_format(SAMPLE_RATE, 1, SAMPLE_RATE, 1)
+        self._ap.set_reverse_stream_format(SAMPLE_RATE, 1)
+        self._ap.set_stream_delay(0)
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        self._ap.process_reverse_stream(far.tobytes())
+        return np.frombuffer(self._ap.process_stream(near.tobytes()), dtype=_PCM16).copy()
+
+
+ENGINES = {"webrtc": WebRTCEngine, "speex": SpeexEngine, "aec-audio-processing": AecAudioProcessingEngine}
+
+
+def load_engine(name: str = "webrtc", *, noise_suppression: bool = False, high_pass: bool = True) -> Engine:
+    """The engine called ``name``, or :class:`EchoUnavailable` saying why not."""
+    try:
+        make = ENGINES[name]
+    except KeyError:
+        raise EchoUnavailable(f"no echo canceller called {name!r} (known: {', '.join(ENGINES)})") from None
+    return make(noise_suppression=noise_suppression, high_pass=high_pass)
+
+
+@dataclasses.dataclass(slots=True)
+class EchoStats:
+    """What the canceller did so far (read from another thread: plain numbers, approximate)."""
+
+    frames: int = 0  # 10 ms microphone frames processed
+    cpu_s: float = 0.0  # thread CPU time spent in the engine
+    near_dbfs: float = float("-inf")  # the microphone, last 20 ms, before cancellation
+    out_dbfs: float = float("-inf")  # ... after
+    echo_dbfs: float = float("-inf")  # the echo estimate: what was taken out
+    far_dbfs: float = float("-inf")  # the reference
+    gated: int = 0  # frames the residual echo gate silenced
+    relearns: int = 0  # times a gap in a stream made the canceller learn the delay again
+    erle_near: float = 0.0  # energy in and out while the far end sounds (for ERLE)
+    erle_out: float = 0.0  # the canceller's output
+    erle_gated_out: float = 0.0  # ... after the residual echo gate (what goes upstream)
+
+    @property
+    def erle_db(self) -> float | None:
+        """Echo return loss enhancement over the frames where the far end sounded."""
+        if self.erle_near <= 0 or self.erle_out <= 0:
+            return None
+        return 10 * math.log10(self.erle_near / self.erle_out)
+
+    @property
+    def erle_gated_db(self) -> float | None:
+        """ERLE of what goes upstream (the gate's silence counts as a tiny floor, not as nothing)."""
+        if self.erle_near <= 0:
+            return None
+        floor = self.frames * FRAME * 1.0  # +-1 LSB per sample, over the frames processed
+        return 10 * math.log10(self.erle_near / max(self.erle_gated_out, floor))
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        """Seconds of CPU per second of microphone audio."""
+        return self.cpu_s / (self.frames * FRAME / SAMPLE_RATE) if self.frames else 0.0
+
+
+def _dbfs(energy: float, n: int) -> float:
+    return 10 * math.log10(energy / n) - 90.309 if energy > 0 else float("-inf")  # 20*log10(32768) = 90.309
+
+
+class EchoPath:
+    """The far end's blocks (speaker thread) and the microphone's frames (input thread), aligned by time.
+
+    ``out_rate``: the speakers' device rate. ``far`` and ``near`` take times on one clock
+    (PortAudio's stream time). ``measure_erle``: count the energy in and out while the far end
+    sounds (meaningful when nobody speaks near the microphone meanwhile: a benchmark's doing).
+    """
+
+    def __init__(self, engine: Engine, out_rate: int, *, gate: bool = True) -> None:
+        self.engine = engine
+        self.out_rate = out_rate
+        self.stats = EchoStats()
+        #: The canceller has learnt the echo path: over the last ``CONVERGED_FRAMES`` frames where
+        #: the far end sounded, it took ``CONVERGED_ERLE_DB`` out (or the microphone heard the far
+        #: end ``NO_ECHO_DB`` down: nothing to learn). Until then the assistant's
+        #: first words leak through (``talk`` keeps the microphone muted while it speaks).
+        self.converged = False
+        #: The residual echo gate (on by default): while the far end sounds, a frame far below the
+        #: far end, or at an onset of the far end (where a canceller lags for a frame or two) a frame
+        #: the canceller took much out of, is the echo's residue: silence is sent instead. A voice detector hears a residue 40-80 dB down as speech (webrtcvad does:
+        #: one 20 ms frame and its hangover start a turn); a person speaking over the assistant
+        #: is well above these bounds.
+        self.gate = gate
+        #: The microphone hears the far end ``NO_ECHO_DB`` down or less (headphones): its frames go
+        #: up as they are. A canceller that has no echo to learn stays in its cautious first state
+        #: and eats the start of a voice over the far end (AEC3 does: half the frames of "hello"
+        #: 10 dB down). Measured with convergence; measured again after a gap (:meth:`relearn`).
+        self.echo_free = False
+        self._far_levels: collections.deque[float] = collections.deque(maxlen=GATE_HISTORY_FRAMES)
+        self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
+        self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
+        self._written = None  # absolute 24 kHz index the ring is written up to (exclusive)
+        self._resampler: soxr.ResampleStream | None = None
+        self._segment_start = 0  # absolute index of the current far segment's first sample
+        self._segment_out = 0  # samples the current segment's resampler gave so far
+        self._segment_in_end = 0.0  # time the last far block handed ends
+        self._near_rest = np.zeros(0, dtype=_PCM16)  # microphone samples short of a 10 ms frame
+        self._near_index = 0  # absolute index of _near_rest's first sample
+        self._near_started = False
+        self._drift = 0.0  # smoothed difference between the reported capture times and the timeline
+
+    def relearn(self) -> None:
+        """The echo's delay changed (a gap in either stream): not converged until it is learnt again."""
+        self.converged = self.echo_free = False
+        self._learning.clear()
+        self.stats.relearns += 1
+
+    # ------------------------------------------------------------------ far end (output callback)
+
+    def far(self, block: np.ndarray, dac_time: float) -> None:
+        """A block as handed to the speakers (int16 at ``out_rate``), first heard at ``dac_time``."""
+        self._blocks.append((dac_time, block.copy()))
+
+    # ------------------------------------------------------------------ near end (input callback)
+
+    def near(self, frames: list[bytes], adc_time: float) -> list[bytes]:
+        """24 kHz microphone frames (any length, multiples of 10 ms best) whose first sample was
+        captured at ``adc_time``: the same frames with the echo taken out."""
+        started = time.thread_time()
+        self._drain_far()
+        pcm = np.frombuffer(b"".join(frames), dtype=_PCM16)
+        # the microphone's timeline stays contiguous: the callbacks' capture times jitter by
+        # a millisecond or two, and a reference that jumps by a sample at every block is one a
+        # linear echo canceller cannot follow. It moves to the reported times only at a gap (an
+        # overflow), or when they drift far away on average (the two devices' clocks).
+        expected = self._near_index + self._near_rest.size
+        measured = adc_time * SAMPLE_RATE
+        if self._near_started:
+            self._drift += 0.05 * ((measured - expected) - self._drift)
+        if not self._near_started or abs(measured - expected) > MAX_JITTER_S * SAMPLE_RATE:
+            self._near_rest = np.zeros(0, dtype=_PCM16)
+            if self._near_started:
+                self.relearn()  # a gap (an overflow): the delay the canceller learnt is gone
+            self._near_index, self._drift, self._near_started = round(measured), 0.0, True
+        elif abs(self._drift) > REANCHOR_SAMPLES:
+            self.relearn()
+            self._near_index += round(self._drift)
+            self._drift = 0.0
+        data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
+        out = np.empty_like(data)
+        stats = self.stats
+        whole = data.size - data.size % FRAME
+        near_e = out_e = echo_e = far_e = 0.0
+        for i in range(0, whole, FRAME):
+            near = data[i:i + FRAME]
+            far = self._far_at(self._near_index + i + LEAD)
+            cleaned = self.engine.process(near, far)
+            if self.echo_free:  # nothing to cancel: the microphone as it is (see echo_free)
+                cleaned = near
+            n = near.astype(np.float64)
+            c = cleaned.astype(np.float64)
+            f = far.astype(np.float64)
+            ne, ce, fe = float(n @ n), float(c @ c), float(f @ f)
+            canceller_e = ce
+            if self.gate and not self.echo_free and self._residual(_dbfs(ne, FRAME), _dbfs(ce, FRAME), _dbfs(fe, FRAME)):
+                cleaned = np.zeros(FRAME, dtype=_PCM16)
+                c = cleaned.astype(np.float64)
+                ce = 0.0
+                stats.gated += 1
+            out[i:i + FRAME] = cleaned
+            d = n - c
+            near_e += ne
+            out_e += ce
+            echo_e += float(d @ d)
+            far_e += fe
+            if _dbfs(fe, FRAME) > FAR_ACTIVE_DBFS:
+                stats.erle_near += ne
+                stats.erle_out += canceller_e
+                stats.erle_gated_out += ce
+                if not self.converged:
+                    self._learning.append((ne, canceller_e, fe))
+                    if len(self._learning) == self._learning.maxlen:
+                        n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
+                        # it cancels the echo, or there is none to cancel (headphones)
+                        self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
+                        self.converged = (self.echo_free
+                                          or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB)
+        stats.cpu_s += time.thread_time() - started
+        stats.frames += whole // FRAME
+        if whole:
+            stats.near_dbfs, stats.out_dbfs = _dbfs(near_e, whole), _dbfs(out_e, whole)
+            stats.echo_dbfs, stats.far_dbfs = _dbfs(echo_e, whole), _dbfs(far_e, whole)
+        # what is short of a whole frame waits for the next call; the caller gets what was processed
+        self._near_rest = data[whole:].copy()
+        self._near_index += whole
+        processed = out[:whole].tobytes()
+        size = len(frames[0]) if frames else 0
+        return [processed[j:j + size] for j in range(0, len(processed), size)] if size else []
+
+    # ------------------------------------------------------------------ internals
+
+    def _residual(self, near_db: float, out_db: float, far_db: float) -> bool:
+        """Is this frame's output the echo's residue rather than someone speaking (see :attr:`gate`)?"""
+        history = self._far_levels
+        history.append(far_db)
+        loudest = max(history)
+        if loudest <= FAR_ACTIVE_DBFS:
+            return False  # the far end is silent: whatever is left is the room's
+        onset = min(list(history)[-ONSET_FRAMES:]) <= FAR_ACTIVE_DBFS
+        return out_db < loudest - GATE_BELOW_FAR_DB or (onset and out_db < near_db - GATE_ONSET_DB)
+
+    def _drain_far(self) -> None:
+        while self._blocks:
+            dac_time, block = self._blocks.popleft()
+            if self._resampler is not None and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
+                # not contiguous with the last block (an underrun): a new segment, whose delay the
+                # canceller must learn again
+                self._resampler = None
+                self.relearn()
+            if self._resampler is None:
+                self._resampler = (soxr.ResampleStream(self.out_rate, SAMPLE_RATE, 1, dtype="int16", quality="LQ")
+                                   if self.out_rate != SAMPLE_RATE else None)
+                self._segment_start = round(dac_time * SAMPLE_RATE)
+                self._segment_out = 0
+                if self._resampler is None:  # no resampling needed: mark the segment with a sentinel
+                    self._resampler = _Identity()
+            self._segment_in_end = dac_time + block.size / self.out_rate
+            out = self._resampler.resample_chunk(block)
+            self._write(self._segment_start + self._segment_out, out)
+            self._segment_out += out.size
+
+    def _write(self, index: int, samples: np.ndarray) -> None:
+        size = self._ring.size
+        if self._written is None or index - self._written > size:
+            self._written = index
+            self._ring[:] = 0
+        if index > self._written:  # never written in between: silence
+            self._put(self._written, np.zeros(index - self._written, dtype=_PCM16))
+        self._put(index, samples)
+        self._written = max(self._written, index + samples.size)
+
+    def _put(self, index: int, samples: np.ndarray) -> None:
+        size = self._ring.size
+        samples = samples[-size:]
+        first = index % size
+        n = min(samples.size, size - first)
+        self._ring[first:first + n] = samples[:n]
+        self._ring[:samples.size - n] = samples[n:]
+
+    def _far_at(self, index: int) -> np.ndarray:
+        """The far end's ``FRAME`` samples at absolute index ``index`` (silence where none were heard)."""
+        size = self._ring.size
+        out = np.zeros(FRAME, dtype=_PCM16)
+        if self._written is None:
+            return out
+        lo, hi = max(index, self._written - size), min(index + FRAME, self._written)
+        if lo >= hi:
+            return out
+        first = lo % size
+        n = hi - lo
+        k = min(n, size - first)
+        out[lo - index:lo - index + k] = self._ring[first:first + k]
+        out[lo - index + k:hi - index] = self._ring[:n - k]
+        return out
+
+
+class _Identity:
+    def resample_chunk(self, block: np.ndarray) -> np.ndarray:
+        return block
