@@ -300,6 +300,11 @@ def replay(
         show_default=False)] = None,
     record: Annotated[Path | None, typer.Option(metavar="DIR", help="Record the session into this new folder.",
                                                 show_default=False)] = None,
+    vary: Annotated[list[str] | None, typer.Option(metavar="KEY=V1,V2", help=(
+        "A/B replay: replay the input under every combination of these settings (repeatable: turn_detection, "
+        "silence_duration_ms, prefix_padding_ms, threshold, voice, instructions, ...), two at a time, and print "
+        "one table: turns, interruptions, first-audio latency, transcripts that differ, lint findings, cost."),
+        show_default=False)] = None,
     compare: Annotated[bool, typer.Option(
         "--compare", help="With a recorded session: show how the new transcripts differ from the recorded ones.")
     ] = False,
@@ -333,7 +338,14 @@ def replay(
                             json_path=json_path, expect=expect, record=record, compare=compare, timeout=timeout)
     console = make_console(stderr=json_path == "-")
     err = make_console(stderr=True)
-    raise typer.Exit(asyncio.run(replay_all(_expand_globs(paths), options, console, err)))
+    inputs = _expand_globs(paths)
+    if vary:
+        if len(inputs) != 1:
+            fail(f"--vary replays one input, not {len(inputs)}")
+        from .variants import replay_variants
+
+        raise typer.Exit(asyncio.run(replay_variants(inputs[0], vary, options, console, err)))
+    raise typer.Exit(asyncio.run(replay_all(inputs, options, console, err)))
 
 
 def _expand_globs(paths: list[Path]) -> list[Path]:
