@@ -137,9 +137,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_proxy(upstream_url: str, record: str | None) -> tuple[subprocess.Popen[str], str]:
+def start_proxy(upstream_url: str, record: str | None, lint: bool = False) -> tuple[subprocess.Popen[str], str]:
     args = [sys.executable, "-m", "voicerelay", "proxy", "--port", "0", "--backend", upstream_url,
-            "--log-level", "warning", "--max-sessions", "1000"]
+            "--log-level", "warning", "--max-sessions", "1000", "--lint" if lint else "--no-lint"]
     if record:
         args += ["--record", record]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -159,6 +159,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--record", action="store_true", help="the proxy records every session too")
+    parser.add_argument("--lint", action="store_true", help="the proxy lints every session live (voicerelay proxy --lint)")
     parser.add_argument("--upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.upstream:
@@ -173,7 +174,8 @@ def main() -> int:
             while not port_file.exists() or not port_file.read_text():
                 time.sleep(0.05)
             direct_url = f"ws://127.0.0.1:{port_file.read_text()}/v1/realtime"
-            proxy, proxy_url = start_proxy(direct_url, str(Path(tmp) / "rec") if options.record else None)
+            proxy, proxy_url = start_proxy(direct_url, str(Path(tmp) / "rec") if options.record else None,
+                                           options.lint)
             results = {}
             for label, url in (("direct", direct_url), ("proxied", proxy_url)):
                 before = cpu_seconds(proxy.pid)

@@ -171,7 +171,8 @@ def proxy(
                                               min=1)] = 100,
     lint: Annotated[bool, typer.Option("--lint/--no-lint", help=(
         "Check every session live against the protocol rules of [bold]voicerelay lint[/]: each finding is one "
-        "warning line, as soon as it is known."))] = True,
+        "warning line, as soon as it is known. Off by default: at 50 sessions it adds 2-5 ms at p99 per event "
+        "(benchmarks/proxy_overhead.py); lint the recordings afterwards instead."))] = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Put voicerelay between any Realtime app and its server: every event forwarded unchanged, and recorded.

@@ -282,7 +282,7 @@ def _address(address: Any) -> str:
 
 async def run(*, backend: str | None, host: str, port: int, token: str | None, allow_origins: Sequence[str],
               max_sessions: int, record: str | None, sock: Any = None, ready: Any = None,
-              lint: bool = True) -> None:
+              lint: bool = False) -> None:
     """Run a proxy until cancelled (the ``voicerelay proxy`` command): resolve ``--backend`` (an
     embedded backend is started here), record if asked, serve."""
     import os
