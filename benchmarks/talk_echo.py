@@ -38,9 +38,7 @@ import argparse
 import asyncio
 import base64
 import io
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.audio_rig import AudioRig, available  # noqa: E402
+from common import backend_and_rig  # noqa: E402
+from tests.audio_rig import AudioRig  # noqa: E402
 
 CANDIDATES = ["none", "webrtc", "aec-audio-processing", "speex"]
 LOUD = 8
@@ -286,22 +285,5 @@ if __name__ == "__main__":
                         help=f"comma-separated, of {', '.join(CANDIDATES)} (default all)")
     parser.add_argument("--verbose", action="store_true", help="say which replies were cut off and by what")
     args = parser.parse_args()
-    if not available():
-        raise SystemExit("needs PulseAudio: apt-get install pulseaudio pulseaudio-utils")
-    os.environ.pop("OPENAI_API_KEY", None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    backend = subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", str(port), "--pace", "10"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert backend.stderr is not None
-        backend.stderr.readline()  # its banner: listening
-        with tempfile.TemporaryDirectory(prefix="vr-bench-") as folder, AudioRig(Path(folder)) as rig:
-            os.environ.update(rig.env())  # before PortAudio starts: it reads them once
-            asyncio.run(main(args, f"ws://127.0.0.1:{port}/v1/realtime", rig))
-    finally:
-        backend.send_signal(signal.SIGINT)
-        backend.wait(10)
-        if backend.stderr is not None:
-            backend.stderr.close()
+    with backend_and_rig() as (url, rig):
+        asyncio.run(main(args, url, rig))

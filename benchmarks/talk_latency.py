@@ -47,12 +47,8 @@ import base64
 import collections
 import io
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,7 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.audio_rig import AudioRig, available  # noqa: E402
+from common import backend_and_rig  # noqa: E402
 
 FRAME_MS = 20
 #: Utterances whose replies last 3.4 s or more.
@@ -222,22 +218,5 @@ if __name__ == "__main__":
     parser.add_argument("--terminal", action="store_true",
                         help="render the live state line, as in a terminal (the default console is not one)")
     args = parser.parse_args()
-    if not available():
-        raise SystemExit("needs PulseAudio: apt-get install pulseaudio pulseaudio-utils")
-    os.environ.pop("OPENAI_API_KEY", None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    backend = subprocess.Popen([sys.executable, "-m", "voicerelay", "backend", "--port", str(port), "--pace", "10"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert backend.stderr is not None
-        backend.stderr.readline()  # its banner: listening
-        with tempfile.TemporaryDirectory(prefix="vr-bench-") as folder, AudioRig(Path(folder)) as rig:
-            os.environ.update(rig.env())  # before PortAudio starts: it reads them once
-            asyncio.run(main(args, f"ws://127.0.0.1:{port}/v1/realtime"))
-    finally:
-        backend.send_signal(signal.SIGINT)
-        backend.wait(10)
-        if backend.stderr is not None:
-            backend.stderr.close()
+    with backend_and_rig() as (url, _rig):
+        asyncio.run(main(args, url))
