@@ -1,7 +1,6 @@
 """A virtual microphone and speakers on a private PulseAudio server, for tests and benchmarks.
 
-The Python twin of ``../shared/testing/audio_rig.sh``: a PulseAudio daemon (a child process, not
-daemonised, so it is stopped and reaped like any other) with everything it writes under one
+A PulseAudio daemon (a child process, not daemonised, so it is stopped and reaped like any other) with everything it writes under one
 folder, two null sinks ``vr_speaker`` and ``vr_mic_feed`` (24 kHz mono s16le) and a virtual
 source ``vr_mic`` fed by ``vr_mic_feed``'s monitor.
 
