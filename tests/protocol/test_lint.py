@@ -94,3 +94,47 @@ def test_band_limit_of_real_speech_through_a_lower_rate(rate: int, cutoff: float
     speech = read_recording("what_can_you_do")
     assert band_limit_hz(speech.tobytes()) is None  # recorded at 24 kHz: full band
     assert band_limit_hz(through(speech, rate).tobytes()) == cutoff
+
+
+def _append_all(linter: Linter, pcm: np.ndarray, t0: float) -> tuple[float, list[str]]:
+    """Feed ``pcm`` as 20 ms appends with their base64 audio, as a proxy sees them."""
+    codes: list[str] = []
+    t = t0
+    raw = pcm.tobytes()
+    for i in range(0, len(raw), 960):
+        chunk = raw[i:i + 960]
+        codes += [f.code for f in linter.feed("up", t, {"type": "input_audio_buffer.append",
+                                                        "audio": pcm16_to_b64(chunk)}, chunk)]
+        t += 0.02
+    return t, codes
+
+
+def test_a_stream_that_turns_narrow_after_a_long_full_band_stretch_is_still_caught() -> None:
+    """The band is judged less often once a stream was full band for a while (a live linter must
+    stay cheap), never so seldom that a change of rate goes unnoticed for long."""
+    linter = started()
+    speech = read_recording("what_can_you_do")
+    t, codes = _append_all(linter, np.tile(speech, 30), 1.0)  # 56 s at 24 kHz: full band, skips at their longest
+    assert codes == []
+    narrow = np.tile(through(speech, 8000), 6)
+    end, codes = _append_all(linter, narrow, t)
+    assert codes == ["VR108"]
+    [finding] = [f for f in linter.findings if f.code == "VR108"]
+    assert finding.t - t <= 10.0  # caught within the longest skip plus a block, not at the end
+
+
+def test_silence_does_not_count_as_a_full_band_judgement() -> None:
+    """Quiet audio cannot be judged: it must not make the linter look less often."""
+    linter = started()
+    quiet = np.zeros(24000 * 60, dtype="<i2")
+    t, codes = _append_all(linter, quiet, 1.0)
+    _, codes = _append_all(linter, through(read_recording("what_can_you_do"), 8000), t)
+    assert codes == ["VR108"]
+
+
+def test_a_short_narrow_stream_is_judged_when_the_session_ends() -> None:
+    linter = started()
+    speech = through(read_recording("what_can_you_do"), 16000)[: 24000 * 8 // 10]  # 0.8 s: under one block
+    _, codes = _append_all(linter, speech, 1.0)
+    assert codes == []
+    assert [f.code for f in linter.finish()] == ["VR108"]

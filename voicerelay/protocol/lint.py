@@ -150,13 +150,17 @@ AHEAD_OF_REAL_TIME_MS = 300
 MIN_COMMIT_MS = 100
 #: VR111 looks at this many in-band turns.
 GROWTH_TURNS = 5
-#: VR108 judges input audio in blocks of this much audio louder than SPEECH_DBFS.
-SPECTRUM_BLOCK_S = 0.5
+#: VR108 judges input audio in blocks of this much audio (its stretches louder than SPEECH_DBFS);
+#: after three full-band blocks in a row it skips 1, 3, 7... blocks between judgements, at most
+#: SPECTRUM_MAX_SKIP; what is left at the end of the session is judged then.
+SPECTRUM_BLOCK_S = 1.0
+SPECTRUM_MAX_SKIP = 7
 SPEECH_DBFS = -50.0
 #: Audio with nothing above this frequency was sampled below 24 kHz (or sent at the wrong rate).
 NARROW_BELOW_HZ = 9000
 _BAND_HZ = 500
 _EMPTY_DB = 60.0
+_BLOCK_BYTES = int(SPECTRUM_BLOCK_S * SAMPLE_RATE * 2)
 
 _BETA_SESSION_KEYS = frozenset({"modalities", "voice", "input_audio_format", "output_audio_format",
                                 "turn_detection", "input_audio_transcription", "input_audio_noise_reduction",
@@ -196,40 +200,56 @@ def _ms(seconds: float) -> str:
 def band_limit_hz(pcm: bytes) -> float | None:
     """The frequency above which ``pcm`` (PCM16 mono 24 kHz) holds nothing, or ``None`` if it is full band.
 
-    The long-term spectrum in 500 Hz bands: a band is empty when it is 60 dB below the loudest.
-    Audio recorded at 24 kHz has content (speech or the room's noise) up to about 11 kHz; audio
-    that went through 8 kHz or 16 kHz has nothing above 4 or 8 kHz.
+    The long-term spectrum of its louder stretches (1024-sample frames above ``SPEECH_DBFS``) in
+    500 Hz bands: a band is empty when it is 60 dB below the loudest. Audio recorded at 24 kHz
+    has content (speech or the room's noise) up to about 11 kHz; audio that went through 8 kHz
+    or 16 kHz has nothing above 4 or 8 kHz. ``None`` too when there is too little loud audio.
     """
+    judged = _band_limit(pcm)
+    return None if judged is _UNJUDGED else judged  # type: ignore[return-value]
+
+
+_UNJUDGED = object()
+
+
+def _band_limit(pcm: bytes) -> float | None | object:
+    """:func:`band_limit_hz`, or ``_UNJUDGED`` when ``pcm`` holds too little loud audio to say."""
     import numpy as np
 
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
-    size = 1024
-    frames = len(samples) // size
-    if frames < 4:
-        return None
-    window = np.hanning(size)
-    power = (np.abs(np.fft.rfft(samples[: frames * size].reshape(frames, size) * window, axis=1)) ** 2).mean(0)
-    freqs = np.fft.rfftfreq(size, 1 / SAMPLE_RATE)
-    levels = []
-    for low in range(0, SAMPLE_RATE // 2, _BAND_HZ):
-        band = power[(freqs >= low) & (freqs < low + _BAND_HZ)]
-        levels.append(10 * np.log10(band.mean() + 1e-12))
-    loudest = max(levels)
+    window, edges = _analysis()
+    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2)
+    frames = samples[: len(samples) // _FRAME * _FRAME].reshape(-1, _FRAME).astype(np.float32)
+    if len(frames):
+        energy = np.einsum("ij,ij->i", frames, frames) / _FRAME  # mean square per frame
+        frames = frames[energy >= _SPEECH_POWER]
+    if len(frames) < 4:
+        return _UNJUDGED
+    power = (np.abs(np.fft.rfft(frames * window, axis=1)) ** 2).mean(0)
+    levels = 10 * np.log10(np.add.reduceat(power, edges) / np.diff(np.append(edges, len(power))) + 1e-12)
+    loudest = float(levels.max())
     if loudest < 40:  # (near) digital silence: nothing to judge
-        return None
-    top = max(i for i, level in enumerate(levels) if level >= loudest - _EMPTY_DB)
+        return _UNJUDGED
+    top = int(np.flatnonzero(levels >= loudest - _EMPTY_DB)[-1])
     cutoff = (top + 1) * _BAND_HZ
     return float(cutoff) if cutoff <= NARROW_BELOW_HZ else None
 
 
-def _rms_dbfs(pcm: bytes) -> float:
-    import numpy as np
+_FRAME = 1024
+#: Mean square of a PCM16 frame at SPEECH_DBFS.
+_SPEECH_POWER = (32768 * 10 ** (SPEECH_DBFS / 20)) ** 2
+_ANALYSIS: Any = None
 
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
-    if samples.size == 0:
-        return -math.inf
-    rms = math.sqrt(float(np.mean(samples * samples)))
-    return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
+
+def _analysis() -> Any:
+    """The window and the first FFT bin of each 500 Hz band, computed once."""
+    global _ANALYSIS
+    if _ANALYSIS is None:
+        import numpy as np
+
+        freqs = np.fft.rfftfreq(_FRAME, 1 / SAMPLE_RATE)
+        edges = np.searchsorted(freqs, np.arange(0, SAMPLE_RATE // 2, _BAND_HZ))
+        _ANALYSIS = (np.hanning(_FRAME).astype(np.float32), edges)
+    return _ANALYSIS
 
 
 @dataclass(slots=True)
@@ -257,6 +277,9 @@ class _State:
     grew: bool = False
     narrow_block: bytearray = field(default_factory=bytearray)
     narrow_reported: bool = False
+    narrow_clean: int = 0  # blocks judged full band in a row
+    narrow_skip: int = 0  # blocks still to skip before the next judgement
+    narrow_skip_bytes: int = 0
 
 
 class Linter:
@@ -299,6 +322,8 @@ class Linter:
             self._flag("VR103", at, f"function_call_output for {call_id} was never followed by response.create "
                                     "before the session ended")
         self._s.pending_outputs.clear()
+        if self._s.narrow_block:
+            self._judge_band(self._t if t is None else t)
         return self._drain()
 
     # ------------------------------------------------------------------------------ plumbing
@@ -360,18 +385,36 @@ class Linter:
             self._spectrum(t, pcm)
 
     def _spectrum(self, t: float, pcm: bytes) -> None:
+        """Collect the input audio; judge its band every ``SPECTRUM_BLOCK_S`` of audio. A stream
+        judged full band several times running is judged less and less often (every 2nd, 4th...
+        block, at most every ``SPECTRUM_MAX_SKIP``): the rate of a stream seldom changes, and a
+        live linter must stay cheap (the rest of the blocks cost a copy into a buffer)."""
         s = self._s
-        if _rms_dbfs(pcm) < SPEECH_DBFS:
+        if s.narrow_skip:
+            s.narrow_skip_bytes += len(pcm)
+            if s.narrow_skip_bytes >= _BLOCK_BYTES:
+                s.narrow_skip_bytes -= _BLOCK_BYTES
+                s.narrow_skip -= 1
             return
         s.narrow_block += pcm
-        if len(s.narrow_block) < SPECTRUM_BLOCK_S * SAMPLE_RATE * 2:
-            return
-        cutoff = band_limit_hz(bytes(s.narrow_block))
+        if len(s.narrow_block) >= _BLOCK_BYTES:
+            self._judge_band(t)
+
+    def _judge_band(self, t: float) -> None:
+        s = self._s
+        cutoff = _band_limit(bytes(s.narrow_block))
         s.narrow_block.clear()
+        if cutoff is _UNJUDGED:
+            return
         if cutoff is None:
             s.narrow_reported = False
+            s.narrow_clean += 1
+            if s.narrow_clean >= 3:
+                s.narrow_skip = min(SPECTRUM_MAX_SKIP, 2 ** (s.narrow_clean - 2) - 1)
         elif not s.narrow_reported:
             s.narrow_reported = True
+            s.narrow_clean = 0
+            assert isinstance(cutoff, float)
             self._flag("VR108", t, f"the input audio has nothing above {cutoff / 1000:g} kHz in a 24 kHz stream: "
                                    f"it was sampled at about {2 * cutoff / 1000:g} kHz (or sent at the wrong rate)")
 
