@@ -17,7 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VoiceRelayError
+from .errors import EXIT_INTERRUPTED, UsageError, VoiceRelayError
 
 class _FlagsShownAsFlags:
     """Help that shows a flag (``--compare``, ``--help``) without a ``<bool>`` as if it took a value."""

@@ -22,7 +22,6 @@ like an OpenAI key (``sk-...``) or a bearer token is redacted.
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import math
