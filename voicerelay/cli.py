@@ -171,8 +171,12 @@ def proxy(
                                               min=1)] = 100,
     lint: Annotated[bool, typer.Option("--lint/--no-lint", help=(
         "Check every session live against the protocol rules of [bold]voicerelay lint[/]: each finding is one "
-        "warning line, as soon as it is known. Off by default: at 50 sessions it adds 2-5 ms at p99 per event "
-        "(benchmarks/proxy_overhead.py); lint the recordings afterwards instead."))] = False,
+        "warning line as soon as it is known, and shows in [bold]voicerelay inspect[/]."))] = True,
+    monitor: Annotated[bool, typer.Option("--monitor/--no-monitor", help=(
+        "Show every session to [bold]voicerelay inspect http://HOST:MONITOR_PORT[/] (state, transcripts, "
+        "latency, lint findings, cost); monitors give --token when the proxy requires one."))] = True,
+    monitor_port: Annotated[int, typer.Option(metavar="PORT", min=0, max=65535,
+        help="Port of the monitor that inspect connects to (0 picks a free one).")] = 8767,
     log_level: LogLevel = "info",
 ) -> None:
     """Put voicerelay between any Realtime app and its server: every event forwarded unchanged, and recorded.
@@ -193,22 +197,33 @@ def proxy(
     if problem is not None:
         fail(problem)
     sock = _listening_socket(host, port)
+    try:
+        monitor_sock = _listening_socket(host, monitor_port) if monitor else None
+    except BaseException:
+        sock.close()
+        raise
     console = make_console(stderr=True)
 
     def ready(server: Any) -> None:
         console.print(f"[bold green]voicerelay proxy[/] on [cyan]{server.url}[/] → {server.label}"
                       f"{'  (recording into ' + str(record) + ')' if record else ''}. "
                       f"Point apps at [bold]websocket_base_url=\"{server.base_url}\"[/]. Ctrl-C stops it.")
+        if monitor_sock is not None:
+            mhost, mport = monitor_sock.getsockname()[:2]
+            where = f"[{mhost}]" if ":" in mhost else mhost
+            console.print(f"Watch its sessions: [bold]voicerelay inspect http://{where}:{mport}[/]")
 
     try:
         asyncio.run(run(backend=backend, host=host, port=sock.getsockname()[1], token=token,
                         allow_origins=allow_origin or [], max_sessions=max_sessions,
                         record=str(record) if record is not None else None, sock=sock, ready=ready,
-                        lint=lint))
+                        lint=lint, monitor_sock=monitor_sock))
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("stopped.")
     finally:
         sock.close()
+        if monitor_sock is not None:
+            monitor_sock.close()
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> VoiceRelayError:

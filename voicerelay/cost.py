@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from .upstream import UpstreamSpec
 
 __all__ = ["PRICES_ENV", "Cost", "PriceTable", "Prices", "SessionCost", "cost_state", "default_prices",
-           "format_usd", "load_prices", "parse_prices", "session_cost", "turn_cost", "upstream_estimates", "usage_cost"]
+           "format_usd", "load_prices", "parse_prices", "session_cost", "turn_cost", "upstream_estimates", "usage_cost",
+           "usage_state"]
 
 #: The environment variable that points voicerelay at a price table of the user's own.
 PRICES_ENV = "VOICERELAY_PRICES"
@@ -322,3 +323,15 @@ def cost_state(session: RealtimeSession, spec: UpstreamSpec | None) -> dict[str,
     except UsageError as exc:
         return {"model": session_model(session), "usd": None, "estimate": estimate, "note": str(exc)}
     return {"model": cost.model, **cost.total.report()}
+
+
+def usage_state(usage: Mapping[str, Any] | None, model: str | None, *, estimate: bool) -> dict[str, Any]:
+    """:func:`cost_state` for a session known only by its summed ``usage`` and ``model`` (one a
+    proxy watches): the same shape, never raises."""
+    try:
+        table = load_prices()
+    except UsageError as exc:
+        return {"model": model, "usd": None, "estimate": estimate, "note": str(exc)}
+    cost = usage_cost(usage, table.find(model), model=model, estimate=estimate,
+                      note=ESTIMATED_USAGE if estimate else "")
+    return {"model": model, **cost.report()}

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -235,6 +237,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           timeout=30, env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
+def test_a_busy_monitor_port_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = run_cli("--port", "0", "--monitor-port", str(port))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f":{port}" in lines[0], result.stderr
+
+
 def test_listening_wider_than_loopback_needs_a_token() -> None:
     result = run_cli("--host", "0.0.0.0", "--port", "0")
     lines = result.stderr.strip().splitlines()
@@ -245,31 +255,43 @@ def test_listening_wider_than_loopback_needs_a_token() -> None:
 
 
 @pytest.fixture
-async def cli_proxy(backend: BackendServer, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+async def cli_proxy(backend: BackendServer, tmp_path: Path) -> AsyncIterator[tuple[str, Path, str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voicerelay", "proxy", "--host", "0.0.0.0", "--port", "0", "--token", "tok",
-        "--backend", backend.url, "--record", str(tmp_path / "rec"), stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "300"})
+        "--backend", backend.url, "--record", str(tmp_path / "rec"), "--monitor-port", "0",
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "300"})
     assert proc.stderr is not None
-    line = ""
+    lines = ""
     async with asyncio.timeout(20):
-        while "Ctrl-C stops it" not in line:
+        while "Watch its sessions" not in lines:
             line = (await proc.stderr.readline()).decode()
             assert line, "the proxy exited early"
-    port = re.search(r"ws://0\.0\.0\.0:(\d+)/v1/realtime", line)
-    assert port, line
-    yield f"ws://127.0.0.1:{port.group(1)}/v1", tmp_path / "rec"
+            lines += line
+    port = re.search(r"ws://0\.0\.0\.0:(\d+)/v1/realtime", lines)
+    monitor = re.search(r"voicerelay inspect (http://0\.0\.0\.0:\d+)", lines)
+    assert port and monitor, lines
+    yield f"ws://127.0.0.1:{port.group(1)}/v1", tmp_path / "rec", monitor.group(1)
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     rest = (await proc.stderr.read()).decode()
     assert "Traceback" not in rest and "tok" not in rest.replace("token", ""), rest
 
 
-async def test_the_command_proxies_records_and_stops_on_ctrl_c(cli_proxy: tuple[str, Path]) -> None:
-    base_url, records = cli_proxy
+async def test_the_command_proxies_records_and_stops_on_ctrl_c(cli_proxy: tuple[str, Path, str]) -> None:
+    base_url, records, monitor_url = cli_proxy
     client = AsyncOpenAI(api_key="tok", websocket_base_url=base_url)
+    watcher = socketio.AsyncClient(reconnection=False)
+    sessions: list[dict[str, object]] = []
+    watcher.on("session_update", sessions.append, namespace="/monitor")
+    watcher.on("sessions", lambda data: sessions.extend(data["sessions"]), namespace="/monitor")
+    await watcher.connect(monitor_url, namespaces=["/monitor"], transports=["websocket"], auth={"token": "tok"})
     async with client.realtime.connect(model="gpt-realtime") as conn:
         assert json.loads(await conn.recv_bytes())["type"] == "session.created"
+        async with asyncio.timeout(10):
+            while not sessions:  # inspect sees the session (with the proxy's token), linted
+                await asyncio.sleep(0.05)
+        assert sessions[-1]["node"] == "proxy" and sessions[-1]["lint"] == {"count": 0, "findings": []}
+    await watcher.disconnect()
     await client.close()
     await asyncio.sleep(0.3)
     (folder,) = list(records.iterdir())

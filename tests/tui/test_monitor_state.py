@@ -39,10 +39,23 @@ def test_a_row_fills_every_column_whole() -> None:
     assert len(row) == len(COLUMNS)
     assert dict(zip(COLUMNS, row)) | {} == {"session": "a", "node": "n1", "client": "", "state": "user_speaking",
                                            "duration": "3 s", "queued audio": "40 ms", "dropped": "0 ms",
-                                           "last latency": "412 ms", "errors": "0", "turns": "1",
+                                           "last latency": "412 ms", "errors": "0", "lint": "-", "turns": "1",
                                            "cost": "$0.0123", "time left": "28:32"}
     monitor.apply("session_update", state("b"))
     assert monitor.row(monitor.sessions["b"])[1] == "-"  # a single node
+
+
+def test_the_lint_column_counts_findings_and_names_the_newest() -> None:
+    monitor = MonitorState()
+
+    def lint_of(lint: object) -> str:
+        monitor.apply("session_update", state("a", lint=lint))
+        return dict(zip(COLUMNS, monitor.row(monitor.sessions["a"])))["lint"]
+
+    assert lint_of(None) == "-"  # not linted
+    assert lint_of({"count": 0, "findings": []}) == "0"
+    assert lint_of({"count": 7, "findings": [{"code": "VR105"}, {"code": "VR106"}]}) == "7 VR106"
+    assert lint_of({"count": "x"}) == "-" and lint_of({"count": 2, "findings": "?"}) == "2"
 
 
 def test_the_cost_column_says_estimates_and_unknown_costs() -> None:

@@ -282,13 +282,15 @@ def _address(address: Any) -> str:
 
 async def run(*, backend: str | None, host: str, port: int, token: str | None, allow_origins: Sequence[str],
               max_sessions: int, record: str | None, sock: Any = None, ready: Any = None,
-              lint: bool = False) -> None:
+              lint: bool = True, monitor_sock: Any = None) -> None:
     """Run a proxy until cancelled (the ``voicerelay proxy`` command): resolve ``--backend`` (an
-    embedded backend is started here), record if asked, serve."""
+    embedded backend is started here), lint, record and serve ``inspect`` if asked, serve.
+    ``monitor_sock``: a listening socket for ``/monitor`` (:mod:`voicerelay.proxy.monitor`)."""
     import os
     import signal
     from urllib.parse import urlsplit, urlunsplit
 
+    from ..cost import upstream_estimates
     from ..upstream import choose_backend, start_upstream, with_realtime_path
 
     main = asyncio.current_task()
@@ -303,21 +305,32 @@ async def run(*, backend: str | None, host: str, port: int, token: str | None, a
             base = with_realtime_path(choice)  # the URL as given, its own query kept
         else:
             base = urlunsplit(urlsplit(upstream.spec.url)._replace(query=""))
-        observers: list[Observer] = []
-        if lint:
-            from .lint import LiveLint
+        async with contextlib.AsyncExitStack() as stack:
+            observers: list[Observer] = []
+            live_lint = None
+            if lint:
+                from .lint import LiveLint
 
-            observers.append(LiveLint())
-        if record is not None:
-            from .record import Recordings
+                live_lint = LiveLint()
+            if monitor_sock is not None:
+                from .monitor import MonitorServer
 
-            observers.append(Recordings(record))
-        proxy = ProxyServer(base, key=upstream.spec.api_key, label=upstream.spec.describe(), host=host, port=port,
-                            token=token, allow_origins=allow_origins, max_sessions=max_sessions,
-                            observers=observers, sock=sock)
-        async with proxy:
-            if ready is not None:
-                ready(proxy)
-            await proxy.serve_forever()
+                monitor = await stack.enter_async_context(MonitorServer(
+                    monitor_sock, token=token, estimate=upstream_estimates(upstream.spec), lint=live_lint,
+                    allow_origins=tuple(allow_origins)))
+                observers.append(monitor.observer)  # (it runs the linter, when there is one)
+            elif live_lint is not None:
+                observers.append(live_lint)
+            if record is not None:
+                from .record import Recordings
+
+                observers.append(Recordings(record))
+            proxy = ProxyServer(base, key=upstream.spec.api_key, label=upstream.spec.describe(), host=host, port=port,
+                                token=token, allow_origins=allow_origins, max_sessions=max_sessions,
+                                observers=observers, sock=sock)
+            async with proxy:
+                if ready is not None:
+                    ready(proxy)
+                await proxy.serve_forever()
     finally:
         await upstream.close()

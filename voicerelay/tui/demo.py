@@ -13,20 +13,22 @@ URL = "http://127.0.0.1:8000"
 
 
 def _state(session_id: str, client: str, state: str, duration: float, turns: int, latency: int | None,
-           usd: float, errors: int = 0) -> dict[str, Any]:
+           usd: float, errors: int = 0, lint: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     return {"session_id": session_id, "node": None, "chat_active": True, "ai_state": state, "client": client,
             "duration_s": duration, "errors": errors, "turns": turns, "last_latency_ms": latency,
             "queues": {"queued_events": 0, "queued_audio_ms": 40, "dropped_audio_ms": 0},
             "session_remaining_s": 3600.0 - duration,
             "cost": {"model": "gpt-realtime", "usd": usd, "estimate": True,
-                     "note": "the embedded backend's usage figures are estimates (no model ran)"}}
+                     "note": "the embedded backend's usage figures are estimates (no model ran)"},
+            "lint": {"count": len(lint), "findings": [{"code": code} for code in lint]}}
 
 
 EVENTS: list[tuple[str, Any]] = [
     ("connect", None),
     ("sessions", {"sessions": [
         _state("vr_kitchen-tablet", "kitchen-tablet (127.0.0.1:52114)", "speaking", 74.0, 3, 96, 0.0215),
-        _state("vr_front-desk", "front-desk (127.0.0.1:52160)", "listening", 12.0, 1, 104, 0.0061, errors=1),
+        _state("vr_front-desk", "front-desk (127.0.0.1:52160)", "listening", 12.0, 1, 104, 0.0061, errors=1,
+               lint=["VR106"]),
     ]}),
     ("session_detail", {"session_id": "vr_kitchen-tablet", "transcripts": [
         {"role": "user", "text": "hello there"},

@@ -234,7 +234,7 @@ class InspectApp(EventLogKeys, App[None]):
     def _append_detail(self, data: dict[str, Any]) -> None:
         transcripts = self.query_one("#transcripts", RichLog)
         for line in data.get("transcripts", []):
-            color = "cyan" if line.get("role") == "user" else "magenta"
+            color = {"user": "cyan", "lint": "yellow"}.get(str(line.get("role")), "magenta")
             transcripts.write(f"[bold {color}]{line.get('role')}[/] {line.get('text')}")
         events = self.query_one(EventLog)
         for entry in data.get("events", []):

@@ -16,9 +16,10 @@ MAX_LINES = 500
 #: The session table's columns, in the order :meth:`MonitorState.row` fills them. ``node`` is the
 #: gateway node that holds the session (``serve --redis``); ``-`` on a single node. ``cost`` is
 #: the session's so far (``~`` an estimate, ``unknown`` a model without prices), ``time left``
-#: what remains before the upstream's session cap.
+#: what remains before the upstream's session cap, ``lint`` the protocol findings so far and the
+#: newest one's code (``-``: not linted). ``node`` is ``proxy`` for a ``voicerelay proxy`` session.
 COLUMNS = ("session", "node", "client", "state", "duration", "time left", "cost", "queued audio", "dropped",
-           "last latency", "errors", "turns")
+           "last latency", "errors", "lint", "turns")
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,8 +89,9 @@ class MonitorState:
         return (
             view.id, str(s.get("node") or "-"), str(s.get("client") or ""), _state_label(view),
             f"{s.get('duration_s', 0):.0f} s", time_left(s.get("session_remaining_s")), cost_cell(s.get("cost")),
-            f"{queues.get('queued_audio_ms') or 0} ms", f"{queues.get('dropped_audio_ms') or 0} ms",
-            "-" if latency is None else f"{latency} ms", str(s.get("errors", 0)), str(s.get("turns", 0)),
+            _ms(queues.get("queued_audio_ms")), _ms(queues.get("dropped_audio_ms")),
+            "-" if latency is None else f"{latency} ms", str(s.get("errors", 0)), lint_cell(s.get("lint")),
+            str(s.get("turns", 0)),
         )
 
 
@@ -101,6 +103,20 @@ def cost_cell(cost: Any) -> str:
     if not isinstance(usd, (int, float)) or isinstance(usd, bool):
         return "unknown"
     return format_usd(float(usd), bool(cost.get("estimate")))
+
+
+def _ms(value: Any) -> str:
+    """``40 ms``, or ``-`` when the session has no such queue (a proxied one: the app queues)."""
+    return f"{value} ms" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def lint_cell(lint: Any) -> str:
+    """``0``, ``3 VR106`` (how many findings, the newest's code), or ``-`` (the session is not linted)."""
+    if not isinstance(lint, dict) or not isinstance(lint.get("count"), int):
+        return "-"
+    findings = lint.get("findings")
+    newest = findings[-1].get("code") if isinstance(findings, list) and findings and isinstance(findings[-1], dict) else None
+    return f"{lint['count']} {newest}" if lint["count"] and isinstance(newest, str) else str(lint["count"])
 
 
 def time_left(seconds: Any) -> str:
