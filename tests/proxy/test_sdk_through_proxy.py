@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from rich.console import Console
 
 from voicerelay.backend.server import BackendServer
+from voicerelay.cost import load_prices, usage_cost
 from voicerelay.proxy.record import Recordings
 from voicerelay.proxy.server import ProxyServer
 from voicerelay.protocol.audio import pcm16_to_b64
@@ -151,9 +152,18 @@ async def test_ga_client_voice_text_tool_and_garbage_byte_for_byte(rig: Rig, bac
     assert recording.metadata["command"] == "proxy" and recording.metadata["dialect"] == "ga"
     assert recording.metadata["path"] == "/v1/realtime?model=gpt-realtime"
     ups = [e for e in recording.events if e.direction == "up"]
-    downs = [e for e in recording.events if e.direction == "down"]
+    costs = [e.event for e in recording.events if e.event["type"] == "voicerelay.cost"]
+    downs = [e for e in recording.events if e.direction == "down" and e.event["type"] != "voicerelay.cost"]
     assert len(ups) == len(rig.tap_a.up) + 1 and ups[-1].event["type"] == "voicerelay.closed"  # the client closed
     assert len(downs) == len(rig.tap_a.down)
+    # each response's cost follows its response.done: 4 responses (voice, text, tool call, its answer)
+    done = [e.event for e in downs if e.event["type"] == "response.done"]
+    assert [c["response_id"] for c in costs] == [d["response"]["id"] for d in done] and len(costs) == 4
+    prices = load_prices().find("gpt-realtime")
+    for cost, response in zip(costs, done):
+        assert cost["in_conversation"] and cost["model"] == "gpt-realtime"
+        assert cost["usd"] == round(usage_cost(response["response"]["usage"], prices).usd, 6) > 0
+    assert costs[-1]["session_usd"] == pytest.approx(sum(c["usd"] for c in costs), abs=1e-5)
     assert [e.event["type"] for e in downs] == [json.loads(m)["type"] for _, m in rig.tap_a.down]
     assert any(e.event["type"] == "voicerelay.unparsed" and e.event["text"] == "this is not json" for e in ups)
     sent_audio = b"".join(pcm for _, pcm in recording.input_chunks())

@@ -72,6 +72,10 @@ class SessionWatch:
     def last_latency_ms(self) -> float | None:
         return self.latencies_ms[-1] if self.latencies_ms else None
 
+    def in_conversation(self, response_id: Any) -> bool:
+        """Is ``response_id`` a response in progress that belongs to the conversation (in-band)?"""
+        return isinstance(response_id, str) and response_id in self._in_band
+
     def remaining_s(self, wall_now: float) -> float | None:
         """Seconds before the server's session cap (``wall_now``: Unix time), ``None`` when unknown."""
         return None if self.expires_at is None else self.expires_at - wall_now

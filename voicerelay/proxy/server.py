@@ -324,7 +324,7 @@ async def run(*, backend: str | None, host: str, port: int, token: str | None, a
             if record is not None:
                 from .record import Recordings
 
-                observers.append(Recordings(record))
+                observers.append(Recordings(record, estimate=upstream_estimates(upstream.spec)))
             proxy = ProxyServer(base, key=upstream.spec.api_key, label=upstream.spec.describe(), host=host, port=port,
                                 token=token, allow_origins=allow_origins, max_sessions=max_sessions,
                                 observers=observers, sock=sock)
