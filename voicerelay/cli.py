@@ -429,6 +429,10 @@ def serve(
         "degraded (/health says so) until it can.", show_default=False)] = None,
     node_id: Annotated[str | None, typer.Option(metavar="NAME", help="This node's name in the cluster (default: random).",
                                                 show_default=False)] = None,
+    lint: Annotated[bool, typer.Option("--lint/--no-lint", help=(
+        "Check every session's Realtime events live against the rules of [bold]voicerelay lint[/] (a browser "
+        "sending audio at the wrong rate, ...): each finding is one warning line and shows in "
+        "[bold]voicerelay inspect[/]."))] = True,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
     model: Model = "gpt-realtime",
@@ -472,7 +476,7 @@ def serve(
                           on_transcript=on_transcript, tools=tool_list, function_map=function_map,
                           allow_origins=allow_origin or None, token=token, max_sessions=max_sessions,
                           max_session_seconds=max_session_seconds, max_chunk_b64=max_chunk, record_dir=record,
-                          admin_token=admin_token, redis_url=redis, node_id=node_id)
+                          admin_token=admin_token, redis_url=redis, node_id=node_id, lint=lint)
     except (GatewayConfigError, ConfigError) as exc:
         fail(str(exc))
 
@@ -592,6 +596,9 @@ def talk(
     tui: Annotated[bool, typer.Option(
         "--tui", help="Full-screen view: state, transcripts, microphone level, queues, latencies, usage, "
                       "event log. Press ? in it for its keys.")] = False,
+    lint: Annotated[bool, typer.Option("--lint/--no-lint", help=(
+        "Check the session's Realtime events live against the rules of [bold]voicerelay lint[/]: each finding "
+        "is one line (in the conversation, with --tui) and counted in the TUI's session pane."))] = True,
     backend: Backend = None,
     dialect: DialectOpt = "ga",
     model: Model = "gpt-realtime",
@@ -622,7 +629,7 @@ def talk(
                           backend=backend, dialect=_dialect(dialect), input_device=input_device,  # type: ignore[arg-type]
                           output_device=output_device, push_to_talk=push_to_talk, text=text, duplex=duplex,
                           echo_canceller=echo_canceller, noise_suppression=noise_suppression, high_pass=high_pass,
-                          follow_default=follow_default,
+                          follow_default=follow_default, lint=lint,
                           record=record)
     if tui:
         from .talk import select_devices

@@ -59,6 +59,7 @@ from .errors import DeviceError, UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
+from .protocol.lint import StreamLinter
 from .protocol.session import Error, PlayAudio, StateChanged, Transcript
 from .console import transcript_line
 from .conversation import Conversation, Interrupted
@@ -105,6 +106,7 @@ class TalkOptions:
     high_pass: bool = True
     record: Path | None = None
     follow_default: bool = False  # a device that goes away: go on with the default one (else: stop)
+    lint: bool = True  # the protocol linter over the wire events (voicerelay.protocol.lint): findings are lines
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ class TalkStatus:
     recycles: int
     echo_dbfs: float | None = None  # echo cancellation: the echo taken out of the microphone (level_dbfs is after it)
     duplex: str = "full"  # what is in effect: "auto" (cancelling echo), "full" or "half"
+    lint: tuple[int, str | None] | None = None  # protocol findings so far and the newest's code (None: not linted)
 
     def latency(self, percentile: float) -> float | None:
         if not self.latencies_ms:
@@ -289,7 +292,8 @@ class Talk:
         self._state = relay.session.state.value
         self._stop = stop
         self._device_gone: DeviceError | None = None
-        relay.recorder = self  # every wire event passes through record(): the recording and the view
+        self.lint = StreamLinter() if options.lint else None
+        relay.recorder = self  # every wire event passes through record(): the recording, the linter and the view
 
     def quit(self) -> None:
         """End the session, as Ctrl-C does."""
@@ -393,9 +397,13 @@ class Talk:
     # ------------------------------------------------------------------ wire events
 
     def record(self, direction: str, event: Event) -> None:
-        """The relay's recorder hook: every wire event, to the recording (if any) and the view."""
+        """The relay's recorder hook: every wire event, to the recording (if any), the linter and the view."""
         if self.recorder is not None:
             self.recorder.record(direction, event)
+        if self.lint is not None:
+            for finding in self.lint.feed(direction, time.monotonic(), event):
+                self.view.line(f"lint {finding.code} at {finding.t:.1f} s: {finding.message} (do instead: "
+                               f"{finding.instead})", "yellow", err=True)
         self.view.event(direction, event)
 
     # ------------------------------------------------------------------ effects
@@ -540,7 +548,9 @@ class Talk:
             latencies_ms=tuple(t.first_audio_ms for t in turns if t.first_audio_ms is not None),
             turns=len(turns), usage=usage, remaining_s=snap["session_remaining_s"],
             recording=None if self.recorder is None else str(self.recorder.folder), recycles=snap["recycles"],
-            echo_dbfs=None if self.echo is None else self.echo.stats.echo_dbfs, duplex=self.duplex)
+            echo_dbfs=None if self.echo is None else self.echo.stats.echo_dbfs, duplex=self.duplex,
+            lint=None if self.lint is None else (
+                self.lint.count, self.lint.findings[-1].code if self.lint.findings else None))
 
 
 STATE_COLOURS = {"connecting": "yellow", "listening": "green", "user_speaking": "cyan", "thinking": "yellow",

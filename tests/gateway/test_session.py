@@ -162,3 +162,45 @@ async def test_the_state_carries_the_sessions_cost_as_an_estimate_on_the_embedde
     expected = sum(usage_cost(t.usage, prices).usd or 0 for t in turns)
     cost = session.state()["cost"]
     assert cost["usd"] == round(expected, 6) and cost["usd"] > 0 and cost["estimate"] is True
+
+
+async def test_live_lint_finds_a_browser_sending_audio_at_the_wrong_rate(
+        gateway: tuple[Any, str], browsers: Any, caplog: Any) -> None:
+    """The linter runs over every session's wire events: a browser that captured at 8 kHz and sends
+    it as 24 kHz gets VR108 in the session's state (what ``inspect`` shows) and one warning line;
+    a browser sending real 24 kHz speech gets none."""
+    import logging
+
+    import numpy as np
+
+    from ..conftest import read_recording, room_noise
+    from ..lint.scenarios import through
+
+    caplog.set_level(logging.WARNING, logger="voicerelay.gateway.session")
+    gw, url = gateway
+    speech = read_recording("what_can_you_do")
+    sessions = {}
+    for name, pcm in (("narrow", through(speech, 8000)), ("clean", speech)):
+        browser = await browsers().connect(url)
+        session_id = await browser.start()
+        audio = np.concatenate((pcm, room_noise(800)))
+        for i in range(0, len(audio), 2400):
+            await browser.emit("audio_data", {"audio": base64.b64encode(audio[i:i + 2400].astype("<i2").tobytes()).decode()})
+        await browser.wait_for("response_complete")
+        [session] = [s for s in gw.sessions.values() if s.id == session_id]
+        sessions[name] = session.state()["lint"]
+        await browser.emit("end_session")
+        await browser.wait_for("session_ended")
+    assert sessions["clean"] == {"count": 0, "findings": []}
+    assert sessions["narrow"]["count"] == 1 and sessions["narrow"]["findings"][0]["code"] == "VR108"
+    [line] = [r.getMessage() for r in caplog.records if " VR108 " in r.getMessage()]
+    assert "nothing above 4 kHz" in line
+
+
+async def test_lint_can_be_turned_off(make_gateway: Any, browsers: Any) -> None:
+    gw = make_gateway(lint=False)
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        session_id = await browser.start()
+        [session] = [s for s in gw.sessions.values() if s.id == session_id]
+        assert session.state()["lint"] is None and session.lint is None

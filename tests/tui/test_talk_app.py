@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import soundfile
 from textual.widgets import Static
 
 from voicerelay.backend.server import BackendServer
@@ -120,6 +121,7 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         assert "remaining" in text_of(app, "#session") and "remaining -" not in text_of(app, "#session")
         cost = cost_state(app.talk.relay.session, app.talk.relay.spec)  # the panel shows the session's cost
         assert cost["usd"] > 0 and f"cost      {format_usd(cost['usd'], cost['estimate'])}" in text_of(app, "#session")
+        assert "lint      0 findings" in text_of(app, "#session")  # linted live, and nothing wrong
 
         # the event log: raw events, audio hidden and base64 elided; filter and pause
         log = event_log(app)
@@ -177,6 +179,27 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
         await until(lambda: app.return_code is not None, timeout=5)
     assert app.return_code == 0 and app.failure is None
     assert time.monotonic() - started < 2
+
+
+async def test_a_lint_finding_shows_in_the_conversation_and_the_session_pane(
+        rig_devices: audio_rig.AudioRig, backend: BackendServer, tmp_path: Path) -> None:
+    """A microphone that delivers telephone-band audio (here: speech that went through 8 kHz, played
+    into the virtual microphone) is what VR108 finds; talk --tui shows it as it is found."""
+    from ..conftest import read_recording
+    from ..lint.scenarios import through
+
+    narrow = tmp_path / "narrow.wav"
+    soundfile.write(narrow, through(read_recording("what_can_you_do"), 8000), 24_000, subtype="PCM_16")
+    app = TalkApp(TalkOptions(config=RealtimeConfig(), backend=backend.url, dialect=Dialect.GA))
+    async with app.run_test(size=(150, 44)):
+        await until(lambda: app.talk is not None and "LISTENING" in text_of(app, "#state"))
+        proc = await asyncio.create_subprocess_exec("paplay", "--device=vr_mic_feed", str(narrow),
+                                                    env=rig_devices.env(None, None))
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await until(lambda: "lint VR108" in text_of(app, "#transcript"))
+        assert "nothing above 4 kHz" in text_of(app, "#transcript")
+        await until(lambda: "1 finding, newest VR108" in text_of(app, "#session"))
+        await app.action_quit()
 
 
 async def test_push_to_talk_and_typing_from_the_screen(rig_devices: audio_rig.AudioRig,

@@ -61,7 +61,7 @@ class Gateway:
                  record_dir: str | os.PathLike[str] | None = None, tool_timeout: float = 30.0,
                  embedded_options: Mapping[str, Any] | None = None,
                  node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None,
-                 redis_url: str | None = None, node_id: str | None = None) -> None:
+                 redis_url: str | None = None, node_id: str | None = None, lint: bool = True) -> None:
         check_modes(on_transcript, tools, function_map)
         try:  # the pure layer's ConfigError and choose_backend's ValueError: a gateway built wrong
             base = config or RealtimeConfig()
@@ -103,7 +103,7 @@ class Gateway:
         self.node_id = self.cluster.node_id if self.cluster else None
         self.session_options = SessionOptions(max_session_seconds=max_session_seconds, record_dir=self.record_dir,
                                               node_id=self.node_id, on_transcript=on_transcript,
-                                              function_map=function_map, tool_timeout=tool_timeout)
+                                              function_map=function_map, tool_timeout=tool_timeout, lint=lint)
         # python-socketio and python-engineio given their loggers: left to themselves, they add a
         # handler of their own to the root's and every line they log appears twice, in two formats
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,

@@ -25,6 +25,7 @@ import socketio
 
 from ..protocol.audio import BYTES_PER_MS
 from ..protocol.config import RealtimeConfig
+from ..protocol.lint import StreamLinter
 from ..conversation import Conversation, Interrupted
 from ..protocol.session import Error, PlayAudio, ResponseDone, StateChanged, ToolCall, Transcript
 from ..relay import Notice, Observation, Relay
@@ -57,6 +58,7 @@ class SessionOptions:
     on_transcript: Callable[..., Any] | None = None  # agent-wrapper mode
     function_map: Mapping[str, Callable[..., Any]] | None = None  # function-calling mode
     tool_timeout: float = 30.0
+    lint: bool = True  # the protocol linter over every session's wire events (voicerelay.protocol.lint)
 
 
 class GatewaySession:
@@ -82,6 +84,7 @@ class GatewaySession:
         self.errors = 0
         self.ended = False
         self.log = SessionLog()  # what /monitor shows of this session
+        self.lint = StreamLinter() if options.lint else None
         self.followers: set[str] = set()  # other connections (any node) that acted on this session
         self.agent = AgentWrapper(options.on_transcript, self, options.tool_timeout) \
             if options.on_transcript is not None else None
@@ -175,6 +178,12 @@ class GatewaySession:
             self._recorder.record(direction, event)
         if self.monitor.watchers:
             self.log.add_event(direction, event)
+        if self.lint is not None:
+            for finding in self.lint.feed(direction, time.monotonic(), event):
+                log.warning("session %s %.2fs %s %s (do instead: %s)", self.id, finding.t, finding.code,
+                            finding.message, finding.instead)
+                self.log.add_transcript("lint", f"{finding.t:.1f}s {finding.code} {finding.message}")
+                self.monitor.touch(self)
 
     async def _run(self) -> None:
         assert self.conversation is not None
@@ -266,6 +275,7 @@ class GatewaySession:
             "queues": {k: snapshot.get(k) for k in ("queued_events", "queued_audio_ms", "dropped_audio_ms")},
             "session_remaining_s": snapshot.get("session_remaining_s"),
             "cost": None if self.relay is None else _cost_state(self.relay.session, self.relay.spec),
+            "lint": None if self.lint is None else self.lint.summary(),
         }
 
     # ----------------------------------------------------------------------------- from the browser

@@ -41,6 +41,8 @@ needs is skipped by that rule.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from typing import Any
 from .audio import BYTES_PER_MS, SAMPLE_RATE
 from .events import normalize
 
-__all__ = ["RULES", "Finding", "Linter", "Rule", "TruncateAudit", "band_limit_hz"]
+__all__ = ["RULES", "Finding", "Linter", "Rule", "StreamLinter", "TruncateAudit", "band_limit_hz"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,3 +624,50 @@ _UP = {
     "output_audio_buffer.clear": Linter._on_output_clear,
     "session.update": Linter._on_session_update,
 }
+
+
+class StreamLinter:
+    """The rules over a live session, as the proxy, ``serve`` and ``talk`` run them: times are
+    seconds since the first event fed, appended base64 audio is decoded for VR108, and the
+    findings are kept (all of them counted; the newest ``keep`` listed).
+
+    ``feed(direction, now, event)`` takes the caller's monotonic clock; it returns the findings
+    the event settled (usually none). ``summary()`` is what a monitor shows: ``{"count",
+    "findings": [newest, as dicts]}``.
+    """
+
+    def __init__(self, ignore: Iterable[str] = (), keep: int = 50) -> None:
+        self.linter = Linter(ignore)
+        self.count = 0
+        self.keep = keep
+        self.findings: list[Finding] = []
+        self._t0: float | None = None
+
+    def feed(self, direction: str, now: float, event: Mapping[str, Any]) -> list[Finding]:
+        if self._t0 is None:
+            self._t0 = now
+        pcm = None
+        if direction == "up" and event.get("type") == "input_audio_buffer.append":
+            audio = event.get("audio")
+            if isinstance(audio, str):
+                try:
+                    pcm = base64.b64decode(audio, validate=True)
+                except (binascii.Error, ValueError):
+                    pcm = None  # (the server answers bad audio; the linter counts what it can)
+        return self._kept(self.linter.feed(direction, now - self._t0, event, pcm))
+
+    def finish(self, now: float | None = None) -> list[Finding]:
+        """The session ended: what only its end settles."""
+        return self._kept(self.linter.finish(None if now is None or self._t0 is None else now - self._t0))
+
+    def summary(self, newest: int = 5) -> dict[str, Any]:
+        return {"count": self.count, "findings": [f.to_dict() for f in self.findings[-newest:]]}
+
+    def _kept(self, found: list[Finding]) -> list[Finding]:
+        if found:
+            self.count += len(found)
+            self.findings.extend(found)
+            del self.findings[:-self.keep]
+        self.linter.findings.clear()  # (the Linter keeps every finding and truncate for a recording's report)
+        del self.linter.truncates[:-self.keep]
+        return found

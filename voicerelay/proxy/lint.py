@@ -10,13 +10,11 @@ was judged full band): about 11 µs per append and 5 µs per other event in all.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import logging
 from collections.abc import Callable, Iterable
 
-from ..protocol.lint import Finding, Linter
+from ..protocol.lint import Finding, Linter, StreamLinter
 from .observe import Frame, SessionEnd, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,8 @@ KEEP_ENDED = 100
 
 class LiveLint:
     """The observer to give a :class:`~voicerelay.proxy.server.ProxyServer`: one linter per session.
-    ``findings`` maps the open sessions and the newest ``KEEP_ENDED`` ended ones to their findings."""
+    ``findings`` maps the open sessions and the newest ``KEEP_ENDED`` ended ones to their findings
+    (the newest 50 of each)."""
 
     def __init__(self, ignore: Iterable[str] = ()) -> None:
         self.ignore = tuple(ignore)
@@ -38,7 +37,9 @@ class LiveLint:
         import numpy  # noqa: F401 - the sample-rate rule's; imported now, not in the middle of a session (~0.1 s)
 
     def __call__(self, info: SessionInfo) -> SessionLint:
-        return SessionLint(info.id, Linter(self.ignore), self.findings.setdefault(info.id, []), self._forget)
+        stream = StreamLinter(self.ignore)
+        self.findings[info.id] = stream.findings
+        return SessionLint(info.id, stream, self._forget)
 
     def _forget(self, session: str) -> None:
         self._ended.append(session)
@@ -50,37 +51,32 @@ class LiveLint:
 
 
 class SessionLint:
-    """One session's linter, fed with its frames; times are seconds since its first message."""
+    """One session's linter (:class:`~voicerelay.protocol.lint.StreamLinter`), fed with its frames;
+    times are seconds since its first message. ``event`` and ``closed`` return the new findings."""
 
-    def __init__(self, session: str, linter: Linter, findings: list[Finding],
-                 on_closed: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: str, stream: StreamLinter, on_closed: Callable[[str], None] | None = None) -> None:
         self.session = session
-        self.linter = linter
-        self.findings = findings
+        self.stream = stream
         self._on_closed = on_closed
-        self._t0: float | None = None
 
-    def event(self, frame: Frame) -> None:
-        event = frame.event
-        if event is None:
-            return
-        if self._t0 is None:
-            self._t0 = frame.t
-        pcm = None
-        if frame.direction == "up" and event.get("type") == "input_audio_buffer.append":
-            try:
-                pcm = base64.b64decode(str(event.get("audio", "")), validate=True)
-            except (binascii.Error, ValueError):
-                pcm = None  # (the upstream answers bad audio; the linter counts what it can)
-        self._report(self.linter.feed(frame.direction, frame.t - self._t0, event, pcm))
+    @property
+    def findings(self) -> list[Finding]:
+        """The newest findings (``stream.count`` has how many there were in all)."""
+        return self.stream.findings
 
-    def closed(self, end: SessionEnd) -> None:
-        self._report(self.linter.finish(None if self._t0 is None else end.t - self._t0))
+    def event(self, frame: Frame) -> list[Finding]:
+        if frame.event is None:
+            return []
+        return self._report(self.stream.feed(frame.direction, frame.t, frame.event))
+
+    def closed(self, end: SessionEnd) -> list[Finding]:
+        found = self._report(self.stream.finish(end.t))
         if self._on_closed is not None:
             self._on_closed(self.session)
+        return found
 
-    def _report(self, findings: list[Finding]) -> None:
+    def _report(self, findings: list[Finding]) -> list[Finding]:
         for finding in findings:
-            self.findings.append(finding)
             log.warning("session %s %.2fs %s %s (do instead: %s)", self.session, finding.t, finding.code,
                         finding.message, finding.instead)
+        return findings

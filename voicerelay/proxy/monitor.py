@@ -52,7 +52,6 @@ class WatchedSession:
         self.watch = SessionWatch()
         self.log = SessionLog()
         self.opened_at = time.monotonic()
-        self._reported = 0  # findings already written to the log
 
     @property
     def id(self) -> str:
@@ -62,10 +61,6 @@ class WatchedSession:
     def sid(self) -> str:
         return ""  # (no Socket.IO connection owns a proxied session)
 
-    @property
-    def findings(self) -> list[Finding]:
-        return self.lint.findings if self.lint is not None else []
-
     # ----------------------------------------------------------------------------- observer
 
     def event(self, frame: Frame) -> None:
@@ -73,8 +68,7 @@ class WatchedSession:
         if event is None:
             return
         if self.lint is not None:
-            self.lint.event(frame)
-            self._new_findings()
+            self._show(self.lint.event(frame))
         for line in self.watch.feed(frame.direction, frame.t, event):
             self.log.add_transcript(line.role, line.text)
         if self.monitor.watchers:  # (as the gateway: the raw log only while someone looks)
@@ -83,17 +77,14 @@ class WatchedSession:
 
     def closed(self, end: SessionEnd) -> None:
         if self.lint is not None:
-            self.lint.closed(end)
-            self._new_findings()
+            self._show(self.lint.closed(end))
         self.watch.close(end.by)
         status = "ended" if end.code in (1000, 1001) else f"closed {end.code} by {end.by}"
         self.monitor.closed(self, status)
 
-    def _new_findings(self) -> None:
-        findings = self.findings
-        for finding in findings[self._reported:]:
+    def _show(self, findings: list[Finding]) -> None:
+        for finding in findings:
             self.log.add_transcript("lint", f"{finding.t:.1f}s {finding.code} {finding.message}")
-        self._reported = len(findings)
 
     # ----------------------------------------------------------------------------- monitors
 
@@ -101,7 +92,6 @@ class WatchedSession:
         """What a monitor shows: the keys of a gateway session's state, and ``lint``."""
         watch = self.watch
         remaining = watch.remaining_s(time.time())
-        findings = self.findings
         return {
             "session_id": self.id, "node": "proxy", "client": self.info.client,
             "chat_active": watch.ended is None, "ai_state": watch.state,
@@ -110,8 +100,7 @@ class WatchedSession:
                 watch.last_latency_ms),
             "queues": {}, "session_remaining_s": None if remaining is None else round(remaining, 1),
             "cost": usage_state(watch.usage, watch.model, estimate=self.estimate),
-            "lint": None if self.lint is None else {
-                "count": len(findings), "findings": [f.to_dict() for f in findings[-STATE_FINDINGS:]]},
+            "lint": None if self.lint is None else self.lint.stream.summary(STATE_FINDINGS),
             "upstream": self.info.upstream, "dialect": self.info.dialect,
         }
 

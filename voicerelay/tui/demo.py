@@ -87,7 +87,7 @@ def talk_status() -> Any:
                       upstream_frames=1, upstream_ms=20, dropped_ms=0, playback_ms=1340,
                       latencies_ms=(96.0, 104.0, 121.0), turns=3,
                       usage={"input_tokens": 412, "output_tokens": 268, "total_tokens": 680},
-                      remaining_s=1712.0, recording="recordings/desk", recycles=0)
+                      remaining_s=1712.0, recording="recordings/desk", recycles=0, lint=(0, None))
 
 
 #: what the session has cost so far (the demo talks to the embedded backend: an estimate)

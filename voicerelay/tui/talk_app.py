@@ -337,7 +337,8 @@ class TalkApp(EventLogKeys, App[int]):
             (str(usage.get("output_tokens", 0)), "bold"), "  total ", (str(usage.get("total_tokens", 0)), "bold"),
             "\ncost      ", cost_label(cost),
             "\nremaining ", (_remaining(s.remaining_s), "bold"), " to the session cap",
-            "\nrecycled  ", (str(s.recycles), "bold"), " time" if s.recycles == 1 else " times"))
+            "\nrecycled  ", (str(s.recycles), "bold"), " time" if s.recycles == 1 else " times",
+            "\nlint      ", *lint_label(s.lint)))
 
     def add_event(self, direction: str, event: Event) -> None:
         if self._drawable():
@@ -429,3 +430,13 @@ class ViewLogHandler(logging.Handler):
                 self.early.append((message, style))
             else:
                 self.loop.call_soon_threadsafe(self.app.view.line, message, style)
+
+
+def lint_label(lint: tuple[int, str | None] | None) -> tuple[tuple[str, str], ...]:
+    """The session pane's lint line: ``0 findings``, ``2 findings, newest VR108``, or ``off``."""
+    if lint is None:
+        return (("off", "dim"),)
+    count, newest = lint
+    if not count:
+        return (("0", "bold"), (" findings", ""))
+    return ((str(count), "bold yellow"), (f" finding{'' if count == 1 else 's'}, newest ", ""), (newest or "?", "bold yellow"))
