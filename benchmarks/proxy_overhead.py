@@ -1,6 +1,6 @@
 """What `voicerelay proxy` adds to each event: proxied vs direct in the same run.
 
-    python benchmarks/proxy_overhead.py [--sessions 50] [--seconds 10] [--record]
+    python benchmarks/proxy_overhead.py [--sessions 50] [--seconds 10] [--record] [--no-lint] [--no-monitor] [--watch]
 
 Three processes: a scripted Realtime upstream, the real `voicerelay proxy` command in front of it,
 and this one with N concurrent client sessions. Each session sends a 20 ms
@@ -137,21 +137,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_proxy(upstream_url: str, record: str | None, lint: bool = False) -> tuple[subprocess.Popen[str], str]:
+def start_proxy(upstream_url: str, record: str | None, lint: bool = True,
+                monitor: bool = True) -> tuple[subprocess.Popen[str], str, str | None]:
+    """The real command, as a user runs it (live lint and the monitor on) unless told otherwise;
+    returns it, its URL and its monitor's."""
     args = [sys.executable, "-m", "voicerelay", "proxy", "--port", "0", "--backend", upstream_url,
-            "--log-level", "warning", "--max-sessions", "1000", "--lint" if lint else "--no-lint"]
+            "--log-level", "warning", "--max-sessions", "1000", "--lint" if lint else "--no-lint",
+            "--monitor-port", "0", "--monitor" if monitor else "--no-monitor"]
     if record:
         args += ["--record", record]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "COLUMNS": "300", "PYTHONPATH": str(ROOT)})
     assert proc.stderr is not None
+    url = None
     while True:
         line = proc.stderr.readline()
         if not line:
             raise SystemExit("the proxy did not start")
         found = re.search(r"ws://127\.0\.0\.1:(\d+)/v1/realtime", line)
         if found and "Ctrl-C" in line:
-            return proc, found.group(0)
+            url = found.group(0)
+            if not monitor:
+                return proc, url, None
+        watch = re.search(r"voicerelay inspect (http://\S+)", line)
+        if url and watch:
+            return proc, url, watch.group(1)
+
+
+async def watcher(url: str) -> None:
+    """What ``voicerelay inspect`` does to the proxy: every session's state, and one session's
+    events (the first it sees, selected), until killed."""
+    import socketio
+
+    sio = socketio.AsyncClient()
+    selected: list[str] = []
+
+    async def update(data: dict) -> None:  # type: ignore[type-arg]
+        if not selected:
+            selected.append(data["session_id"])
+            await sio.emit("select", {"session_id": data["session_id"]}, namespace="/monitor")
+
+    async def sessions(data: dict) -> None:  # type: ignore[type-arg]
+        for state in data["sessions"]:
+            await update(state)
+
+    sio.on("session_update", update, namespace="/monitor")
+    sio.on("sessions", sessions, namespace="/monitor")
+    sio.on("session_detail", lambda data: None, namespace="/monitor")
+    await sio.connect(url, namespaces=["/monitor"], transports=["websocket"])
+    await sio.wait()
 
 
 def main() -> int:
@@ -159,30 +193,43 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--record", action="store_true", help="the proxy records every session too")
-    parser.add_argument("--lint", action="store_true", help="the proxy lints every session live (voicerelay proxy --lint)")
+    parser.add_argument("--no-lint", dest="lint", action="store_false",
+                        help="the proxy without its live linter (voicerelay proxy --no-lint)")
+    parser.add_argument("--no-monitor", dest="monitor", action="store_false",
+                        help="the proxy without its monitor for inspect (voicerelay proxy --no-monitor)")
+    parser.add_argument("--watch", action="store_true",
+                        help="a monitor watches the proxy during the proxied run, as voicerelay inspect does")
     parser.add_argument("--upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--watcher", metavar="URL", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.upstream:
         asyncio.run(upstream(options.upstream))
         return 0
+    if options.watcher:
+        asyncio.run(watcher(options.watcher))
+        return 0
+    if options.watch and not options.monitor:
+        parser.error("--watch needs the monitor (leave out --no-monitor)")
 
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen([sys.executable, __file__, "--upstream", str(port_file)])
-        proxy = None
+        proxy = watching = None
         try:
             while not port_file.exists() or not port_file.read_text():
                 time.sleep(0.05)
             direct_url = f"ws://127.0.0.1:{port_file.read_text()}/v1/realtime"
-            proxy, proxy_url = start_proxy(direct_url, str(Path(tmp) / "rec") if options.record else None,
-                                           options.lint)
+            proxy, proxy_url, monitor_url = start_proxy(
+                direct_url, str(Path(tmp) / "rec") if options.record else None, options.lint, options.monitor)
             results = {}
             for label, url in (("direct", direct_url), ("proxied", proxy_url)):
+                if label == "proxied" and options.watch:
+                    watching = subprocess.Popen([sys.executable, __file__, "--watcher", str(monitor_url)])
                 before = cpu_seconds(proxy.pid)
                 results[label] = asyncio.run(run_mode(url + "?model=bench", options.sessions, options.seconds))
             proxy_cpu = cpu_seconds(proxy.pid) - before
         finally:
-            for proc in (proxy, server):
+            for proc in (watching, proxy, server):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
@@ -194,7 +241,9 @@ def main() -> int:
     n = options.sessions * int(options.seconds * 1000 / FRAME_MS)
     print(f"voicerelay proxy overhead: {options.sessions} concurrent sessions, {options.seconds:g} s each, "
           f"a 20 ms append up and a 20 ms delta down every 20 ms per session"
-          f"{', proxy recording every session' if options.record else ''}; {os.cpu_count()} CPUs, "
+          f"{', proxy recording every session' if options.record else ''}"
+          f"; live lint {'on' if options.lint else 'off'}, monitor {'on' if options.monitor else 'off'}"
+          f"{' and watched (as inspect does)' if options.watch else ''}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine shows up as stalls of a "
           f"process hop: compare runs at a load below the CPU count)")
     print(f"every event arrived, in order, unchanged: {n} up and {n} down per mode\n")
