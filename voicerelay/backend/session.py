@@ -70,7 +70,7 @@ from typing import Any
 from ..protocol.audio import BYTES_PER_MS, AudioFormatError, decode_b64
 from ..protocol.events import Dialect, Event, new_id, parse_say_instructions
 from . import responder
-from .session_config import PCM, default_session, merge_session, session_update
+from .session_config import PCM, default_session, merge_session, session_update, vad_settings
 from .validate import EventError
 
 log = logging.getLogger(__name__)
@@ -356,8 +356,7 @@ class ServerSession:
         if td is None:
             return StopVad()
         self._vad_offset_ms = self._audio_ms
-        return StartVad(float(td.get("threshold", 0.5)), int(td.get("prefix_padding_ms", 300)),
-                        int(td.get("silence_duration_ms", 500)))
+        return StartVad(*vad_settings(td))
 
     @property
     def _turn_detection(self) -> dict[str, Any]:
