@@ -383,7 +383,8 @@ class ServerSession:
 
     def _trim_buffer(self) -> None:
         """Outside speech, keep only what prefix padding could reach back to (bounded memory)."""
-        keep = (int(self._turn_detection.get("prefix_padding_ms", 300)) + 500) * BYTES_PER_MS
+        td = self._turn_detection
+        keep = ((vad_settings(td)[1] if td else 300) + 500) * BYTES_PER_MS
         excess = len(self._buffer) - keep
         if excess > 48_000:  # trim in 1 s steps, not on every append
             del self._buffer[:excess]
