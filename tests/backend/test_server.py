@@ -301,14 +301,12 @@ async def test_a_client_that_reconnects_after_expiry_and_resends_gets_no_spuriou
     """The session cap ends the session; the client opens another, sends its history and the audio
     it still held (room noise) again, commits and asks for a response: nothing is said, and an
     empty commit is an error, as on OpenAI."""
+    joke = "Why did the microphone blush? It saw the speaker."
     async with BackendServer(port=0, engines=engines, pace=20.0, max_session_seconds=1.0) as server:
         async for first in open_conn(server):
-            await first.conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
-                {"type": "input_text", "text": "tell me a joke"}]})
-            await first.conn.response.create()
-            joke = (await first.until("response.done"))[-1]["response"]["output"][0]["content"][0]["transcript"]
-            expired = (await first.until("error", timeout=10))[-1]["error"]
+            expired = (await first.until("error", timeout=30))[-1]["error"]
             assert expired["code"] == "session_expired"
+        server.max_session_seconds = 600.0  # the new session must not race a second expiry on a busy machine
         async for again in open_conn(server):
             await again.conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
             await again.until("session.updated")
