@@ -24,10 +24,32 @@ TABLE = {"type": "function", "name": "book_table", "description": "Book a restau
     ("what can you do", "I can greet you, tell you my name, tell a joke, and repeat what you say."),
     ("thanks", "You are welcome."),
     ("blue cheese", "You said: blue cheese."),
-    ("", responder.SILENCE_REPLY),
 ])
 def test_intents_and_echo(said: str, reply: str) -> None:
     assert responder.respond(said) == responder.Reply(text=reply)
+
+
+@pytest.mark.parametrize("said", ["", "   ", "?!"])
+def test_nothing_heard_gets_no_reply(said: str) -> None:
+    reply = responder.respond(said, [WEATHER])
+    assert reply == responder.Reply() and not reply.text and reply.call is None
+
+
+@pytest.mark.parametrize(("instruction", "reply"), [
+    ('Say "Welcome back, Ada." and nothing else.', "Welcome back, Ada."),
+    ("say: 'One moment please'", "One moment please"),
+    ("Greet the user.", "Hello! I am the voicerelay test assistant. How can I help?"),
+    ("Please introduce yourself to the user.", "My name is voicerelay. I am an offline test assistant."),
+    ("The user's name is Ada; she prefers short answers.", responder.ACKNOWLEDGE),
+])
+def test_a_system_instruction_is_followed(instruction: str, reply: str) -> None:
+    assert responder.follow(instruction) == responder.Reply(text=reply)
+
+
+def test_a_system_instruction_can_call_a_tool_and_is_never_echoed() -> None:
+    assert responder.follow("Check the weather in Paris.", [WEATHER]).call == \
+        responder.FunctionCall("get_weather", {"city": "paris"})
+    assert "You said" not in responder.follow("blue cheese").text
 
 
 def test_every_recording_gets_a_deterministic_answer() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
+from voicerelay.backend.engines import Engines
 from voicerelay.backend.server import BackendServer
 from voicerelay.protocol.audio import pcm16_to_b64, rms_dbfs
 from voicerelay.protocol.events import say_exactly
@@ -220,3 +221,107 @@ async def test_concurrent_sessions_are_independent(backend: BackendServer) -> No
 
     a, b = await asyncio.gather(one("hello_there", "Hello"), one("how_are_you", "fine"))
     assert a.startswith("Hello!") and b == "I am fine, thank you for asking."
+
+
+# ------------------------------------------------------------------------- parity with OpenAI
+
+
+async def flush(conn: Conn) -> list[dict[str, Any]]:
+    """Every event the server sends for what was sent so far: events are handled in order, so the
+    error answering a retrieve of an unknown item comes after all of them (no waiting on a clock)."""
+    await conn.conn.conversation.item.retrieve(item_id="item_barrier")
+    events = await conn.until("error")
+    assert events[-1]["error"]["param"] == "item_id"
+    return events[:-1]
+
+
+@pytest.mark.parametrize("beta", [False, True])
+async def test_session_updated_echoes_each_turn_detection_type_with_its_own_fields(backend: BackendServer,
+                                                                                  beta: bool) -> None:
+    from openai.types.beta.realtime.session import TurnDetection as BetaTurnDetection
+    from openai.types.realtime.realtime_audio_input_turn_detection import SemanticVad, ServerVad
+
+    semantic = {"type": "semantic_vad", "eagerness": "low", "create_response": False}
+    server = {"type": "server_vad", "silence_duration_ms": 300}
+    async for conn in open_conn(backend, beta=beta):
+        echoed = []
+        for td in (semantic, server):
+            session = {"turn_detection": td} if beta else {"type": "realtime", "audio": {"input": {"turn_detection": td}}}
+            await conn.conn.session.update(session=session)  # type: ignore[arg-type]
+            updated = (await conn.until("session.updated"))[-1]["session"]  # validated by the SDK's strict types
+            echoed.append(updated["turn_detection"] if beta else updated["audio"]["input"]["turn_detection"])
+        assert echoed[0] == {"type": "semantic_vad", "eagerness": "low", "create_response": False,
+                             "interrupt_response": True}
+        assert echoed[1]["silence_duration_ms"] == 300 and echoed[1]["threshold"] == 0.5
+        if beta:  # beta's one flat type: each echo holds its own type's share of it
+            assert set(echoed[1]) == set(BetaTurnDetection.model_fields) - {"eagerness"}
+        else:
+            assert set(echoed[0]) == set(SemanticVad.model_fields) and set(echoed[1]) == set(ServerVad.model_fields)
+
+
+async def test_eagerness_low_lets_a_speaker_pause_and_high_ends_the_turn_at_the_pause(backend: BackendServer) -> None:
+    """The same audio, two utterances about 1 s apart: high eagerness (400 ms of silence) ends a turn at
+    the pause, low (1.6 s) waits for the second utterance. Judged on the backend's audio_end_ms, not a clock."""
+    # the recordings hold about 0.6 s of quiet after their speech and 0.3 s before it: 0.1 s more makes 1 s
+    audio = np.concatenate((room_noise(300), read_recording("hello_there"), room_noise(100),
+                            read_recording("what_is_your_name"), room_noise(2500)))
+    ends = {}
+    for eagerness in ("high", "low"):
+        async for conn in open_conn(backend):
+            await conn.conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+                "type": "semantic_vad", "eagerness": eagerness, "create_response": False}}}})
+            await conn.until("session.updated")
+            await conn.send_audio(audio)
+            events = await flush(conn)
+            ends[eagerness] = [e["audio_end_ms"] for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+            assert not [e for e in events if e["type"].startswith("response.")]  # create_response false
+    first_end = 300 + len(read_recording("hello_there")) // 24
+    assert len(ends["high"]) == 2 and len(ends["low"]) == 1, ends
+    assert ends["high"][0] < ends["low"][0]
+    assert ends["high"][0] <= first_end + 100 < ends["low"][0]  # high: at the pause; low: after the second utterance
+    assert ends["high"][1] == ends["low"][0]  # both end the second utterance at the same point
+
+
+async def test_a_system_item_is_answered_like_pipecat_expects(backend: BackendServer) -> None:
+    async for beta in open_conn(backend, beta=True):  # Pipecat speaks the beta dialect
+        await beta.conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "hello there"}]})
+        await beta.conn.response.create()
+        first = await beta.until("response.done")
+        await beta.conn.conversation.item.create(item={"type": "message", "role": "system", "content": [
+            {"type": "input_text", "text": 'The user came back. Say "Welcome back." to the user.'}]})
+        await beta.conn.response.create()
+        second = await beta.until("response.done")
+    said = [next(e for e in events if e["type"] == "response.audio_transcript.done")["transcript"]
+            for events in (first, second)]
+    assert said == ["Hello! I am the voicerelay test assistant. How can I help?", "Welcome back."]
+
+
+async def test_a_client_that_reconnects_after_expiry_and_resends_gets_no_spurious_reply(engines: Engines) -> None:
+    """The session cap ends the session; the client opens another, sends its history and the audio
+    it still held (room noise) again, commits and asks for a response: nothing is said, and an
+    empty commit is an error, as on OpenAI."""
+    joke = "Why did the microphone blush? It saw the speaker."
+    async with BackendServer(port=0, engines=engines, pace=20.0, max_session_seconds=1.0) as server:
+        async for first in open_conn(server):
+            expired = (await first.until("error", timeout=30))[-1]["error"]
+            assert expired["code"] == "session_expired"
+        server.max_session_seconds = 600.0  # the new session must not race a second expiry on a busy machine
+        async for again in open_conn(server):
+            await again.conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+            await again.until("session.updated")
+            for role, part, text in (("user", "input_text", "tell me a joke"), ("assistant", "output_text", joke)):
+                await again.conn.conversation.item.create(item={"type": "message", "role": role,  # type: ignore[misc]
+                                                                "content": [{"type": part, "text": text}]})
+            await again.send_audio(room_noise(1200))
+            await again.conn.input_audio_buffer.commit()
+            await again.conn.response.create()
+            events = await again.until("response.done")
+            done = events[-1]["response"]
+            assert (done["status"], done["output"]) == ("completed", [])
+            assert not [e for e in events if e["type"] in ("response.output_audio.delta",
+                                                           "response.output_audio_transcript.delta")]
+            await again.conn.input_audio_buffer.commit()  # nothing buffered now
+            error = (await again.until("error"))[-1]["error"]
+            assert error["code"] == "input_audio_buffer_commit_empty"
+            assert not [e for e in await flush(again) if e["type"].startswith("response.")]

@@ -126,6 +126,24 @@ def test_a_turn_detection_change_restarts_or_stops_vad_with_defaults_filled_in()
     assert jobs(update(session, {"audio": {"input": {"turn_detection": None}}}), StopVad) == [StopVad()]
 
 
+@pytest.mark.parametrize(("eagerness", "silence_ms"), [("low", 1600), ("medium", 800), ("auto", 800), ("high", 400)])
+def test_semantic_vad_is_echoed_with_its_own_fields_and_eagerness_sets_when_a_turn_ends(eagerness: str,
+                                                                                       silence_ms: int) -> None:
+    session = new_session(turn_detection=True)
+    effects = update(session, {"audio": {"input": {"turn_detection": {"type": "semantic_vad",
+                                                                      "eagerness": eagerness}}}})
+    assert jobs(effects, StartVad) == [StartVad(0.5, 300, silence_ms)]
+    td = sent(effects)[-1]["session"]["audio"]["input"]["turn_detection"]
+    assert td == {"type": "semantic_vad", "eagerness": eagerness, "create_response": True,
+                  "interrupt_response": True}
+    # back to server VAD: its own fields again, with their defaults
+    effects = update(session, {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
+    assert jobs(effects, StartVad) == [StartVad(0.5, 300, 500)]
+    assert sent(effects)[-1]["session"]["audio"]["input"]["turn_detection"] == {
+        "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
+        "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
+
+
 def test_beta_session_update_is_nested_into_the_ga_shape() -> None:
     session = new_session(Dialect.BETA, turn_detection=True)
     effects = session.handle({"type": "session.update", "session": {"voice": "verse", "modalities": ["text"]}})
@@ -415,7 +433,7 @@ def test_a_response_waits_for_the_transcript_of_the_turn() -> None:
     assert session.items[item_id]["content"][0]["transcript"] == "how are you"
 
 
-def test_a_failed_transcription_is_reported_and_the_response_says_it_heard_nothing() -> None:
+def test_a_failed_transcription_is_reported_and_the_response_says_nothing() -> None:
     session = new_session()
     update(session, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
     session.handle(append(500))
@@ -425,7 +443,8 @@ def test_a_failed_transcription_is_reported_and_the_response_says_it_heard_nothi
     failed = sent(effects)[0]
     assert failed["type"] == "conversation.item.input_audio_transcription.failed"
     assert failed["error"]["code"] == "transcription_failed" and failed["error"]["message"] == "decoder broke"
-    assert jobs(effects, Synthesize)[0].text == responder.SILENCE_REPLY
+    assert types(effects)[1:] == ["response.done"] and not jobs(effects, Synthesize)  # nothing heard, nothing said
+    assert sent(effects)[-1]["response"]["output"] == []
 
 
 def test_response_create_while_one_is_active_is_refused_but_out_of_band_is_not() -> None:
@@ -527,6 +546,182 @@ def test_a_synthesis_failure_fails_the_response_and_frees_the_conversation() -> 
     assert done["response"]["status_details"]["error"]["code"] == "embedded_backend_error"
     assert session.active_response is None
     assert types(session.handle({"type": "response.create"}))[0] == "response.created"
+
+
+# ---------------------------------------------------------------------------------- what a response reads
+
+
+def item_of(session: ServerSession, role: str, text: str) -> str:
+    """Create a text message of ``role``; return its id."""
+    part = "output_text" if role == "assistant" else "input_text"
+    effects = session.handle({"type": "conversation.item.create", "item": {
+        "type": "message", "role": role, "content": [{"type": part, "text": text}]}})
+    return sent(effects)[0]["item"]["id"]
+
+
+def spoken(effects: list[Any]) -> str:
+    """What a spoken response says (the text handed to the synthesizer)."""
+    (synth,) = jobs(effects, Synthesize)
+    return synth.text
+
+
+def finish(session: ServerSession, effects: list[Any], pcm_ms: int = 250) -> dict[str, Any]:
+    """Play a spoken response out (``pcm_ms`` of speech); return its ``response.done`` response."""
+    return sent(run_audio_reply(session, effects, pcm_ms))[-1]["response"]
+
+
+def test_a_system_item_after_a_user_turn_is_what_the_next_response_answers() -> None:
+    """Pipecat appends context as a system item, then asks for a response: the newest item is answered."""
+    session = new_session()
+    item_of(session, "user", "hello there")
+    finish(session, session.handle({"type": "response.create"}))
+    item_of(session, "system", 'The user is back from lunch. Say "Welcome back, Ada." to the user.')
+    assert spoken(session.handle({"type": "response.create"})) == "Welcome back, Ada."  # not a second greeting
+
+
+def test_the_newest_item_is_answered_whatever_its_role() -> None:
+    session = new_session()
+    item_of(session, "user", "tell me a joke")
+    finish(session, session.handle({"type": "response.create"}))
+    # the assistant spoke last: nothing to answer again (the joke is not told twice)
+    effects = session.handle({"type": "response.create"})
+    assert spoken(effects) == responder.OFFER
+    finish(session, effects)
+    item_of(session, "system", "Greet the user.")
+    effects = session.handle({"type": "response.create"})
+    assert spoken(effects) == "Hello! I am the voicerelay test assistant. How can I help?"
+    finish(session, effects)
+    item_of(session, "system", "Greet the user.")
+    item_of(session, "user", "what is your name")  # a user item after the system one: the user is answered
+    assert spoken(session.handle({"type": "response.create"})) == \
+        "My name is voicerelay. I am an offline test assistant."
+
+
+def test_a_system_instruction_the_rules_do_not_cover_is_acknowledged_not_echoed() -> None:
+    session = new_session()
+    item_of(session, "user", "what can you do")
+    finish(session, session.handle({"type": "response.create"}))
+    item_of(session, "system", "The caller's account number is 1234.")
+    assert spoken(session.handle({"type": "response.create"})) == responder.ACKNOWLEDGE
+
+
+def test_an_out_of_band_response_reads_only_its_input_and_adds_nothing() -> None:
+    session = new_session()
+    joke = item_of(session, "user", "tell me a joke")
+    before = (list(session.order), {k: dict(v) for k, v in session.items.items()})
+    own = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "what is your name"}]}
+    effects = session.handle({"type": "response.create", "response": {
+        "conversation": "none", "input": [own], "metadata": {"purpose": "aside"}}})
+    assert spoken(effects) == "My name is voicerelay. I am an offline test assistant."  # its input, not the joke
+    assert "conversation.item.added" not in types(effects)
+    done = finish(session, effects)
+    assert done["conversation_id"] is None and done["metadata"] == {"purpose": "aside"}
+    assert done["output"][0]["content"][0]["transcript"] == "My name is voicerelay. I am an offline test assistant."
+    assert (session.order, session.items) == before  # neither its input nor its output joined the conversation
+    assert session.active_response is None
+    # a reference reads the conversation's item; an empty input reads nothing
+    effects = session.handle({"type": "response.create", "response": {
+        "conversation": "none", "input": [{"type": "item_reference", "id": joke}]}})
+    assert spoken(effects) == "Why did the microphone blush? It saw the speaker."
+    effects = session.handle({"type": "response.create", "response": {"conversation": "none", "input": []}})
+    assert spoken(effects) == responder.OFFER
+    # without an input, an out-of-band response reads the conversation (OpenAI: input makes a new context)
+    effects = session.handle({"type": "response.create", "response": {"conversation": "none"}})
+    assert spoken(effects) == "Why did the microphone blush? It saw the speaker."
+    assert (session.order, session.items) == before
+
+
+def test_an_in_band_response_with_its_own_input_reads_it_and_its_output_joins_the_conversation() -> None:
+    session = new_session()
+    item_of(session, "user", "tell me a joke")
+    own = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "how are you"}]}
+    effects = session.handle({"type": "response.create", "response": {"input": [own]}})
+    assert spoken(effects) == "I am fine, thank you for asking."
+    done = finish(session, effects)
+    assert done["conversation_id"] == session.conversation_id
+    assert session.order[-1] == done["output"][0]["id"] and len(session.order) == 2  # the input itself was not added
+
+
+@pytest.mark.parametrize(("entry", "param"), [
+    ({"type": "item_reference", "id": "item_nope"}, "response.input[0].id"),
+    ({"type": "message", "role": "robot", "content": []}, "response.input[0].role"),
+    ("hello", "response.input[0]"),
+])
+def test_a_bad_response_input_is_refused_before_any_response(entry: Any, param: str) -> None:
+    session = new_session()
+    effects = session.handle({"type": "response.create", "response": {"conversation": "none", "input": [entry]}})
+    error = error_of(effects)
+    assert (error["code"], error["param"]) == ("invalid_value", param)
+    assert types(effects) == ["error"]
+
+
+def test_a_user_item_created_with_audio_is_heard_and_answered() -> None:
+    session = new_session()
+    audio = base64.b64encode(pcm(600, 5)).decode()
+    effects = session.handle({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}})
+    added = sent(effects)[0]["item"]
+    assert added["content"] == [{"type": "input_audio", "transcript": None}]  # the events carry no audio
+    (job,) = jobs(effects, Transcribe)
+    assert job.item_id == added["id"] and job.audio == pcm(600, 5)
+    assert types(session.handle({"type": "response.create"})) == ["response.created"]  # waits for the transcript
+    assert spoken(session.transcribed(job.item_id, "what time is it")) == \
+        "I have no clock, but I heard you ask for the time."
+    retrieved = sent(session.handle({"type": "conversation.item.retrieve", "item_id": added["id"]}))[0]["item"]
+    assert base64.b64decode(retrieved["content"][0]["audio"]) == pcm(600, 5)
+    assert retrieved["content"][0]["transcript"] == "what time is it"
+
+
+# ---------------------------------------------------------------------------------- nothing heard
+
+
+def no_reply(effects: list[Any]) -> dict[str, Any]:
+    """Check a response ended having said nothing; return its ``response.done`` response."""
+    assert not jobs(effects, Synthesize)
+    assert not {"response.output_item.added", "response.output_audio.delta", "response.output_text.delta",
+                "conversation.item.added"} & set(types(effects))
+    done = sent(effects)[-1]
+    assert done["type"] == "response.done"
+    return done["response"]
+
+
+def test_a_server_vad_turn_with_no_speech_heard_gets_no_reply() -> None:
+    session = new_session(turn_detection=True)
+    session.handle(append(1200))
+    session.speech_judged([("speech_started", 0)])
+    effects = session.speech_judged([("speech_stopped", 700)])  # the detector took noise for speech
+    assert types(effects)[-1] == "response.created"
+    (job,) = jobs(effects, Transcribe)
+    done = no_reply(session.transcribed(job.item_id, ""))
+    assert (done["status"], done["output"]) == ("completed", [])
+    assert session.active_response is None  # the next turn is answered as usual
+    session.handle(append(1000))
+    session.speech_judged([("speech_started", 1300)])
+    (job,) = jobs(session.speech_judged([("speech_stopped", 2000)]), Transcribe)
+    assert spoken(session.transcribed(job.item_id, "hello")).startswith("Hello!")
+
+
+def test_a_manual_commit_of_audio_with_no_speech_gets_no_reply() -> None:
+    session = new_session()
+    item_of(session, "user", "tell me a joke")  # history a reconnecting client sends again
+    item_of(session, "assistant", "Why did the microphone blush? It saw the speaker.")
+    session.handle(append(1000))
+    (job,) = jobs(session.handle({"type": "input_audio_buffer.commit"}), Transcribe)
+    assert types(session.handle({"type": "response.create"})) == ["response.created"]
+    done = no_reply(session.transcribed(job.item_id, ""))  # not "Sorry, ..." and not the joke again
+    assert done["status"] == "completed" and done["output"] == []
+
+
+def test_an_empty_commit_is_an_error_and_makes_nothing_to_answer() -> None:
+    session = new_session()
+    item_of(session, "user", "tell me a joke")
+    item_of(session, "assistant", "Why did the microphone blush? It saw the speaker.")
+    order = list(session.order)
+    session.handle(append(40))
+    effects = session.handle({"type": "input_audio_buffer.commit"})
+    assert error_of(effects)["code"] == "input_audio_buffer_commit_empty" and types(effects) == ["error"]
+    assert session.order == order  # no item: the response a client may still ask for has nothing new to answer
+    assert spoken(session.handle({"type": "response.create"})) == responder.OFFER
 
 
 # ---------------------------------------------------------------------------------- memory

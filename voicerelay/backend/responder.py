@@ -3,11 +3,19 @@
 Plain functions, no I/O. The same utterance and tools always give the same reply, so tests and
 recordings can expect exact answers. The README lists the intents; keep it in sync.
 
-* An utterance that matches one of the session's tools (a word of the tool's name, or two
-  words of its description, see :func:`match_tool`) becomes a function call whose arguments
-  are filled from the utterance (:func:`fill_arguments`).
-* Otherwise the first intent whose pattern matches answers.
-* Otherwise the reply echoes the utterance: ``You said: <utterance>.``
+The session answers the newest item of a response's context, whatever its role:
+
+* A user's utterance (:func:`respond`): one that matches one of the session's tools (a word of
+  the tool's name, or two words of its description, see :func:`match_tool`) becomes a function
+  call whose arguments are filled from the utterance (:func:`fill_arguments`); otherwise the
+  first intent whose pattern matches answers; otherwise the reply echoes the utterance:
+  ``You said: <utterance>.`` Nothing heard (silence, noise, an empty message) gets no reply at
+  all: an empty :class:`Reply`.
+* A system message (:func:`follow`), such as the context Pipecat appends before asking for a
+  response, is an instruction for this reply: ``say "<text>"`` says the text, a tool or an
+  intent it names answers as for a user, anything else is acknowledged (:data:`ACKNOWLEDGE`).
+* A function's output: :func:`answer_tool_output`. Nothing, or the assistant's own last words:
+  :data:`OFFER`.
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ _NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven e
 
 #: (pattern over the normalised utterance, reply). First match wins.
 INTENTS: tuple[tuple[str, str], ...] = (
-    (r"\b(hello|hi|hey|good morning)\b", "Hello! I am the voicerelay test assistant. How can I help?"),
-    (r"\b(what is your name|who are you)\b", "My name is voicerelay. I am an offline test assistant."),
+    (r"\b(hello|hi|hey|good morning|greet)\b", "Hello! I am the voicerelay test assistant. How can I help?"),
+    (r"\b(what is your name|who are you|introduce yourself)\b", "My name is voicerelay. I am an offline test assistant."),
     (r"\bhow are you\b", "I am fine, thank you for asking."),
     (r"\b(what can you do|help)\b", "I can greet you, tell you my name, tell a joke, and repeat what you say."),
     (r"\bwhat time is it\b", "I have no clock, but I heard you ask for the time."),
@@ -39,7 +47,10 @@ INTENTS: tuple[tuple[str, str], ...] = (
     (r"\b(thank you|thanks)\b", "You are welcome."),
     (r"\b(goodbye|bye)\b", "Goodbye!"),
 )
-SILENCE_REPLY = "Sorry, I did not hear anything."
+OFFER = "How can I help?"  # the reply when there is nothing to answer, or the assistant spoke last
+ACKNOWLEDGE = "Understood."  # the reply to a system instruction the rules do not cover
+_SAY_QUOTED = re.compile(r"""\bsay\b[:,]?\s+(?:["“](?P<double>[^"”]+)["”]|'(?P<single>[^']+)'(?!\w))""",
+                         re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +65,7 @@ class FunctionCall:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
-    """Either a text to speak or a function call to emit."""
+    """A text to speak, a function call to emit, or neither: nothing to say."""
 
     text: str = ""
     call: FunctionCall | None = None
@@ -75,17 +86,32 @@ def stream_words(text: str) -> list[str]:
 
 
 def respond(utterance: str, tools: Sequence[Mapping[str, Any]] = ()) -> Reply:
-    """The reply to a user turn."""
+    """The reply to a user turn; an empty reply when nothing was said (no speech heard)."""
     said = " ".join(words(utterance))
     if not said:
-        return Reply(text=SILENCE_REPLY)
+        return Reply()
+    return _tool_or_intent(said, tools) or Reply(text=f"You said: {said}.")
+
+
+def follow(instruction: str, tools: Sequence[Mapping[str, Any]] = ()) -> Reply:
+    """The reply when the newest item is a system message: what it asks to be said or done."""
+    quoted = _SAY_QUOTED.search(instruction)
+    if quoted:
+        return Reply(text=(quoted.group("double") or quoted.group("single")).strip())
+    said = " ".join(words(instruction))
+    if not said:
+        return Reply()
+    return _tool_or_intent(said, tools) or Reply(text=ACKNOWLEDGE)
+
+
+def _tool_or_intent(said: str, tools: Sequence[Mapping[str, Any]]) -> Reply | None:
     tool = match_tool(said, tools)
     if tool is not None:
         return Reply(call=FunctionCall(tool["name"], fill_arguments(said, tool)))
     for pattern, reply in INTENTS:
         if re.search(pattern, said):
             return Reply(text=reply)
-    return Reply(text=f"You said: {said}.")
+    return None
 
 
 def match_tool(said: str, tools: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

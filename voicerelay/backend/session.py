@@ -24,11 +24,15 @@ Inputs                                       Effects
 
 Turn flow (section 8 of the protocol reference): appended audio fills the input buffer and,
 with server VAD, is judged by the detector; the end of speech commits the buffer into a user
-item (``Transcribe``) and, with ``create_response``, creates a response. A response decides
-what to say once the transcript it depends on is known (it waits for ``transcribed()``), then
-streams: a function call or a text reply at once, a spoken reply after ``Synthesize`` one
-``CHUNK_MS`` audio delta per ``stream()`` call, with a ``Pause`` after each, so cancel and
-barge-in have something to interrupt.
+item (``Transcribe``) and, with ``create_response``, creates a response. A response reads its
+context (its own ``input`` when it has one, else the whole conversation) and answers the newest
+item, whatever its role; it decides what to say once the transcript it depends on is known (it
+waits for ``transcribed()``), then streams: a function call or a text reply at once, a spoken
+reply after ``Synthesize`` one ``CHUNK_MS`` audio delta per ``stream()`` call, with a ``Pause``
+after each, so cancel and barge-in have something to interrupt. When nothing was heard (no
+words recognised) it ends at once with no output: nothing is said. Its ``usage`` is counted as
+OpenAI bills (``usage.py``): what it read, what earlier responses had already processed
+(cached), what it generated.
 
 Bad client input never raises out of :meth:`ServerSession.handle`: it becomes an ``error``
 event with OpenAI's code, and the session goes on. What ``session.update`` may say lives in
@@ -69,8 +73,8 @@ from typing import Any
 
 from ..protocol.audio import BYTES_PER_MS, AudioFormatError, decode_b64
 from ..protocol.events import Dialect, Event, new_id, parse_say_instructions
-from . import responder
-from .session_config import PCM, default_session, merge_session, session_update
+from . import responder, usage
+from .session_config import PCM, default_session, merge_session, session_update, vad_settings
 from .validate import EventError
 
 log = logging.getLogger(__name__)
@@ -168,6 +172,8 @@ class _Response:
     in_band: bool
     params: dict[str, Any]
     settings: dict[str, Any]
+    context: list[dict[str, Any]] | None = None  # its own ``input`` (references resolved); None: the conversation
+    inputs: tuple[usage.Segment, ...] = ()  # what it reads, for its usage
     cancel_reason: str | None = None
     waits_for: dict[str, Any] | None = None  # the user item whose transcript decides the reply
     stream: _Stream | None = None
@@ -195,6 +201,7 @@ class ServerSession:
         self._pending_item: str | None = None
         self._active: _Response | None = None
         self._responses: dict[str, _Response] = {}
+        self._cache = usage.CacheMemory()  # what earlier responses processed: their cached input
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -259,7 +266,7 @@ class ServerSession:
         heard_len = self._heard_bytes.pop(item_id, 0)
         item = self.items.get(item_id)
         if item is not None:
-            item["content"][0]["transcript"] = text
+            _audio_part(item)["transcript"] = text
         self._transcripts[item_id] = text
         if self.session["audio"]["input"]["transcription"] is not None:
             for delta in responder.stream_words(text):
@@ -356,8 +363,7 @@ class ServerSession:
         if td is None:
             return StopVad()
         self._vad_offset_ms = self._audio_ms
-        return StartVad(float(td.get("threshold", 0.5)), int(td.get("prefix_padding_ms", 300)),
-                        int(td.get("silence_duration_ms", 500)))
+        return StartVad(*vad_settings(td))
 
     @property
     def _turn_detection(self) -> dict[str, Any]:
@@ -377,7 +383,8 @@ class ServerSession:
 
     def _trim_buffer(self) -> None:
         """Outside speech, keep only what prefix padding could reach back to (bounded memory)."""
-        keep = (int(self._turn_detection.get("prefix_padding_ms", 300)) + 500) * BYTES_PER_MS
+        td = self._turn_detection
+        keep = ((vad_settings(td)[1] if td else 300) + 500) * BYTES_PER_MS
         excess = len(self._buffer) - keep
         if excess > 48_000:  # trim in 1 s steps, not on every append
             del self._buffer[:excess]
@@ -444,8 +451,7 @@ class ServerSession:
         self._heard_bytes[item_id] = len(heard)
         self._emit(out, {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         self._announce_item(item, previous, out)
-        phrases = tuple(f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools)
-        out.append(Transcribe(item_id, heard, phrases))
+        out.append(Transcribe(item_id, heard, self._phrases()))
 
     def _forget_old_audio(self) -> None:
         """Keep the audio of the newest user items only (see the module doc); dicts keep insertion order."""
@@ -496,9 +502,29 @@ class ServerSession:
         if item["type"] == "message" and item["role"] == "assistant":
             item["content"] = [{**p, "type": {"text": "output_text", "audio": "output_audio"}.get(p["type"], p["type"])}
                                for p in item["content"]]
+        audio = _take_audio(item) if item["type"] == "message" and item["role"] == "user" else b""
         prev = previous if previous is not None else (self.order[-1] if self.order else None)
         self._add_item(item, previous)
         self._announce_item(item, prev, out)
+        if audio:
+            self._hear(item, audio, out)
+
+    def _hear(self, item: dict[str, Any], audio: bytes, out: list[Effect]) -> None:
+        """A user item created with audio: kept like a committed turn's, and recognised unless the
+        client gave its transcript (a response to it waits for the transcript, as for a turn)."""
+        item_id = item["id"]
+        self._user_audio[item_id] = audio
+        self._input_ms[item_id] = len(audio) / BYTES_PER_MS
+        self._forget_old_audio()
+        if _audio_part(item).get("transcript"):
+            return
+        self._transcripts[item_id] = None
+        self._heard_bytes[item_id] = len(audio)
+        out.append(Transcribe(item_id, audio, self._phrases()))
+
+    def _phrases(self) -> tuple[str, ...]:
+        """What helps the recogniser: the session's tools' names and descriptions."""
+        return tuple(f"{t.get('name', '')} {t.get('description', '')}" for t in self.tools)
 
     def _on_conversation_item_delete(self, event: Event, out: list[Effect]) -> None:
         item_id = event["item_id"]
@@ -513,7 +539,7 @@ class ServerSession:
             raise EventError("invalid_value", f"Item with id '{item_id}' not found.", "item_id")
         item = copy.deepcopy(self.items[item_id])
         if item_id in self._user_audio:
-            item["content"][0]["audio"] = base64.b64encode(self._user_audio[item_id]).decode()
+            _audio_part(item)["audio"] = base64.b64encode(self._user_audio[item_id]).decode()
         self._emit(out, {"type": "conversation.item.retrieved", "item": item})
 
     def _on_conversation_item_truncate(self, event: Event, out: list[Effect]) -> None:
@@ -551,7 +577,30 @@ class ServerSession:
             raise EventError("conversation_already_has_active_response",
                              f"Conversation already has an active response in progress: {self._active.id}. Wait "
                              "until the response is finished before creating a new one.")
-        self._start_response(params, in_band, out)
+        context = self._resolve_input(params["input"]) if params.get("input") is not None else None
+        self._start_response(params, in_band, out, context)
+
+    def _resolve_input(self, raw: Any) -> list[dict[str, Any]]:
+        """A response's own ``input``: its items checked, ``item_reference``s replaced by the items named.
+
+        Like OpenAI, such a response reads only these items (``[]``: nothing), not the conversation."""
+        if not isinstance(raw, list):
+            raise EventError("invalid_value", "Invalid type for 'response.input': expected an array of items.",
+                             "response.input")
+        items = []
+        for n, entry in enumerate(raw):
+            param = f"response.input[{n}]"
+            if not isinstance(entry, dict):
+                raise EventError("invalid_value", f"Invalid type for '{param}': expected an item.", param)
+            if entry.get("type") == "item_reference":
+                referenced = self.items.get(entry.get("id"))  # type: ignore[arg-type]
+                if referenced is None:
+                    raise EventError("invalid_value", f"Item with id '{entry.get('id')}' not found.", param + ".id")
+                items.append(referenced)
+                continue
+            _check_item(entry, param)
+            items.append(entry)
+        return items
 
     def _on_response_cancel(self, event: Event, out: list[Effect]) -> None:
         wanted = event.get("response_id")
@@ -560,8 +609,10 @@ class ServerSession:
             raise EventError("response_cancel_not_active", "Cancellation failed: no active response found")
         run.cancel_reason = "client_cancelled"
 
-    def _start_response(self, params: dict[str, Any], in_band: bool, out: list[Effect]) -> None:
-        run = _Response(new_id("resp"), in_band, params, self._response_settings(params))
+    def _start_response(self, params: dict[str, Any], in_band: bool, out: list[Effect],
+                        context: list[dict[str, Any]] | None = None) -> None:
+        run = _Response(new_id("resp"), in_band, params, self._response_settings(params), context)
+        run.inputs = self._input_segments(run)
         self._responses[run.id] = run
         if in_band:
             self._active = run
@@ -602,33 +653,44 @@ class ServerSession:
             "usage": usage, "metadata": settings["metadata"],
         }
 
+    def _context(self, run: _Response) -> list[dict[str, Any]]:
+        """The items a response reads: its own ``input``, else the whole conversation, in order."""
+        return run.context if run.context is not None else [self.items[i] for i in self.order]
+
     def _decide(self, run: _Response, out: list[Effect]) -> None:
-        """Choose the reply, or wait for the transcript of the user item it answers."""
+        """Choose the reply to the newest item of the context, whatever its role, or wait for the
+        transcript of the user item it answers."""
         say = parse_say_instructions(run.settings["instructions"])
         if say is not None:
             self._reply(run, responder.Reply(text=say), out)
             return
-        items = run.params.get("input") if not run.in_band else [self.items[i] for i in self.order]
-        for item in reversed(items or []):
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "function_call_output":
-                name = next((i.get("name", "") for i in self.items.values()
-                             if i.get("type") == "function_call" and i.get("call_id") == item.get("call_id")), "")
-                self._reply(run, responder.Reply(text=responder.answer_tool_output(name, str(item.get("output", "")))),
-                            out)
+        context = self._context(run)
+        newest = context[-1] if context else {}
+        kind, role = newest.get("type"), newest.get("role")
+        if kind == "function_call_output":
+            calls = [*context, *self.items.values()]  # the call may lie outside a response's own input
+            name = next((i.get("name", "") for i in calls
+                         if i.get("type") == "function_call" and i.get("call_id") == newest.get("call_id")), "")
+            self._reply(run, responder.Reply(text=responder.answer_tool_output(name, str(newest.get("output", "")))),
+                        out)
+        elif kind == "message" and role == "user":
+            if self._transcript_pending(newest):
+                run.waits_for = newest
                 return
-            if item.get("type") == "message" and item.get("role") == "user":
-                if self._transcript_pending(item):
-                    run.waits_for = item
-                    return
-                self._answer(run, item, out)
-                return
-        self._reply(run, responder.Reply(text="How can I help?"), out)
+            self._answer(run, newest, out)
+        elif kind == "message" and role == "system":
+            self._reply(run, responder.follow(self._item_text(newest), run.settings["tools"]), out)
+        else:  # nothing yet, or the assistant spoke last: offer help
+            self._reply(run, responder.Reply(text=responder.OFFER), out)
 
     def _transcript_pending(self, item: dict[str, Any]) -> bool:
         return (any(p.get("type") == "input_audio" for p in item.get("content") or [])
                 and item.get("id", "") in self._transcripts and self._transcripts[item.get("id", "")] is None)
+
+    def _item_text(self, item: dict[str, Any]) -> str:
+        """The text of a message's text parts."""
+        return " ".join(str(p.get("text") or "") for p in item.get("content") or [] if isinstance(p, dict)
+                        and p.get("type") in ("input_text", "output_text", "text")).strip()
 
     def _user_text(self, item: dict[str, Any]) -> str:
         texts = []
@@ -657,8 +719,11 @@ class ServerSession:
     def _reply(self, run: _Response, reply: responder.Reply, out: list[Effect]) -> None:
         if reply.call is not None:
             self._stream_call(run, reply.call, out)
-        else:
+        elif reply.text:
             self._start_message(run, reply.text, out)
+        else:  # nothing was heard: the response ends with nothing said (no output item)
+            status, details = self._done_status(run, False)
+            self._done(run, [], status, details, "", 0, out)
 
     def _stream_call(self, run: _Response, call: responder.FunctionCall, out: list[Effect]) -> None:
         item = {"id": new_id("item"), "type": "function_call", "object": "realtime.item", "status": "in_progress",
@@ -682,7 +747,7 @@ class ServerSession:
         self._emit(out, {"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
                          "item": dict(item)})
         status, details = self._done_status(run, False)
-        self._done(run, [dict(item)], status, details, len(arguments) // 4, 0, out)
+        self._done(run, [dict(item)], status, details, call.name + arguments, 0, out)
 
     def _start_message(self, run: _Response, text: str, out: list[Effect]) -> None:
         settings = run.settings
@@ -741,34 +806,45 @@ class ServerSession:
                              "item": copy.deepcopy(s.item)})
         self._emit(out, {"type": "response.output_item.done", "response_id": run.id, "output_index": 0,
                          "item": copy.deepcopy(s.item)})
-        self._done(run, [copy.deepcopy(s.item)], status, details, len(s.sent_words), s.sent_ms, out)
+        self._done(run, [copy.deepcopy(s.item)], status, details, "".join(s.sent_words), s.sent_ms, out)
 
     def _fail(self, run: _Response, message: str, out: list[Effect]) -> None:
         details = {"type": "failed", "error": {"type": "server_error", "code": "embedded_backend_error",
                                                "message": message}}
-        self._done(run, [], "failed", details, 0, 0, out)
+        self._done(run, [], "failed", details, "", 0, out)
 
     def _done(self, run: _Response, output: list[dict[str, Any]], status: str, details: dict[str, Any] | None,
-              out_words: int, out_ms: int, out: list[Effect]) -> None:
+              out_text: str, out_ms: int, out: list[Effect]) -> None:
         if self._active is run:
             self._active = None
         run.stream = None
         run.waits_for = None
-        usage = self._usage(out_words, out_ms)
         self._responses.pop(run.id, None)
-        self._emit(out, {"type": "response.done",
-                         "response": self._response_object(run, status, output, details, usage)})
+        self._emit(out, {"type": "response.done", "response": self._response_object(
+            run, status, output, details, self._usage(run, output, out_text, out_ms))})
 
-    def _usage(self, out_words: int, out_ms: int) -> dict[str, Any]:
-        """Token usage in OpenAI's shape. There is no model here, so these are estimates at
-        OpenAI's published rates: 10 audio tokens a second in, 20 out, about a token a word."""
-        audio_in = int(sum(self._input_ms.values()) / 100)
-        text_in = sum(len(responder.words(str(i.get("content", "")))) for i in self.items.values()) // 2
-        audio_out, text_out = out_ms // 50, out_words
-        return {"total_tokens": audio_in + text_in + audio_out + text_out, "input_tokens": audio_in + text_in,
-                "output_tokens": audio_out + text_out,
-                "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": 0},
-                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
+    # ----------------------------------------------------------------------------- usage
+
+    def _segment(self, item: dict[str, Any]) -> usage.Segment:
+        """One item's input tokens, from what the session knows of its audio."""
+        item_id = item.get("id", "")
+        return usage.item_segment(item, user_audio_ms=self._input_ms.get(item_id, 0.0),
+                                  assistant_audio_ms=self._assistant_ms.get(item_id, 0))
+
+    def _input_segments(self, run: _Response) -> tuple[usage.Segment, ...]:
+        """What a response reads, fixed when it is created: instructions and tools, then its context."""
+        settings = run.settings
+        instructions = usage.instructions_segment(str(settings["instructions"] or ""), settings["tools"] or [])
+        return (instructions, *(self._segment(item) for item in self._context(run)))
+
+    def _usage(self, run: _Response, output: list[dict[str, Any]], out_text: str, out_ms: int) -> dict[str, Any]:
+        """The response's ``usage``, counted as OpenAI bills (see ``usage.py``: estimates, no model ran).
+        What it processed (its input, then its output) is remembered for the next responses' cache."""
+        cached = self._cache.cached(run.inputs)
+        figures = usage.usage(run.inputs, cached, usage.output_tokens(out_text, out_ms))
+        produced = [self._segment(i) for i in output] if run.in_band else []
+        self._cache.processed([*run.inputs, *produced])
+        return figures
 
     @staticmethod
     def _done_status(run: _Response, truncated: bool) -> tuple[str, dict[str, Any] | None]:
@@ -796,25 +872,49 @@ _HANDLERS: dict[str, Callable[[ServerSession, Event, list[Effect]], None]] = {
 }
 
 
-def _check_item(item: dict[str, Any]) -> None:
+def _check_item(item: dict[str, Any], param: str = "item") -> None:
     kind = item.get("type")
     if kind == "message":
         if item.get("role") not in ("user", "assistant", "system"):
-            raise EventError("invalid_value", "Invalid 'item.role': expected 'user', 'assistant' or 'system'.",
-                             "item.role")
+            raise EventError("invalid_value", f"Invalid '{param}.role': expected 'user', 'assistant' or 'system'.",
+                             f"{param}.role")
         content = item.get("content")
         if not isinstance(content, list) or not all(isinstance(p, dict) and isinstance(p.get("type"), str)
                                                     for p in content):
-            raise EventError("invalid_value", "Invalid 'item.content': expected a list of content parts.",
-                             "item.content")
+            raise EventError("invalid_value", f"Invalid '{param}.content': expected a list of content parts.",
+                             f"{param}.content")
     elif kind == "function_call_output":
         if not isinstance(item.get("call_id"), str) or not isinstance(item.get("output"), str):
             raise EventError("invalid_value", "A function_call_output item needs a string 'call_id' and 'output'.",
-                             "item")
+                             param)
     elif kind == "function_call":
         if not all(isinstance(item.get(k), str) for k in ("call_id", "name", "arguments")):
             raise EventError("invalid_value", "A function_call item needs string 'call_id', 'name' and 'arguments'.",
-                             "item")
+                             param)
     else:
-        raise EventError("invalid_value", f"Invalid 'item.type': {kind!r}. Expected 'message', 'function_call' or "
-                         "'function_call_output'.", "item.type")
+        raise EventError("invalid_value", f"Invalid '{param}.type': {kind!r}. Expected 'message', 'function_call' "
+                         "or 'function_call_output'.", f"{param}.type")
+
+
+def _audio_part(item: dict[str, Any]) -> dict[str, Any]:
+    """A user item's (first) ``input_audio`` part, where its transcript goes (a detached dict if it
+    has none: an item replaced under the same id while its audio was recognised)."""
+    return next((p for p in item.get("content") or [] if p.get("type") == "input_audio"), {})
+
+
+def _take_audio(item: dict[str, Any]) -> bytes:
+    """The PCM16 of a created user item's ``input_audio`` parts, taken out of the item: like OpenAI,
+    the conversation's events carry no audio (``conversation.item.retrieve`` returns it)."""
+    pcm = bytearray()
+    parts = []
+    for n, part in enumerate(item["content"]):
+        if part.get("type") == "input_audio" and "audio" in part:
+            try:
+                pcm += decode_b64(part["audio"])
+            except AudioFormatError as exc:
+                raise EventError(exc.code, str(exc), f"item.content[{n}].audio") from None
+            part = {k: v for k, v in part.items() if k != "audio"}
+            part.setdefault("transcript", None)
+        parts.append(part)
+    item["content"] = parts
+    return bytes(pcm)

@@ -3,6 +3,17 @@
 Pure functions, no I/O. :func:`session_update` checks the keys of an update in the client's
 dialect and returns it in the GA shape; :func:`merge_session` checks every value and applies it.
 Any invalid field rejects the whole update with OpenAI's error code, as api.openai.com does.
+
+Turn detection has two types, each with its own fields (the SDK's GA ``ServerVad`` and
+``SemanticVad``): ``server_vad`` takes ``threshold``, ``prefix_padding_ms``,
+``silence_duration_ms``, ``idle_timeout_ms``; ``semantic_vad`` takes ``eagerness``; both take
+``create_response`` and ``interrupt_response``. A new ``turn_detection`` replaces the old one
+whole, its missing fields filled with its type's defaults, and ``session.updated`` echoes only
+its type's fields. A field of the other type is accepted and dropped (the beta shape is one flat
+object holding both sets, so clients send them).
+
+Semantic VAD asks a model whether the user has finished; here there is none, so ``eagerness``
+picks the silence that ends a turn (:data:`SEMANTIC_SILENCE_MS`, see :func:`vad_settings`).
 """
 
 from __future__ import annotations
@@ -17,6 +28,18 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
     "idle_timeout_ms": None, "create_response": True, "interrupt_response": True,
 }
+SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
+    "type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True,
+}
+#: turn-detection type -> its fields with their defaults
+TURN_DETECTION_DEFAULTS: dict[str, dict[str, Any]] = {"server_vad": DEFAULT_TURN_DETECTION,
+                                                      "semantic_vad": SEMANTIC_VAD_DEFAULTS}
+#: semantic VAD's eagerness -> the silence (ms) that ends a turn. OpenAI documents the most each
+#: waits (low 8 s, medium 4 s, high 2 s; auto is medium); each here is a fifth of that, so low
+#: lets a speaker pause longest and high answers soonest.
+SEMANTIC_SILENCE_MS: dict[str, int] = {"low": 1600, "medium": 800, "auto": 800, "high": 400}
+#: what semantic VAD's detector uses for the fields it does not have
+SEMANTIC_THRESHOLD, SEMANTIC_PREFIX_PADDING_MS = 0.5, 300
 PCM = {"type": "audio/pcm", "rate": 24000}
 _GA_SESSION_KEYS = frozenset({
     "type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice", "max_output_tokens",
@@ -101,9 +124,19 @@ def merge_session(current: dict[str, Any], update: dict[str, Any]) -> dict[str, 
 
 
 def _with_td_defaults(td: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checked turn detection with its type's defaults filled in and other types' fields dropped."""
     if td is None:
         return None
-    return {**DEFAULT_TURN_DETECTION, **td}
+    defaults = TURN_DETECTION_DEFAULTS[td["type"]]
+    return {key: td.get(key, default) for key, default in defaults.items()}
+
+
+def vad_settings(td: dict[str, Any]) -> tuple[float, int, int]:
+    """``(threshold, prefix_padding_ms, silence_duration_ms)`` for the speech detector of an
+    effective turn detection: server VAD's own fields, or semantic VAD's silence for its eagerness."""
+    if td["type"] == "semantic_vad":
+        return SEMANTIC_THRESHOLD, SEMANTIC_PREFIX_PADDING_MS, SEMANTIC_SILENCE_MS[td.get("eagerness") or "auto"]
+    return float(td.get("threshold", 0.5)), int(td.get("prefix_padding_ms", 300)), int(td.get("silence_duration_ms", 500))
 
 
 def _check_audio_value(side: str, key: str, value: Any) -> None:
@@ -121,18 +154,7 @@ def _check_audio_value(side: str, key: str, value: Any) -> None:
     elif key == "turn_detection":
         if value is None:
             return
-        if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
-            raise EventError("invalid_value", f"Invalid '{param}.type': expected 'server_vad' or 'semantic_vad'.",
-                             param + ".type")
-        threshold = value.get("threshold", 0.5)
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
-            raise EventError("invalid_value", f"Invalid '{param}.threshold': expected a number from 0 to 1.",
-                             param + ".threshold")
-        for ms_key in ("prefix_padding_ms", "silence_duration_ms"):
-            ms = value.get(ms_key, 0)
-            if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
-                raise EventError("invalid_value", f"Invalid '{param}.{ms_key}': expected a non-negative integer.",
-                                 f"{param}.{ms_key}")
+        _check_turn_detection(param, value)
     elif key == "voice":
         if not isinstance(value, (str, dict)):
             raise EventError("invalid_value", f"Invalid type for '{param}': expected a string.", param)
@@ -141,6 +163,34 @@ def _check_audio_value(side: str, key: str, value: Any) -> None:
             raise EventError("invalid_value", f"Invalid '{param}': expected a number from 0.25 to 1.5.", param)
     elif key == "transcription" and value is not None and not isinstance(value, dict):
         raise EventError("invalid_value", f"Invalid type for '{param}': expected an object or null.", param)
+
+
+def _check_turn_detection(param: str, value: Any) -> None:
+    """Check the fields of the turn detection's own type (the other type's are dropped unchecked)."""
+    if not isinstance(value, dict) or value.get("type") not in TURN_DETECTION_DEFAULTS:
+        raise EventError("invalid_value", f"Invalid '{param}.type': expected 'server_vad' or 'semantic_vad'.",
+                         param + ".type")
+    for flag in ("create_response", "interrupt_response"):
+        if not isinstance(value.get(flag, True), bool):
+            raise EventError("invalid_value", f"Invalid type for '{param}.{flag}': expected a boolean.",
+                             f"{param}.{flag}")
+    if value["type"] == "semantic_vad":
+        eagerness = value.get("eagerness", "auto")
+        if eagerness not in SEMANTIC_SILENCE_MS:
+            raise EventError("invalid_value", f"Invalid '{param}.eagerness': expected 'low', 'medium', 'high' or "
+                             "'auto'.", param + ".eagerness")
+        return
+    threshold = value.get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+        raise EventError("invalid_value", f"Invalid '{param}.threshold': expected a number from 0 to 1.",
+                         param + ".threshold")
+    for ms_key in ("prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"):
+        ms = value.get(ms_key, 0)
+        if ms_key == "idle_timeout_ms" and ms is None:
+            continue
+        if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
+            raise EventError("invalid_value", f"Invalid '{param}.{ms_key}': expected a non-negative integer.",
+                             f"{param}.{ms_key}")
 
 
 def _check_session_value(key: str, value: Any) -> None:

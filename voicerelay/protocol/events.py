@@ -262,6 +262,8 @@ def ga_session_to_beta(session: dict[str, Any]) -> dict[str, Any]:
         if key in side_cfg:
             value = side_cfg[key]
             out[beta_key] = beta_format(value) if key == "format" else value
+    if isinstance(out.get("turn_detection"), dict):  # beta's turn detection has no idle timeout
+        out["turn_detection"] = {k: v for k, v in out["turn_detection"].items() if k != "idle_timeout_ms"}
     return out
 
 
