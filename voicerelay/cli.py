@@ -470,7 +470,7 @@ def serve(
                   f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.")
     server = _GracefulServer(gateway, uvicorn.Config(gateway.asgi_app(), host=host, port=port,
                                                      log_level=log_level.lower(), lifespan="on",
-                                                     ws="websockets-sansio"))
+                                                     **gateway.uvicorn_options()))
     try:
         asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:

@@ -8,6 +8,11 @@ down) and refused with ``ConnectionRefusedError``. Every browser event runs unde
 ends it and closes the connection); what the event queued for the browser is sent before the
 next event is read. Unknown events are ignored.
 
+A message too big for the transport to read closes the connection before any event is seen
+(:mod:`~voicerelay.gateway.wire` records it): the session ends as ``message_too_big`` (what a
+monitor sees) and the gateway logs one line; the browser sees its WebSocket closed with code
+1009.
+
 Actions that may target another session (``text_input``, ``say``, ``interrupt``,
 ``end_session``, ``get_state`` with a ``session_id``) are carried out here when the session
 lives on this node (:meth:`GatewayNamespace.act_locally`), else sent to its node through the
@@ -29,6 +34,7 @@ from .cluster import Cluster
 from .monitor import Monitor
 from .registry import SessionRegistry
 from .session import GatewaySession, SessionOptions
+from .wire import Wires
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ class NamespaceHost(Protocol):
     token: str | None
     max_sessions: int
     max_chunk_b64: int
+    max_message_bytes: int
+    wires: Wires
     closing: bool
 
     async def upstream_spec(self) -> UpstreamSpec: ...
@@ -115,10 +123,20 @@ class GatewayNamespace(socketio.AsyncNamespace):
                                 else address)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
+        client = self.registry.client(sid)
         self.registry.disconnected(sid)
+        wire = self.gateway.wires.of(self.server.get_environ(sid))
+        status = "disconnected"
+        if wire is not None and wire.too_big is not None:
+            how = f"a message of {wire.too_big} bytes" if wire.too_big else "a message"
+            closed = "the connection was closed" if wire.too_big else \
+                "the server closed the connection unread (WebSocket code 1009, message too big)"
+            log.warning("connection %s (%s) sent %s over the transport's limit of %d bytes: %s", sid, client, how,
+                        self.gateway.max_message_bytes, closed)
+            status = "message_too_big"
         session = self.registry.by_sid(sid)
         if session is not None:
-            await session.end("disconnected", notify=False)
+            await session.end(status, notify=False)
 
     # ----------------------------------------------------------------------------- the browser's own session
 
@@ -128,7 +146,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         chat_payload = c.parse_start(data)
         gateway = self.gateway
         session = GatewaySession(self.server, self.registry, gateway.monitor, gateway.session_options, sid,
-                                 chat_payload, self.registry.client(sid))
+                                 chat_payload, self.registry.client(sid),
+                                 wire=gateway.wires.of(self.server.get_environ(sid)))
         self.registry.add(session)
         try:
             spec = await gateway.upstream_spec()
