@@ -126,7 +126,8 @@ class Gateway:
         if redis_url is not None:
             if not redis_url.startswith(("redis://", "rediss://", "unix://")):
                 raise GatewayConfigError(f"--redis takes a redis://, rediss:// or unix:// URL, not {redis_url!r}")
-            self.cluster = Cluster(self.registry, redis_url, node_id, act=self.act_locally)
+            self.cluster = Cluster(self.registry, redis_url, node_id, act=self.act_locally,
+                                   gone=self._remote_session_gone, status=self._cluster_status)
             manager = self.cluster.socketio_manager()
         self.node_id = self.cluster.node_id if self.cluster else None
         self.session_options = SessionOptions(max_session_seconds=max_session_seconds, record_dir=self.record_dir,
@@ -189,6 +190,12 @@ class Gateway:
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
         """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""
         await self.namespace.act_locally(action, session_id, data, reply_to)
+
+    def _remote_session_gone(self, session_id: str, node: str, why: str) -> None:
+        self.namespace.remote_session_gone(session_id, node, why)
+
+    def _cluster_status(self, status: str) -> None:
+        self.namespace.cluster_status(status)
 
     # ----------------------------------------------------------------------------- upstream
 
