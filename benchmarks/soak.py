@@ -2,7 +2,8 @@
 
     python benchmarks/soak.py                         # 5 minutes, 20 sessions
     python benchmarks/soak.py --minutes 1 --sessions 4 --json out.json
-    python benchmarks/soak.py --minutes 0.6 --sessions 3 --faults restart,vanish,burst   # the test's form
+    python benchmarks/soak.py --minutes 0.6 --sessions 3 --faults restart,vanish,burst   # the test's forms
+    python benchmarks/soak.py --minutes 0.7 --sessions 4 --faults redis,nodekill
 
 Processes (each its own, so that each can be killed alone and none shares a GIL):
 
@@ -14,30 +15,41 @@ Processes (each its own, so that each can be killed alone and none shares a GIL)
   RSS, open file descriptors, asyncio tasks and recognition worker pids to ``backend.stats``.
   It is restarted on the same port after its kill.
 - **The gateway**: ``Gateway(backend=...).asgi_app()`` under uvicorn, configured as
-  ``voicerelay serve`` runs it (``gateway.uvicorn_options()``: its message size and heartbeat), plus one route,
-  ``/soak-stats`` (RSS, fds, asyncio tasks, sessions, the heartbeat in force).
+  ``voicerelay serve`` runs it (``gateway.uvicorn_options()``: its message size and heartbeat),
+  plus one route, ``/soak-stats`` (RSS, fds by kind, asyncio tasks, sessions, the heartbeat in
+  force, ``/health``). With the cluster faults: two such nodes, ``a`` and ``b``, sharing a
+  ``redis-server`` of the run's own (nothing saved to disk).
 - **The browsers**: python-socketio ``AsyncClient`` s over the websocket transport, each sending
   ``start_session`` and then, like a microphone, an ``audio_data`` every 40 ms on a wall-clock
   schedule: the shipped recordings in turn, each followed by 4 s of their room noise. Every
   chunk carries a mark, its session's number and its own, in the least significant bits of its
   first 64 samples (a change of at most 1 in 32768 per sample: neither VAD nor recogniser notices). The crowd runs in one process; the two victims (the
   browser that vanishes and the one that freezes) in a process each. A session that gets
-  ``session_ended`` starts a new one a second later, as a page would.
+  ``session_ended`` starts a new one a second later, as a page would. On two nodes the crowd
+  alternates between them, and a browser whose connection drops reconnects to the first node
+  that answers (its own first) and starts a new session.
+- **The followers** (cluster faults): a process on node ``a`` with two programs following the
+  session of a crowd browser on node ``b``: one acts on it every half second (``get_state`` with
+  its ``session_id``), one only listens.
 
 Faults, at fractions of the run: the backend SIGKILLed (``restart``, from 15 %, once a crowd
 session has heard a reply for 0.4 s; its recognition workers are counted 5 s later) and started
 again on the same port; a browser SIGKILLed while it speaks (``vanish``, 35 %: the kernel closes
 its TCP connection, no Socket.IO disconnect is sent); a burst of malformed events from one crowd
-session (``burst``, 50 %); a browser SIGSTOPped while it speaks (``freeze``, 60 %: it stops
-reading; held until its upstream closes, 90 s, or 10 s before the end).
+session (``burst``, 50 %); a browser SIGSTOPped while a reply streams to it (``freeze``, 70 %:
+its socket's receive buffer is small, as on a slow link, so what it does not read waits in the
+gateway; held until its upstream closes or 15 s past the heartbeat's bound). On two nodes: Redis
+SIGKILLed and started again 3 s later on the same port (``redis``, 25 %), node ``b`` SIGKILLed
+and started again (``nodekill``, 60 %).
 
 Printed: per fault, what the affected sessions saw and when, and whether any neighbour saw an
-``error`` or ``session_ended``; for the whole run, chunks sent vs counted at the backend (lost,
-reordered within a connection, sent again on a new connection), replies, user transcripts that
-match what was said, RSS of the gateway and the backend at minute 1 (for the backend: one
-minute after its restart) and at the end, tasks and fds at the end vs the idle baseline.
-Nothing is asserted here; ``tests/test_soak.py`` runs a short form and asserts.
-The two-node (Redis) faults are not part of this benchmark.
+``error`` or ``session_ended`` (for the cluster faults also what the followers were answered
+and told, and the events the listening one missed); for the whole run, chunks sent vs counted
+at the backend (lost, reordered within a connection, sent again on a new connection), replies,
+user transcripts that match what was said, RSS of the gateway and the backend at minute 1 (for
+the backend: one minute after its restart) and at the end, tasks and fds at the end vs the idle
+baseline (Redis's clients too, on two nodes). Nothing is asserted here; ``tests/test_soak.py``
+runs two short forms and asserts.
 """
 
 from __future__ import annotations
@@ -72,7 +84,7 @@ RECORDINGS = {"hello_there": "hello there", "what_is_your_name": "what is your n
               "how_are_you": "how are you today", "weather_in_paris": "what is the weather in paris",
               "what_can_you_do": "what can you do"}
 ALL_FAULTS = ("restart", "vanish", "burst", "freeze", "nodekill", "redis")
-AT = {"restart": 0.15, "redis": 0.25, "vanish": 0.35, "burst": 0.5, "freeze": 0.6, "nodekill": 0.75}
+AT = {"restart": 0.15, "redis": 0.25, "vanish": 0.35, "burst": 0.5, "nodekill": 0.6, "freeze": 0.7}
 CLUSTER_FAULTS = ("nodekill", "redis")
 REDIS_DOWN_S = 3.0  # how long Redis stays down in the redis fault
 #: The events a follower should get as the session's own browser does (audio aside: counted apart)
@@ -89,6 +101,44 @@ def rss_mb(pid: int | str = "self") -> float:
 
 def fd_count(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int | str = "self") -> dict[str, int]:
+    """This process's file descriptors by kind: TCP connections it opened by their peer's port
+    (``tcp->6379``), ``tcp-accepted`` (clients' connections to it), ``tcp-listen``; a state when not
+    established (read from /proc: which connections are left open, and to what)."""
+    import collections
+
+    inodes: dict[str, str] = {}
+    rows = []
+    for name in ("tcp", "tcp6"):
+        try:
+            rows += [line.split() for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]]
+        except OSError:
+            continue
+    listening = {int(f[1].rsplit(":", 1)[1], 16) for f in rows if f[3] == "0A"}
+    states = {"01": "", "08": " close-wait", "04": " fin-wait", "05": " fin-wait", "0B": " closing"}
+    for fields in rows:
+        local_port, remote_port, state = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), \
+            fields[3]
+        if state == "0A":
+            kind = "tcp-listen"
+        elif local_port in listening:  # a client's connection to us: its port is of no interest
+            kind = "tcp-accepted"
+        else:
+            kind = f"tcp->{remote_port}"
+        inodes[fields[9]] = kind + ("" if state == "0A" else states.get(state, " " + state))
+    kinds: collections.Counter[str] = collections.Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            kinds[inodes.get(target[8:-1], "socket")] += 1
+        else:
+            kinds[target.split(":", 1)[0] if ":" in target else "file"] += 1
+    return dict(kinds)
 
 
 def children_of(pid: int) -> list[int]:
@@ -231,7 +281,7 @@ def gateway_main(port: int, backend_url: str, redis_url: str | None = None, node
         from collections import Counter
 
         names = Counter(_task_name(t) for t in asyncio.all_tasks() if t is not asyncio.current_task())
-        body = json.dumps({"rss_mb": rss_mb(), "fds": fd_count(), "tasks": sum(names.values()),
+        body = json.dumps({"rss_mb": rss_mb(), "fds": fd_count(), "fd_kinds": fd_kinds(), "tasks": sum(names.values()),
                            "task_names": dict(names),
                            "sessions": len(gateway.sessions), "ping_interval": eio.ping_interval,
                            "ping_timeout": eio.ping_timeout, "ws_ping_interval": options["ws_ping_interval"],
@@ -531,7 +581,8 @@ class Run:
         self.gport_b, self.rport = (free_port(), free_port()) if self.cluster else (0, 0)
         self.url_b = f"http://127.0.0.1:{self.gport_b}"
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.report: dict[str, Any] = {"minutes": minutes, "sessions": sessions, "faults": {}, "pace": pace}
+        self.report: dict[str, Any] = {"minutes": minutes, "sessions": sessions, "faults": {}, "pace": pace,
+                                       "redis_port": self.rport or None, "backend_port": self.bport}
 
     def spawn(self, *args: str, name: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -598,6 +649,25 @@ class Run:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"redis-server did not start: {(self.dir / 'redis.out').read_text()[-2000:]}")
             time.sleep(0.05)
+
+    def redis_clients(self) -> dict[str, int]:
+        """Redis's connected clients by name and command (``CLIENT LIST``): who holds connections."""
+        import collections
+
+        with socket.create_connection(("127.0.0.1", self.rport), timeout=2) as sock:
+            sock.sendall(b"CLIENT LIST\r\n")
+            data = b""
+            while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        counts: collections.Counter[str] = collections.Counter()
+        for line in data.decode(errors="replace").split("\r\n", 1)[1].splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if fields:
+                counts[f"{fields.get('name') or '-'} {fields.get('cmd')} sub={fields.get('sub')}"] += 1
+        return dict(counts)
 
     def cluster_ok(self) -> bool:
         """Both nodes say ``ok`` (Redis reachable, their sessions registered, listening)."""
@@ -822,6 +892,10 @@ class Run:
         end_b = self.backend_stats(backend.pid)
         rep["settle_s"] = max(5.0, self.settle)
         base_b_final = base_b  # the idle baseline of the first backend process: the same program, warmed up
+        rep["gateway_fds_left"] = {k: v - base_g["fd_kinds"].get(k, 0) for k, v in end_g["fd_kinds"].items()
+                                   if v > base_g["fd_kinds"].get(k, 0)}
+        if self.cluster:
+            rep["redis_clients_end"] = self.redis_clients()
         rep["gateway_tasks_left"] = {k: v for k, v in end_g["task_names"].items()
                                      if v > base_g["task_names"].get(k, 0)}
         rep["memory"] = {"gateway_rss_mb_1min": samples.get("gateway_1min"), "gateway_rss_mb_end": end_g["rss_mb"],
@@ -1143,6 +1217,12 @@ def print_report(rep: dict[str, Any]) -> None:
       f"MB at the end{_growth(m['backend_rss_mb_1min'], m['backend_rss_mb_end'])}")
     for who, res in rep["resources"].items():
         p(f"{who} {rep['settle_s']:g} s after the sessions ended vs its idle baseline: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.items()))
+    if rep.get("gateway_fds_left"):
+        p(f"gateway file descriptors above the baseline at the end: {rep['gateway_fds_left']}"
+          + f" (the backend listens on {rep['backend_port']}" + (f", Redis on {rep['redis_port']})" if rep.get("redis_port")
+                                                                  else ")"))
+    if rep.get("redis_clients_end"):
+        p(f"Redis's clients at the end (both nodes): {rep['redis_clients_end']}")
     if rep["gateway_tasks_left"]:
         p(f"gateway tasks above the baseline at the end: {rep['gateway_tasks_left']}")
     if rep["browser_failures"]:

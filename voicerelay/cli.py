@@ -401,7 +401,9 @@ def serve(
                                               "Socket.IO auth payload ({token: ...}).", show_default=False)] = None,
     max_sessions: Annotated[int, typer.Option(metavar="N", help="Concurrent browser sessions at most.", min=1)] = 100,
     max_session_seconds: Annotated[float, typer.Option(metavar="SECONDS", help="A session ends after this long.", min=1)] = 3600.0,
-    max_chunk: Annotated[int, typer.Option("--max-chunk", metavar="CHARS", help="Largest audio_data chunk, in base64 characters.",
+    max_chunk: Annotated[int, typer.Option("--max-chunk", metavar="CHARS", help="Largest audio_data chunk, in base64 "
+                                           "characters (over it: error chunk_too_large). No message may exceed 8 MiB "
+                                           "(or twice this): the transport closes the connection (WebSocket 1009).",
                                            min=64)] = 65536,
     record: Annotated[Path | None, typer.Option(metavar="DIR", help="Record each session into a folder under this one.",
                                                 show_default=False)] = None,
