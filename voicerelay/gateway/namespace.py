@@ -101,7 +101,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 else None
             if isinstance(target, str):  # an action on a named (followed) session: its handlers hear of it
                 payload["session_id"] = target
-            await self.emit(c.ERROR, payload, to=sid)
+            await self.emit(c.ERROR, payload, to=sid, ignore_queue=True)  # the caller: connected here
             if exc.code == "rate_limited":
                 if session is not None:
                     await session.end("rate_limited")
@@ -202,7 +202,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         target = data.get("session_id") if isinstance(data, dict) else None
         if target is None:
             if action == c.GET_STATE and sid not in self.registry:
-                await self.emit(c.SESSION_STATE, {"session_id": None, "chat_active": False, "ai_state": None}, to=sid)
+                await self.emit(c.SESSION_STATE, {"session_id": None, "chat_active": False, "ai_state": None}, to=sid,
+                                ignore_queue=True)
                 return
             await self.act_locally(action, self._session(sid).id, data, sid)
             return
@@ -304,11 +305,17 @@ class GatewayNamespace(socketio.AsyncNamespace):
             elif action == c.END_SESSION:
                 await session.end("ended")
                 if reply_to != session.sid:
-                    await self.emit(c.SESSION_ENDED, {"status": "ended", "session_id": session_id}, to=reply_to)
+                    await self._reply(reply_to, c.SESSION_ENDED, {"status": "ended", "session_id": session_id})
             elif action == c.GET_STATE:
-                await self.emit(c.SESSION_STATE, session.state(), to=reply_to)
+                await self._reply(reply_to, c.SESSION_STATE, session.state())
         except c.ContractError as exc:
             payload = exc.payload()
             if reply_to != (session.sid if session is not None else None):  # a follower's action
                 payload["session_id"] = session_id
-            await self.emit(c.ERROR, payload, to=reply_to)
+            await self._reply(reply_to, c.ERROR, payload)
+
+    async def _reply(self, sid: str, event: str, data: Any) -> None:
+        """Answer a connection of any node: straight to it when it is connected here, else through
+        Redis (a burst of answers published to every node made Socket.IO's Redis client open a
+        connection each, and keep them)."""
+        await self.emit(event, data, to=sid, ignore_queue=sid in self.registry.clients)

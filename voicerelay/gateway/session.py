@@ -123,8 +123,9 @@ class GatewaySession:
             self._queued_while_stalled(wire, name, data)
         await self.sio.emit(name, data, to=self.sid, ignore_queue=True)
         if self.followers:
+            local = self.registry.clients
             for follower in list(self.followers):  # programs acting on this session, maybe on other nodes
-                await self.sio.emit(name, data, to=follower)
+                await self.sio.emit(name, data, to=follower, ignore_queue=follower in local)
 
     def _queued_while_stalled(self, wire: Wire, name: str, data: Any) -> None:
         """The browser takes nothing: count what waits for it (the packet's size: encoding it twice
@@ -284,7 +285,7 @@ class GatewaySession:
 
         await self.sio.emit(c.SESSION_ENDED, data, to=self.sid, ignore_queue=True, callback=ack)
         for follower in list(self.followers):
-            await self.sio.emit(c.SESSION_ENDED, data, to=follower)
+            await self.sio.emit(c.SESSION_ENDED, data, to=follower, ignore_queue=follower in self.registry.clients)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(acked, ack_timeout)
 
