@@ -391,7 +391,8 @@ class Browser:
         for url in self.urls:
             try:
                 await sio.connect(url, transports=["websocket"], wait_timeout=5)
-            except Exception:  # noqa: BLE001 - a node down: the next one
+            except Exception as exc:  # noqa: BLE001 - a node down: the next one
+                self.events.append((time.time(), "connect_failed", {"url": url, "error": str(exc)}))
                 continue
             self.url = url
             self.events.append((time.time(), "connect", {"url": url}))
@@ -1206,7 +1207,7 @@ def print_report(rep: dict[str, Any]) -> None:
     c = rep["chunks"]
     p(f"\nchunks: sent {c['sent']}, counted at the backend {c['counted_at_backend']}, lost {c['lost']} "
       f"(while the upstream was up: {c['lost_while_upstream_up']}; outage window {c['outage_window_s']}"
-      f"{'' if c.get('node_outage_window_s') is None else f', node b: ' + str(c['node_outage_window_s'])}), "
+      f"{'' if c.get('node_outage_window_s') is None else ', node b: ' + str(c['node_outage_window_s'])}), "
       f"reordered {c['reordered']}, sent again on a new connection {c['sent_again_on_new_connection']}")
     u = rep["user_transcripts"]
     p(f"replies: {rep['replies']}; final user transcripts {u['final']}, matching what was said {u['match_what_was_said']}")

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -193,9 +192,11 @@ async def test_a_stopped_browser_process_is_dropped_by_the_heartbeat_with_its_up
         await neighbour.start()
         backend = gw.backend_server
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        proc = subprocess.Popen([sys.executable, "-c", FROZEN_BROWSER, url], stdout=subprocess.PIPE, env=env)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", FROZEN_BROWSER, url,
+                                                    stdout=asyncio.subprocess.PIPE, env=env)
         try:
-            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line.strip() == b"ready"
             assert len(gw.sessions) == 2 and backend.connections == 2
             proc.send_signal(signal.SIGSTOP)
@@ -209,5 +210,4 @@ async def test_a_stopped_browser_process_is_dropped_by_the_heartbeat_with_its_up
         finally:
             proc.kill()
             proc.send_signal(signal.SIGCONT)
-            proc.wait()
-            proc.stdout.close()
+            await proc.wait()

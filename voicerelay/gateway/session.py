@@ -139,9 +139,9 @@ class GatewaySession:
         limit = self.options.max_backlog_bytes
         log.warning("session %s: the browser took nothing while %d KiB were queued for it (the limit is %d KiB): "
                     "ending the session", self.id, waiting // 1024, limit // 1024)
-        await self.end("not_reading", error=("not_reading", f"the browser read nothing while {waiting // 1024} KiB "
-                                                            f"of events were queued for it (the limit is "
-                                                            f"{limit // 1024} KiB): the session ends"))
+        why = (f"the browser read nothing while {waiting // 1024} KiB of events were queued for it (the limit is "
+               f"{limit // 1024} KiB): the session ends")
+        await self.end("not_reading", error=("not_reading", why))
 
     def _emit_soon(self, name: str, data: Any = None) -> None:
         """Queue an event for the browser (observers are sync); :meth:`flush` sends the queue in order.

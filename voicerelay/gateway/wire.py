@@ -46,7 +46,7 @@ CLOSE_TOO_BIG = 1009
 class Wire:
     """One Engine.IO connection, as its transport sees it."""
 
-    __slots__ = ("__weakref__", "stalled_since", "stalled_bytes", "too_big")
+    __slots__ = ("__weakref__", "stalled_bytes", "stalled_since", "too_big")
 
     def __init__(self) -> None:
         self.stalled_since: float | None = None  # monotonic time since when the browser took nothing
