@@ -416,7 +416,9 @@ def serve(
                                               "Socket.IO auth payload ({token: ...}).", show_default=False)] = None,
     max_sessions: Annotated[int, typer.Option(metavar="N", help="Concurrent browser sessions at most.", min=1)] = 100,
     max_session_seconds: Annotated[float, typer.Option(metavar="SECONDS", help="A session ends after this long.", min=1)] = 3600.0,
-    max_chunk: Annotated[int, typer.Option("--max-chunk", metavar="CHARS", help="Largest audio_data chunk, in base64 characters.",
+    max_chunk: Annotated[int, typer.Option("--max-chunk", metavar="CHARS", help="Largest audio_data chunk, in base64 "
+                                           "characters (over it: error chunk_too_large). No message may exceed 8 MiB "
+                                           "(or twice this): the transport closes the connection (WebSocket 1009).",
                                            min=64)] = 65536,
     record: Annotated[Path | None, typer.Option(metavar="DIR", help="Record each session into a folder under this one.",
                                                 show_default=False)] = None,
@@ -489,7 +491,7 @@ def serve(
                   f"(upstream: {gateway.backend}; /health, /session-config). Ctrl-C stops it.")
     server = _GracefulServer(gateway, uvicorn.Config(gateway.asgi_app(), host=host, port=port,
                                                      log_level=log_level.lower(), lifespan="on",
-                                                     ws="websockets-sansio"))
+                                                     **gateway.uvicorn_options()))
     try:
         asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:

@@ -18,15 +18,18 @@ from voicerelay.gateway.server import Gateway
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, port: int = 0, send_buffer: int | None = None) -> AsyncIterator[str]:
+async def serving(app: Any, port: int = 0, send_buffer: int | None = None, **options: Any) -> AsyncIterator[str]:
     """Serve an ASGI app on a loopback port (ephemeral by default); yields its base URL.
+
+    ``options`` go to ``uvicorn.Config`` (a gateway's ``uvicorn_options()``: as ``serve`` runs it).
 
     ``send_buffer`` fixes the kernel's send buffer of every accepted connection (Linux: they
     inherit the listening socket's), as on a slow link: a client that stops reading then
     blocks the server's writes after a few KB instead of the autotuned megabytes.
     """
+    options = {"ws": "websockets-sansio", **options}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           ws="websockets-sansio"))
+                                           **options))
     sockets = None
     if send_buffer is not None:
         listener = socket.socket()

@@ -1,5 +1,7 @@
 """Multi-node serve on a real Redis: two gateway processes, actions and monitoring across
-nodes, and a Redis outage that local audio does not notice."""
+nodes, a Redis outage that local audio does not notice, and what a program following another
+node's session is told when that node dies or Redis restarts; why a session left the registry,
+decided without Redis (``Departures``)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import httpx
 import numpy as np
 import pytest
 import socketio
+
+from voicerelay.gateway.cluster import Departures
 
 from ..conftest import read_recording, room_noise
 from .conftest import Browser
@@ -70,14 +74,53 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+# ------------------------------------------------------------------------------- without Redis
+
+
+def test_a_session_that_leaves_the_registry_ended_or_was_lost_with_its_node() -> None:
+    d = Departures(grace_s=7)
+    one = {"s1": ("b", "boot1")}
+    assert d.update(0, one, {}, {"b": "boot1"}, outage=False) == [("s1", "b", "ended")]  # b said so itself
+    assert d.update(0, one, {}, {"b": "boot2"}, outage=False) == [("s1", "b", "node")]  # b restarted
+    assert d.update(0, one, {}, {}, outage=False) == [("s1", "b", "node")]  # b's keys expired: it stopped
+    assert d.update(0, one, {}, {"b": "boot1"}, outage=True) == [("s1", "b", "outage")]  # its end was lost
+    assert d.update(0, one, one, {"b": "boot1"}, outage=False) == []
+
+
+def test_just_after_redis_comes_back_a_missing_node_is_waited_for() -> None:
+    """Redis restarted (its data gone) or was down: until the nodes registered again, a node
+    missing from it is not taken for dead."""
+    one = {"s1": ("b", "boot1")}
+    back = Departures(grace_s=7)
+    back.redis_back(10)
+    assert back.update(10, one, {}, {}, outage=True) == []  # b has not registered again yet
+    assert back.update(11, {}, one, {"b": "boot1"}, outage=False) == []  # it did, with the session: nothing left
+    assert back.update(12, one, one, {"b": "boot1"}, outage=False) == []
+    ended = Departures(grace_s=7)
+    ended.redis_back(10)
+    assert ended.update(10, one, {}, {}, outage=True) == []
+    assert ended.update(11, {}, {}, {"b": "boot1"}, outage=False) == [("s1", "b", "outage")]  # ended meanwhile
+    gone = Departures(grace_s=7)
+    gone.redis_back(10)
+    assert gone.update(10, one, {}, {}, outage=True) == []
+    assert gone.update(16, {}, {}, {}, outage=False) == []
+    assert gone.update(17.5, {}, {}, {}, outage=False) == [("s1", "b", "node")]  # never came back
+
+
+# ------------------------------------------------------------------------------- real nodes
+
+
 @contextlib.asynccontextmanager
-async def node(name: str, redis_url: str) -> AsyncIterator[str]:
+async def node(name: str, redis_url: str, handle: dict[str, Any] | None = None) -> AsyncIterator[str]:
+    """``voicerelay serve --redis`` as a subprocess; yields its URL (``handle["proc"]``: the process)."""
     port = free_port()
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     env.pop("OPENAI_API_KEY", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voicerelay", "serve", "--port", str(port), "--redis", redis_url, "--node-id", name,
         "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL, env=env)
+    if handle is not None:
+        handle["proc"] = proc
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(30):
@@ -88,7 +131,8 @@ async def node(name: str, redis_url: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):  # killed by the test
+            proc.terminate()
         await proc.wait()
 
 
@@ -320,3 +364,50 @@ async def test_an_outage_is_two_lines_and_ok_means_reachable_again(redis_server:
         lines = redis_lines(log)
         assert len(lines) == 2, lines
         assert "cluster degraded" in lines[0] and "cluster recovered" in lines[1], lines
+
+
+async def test_a_program_following_a_session_of_a_node_that_dies_is_told_it_is_lost(redis_server: RedisServer) -> None:
+    """A program on node A follows a session of node B and only listens. Redis restarts (its data
+    gone): the program is told the session's events cannot arrive, then sent its state again, and
+    the session is not taken for lost. Node B is SIGKILLed: the program is told the session was lost
+    with its node (a coded error, then session_ended), where before it heard nothing, ever; the
+    GatewayClient mirror of the session ends."""
+    from voicerelay.client import GatewayClient
+
+    b: dict[str, Any] = {}
+    async with node("node-a", redis_server.url) as url_a, node("node-b", redis_server.url, b) as url_b:
+        browser_b = await Browser().connect(url_b)
+        program = await Browser().connect(url_a)
+        try:
+            session_b = await browser_b.start()
+            await until_health(url_a, lambda h: h["cluster"]["remote_sessions"] == 1)
+            await program.emit("get_state", {"session_id": session_b})  # follows it from now on
+            assert (await program.wait_for("session_state"))["session_id"] == session_b
+            async with GatewayClient(url_a, client_id="ops-bot") as client:
+                ended: list[dict[str, Any]] = []
+                client.on("session_ended", ended.append)
+                await client.attach(session_b)
+
+                program.events.clear()
+                redis_server.stop()
+                told = await program.wait_for("error", lambda d: d["code"] == "cluster_degraded")
+                assert told["session_id"] == session_b and "cannot reach you" in told["message"], told
+                redis_server.start()
+                try:
+                    state = await program.wait_for("session_state", timeout=30)  # sent again once Redis is back
+                except TimeoutError:
+                    raise AssertionError(program.events) from None
+                assert state["session_id"] == session_b and state["chat_active"] is True
+                await until_health(url_a, lambda h: h["status"] == "ok", timeout=20)
+                assert not program.of("session_ended") and not ended
+
+                program.events.clear()
+                b["proc"].kill()
+                error = await program.wait_for("error", lambda d: d["code"] == "node_lost", timeout=20)
+                assert error["session_id"] == session_b and "node-b" in error["message"], error
+                assert (await program.wait_for("session_ended"))["status"] == "node_lost"
+                await eventually(lambda: _async(ended))
+                assert ended[0]["session_id"] == session_b and ended[0]["status"] == "node_lost", ended
+        finally:
+            for browser in (browser_b, program):
+                await browser.close()

@@ -105,6 +105,62 @@ async def test_bad_input_gets_its_code_and_nobody_else_notices(gateway: tuple[Ga
     assert not bystander.of("error")
 
 
+async def test_a_chunk_of_any_size_gets_a_coded_error_or_the_documented_close(make_gateway: Any, browsers: Any,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Served as ``serve`` serves it: chunks of 0.9, 1.1 and 5 MB (over the gateway's 64 KiB chunk
+    limit, under the transport's 8 MiB) each get ``chunk_too_large`` and the session goes on; one of
+    20 MB cannot be read: the connection is closed (WebSocket 1009), the session ends with its
+    upstream, the gateway says why in one line, and the neighbour notices nothing."""
+    gw = make_gateway()
+    async with serving(gw.asgi_app(), **gw.uvicorn_options()) as url:
+        browser, neighbour = await browsers().connect(url), await browsers().connect(url)
+        await neighbour.start()
+        await browser.start()
+        backend = gw.backend_server
+        for size in (900_000, 1_100_000, 5_000_000):
+            browser.events.clear()
+            await browser.emit("audio_data", {"audio": "A" * size})
+            error = await browser.wait_for("error")
+            assert error["code"] == "chunk_too_large" and f"{size} base64 characters" in error["message"], error
+            assert browser.sio.connected
+        browser.events.clear()
+        await send_wav(browser, np.concatenate((read_recording("hello_there"), room_noise(800))))
+        assert (await browser.wait_for("ai_response"))["transcript"] == "hello there"  # the session goes on
+        assert not browser.of("error")
+        assert backend.connections == 2
+        with caplog.at_level("WARNING", logger="voicerelay.gateway.namespace"):
+            await browser.emit("audio_data", {"audio": "A" * 20_000_000})
+            async with asyncio.timeout(10):
+                while browser.sio.connected or backend.connections > 1 or len(gw.sessions) > 1:
+                    await asyncio.sleep(0.05)
+        assert not browser.of("error") and not browser.of("session_ended")  # nothing can reach it: it is closed
+        lines = [r.getMessage() for r in caplog.records if "over the transport's limit" in r.getMessage()]
+        assert len(lines) == 1 and "8388608 bytes" in lines[0] and "1009" in lines[0], lines
+        await neighbour.emit("text_input", {"text": "how are you"})
+        assert (await neighbour.wait_for("ai_response"))["response"] == "I am fine, thank you for asking."
+        assert not neighbour.of("error") and not neighbour.of("session_ended")
+        again = await browsers().connect(url)  # the same page, reconnected, is served again
+        await again.start()
+
+
+async def test_a_host_whose_uvicorn_reads_bigger_messages_still_gets_the_reason_logged(
+        make_gateway: Any, browsers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Mounted under a uvicorn left at its own 16 MiB: a 10 MB message is read by uvicorn but over
+    engine.io's buffer, which drops the connection; the gateway still says why, with the size."""
+    gw = make_gateway()
+    async with serving(gw.asgi_app()) as url:
+        browser = await browsers().connect(url)
+        await browser.start()
+        with caplog.at_level("WARNING", logger="voicerelay.gateway.namespace"):
+            await browser.emit("audio_data", {"audio": "A" * 10_000_000})
+            async with asyncio.timeout(10):
+                while browser.sio.connected or gw.sessions:
+                    await asyncio.sleep(0.05)
+        lines = [r.getMessage() for r in caplog.records if "over the transport's limit" in r.getMessage()]
+        packet = len('42["audio_data",{"audio":""}]') + 10_000_000  # the WebSocket message it was
+        assert len(lines) == 1 and f"a message of {packet} bytes" in lines[0], lines
+
+
 async def test_audio_passes_through_both_ways_as_it_is_and_in_order(browsers: Any) -> None:
     """In front of an upstream that echoes each append as a reply delta: every delta reaches the
     browser as the very base64 the browser sent, in order, numbered, with nothing else in between."""

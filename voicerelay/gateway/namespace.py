@@ -8,15 +8,26 @@ down) and refused with ``ConnectionRefusedError``. Every browser event runs unde
 ends it and closes the connection); what the event queued for the browser is sent before the
 next event is read. Unknown events are ignored.
 
+A message too big for the transport to read closes the connection before any event is seen
+(:mod:`~voicerelay.gateway.wire` records it): the session ends as ``message_too_big`` (what a
+monitor sees) and the gateway logs one line; the browser sees its WebSocket closed with code
+1009.
+
 Actions that may target another session (``text_input``, ``say``, ``interrupt``,
 ``end_session``, ``get_state`` with a ``session_id``) are carried out here when the session
 lives on this node (:meth:`GatewayNamespace.act_locally`), else sent to its node through the
-cluster.
+cluster. A connection that acted on another node's session follows it from then on, and this
+node tells it what that node cannot: that the session was lost with its node (``error {code:
+"node_lost"}`` then ``session_ended {status: "node_lost"}``), that Redis is down so its events
+cannot arrive (``error {code: "cluster_degraded"}``), and, once Redis is back, the session's
+state again (``session_state``, or the ``error`` that it is gone).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import socketio
@@ -29,6 +40,7 @@ from .cluster import Cluster
 from .monitor import Monitor
 from .registry import SessionRegistry
 from .session import GatewaySession, SessionOptions
+from .wire import Wires
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ class NamespaceHost(Protocol):
     token: str | None
     max_sessions: int
     max_chunk_b64: int
+    max_message_bytes: int
+    wires: Wires
     closing: bool
 
     async def upstream_spec(self) -> UpstreamSpec: ...
@@ -63,6 +77,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         super().__init__("/")
         self.gateway = gateway
         self.registry = gateway.registry
+        self.remote_followed: dict[str, set[str]] = {}  # another node's session -> connections here following it
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event not in GUARDED:
@@ -85,7 +101,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 else None
             if isinstance(target, str):  # an action on a named (followed) session: its handlers hear of it
                 payload["session_id"] = target
-            await self.emit(c.ERROR, payload, to=sid)
+            await self.emit(c.ERROR, payload, to=sid, ignore_queue=True)  # the caller: connected here
             if exc.code == "rate_limited":
                 if session is not None:
                     await session.end("rate_limited")
@@ -115,10 +131,22 @@ class GatewayNamespace(socketio.AsyncNamespace):
                                 else address)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
+        client = self.registry.client(sid)
         self.registry.disconnected(sid)
+        for followers in self.remote_followed.values():
+            followers.discard(sid)
+        wire = self.gateway.wires.of(self.server.get_environ(sid))
+        status = "disconnected"
+        if wire is not None and wire.too_big is not None:
+            how = f"a message of {wire.too_big} bytes" if wire.too_big else "a message"
+            closed = "the connection was closed" if wire.too_big else \
+                "the server closed the connection unread (WebSocket code 1009, message too big)"
+            log.warning("connection %s (%s) sent %s over the transport's limit of %d bytes: %s", sid, client, how,
+                        self.gateway.max_message_bytes, closed)
+            status = "message_too_big"
         session = self.registry.by_sid(sid)
         if session is not None:
-            await session.end("disconnected", notify=False)
+            await session.end(status, notify=False)
 
     # ----------------------------------------------------------------------------- the browser's own session
 
@@ -128,7 +156,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         chat_payload = c.parse_start(data)
         gateway = self.gateway
         session = GatewaySession(self.server, self.registry, gateway.monitor, gateway.session_options, sid,
-                                 chat_payload, self.registry.client(sid))
+                                 chat_payload, self.registry.client(sid),
+                                 wire=gateway.wires.of(self.server.get_environ(sid)))
         self.registry.add(session)
         try:
             spec = await gateway.upstream_spec()
@@ -173,7 +202,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         target = data.get("session_id") if isinstance(data, dict) else None
         if target is None:
             if action == c.GET_STATE and sid not in self.registry:
-                await self.emit(c.SESSION_STATE, {"session_id": None, "chat_active": False, "ai_state": None}, to=sid)
+                await self.emit(c.SESSION_STATE, {"session_id": None, "chat_active": False, "ai_state": None}, to=sid,
+                                ignore_queue=True)
                 return
             await self.act_locally(action, self._session(sid).id, data, sid)
             return
@@ -187,10 +217,74 @@ class GatewayNamespace(socketio.AsyncNamespace):
             try:
                 if await cluster.locate(target) is not None:  # asks Redis when the last heartbeat did not know
                     await cluster.send(target, action, data, sid)
+                    self.remote_followed.setdefault(target, set()).add(sid)
                     return
             except ClusterUnavailable as exc:
                 raise c.ContractError("cluster_degraded", str(exc)) from None
         raise c.ContractError("no_session", f"no session {target}")
+
+    # ----------------------------------------------------------------------------- other nodes' sessions
+
+    def remote_session_gone(self, session_id: str, node: str, why: str) -> None:
+        """The cluster saw another node's session vanish (see :mod:`~voicerelay.gateway.cluster`):
+        tell this node's followers of it, unless its node did (``why == "ended"``)."""
+        followers = self.remote_followed.pop(session_id, set())
+        if why == "ended" or not followers:
+            return
+        if why == "node":
+            code, status = "node_lost", "node_lost"
+            message = f"node {node}, which held session {session_id}, stopped or restarted: the session is lost"
+        else:
+            code, status = "cluster_degraded", "unknown"
+            message = f"session {session_id} of node {node} ended while Redis was unreachable: how it ended did not " \
+                      "reach this node"
+        self._spawn(self._tell(followers, [(c.ERROR, {**c.error_payload(code, message), "session_id": session_id}),
+                                           (c.SESSION_ENDED, {"status": status, "session_id": session_id})]))
+
+    def cluster_status(self, status: str) -> None:
+        """Redis went down (``"degraded"``) or came back (``"ok"``): followers of other nodes' sessions
+        are told their events cannot arrive, then sent each session's state again."""
+        cluster = self.gateway.cluster
+        if cluster is None:
+            return
+        for session_id, followers in list(self.remote_followed.items()):
+            if not followers:
+                continue
+            if status == "degraded":
+                message = f"Redis is unreachable: the events of session {session_id} (node " \
+                          f"{cluster.node_of(session_id)}) cannot reach you until it is back; its session_state follows then"
+                self._spawn(self._tell(set(followers), [(c.ERROR, {**c.error_payload("cluster_degraded", message),
+                                                                   "session_id": session_id})]))
+            else:
+                self._spawn(self._resync(session_id, set(followers)))
+
+    async def _resync(self, session_id: str, followers: set[str]) -> None:
+        """Ask the owning node to send each follower the session's state (as a ``get_state`` would)."""
+        cluster = self.gateway.cluster
+        assert cluster is not None
+        for sid in followers:
+            try:
+                await cluster.send(session_id, c.GET_STATE, {"session_id": session_id}, sid)
+            except (ClusterUnavailable, LookupError) as exc:  # gone meanwhile, or Redis down again: say so
+                code = "cluster_degraded" if isinstance(exc, ClusterUnavailable) else "no_session"
+                message = str(exc) if isinstance(exc, ClusterUnavailable) else f"no session {session_id}"
+                await self.emit(c.ERROR, {**c.error_payload(code, message), "session_id": session_id}, to=sid,
+                                ignore_queue=True)
+
+    async def _tell(self, sids: set[str], events: list[tuple[str, Any]]) -> None:
+        for sid in sids:
+            for name, data in events:
+                await self.emit(name, data, to=sid, ignore_queue=True)  # connected here: never through Redis
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("telling followers failed: %s", task.exception(), exc_info=task.exception())
 
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
         """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""
@@ -211,11 +305,17 @@ class GatewayNamespace(socketio.AsyncNamespace):
             elif action == c.END_SESSION:
                 await session.end("ended")
                 if reply_to != session.sid:
-                    await self.emit(c.SESSION_ENDED, {"status": "ended", "session_id": session_id}, to=reply_to)
+                    await self._reply(reply_to, c.SESSION_ENDED, {"status": "ended", "session_id": session_id})
             elif action == c.GET_STATE:
-                await self.emit(c.SESSION_STATE, session.state(), to=reply_to)
+                await self._reply(reply_to, c.SESSION_STATE, session.state())
         except c.ContractError as exc:
             payload = exc.payload()
             if reply_to != (session.sid if session is not None else None):  # a follower's action
                 payload["session_id"] = session_id
-            await self.emit(c.ERROR, payload, to=reply_to)
+            await self._reply(reply_to, c.ERROR, payload)
+
+    async def _reply(self, sid: str, event: str, data: Any) -> None:
+        """Answer a connection of any node: straight to it when it is connected here, else through
+        Redis (a burst of answers published to every node made Socket.IO's Redis client open a
+        connection each, and keep them)."""
+        await self.emit(event, data, to=sid, ignore_queue=sid in self.registry.clients)

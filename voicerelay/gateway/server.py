@@ -39,7 +39,8 @@ from .modes import check_modes
 from .monitor import Monitor
 from .namespace import GatewayNamespace
 from .registry import SessionRegistry
-from .session import EventEmitter, GatewaySession, SessionOptions
+from .session import MAX_BACKLOG_BYTES, EventEmitter, GatewaySession, SessionOptions
+from .wire import Wires
 
 __all__ = ["GC_YOUNG_THRESHOLD", "INSTALL_HINT", "STATIC", "EventEmitter", "Gateway", "GatewayConfigError",
            "GatewaySession", "find_socketio_client"]
@@ -47,6 +48,21 @@ __all__ = ["GC_YOUNG_THRESHOLD", "INSTALL_HINT", "STATIC", "EventEmitter", "Gate
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ACK_TIMEOUT_S = 2.0
+#: The largest message a connection may send (any event: its WebSocket message or long-polling
+#: body), in bytes. engine.io's ``max_http_buffer_size`` and uvicorn's ``ws_max_size`` are both
+#: this (see :meth:`Gateway.uvicorn_options`), so every message the transport reads reaches the
+#: gateway, which answers an oversized ``audio_data`` with ``chunk_too_large``; a bigger one
+#: cannot be read: uvicorn closes the connection with WebSocket code 1009 ("message too big").
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: The heartbeat, the same at both layers: Socket.IO's (engine.io pings, the browser's page answers)
+#: and the WebSocket's (uvicorn pings, the browser's network stack answers). A browser that stops
+#: answering is dropped at most PING_INTERVAL_S + PING_TIMEOUT_S after its last answer by the
+#: WebSocket ping; Socket.IO's is checked by engine.io only when something is sent to the
+#: connection and once every PING_TIMEOUT_S otherwise, so it adds at most PING_TIMEOUT_S when it
+#: is the one that acts (a page that hangs while its network stack answers; a connection whose
+#: buffers are full, which the WebSocket ping cannot close).
+PING_INTERVAL_S = 10.0
+PING_TIMEOUT_S = 10.0
 
 
 class Gateway:
@@ -58,6 +74,8 @@ class Gateway:
                  function_map: Mapping[str, Callable[..., Any]] | None = None,
                  allow_origins: list[str] | str | None = None, token: str | None = None, max_sessions: int = 100,
                  max_chunk_b64: int = c.DEFAULT_MAX_CHUNK_B64, max_session_seconds: float = 3600.0,
+                 max_message_bytes: int | None = None, max_backlog_bytes: int = MAX_BACKLOG_BYTES,
+                 ping_interval: float = PING_INTERVAL_S, ping_timeout: float = PING_TIMEOUT_S,
                  record_dir: str | os.PathLike[str] | None = None, tool_timeout: float = 30.0,
                  embedded_options: Mapping[str, Any] | None = None,
                  node_modules: str | os.PathLike[str] | None = None, admin_token: str | None = None,
@@ -81,6 +99,16 @@ class Gateway:
         self.max_sessions = max_sessions
         self.closing = False  # shut_down_sessions() began: no new connections
         self.max_chunk_b64 = max_chunk_b64
+        # the gateway answers every chunk the transport reads: the transport reads the largest
+        # chunk the gateway accepts and more
+        self.max_message_bytes = max_message_bytes or max(MAX_MESSAGE_BYTES, 2 * max_chunk_b64)
+        if self.max_message_bytes < max_chunk_b64 + 1024:
+            raise GatewayConfigError(f"max_message_bytes ({self.max_message_bytes}) must exceed max_chunk_b64 "
+                                     f"({max_chunk_b64}) by 1 KiB at least, or the transport, not the gateway, "
+                                     "would refuse a chunk over the limit")
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.wires = Wires(self.max_message_bytes)
         self.max_session_seconds = max_session_seconds
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self.tool_timeout = tool_timeout
@@ -98,16 +126,19 @@ class Gateway:
         if redis_url is not None:
             if not redis_url.startswith(("redis://", "rediss://", "unix://")):
                 raise GatewayConfigError(f"--redis takes a redis://, rediss:// or unix:// URL, not {redis_url!r}")
-            self.cluster = Cluster(self.registry, redis_url, node_id, act=self.act_locally)
+            self.cluster = Cluster(self.registry, redis_url, node_id, act=self.act_locally,
+                                   gone=self._remote_session_gone, status=self._cluster_status)
             manager = self.cluster.socketio_manager()
         self.node_id = self.cluster.node_id if self.cluster else None
         self.session_options = SessionOptions(max_session_seconds=max_session_seconds, record_dir=self.record_dir,
                                               node_id=self.node_id, on_transcript=on_transcript,
-                                              function_map=function_map, tool_timeout=tool_timeout, lint=lint)
+                                              function_map=function_map, tool_timeout=tool_timeout, lint=lint,
+                                              max_backlog_bytes=max_backlog_bytes)
         # python-socketio and python-engineio given their loggers: left to themselves, they add a
         # handler of their own to the root's and every line they log appears twice, in two formats
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,
-                                        max_http_buffer_size=max(1_000_000, max_chunk_b64 * 4), json=wirejson,
+                                        max_http_buffer_size=self.max_message_bytes, ping_interval=ping_interval,
+                                        ping_timeout=ping_timeout, json=wirejson,
                                         logger=_library_logger("socketio.server"),
                                         engineio_logger=_library_logger("engineio.server"))
         self.monitor = Monitor(self.sio, self.registry, admin_token, self.cluster)
@@ -159,6 +190,12 @@ class Gateway:
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
         """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""
         await self.namespace.act_locally(action, session_id, data, reply_to)
+
+    def _remote_session_gone(self, session_id: str, node: str, why: str) -> None:
+        self.namespace.remote_session_gone(session_id, node, why)
+
+    def _cluster_status(self, status: str) -> None:
+        self.namespace.cluster_status(status)
 
     # ----------------------------------------------------------------------------- upstream
 
@@ -229,16 +266,29 @@ class Gateway:
         """The ASGI application: Socket.IO at ``/socket.io``, the HTTP routes, else ``other_asgi_app``."""
         http = HttpRoutes(self, other_asgi_app)
         inner = socketio.ASGIApp(self.sio, other_asgi_app=http, socketio_path="socket.io")
+        wires = self.wires
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             # mounted under a prefix (Starlette/FastAPI mount): route on the path inside the mount
             root = scope.get("root_path", "")
             path = scope.get("path", "")
             if root and path.startswith(root):
-                scope = {**scope, "path": path[len(root):] or "/"}
-            await inner(scope, receive, send)
+                path = path[len(root):] or "/"
+                scope = {**scope, "path": path}
+            if (path == "/socket.io" or path.startswith("/socket.io/")) and scope["type"] in ("http", "websocket"):
+                await wires.serve(inner, scope, receive, send)  # each connection's wire (see wire.py)
+            else:
+                await inner(scope, receive, send)
 
         return app
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """What uvicorn needs to serve :meth:`asgi_app` within the documented limits (``serve``
+        uses it; pass it to your own ``uvicorn.run(app, **gateway.uvicorn_options())``): the
+        largest message it reads, the same as engine.io's, and the WebSocket ping, the same as
+        Socket.IO's heartbeat (see ``MAX_MESSAGE_BYTES`` and ``PING_INTERVAL_S``)."""
+        return {"ws": "websockets-sansio", "ws_max_size": self.max_message_bytes,
+                "ws_ping_interval": self.ping_interval, "ws_ping_timeout": self.ping_timeout}
 
     def health(self) -> dict[str, Any]:
         health: dict[str, Any] = {"status": "ok", "sessions": len(self.registry),
@@ -257,7 +307,8 @@ class Gateway:
         mode = "agent" if self.on_transcript else "functions" if self.function_map else "realtime"
         return {**self.config.public(), "dialect": self.dialect.value, "mode": mode,
                 "backend": self.health()["backend"], "token_required": self.token is not None,
-                "max_chunk_b64": self.max_chunk_b64, "socketio_client": self.socketio_js is not None}
+                "max_chunk_b64": self.max_chunk_b64, "max_message_bytes": self.max_message_bytes,
+                "socketio_client": self.socketio_js is not None}
 
 
 def _library_logger(name: str) -> logging.Logger:

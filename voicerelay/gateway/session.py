@@ -7,6 +7,12 @@ the browser is its source (``audio_data``, ``text_input``, ...) and, through a
 has played (its own ``playback_position`` reports, else an estimate), so the conversation's
 barge-in rule (the truncate carries ``min(played, received)``) and its idle rule (listening once
 the browser played everything) hold here exactly as for the speakers.
+
+What waits for a browser that stopped reading is bounded: the connection's
+:class:`~voicerelay.gateway.wire.Wire` says when the browser takes nothing, and once more than
+``max_backlog_bytes`` were queued for it since, the session ends (``error {code: "not_reading"}``
+and ``session_ended {status: "not_reading"}``, which such a browser finds at the end of what
+waits for it, should it read again) and its upstream is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import socketio
 
+from ..protocol import wirejson
 from ..protocol.audio import BYTES_PER_MS
 from ..protocol.config import RealtimeConfig
 from ..protocol.lint import StreamLinter
@@ -35,14 +42,19 @@ from .modes import AgentWrapper, EventEmitter, call_function
 from .monitor import Monitor, SessionLog
 from .playback import BrowserPlayback
 from .registry import SessionRegistry
+from .wire import Wire
 
-__all__ = ["EventEmitter", "GatewaySession", "SessionOptions"]
+__all__ = ["MAX_BACKLOG_BYTES", "EventEmitter", "GatewaySession", "SessionOptions"]
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0
 RATE_LIMIT = 2.0  # times real time, sustained over RATE_WINDOW_S
 READY_TIMEOUT_S = 15.0
+#: Queued for a browser that takes nothing, at most: then the session ends (``not_reading``). About
+#: 16 s of reply audio in base64, on top of what the sockets' buffers hold; a browser that reads,
+#: however slowly, never meets it (what counts is what was queued since it last took anything).
+MAX_BACKLOG_BYTES = 1024 * 1024
 #: The relay's notices a browser hears of: the upstream connection was lost (a reconnect is under
 #: way), or it is back and the session goes on (a failed reconnect ends the session with an error).
 UPSTREAM_STATUS = {"reconnecting": "lost", "recovered": "recovered"}
@@ -59,6 +71,7 @@ class SessionOptions:
     function_map: Mapping[str, Callable[..., Any]] | None = None  # function-calling mode
     tool_timeout: float = 30.0
     lint: bool = True  # the protocol linter over every session's wire events (voicerelay.protocol.lint)
+    max_backlog_bytes: int = MAX_BACKLOG_BYTES
 
 
 class GatewaySession:
@@ -66,7 +79,7 @@ class GatewaySession:
 
     def __init__(self, sio: socketio.AsyncServer, registry: SessionRegistry[GatewaySession], monitor: Monitor,
                  options: SessionOptions, sid: str, chat_payload: dict[str, Any], client: str,
-                 playback: BrowserPlayback | None = None) -> None:
+                 playback: BrowserPlayback | None = None, wire: Wire | None = None) -> None:
         self.sio = sio
         self.registry = registry
         self.monitor = monitor
@@ -79,6 +92,7 @@ class GatewaySession:
         self.relay: Relay | None = None
         self.conversation: Conversation | None = None
         self.playback = playback or BrowserPlayback()
+        self.wire = wire  # the browser's connection as its transport sees it (None: not served by Gateway.asgi_app)
         self.task: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.errors = 0
@@ -96,6 +110,7 @@ class GatewaySession:
         self._outbox: collections.deque[tuple[str, Any]] = collections.deque()  # for the browser, in order
         self._flushing = False
         self._kick_pending = False
+        self._not_reading = False  # the browser stopped reading: the session is ending
 
     # ----------------------------------------------------------------------------- to the browser
 
@@ -106,10 +121,30 @@ class GatewaySession:
         # the browser is connected to this node: never through Redis (audio must not depend on it)
         if isinstance(data, dict) and "session_id" not in data:
             data = {**data, "session_id": self.id}  # an addition: followers act on several sessions
+        wire = self.wire
+        if wire is not None and wire.stalled and not self.ended:
+            self._queued_while_stalled(wire, name, data)
         await self.sio.emit(name, data, to=self.sid, ignore_queue=True)
         if self.followers:
+            local = self.registry.clients
             for follower in list(self.followers):  # programs acting on this session, maybe on other nodes
-                await self.sio.emit(name, data, to=follower)
+                await self.sio.emit(name, data, to=follower, ignore_queue=follower in local)
+
+    def _queued_while_stalled(self, wire: Wire, name: str, data: Any) -> None:
+        """The browser takes nothing: count what waits for it (the packet's size: encoding it twice
+        costs nothing that matters then) and end the session once it is over the bound."""
+        waiting = wire.queued(len(wirejson.dumps([name, data])) + 2)
+        if waiting > self.options.max_backlog_bytes and not self._not_reading:
+            self._not_reading = True
+            self._spawn(self._stopped_reading(waiting))
+
+    async def _stopped_reading(self, waiting: int) -> None:
+        limit = self.options.max_backlog_bytes
+        log.warning("session %s: the browser took nothing while %d KiB were queued for it (the limit is %d KiB): "
+                    "ending the session", self.id, waiting // 1024, limit // 1024)
+        why = (f"the browser read nothing while {waiting // 1024} KiB of events were queued for it (the limit is "
+               f"{limit // 1024} KiB): the session ends")
+        await self.end("not_reading", error=("not_reading", why))
 
     def _emit_soon(self, name: str, data: Any = None) -> None:
         """Queue an event for the browser (observers are sync); :meth:`flush` sends the queue in order.
@@ -210,11 +245,13 @@ class GatewaySession:
             await self.error("internal_error", f"{type(exc).__name__}: {exc}")
             await self.end("error")
 
-    async def end(self, status: str = "ended", notify: bool = True, ack_timeout: float | None = None) -> None:
+    async def end(self, status: str = "ended", notify: bool = True, ack_timeout: float | None = None,
+                  error: tuple[str, str] | None = None) -> None:
         """Stop the relay and everything of this session; tell the browser unless it is gone.
 
         With ``ack_timeout``, wait (at most that long) until the browser acknowledged
         ``session_ended`` (Socket.IO's ack: python-socketio clients and the demo page send it).
+        ``error`` (code, message) is why it ends: the browser gets it just before ``session_ended``.
         """
         if self.ended:
             return
@@ -240,6 +277,8 @@ class GatewaySession:
         self.registry.remove(self)
         self.monitor.closed(self, status)
         if notify:
+            if error is not None:
+                await self.error(*error)
             await self._goodbye(status, ack_timeout)
 
     async def _goodbye(self, status: str, ack_timeout: float | None) -> None:
@@ -255,7 +294,7 @@ class GatewaySession:
 
         await self.sio.emit(c.SESSION_ENDED, data, to=self.sid, ignore_queue=True, callback=ack)
         for follower in list(self.followers):
-            await self.sio.emit(c.SESSION_ENDED, data, to=follower)
+            await self.sio.emit(c.SESSION_ENDED, data, to=follower, ignore_queue=follower in self.registry.clients)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(acked, ack_timeout)
 
