@@ -75,10 +75,9 @@ from typing import Literal
 
 import numpy as np
 import pocketsphinx
-import soxr
 from pocketsphinx.lm import ArpaBoLM
 
-from voicerelay.backend import phrases
+from voicerelay.backend import frontend, phrases
 
 __all__ = [
     "FALLBACK_CONFIDENCE",
@@ -93,8 +92,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Sample rate :meth:`Recognizer.transcribe` expects.
-INPUT_RATE = 24_000
-_DECODER_RATE = 16_000
+INPUT_RATE = frontend.INPUT_RATE
+_DECODER_RATE = frontend.DECODER_RATE
 
 #: Domain decodes whose confidence is below this go to the general model (see module doc).
 FALLBACK_CONFIDENCE = -35.0
@@ -185,8 +184,8 @@ def normalize_phrase(text: str) -> str:
 
 
 def _to_decoder_rate(pcm24: np.ndarray) -> np.ndarray:
-    samples = np.asarray(pcm24, dtype=np.int16).reshape(-1)
-    return np.asarray(soxr.resample(samples, INPUT_RATE, _DECODER_RATE), dtype=np.int16)
+    """What the decoders read: :func:`frontend.condition` (16 kHz, level-normalised, with a spectral floor)."""
+    return frontend.condition(pcm24)
 
 
 def _decode(decoder: pocketsphinx.Decoder, pcm16k: np.ndarray) -> tuple[str, float]:
