@@ -20,18 +20,14 @@ decoder (~95 MB) is a single instance behind a lock: concurrent fallbacks run on
 
 Same audio, same words
 ----------------------
-pocketsphinx's front end carries state from one utterance to the next: its noise estimate (the
-model's ``feat.params`` turns on ``remove_noise``, and overrides a ``remove_noise=False`` given to
-the Decoder) and its running cepstral mean. A decoder's answer so depended on what it had heard
-before: a decoder fresh from the pool heard "hi" (the echo voice through a browser's processing) as
-"bye", the same decoder a moment later as "hi", and which pooled decoder took an utterance changed
-its words. Every decode now starts from the same state (:func:`_forget`: ``reinit_feat()``, then
-half a second of the front end's silence, no search), so an utterance gives the same words whichever
-decoder takes it and whatever it took before. The cost, measured on four held-out voices x 24
-sentences x 3 channels (clean, telephone, a browser's processing): 202 of 288 right against 208 for
-a decoder warmed by the utterances before (in that order); without the noise removal (a
-``featparams`` file saying ``-remove_noise no``), also deterministic, 200. Priming costs a
-few ms per utterance (``benchmarks/stt_channels.py`` reports the real-time factor with it).
+pocketsphinx normalises the cepstra with a running mean (its "live" CMN) that it carries from one
+utterance to the next, starting from the model's ``cmninit`` (c0 = 40). A decoder's answer so
+depended on what it had heard before: a decoder fresh from the pool heard "hi" (the echo voice
+through a browser's processing) as "bye", the same decoder a moment later as "hi". Every decode now
+starts the mean from :data:`_CMN_PRIOR`, what it settles on over the shipped recordings after the
+front end, so an utterance gives the same words whichever decoder takes it and whatever it took
+before. Measured on four held-out voices x 24 sentences x 3 channels: the same accuracy as a warmed
+decoder (208 against 208 of 288 right), where a fresh one starting from ``cmninit`` does worse.
 
 The fallback decision
 ---------------------
@@ -149,6 +145,10 @@ _GENERAL_DICT = os.path.join(_MODEL_DIR, "cmudict-en-us.dict")
 
 _RECOGNIZER_CACHE_SIZE = 8
 
+#: Where every decode's cepstral mean normalisation starts (see "Same audio, same words" in the module
+#: doc): the mean the decoder settles on over the shipped recordings after the front end.
+_CMN_PRIOR = "52.40,-2.39,-4.61,10.39,-2.85,-1.08,-4.90,-11.02,-2.47,-6.41,2.06,-0.67,-4.18"
+
 
 @dataclass(frozen=True, slots=True)
 class Transcription:
@@ -223,24 +223,10 @@ def _to_decoder_rate(pcm24: np.ndarray) -> np.ndarray:
     return frontend.condition(pcm24)
 
 
-@cache
-def _priming() -> bytes:
-    """What every decode hears first: half a second of silence as the front end makes it."""
-    return frontend.condition(np.zeros(INPUT_RATE // 2, dtype=np.int16)).tobytes()
-
-
-def _forget(decoder: pocketsphinx.Decoder) -> None:
-    """Reset the decoder's feature state (noise estimate, cepstral mean) and prime it with :func:`_priming`."""
-    decoder.reinit_feat()
-    decoder.start_utt()
-    decoder.process_raw(_priming(), True, True)  # no search: only the feature state moves
-    decoder.end_utt()
-
-
 def _decode(decoder: pocketsphinx.Decoder, pcm16k: np.ndarray) -> tuple[str, float]:
-    """Decode one whole utterance; return (text, confidence). The decoder forgets what it heard
-    before first, so the result depends on this utterance only (see the module doc)."""
-    _forget(decoder)
+    """Decode one whole utterance; return (text, confidence). The cepstral mean starts from
+    :data:`_CMN_PRIOR` every time, so the result depends on this utterance only (see the module doc)."""
+    decoder.set_cmn(_CMN_PRIOR)
     decoder.start_utt()
     decoder.process_raw(pcm16k.tobytes(), False, True)
     decoder.end_utt()
