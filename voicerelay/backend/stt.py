@@ -18,16 +18,19 @@ any number of threads (the server calls it through ``asyncio.to_thread``), and
 :func:`recognizer_for` hands out one cached Recognizer per vocabulary. The general fallback
 decoder (~95 MB) is a single instance behind a lock: concurrent fallbacks run one at a time.
 
-Same audio, same words
-----------------------
-pocketsphinx normalises the cepstra with a running mean (its "live" CMN) that it carries from one
-utterance to the next, starting from the model's ``cmninit`` (c0 = 40). A decoder's answer so
-depended on what it had heard before: a decoder fresh from the pool heard "hi" (the echo voice
-through a browser's processing) as "bye", the same decoder a moment later as "hi". Every decode now
-starts the mean from :data:`_CMN_PRIOR`, what it settles on over the shipped recordings after the
-front end, so an utterance gives the same words whichever decoder takes it and whatever it took
-before. Measured on four held-out voices x 24 sentences x 3 channels: the same accuracy as a warmed
-decoder (208 against 208 of 288 right), where a fresh one starting from ``cmninit`` does worse.
+What a decoder heard before
+---------------------------
+pocketsphinx's front end carries state from one utterance to the next: its noise estimate (the
+model's ``feat.params`` turns ``remove_noise`` on, and overrides a ``remove_noise=False`` given to
+the Decoder) and its running cepstral mean. So a word can depend on what the decoder heard before:
+a decoder fresh from the pool heard "hi" (the echo voice through a browser's processing) as "bye",
+the same decoder a moment later as "hi". Starting every decode from one state was tried and left
+out, because it costs accuracy: ``reinit_feat()`` then half a second of the front end's silence
+kept 202 of 288 (four held-out voices x 24 sentences x clean, telephone and a browser's
+processing) against 208 for decoders warmed by the utterances before, and lost "how are you" and
+"hi" of the backend's own voices on clean audio; without the noise removal (a ``featparams`` file
+saying ``-remove_noise no``), also history-free, 200; a cepstral-mean prior (``set_cmn``) alone
+changed nothing, the noise estimate being the state that matters.
 
 The fallback decision
 ---------------------
@@ -145,10 +148,6 @@ _GENERAL_DICT = os.path.join(_MODEL_DIR, "cmudict-en-us.dict")
 
 _RECOGNIZER_CACHE_SIZE = 8
 
-#: Where every decode's cepstral mean normalisation starts (see "Same audio, same words" in the module
-#: doc): the mean the decoder settles on over the shipped recordings after the front end.
-_CMN_PRIOR = "52.40,-2.39,-4.61,10.39,-2.85,-1.08,-4.90,-11.02,-2.47,-6.41,2.06,-0.67,-4.18"
-
 
 @dataclass(frozen=True, slots=True)
 class Transcription:
@@ -224,9 +223,7 @@ def _to_decoder_rate(pcm24: np.ndarray) -> np.ndarray:
 
 
 def _decode(decoder: pocketsphinx.Decoder, pcm16k: np.ndarray) -> tuple[str, float]:
-    """Decode one whole utterance; return (text, confidence). The cepstral mean starts from
-    :data:`_CMN_PRIOR` every time, so the result depends on this utterance only (see the module doc)."""
-    decoder.set_cmn(_CMN_PRIOR)
+    """Decode one whole utterance; return (text, confidence)."""
     decoder.start_utt()
     decoder.process_raw(pcm16k.tobytes(), False, True)
     decoder.end_utt()
