@@ -59,10 +59,11 @@ from scipy import signal as scipy_signal
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from speech_engines import OUT_OF_DOMAIN, word_errors  # noqa: E402
-from tests import channels  # noqa: E402
-from voicerelay.backend import phrases, responder, stt  # noqa: E402
-from voicerelay.backend.tts import OUTPUT_RATE, Synthesizer, add_noise  # noqa: E402
+from speech_engines import OUT_OF_DOMAIN, word_errors
+
+from tests import channels
+from voicerelay.backend import phrases, responder, stt
+from voicerelay.backend.tts import OUTPUT_RATE, Synthesizer, add_noise
 
 RATE = OUTPUT_RATE
 #: (espeak-ng voice, words per minute, pitch 0-100) the recogniser was not tuned on: none is one of
@@ -414,9 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{'':26} {'held-out voices':^20}   {'own voices':^20}")
     print(f"{'channel':26} {'intent':>13} {'words':>6}   {'intent':>13} {'words':>6} {'STT RTF':>8}")
     for name, audio in heard.items():
-        pick = lambda held: [x for x, h in zip(items, is_held, strict=True) if h == held]  # noqa: E731
-        pick_audio = lambda held: [x for x, h in zip(audio, is_held, strict=True) if h == held]  # noqa: E731
-        table[name] = (score(recognizer, pick(True), pick_audio(True)), score(recognizer, pick(False), pick_audio(False)))
+        held = [index for index, flag in enumerate(is_held) if flag]
+        others = [index for index, flag in enumerate(is_held) if not flag]
+        table[name] = (score(recognizer, [items[i] for i in held], [audio[i] for i in held]),
+                       score(recognizer, [items[i] for i in others], [audio[i] for i in others]))
         print_row(name, *table[name])
         for line in [*table[name][0].misses, *table[name][1].misses] if args.verbose else ():
             print(f"    {line}")

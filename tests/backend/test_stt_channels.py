@@ -17,8 +17,8 @@ from voicerelay.backend.stt import Recognizer
 from voicerelay.backend.tts import Synthesizer, add_noise
 
 from .. import channels
-from ..conftest import read_recording
 from ..audio_rig import available as pulse_available
+from ..conftest import read_recording
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -85,8 +85,8 @@ before and 500 ms after, :func:`~voicerelay.backend.tts.add_noise` at 30 dB SNR.
 from __future__ import annotations
 
 import bisect
-import itertools
 import io
+import itertools
 import logging
 import math
 import os
@@ -108,9 +108,9 @@ from voicerelay.backend import frontend, phrases
 
 __all__ = [
     "FALLBACK_CONFIDENCE",
+    "INPUT_RATE",
     "NEAR_CONFIDENCE",
     "NEAR_MARGIN",
-    "INPUT_RATE",
     "Recognizer",
     "Transcription",
     "normalize_phrase",
