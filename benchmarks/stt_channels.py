@@ -217,7 +217,8 @@ def through_pulse(items: Sequence[Utterance], folder: Path) -> list[np.ndarray |
                 background.append(recorder)
                 noise_thread.start()
                 time.sleep(0.5)
-                subprocess.run(["paplay", "--device=vr_dev44", str(tape_path)], env=env, check=True, timeout=tape.size / RATE * 2 + 30)
+                subprocess.run(["paplay", "--device=vr_dev44", str(tape_path)], env=env, check=True,
+                               timeout=tape.size / RATE * 2 + 30)
                 time.sleep(0.5)
                 recorder.send_signal(signal.SIGINT)
                 recorder.wait(10)
@@ -227,7 +228,8 @@ def through_pulse(items: Sequence[Utterance], folder: Path) -> list[np.ndarray |
                 if process.poll() is None:
                     process.terminate()
                 process.wait(10)
-            noise_thread.join(20) if noise_thread.is_alive() else None
+            if noise_thread.is_alive():  # its last paplay ends within the noise file's 10 s
+                noise_thread.join(20)
     captured = np.frombuffer(raw_path.read_bytes(), dtype="<i2")
     at_24k = channels.to_int16(soxr.resample(captured.astype(np.float32), PULSE_RATE, RATE))
     return cut(at_24k, tape, starts, items, looped=False)
