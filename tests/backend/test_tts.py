@@ -135,3 +135,14 @@ def test_output_does_not_depend_on_what_was_said_before() -> None:
     for voice in OPENAI_VOICES:  # every voice leaves the generator in another state
         synthesizer.synthesize("hello there, how are you today?", voice)
     assert np.array_equal(synthesizer.synthesize(SENTENCE, "echo"), first)
+
+
+
+def test_pitch_changes_the_voice_and_50_is_espeaks_own() -> None:
+    default = Synthesizer().synthesize(SENTENCE)
+    assert np.array_equal(Synthesizer(pitch=50).synthesize(SENTENCE), default)
+    low, high = Synthesizer(pitch=15).synthesize(SENTENCE), Synthesizer(pitch=85).synthesize(SENTENCE)
+    assert not np.array_equal(low[: default.size], high[: default.size])
+    assert abs(low.size - high.size) < 0.1 * default.size  # the pitch, not the rate
+    assert np.array_equal(Synthesizer().synthesize(SENTENCE), default)  # nothing left set for the next call
+    assert Synthesizer(pitch=500).pitch == 100 and Synthesizer(pitch=-3).pitch == 0

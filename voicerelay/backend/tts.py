@@ -92,10 +92,12 @@ OPENAI_VOICES: dict[str, str] = {
 # espeak_AUDIO_OUTPUT, espeak_PARAMETER, espeak_POSITION_TYPE and flag values (speak_lib.h).
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE = 1
+_ESPEAK_PITCH = 3
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _EE_OK = 0
 _MIN_RATE, _MAX_RATE = 80, 450
+_DEFAULT_PITCH = 50  # espeak-ng's own default on its 0-100 scale
 
 _RAND_SEED = 1
 _STEADY_VARIANT = "steady"
@@ -257,11 +259,13 @@ def add_noise(pcm: np.ndarray, snr_db: float = 30.0, seed: int = 0) -> np.ndarra
 class Synthesizer:
     """Text to speech with libespeak-ng in-process (the library and data shipped by the espeakng-loader wheel)."""
 
-    def __init__(self, voice: str = DEFAULT_VOICE, words_per_minute: int = 175) -> None:
+    def __init__(self, voice: str = DEFAULT_VOICE, words_per_minute: int = 175, pitch: int = _DEFAULT_PITCH) -> None:
         """``voice``: an OpenAI or espeak-ng voice name (see :func:`espeak_voice_for`);
-        ``words_per_minute``: speaking rate, clamped to espeak-ng's 80-450."""
+        ``words_per_minute``: speaking rate, clamped to espeak-ng's 80-450; ``pitch``: espeak-ng's
+        base pitch, 0-100 (50, its default, leaves the voice as it is), clamped."""
         self.voice = voice
         self.words_per_minute = min(max(int(words_per_minute), _MIN_RATE), _MAX_RATE)
+        self.pitch = min(max(int(pitch), 0), 100)
 
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
         """Return int16 mono PCM at 24 kHz (resampled from espeak's 22050 Hz with soxr). Thread-safe.
@@ -290,6 +294,7 @@ class Synthesizer:
             logger.warning("espeak-ng rejected voice %r; using %s", espeak_voice, DEFAULT_VOICE)
             lib.espeak_SetVoiceByName(DEFAULT_VOICE.encode())
         lib.espeak_SetParameter(_ESPEAK_RATE, self.words_per_minute, 0)
+        lib.espeak_SetParameter(_ESPEAK_PITCH, self.pitch, 0)  # set every time: it is process-global
         lib.espeak_ng_SetRandSeed(_RAND_SEED)
         engine.chunks.clear()
         try:
