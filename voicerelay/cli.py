@@ -570,7 +570,8 @@ def talk(
                                  "the source or sink removed), go on with the default device instead of "
                                  "stopping with exit code 2.")] = False,
     high_pass: Annotated[bool, typer.Option(
-        "--high-pass/--no-high-pass", help="With --duplex auto: filter out rumble below ~80 Hz.")] = True,
+        "--high-pass/--no-high-pass", help="With --duplex auto: the canceller filters out rumble below ~80 Hz "
+                                           "(while it cancels: it rests between replies).")] = True,
     record: Annotated[Path | None, typer.Option(metavar="DIR",
         help="Record the session into this new folder (in the TUI, [bold]r[/] stops and starts recordings).",
         show_default=False)] = None,

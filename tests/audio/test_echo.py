@@ -118,3 +118,30 @@ def test_a_voice_over_the_echo_goes_through() -> None:
 def test_an_unknown_or_missing_canceller_says_why() -> None:
     with pytest.raises(EchoUnavailable, match="no echo canceller called 'nope'"):
         load_engine("nope")
+
+
+@pytest.mark.parametrize("name", engines())
+def test_between_replies_the_canceller_rests_and_resumes_where_it_left_off(name: str) -> None:
+    """Far end: a reply, 3 s of silence (the output stream playing zeros), the reply again. In the
+    silence the microphone (a voice) goes up untouched once the room's echo has died away; the
+    second reply's echo is taken out at once, without learning the room again."""
+    from voicerelay.audio import echo
+
+    reply = read_recording("what_can_you_do")
+    gap = 3 * 24_000
+    far = np.concatenate([reply, reply, np.zeros(gap, dtype=np.int16), reply, reply])
+    voice = np.zeros(far.size)
+    hello = read_recording("hello_there").astype(np.float64)
+    at = 2 * reply.size + 24_000  # a second into the silence
+    voice[at:at + hello.size] = hello
+    mic = room(far, delay_s=0.03, gain=0.5, voice=voice)
+    # (speex's stand-in for a high-pass filter, a DC blocker, does not rest: it is not the canceller's)
+    path = EchoPath(load_engine(name, high_pass=name != "speex"), OUT_RATE)
+    out = drive(path, far, mic)
+    rest = slice(2 * reply.size + echo.IDLE_FRAMES * FRAME + 2400, 2 * reply.size + gap - 2400)
+    assert np.array_equal(out[rest], mic[rest]), "the microphone is not passed as it is while the far end is silent"
+    assert path.stats.relearns == 0
+    again = 2 * reply.size + gap
+    value = erle(mic[:again + reply.size], out[:again + reply.size], again + 2400)
+    print(f"{name}: ERLE of the reply after the silence {value:.1f} dB")
+    assert value > (10 if name == "speex" else 20), value

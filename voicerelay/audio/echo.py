@@ -23,6 +23,12 @@ says when the canceller has learnt the room (``talk`` mutes the microphone while
 until then); :attr:`EchoPath.echo_free` when there is no echo to learn (headphones: the
 microphone goes up as it is).
 
+While the far end has been silent for half a second (:attr:`EchoPath.idle`: between replies, so
+most of the time the user talks) the canceller rests and the microphone goes up as it is: each
+call into the canceller costs CPU on the audio thread (livekit's: two FFI requests a 10 ms
+frame), and there is no echo to take out. It resumes with the far end's first sound, which is
+known ``LEAD`` before its echo reaches the microphone.
+
 The canceller itself is an :class:`Engine`: :class:`WebRTCEngine` (WebRTC's audio processing
 module as livekit's ``rtc.AudioProcessingModule`` ships it: AEC3, noise suppression, high-pass
 filter) or :class:`SpeexEngine` (speexdsp's echo canceller and preprocessor, through ctypes on
@@ -69,6 +75,13 @@ GATE_HISTORY_FRAMES = 20
 ONSET_FRAMES = 15
 GATE_BELOW_FAR_DB = 25.0
 GATE_ONSET_DB = 3.0
+#: The far end has been this quiet (no sample beyond ``QUIET_PEAK``, -70 dBFS) for ``IDLE_FRAMES``
+#: 10 ms frames: no echo is left in the room, and the canceller rests (see :attr:`EchoPath.idle`).
+QUIET_PEAK = 10
+IDLE_FRAMES = 50
+#: Quiet far blocks still resampled after the last sound (what the resampler holds comes out);
+#: later ones are not (nothing to resample: the ring reads as silence where nothing was written).
+FLUSH_BLOCKS = 3
 #: When the canceller counts as converged (see :attr:`EchoPath.converged`).
 CONVERGED_FRAMES = 30
 CONVERGED_ERLE_DB = 20.0
@@ -94,12 +107,26 @@ class Engine(Protocol):
         """One 10 ms frame (``FRAME`` int16 samples each): the microphone less the echo of ``far``."""
         ...
 
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        """10 ms microphone frames (rows) while the far end has long been silent (no echo to
+        take out, see :attr:`EchoPath.idle`): only what the engine does to the microphone
+        anyway (noise suppression, say); ``near`` itself when that is nothing."""
+        ...
+
 
 class WebRTCEngine:
     """WebRTC's audio processing module (AEC3) through livekit's ``rtc.AudioProcessingModule``.
 
     The reference handed to it is already aligned with the microphone (see the module
-    docstring), so the delay it is told is the residual one: 0 ms.
+    docstring), so the delay it is told, once, is the residual one: 0 ms (AEC3 keeps it).
+
+    Each call into livekit is a request through its FFI (a protobuf message each way), which
+    costs about as much as the processing itself (measured: 70 us of a cold cache per call, and
+    a module with only its high-pass filter on costs 135 us a frame): a frame is two calls, and
+    nothing else. Frames are handed as ``bytearray`` (livekit would copy ``bytes`` into one) and
+    processed in place. While the far end is silent (:meth:`idle`) the module rests: the
+    microphone goes up as it is (the high-pass filter is the canceller's, and rests with it),
+    unless noise suppression is on (its noise estimate must follow the microphone throughout).
     """
 
     name = "webrtc"
@@ -109,17 +136,23 @@ class WebRTCEngine:
             from livekit import rtc
         except ImportError:
             raise EchoUnavailable("the echo canceller needs livekit: pip install 'voicerelay[aec]'") from None
-        self._rtc = rtc
+        self._frame = rtc.AudioFrame
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=noise_suppression,
                                               high_pass_filter=high_pass)
+        self._apm.set_stream_delay_ms(0)
+        self._noise_suppression = noise_suppression
+        self._silence = np.zeros(FRAME, dtype=_PCM16)
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
-        rtc = self._rtc
-        self._apm.process_reverse_stream(rtc.AudioFrame(far.tobytes(), SAMPLE_RATE, 1, FRAME))
-        self._apm.set_stream_delay_ms(0)
-        frame = rtc.AudioFrame(near.tobytes(), SAMPLE_RATE, 1, FRAME)
-        self._apm.process_stream(frame)
-        return np.frombuffer(frame.data, dtype=_PCM16).copy()
+        self._apm.process_reverse_stream(self._frame(bytearray(far), SAMPLE_RATE, 1, FRAME))
+        data = bytearray(near)
+        self._apm.process_stream(self._frame(data, SAMPLE_RATE, 1, FRAME))
+        return np.frombuffer(data, dtype=_PCM16)
+
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        if not self._noise_suppression:
+            return near
+        return np.stack([self.process(frame, self._silence) for frame in near])
 
 
 class SpeexEngine:
@@ -160,8 +193,9 @@ class SpeexEngine:
         denoise = ctypes.c_int(1 if noise_suppression else 0)
         lib.speex_preprocess_ctl(self._pre, self._PREPROCESS_SET_DENOISE, ctypes.byref(denoise))
         self._high_pass = high_pass
+        self._noise_suppression = noise_suppression
         self._dc = 0.0
-        self._out = np.zeros(FRAME, dtype=_PCM16)
+        self._silence = np.zeros(FRAME, dtype=_PCM16)
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         near = np.ascontiguousarray(near, dtype=_PCM16)
@@ -169,6 +203,14 @@ class SpeexEngine:
         out = np.empty(FRAME, dtype=_PCM16)
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data, far.ctypes.data, out.ctypes.data)
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data)
+        return self._dc_blocked(out)
+
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        if self._noise_suppression:  # the preprocessor's noise estimate follows the microphone throughout
+            return np.stack([self.process(frame, self._silence) for frame in near])
+        return np.stack([self._dc_blocked(frame) for frame in near]) if self._high_pass else near
+
+    def _dc_blocked(self, out: np.ndarray) -> np.ndarray:
         if self._high_pass:  # a DC blocker: the frame's mean, smoothed across frames
             self._dc = 0.9 * self._dc + 0.1 * float(out.mean())
             out = np.clip(out - round(self._dc), -32768, 32767).astype(_PCM16)
@@ -202,6 +244,10 @@ class AecAudioProcessingEngine:
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         self._ap.process_reverse_stream(far.tobytes())
         return np.frombuffer(self._ap.process_stream(near.tobytes()), dtype=_PCM16).copy()
+
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        silence = np.zeros(FRAME, dtype=_PCM16)
+        return np.stack([self.process(frame, silence) for frame in near])
 
 
 ENGINES = {"webrtc": WebRTCEngine, "speex": SpeexEngine, "aec-audio-processing": AecAudioProcessingEngine}
@@ -285,15 +331,27 @@ class EchoPath:
         #: and eats the start of a voice over the far end (AEC3 does: half the frames of "hello"
         #: 10 dB down). Measured with convergence; measured again after a gap (:meth:`relearn`).
         self.echo_free = False
+        #: The far end has been silent for ``IDLE_FRAMES`` (half a second: a room's echo has died
+        #: away): the canceller rests, only :meth:`Engine.idle` runs (its high-pass filter). While
+        #: the user talks and nothing plays, that is most of a session, and each call into the
+        #: canceller costs as much CPU as the rest of the microphone's path. It resumes with the
+        #: first far-end frame that sounds, ``LEAD`` before that frame's echo can reach the
+        #: microphone, where it left off (the room has not changed meanwhile).
+        self.idle = False
         self._far_levels: collections.deque[float] = collections.deque(maxlen=GATE_HISTORY_FRAMES)
         self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
         self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
         self._written = None  # absolute 24 kHz index the ring is written up to (exclusive)
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler: soxr.ResampleStream | _Identity | None = None  # None: resting (see _drain_far)
+        self._segment_started = False
         self._segment_start = 0  # absolute index of the current far segment's first sample
-        self._segment_out = 0  # samples the current segment's resampler gave so far
+        self._segment_in = 0  # samples (at out_rate) of the current segment so far
+        self._stream_start = 0  # absolute index of the current resampler stream's first sample
+        self._segment_out = 0  # samples the current resampler stream gave so far
         self._segment_in_end = 0.0  # time the last far block handed ends
+        self._quiet_blocks = 0  # far blocks in a row with no sample beyond QUIET_PEAK
+        self._sound_end = -(1 << 62)  # absolute index where the far end last sounded (exclusive)
         self._near_rest = np.zeros(0, dtype=_PCM16)  # microphone samples short of a 10 ms frame
         self._near_index = 0  # absolute index of _near_rest's first sample
         self._near_started = False
@@ -318,7 +376,7 @@ class EchoPath:
         captured at ``adc_time``: the same frames with the echo taken out."""
         started = time.thread_time()
         self._drain_far()
-        pcm = np.frombuffer(b"".join(frames), dtype=_PCM16)
+        pcm = np.frombuffer(bytearray().join(frames), dtype=_PCM16)  # (writable: processed in place)
         # the microphone's timeline stays contiguous: the callbacks' capture times jitter by
         # a millisecond or two, and a reference that jumps by a sample at every block is one a
         # linear echo canceller cannot follow. It moves to the reported times only at a gap (an
@@ -337,55 +395,85 @@ class EchoPath:
             self._near_index += round(self._drift)
             self._drift = 0.0
         data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
-        out = np.empty_like(data)
-        stats = self.stats
         whole = data.size - data.size % FRAME
-        near_e = out_e = echo_e = far_e = 0.0
-        for i in range(0, whole, FRAME):
-            near = data[i:i + FRAME]
-            far = self._far_at(self._near_index + i + LEAD)
-            cleaned = self.engine.process(near, far)
-            if self.echo_free:  # nothing to cancel: the microphone as it is (see echo_free)
-                cleaned = near
-            n = near.astype(np.float64)
-            c = cleaned.astype(np.float64)
-            f = far.astype(np.float64)
-            ne, ce, fe = float(n @ n), float(c @ c), float(f @ f)
-            canceller_e = ce
-            if self.gate and not self.echo_free and self._residual(_dbfs(ne, FRAME), _dbfs(ce, FRAME), _dbfs(fe, FRAME)):
-                cleaned = np.zeros(FRAME, dtype=_PCM16)
-                c = cleaned.astype(np.float64)
-                ce = 0.0
-                stats.gated += 1
-            out[i:i + FRAME] = cleaned
-            d = n - c
-            near_e += ne
-            out_e += ce
-            echo_e += float(d @ d)
-            far_e += fe
-            if _dbfs(fe, FRAME) > FAR_ACTIVE_DBFS:
-                stats.erle_near += ne
-                stats.erle_out += canceller_e
-                stats.erle_gated_out += ce
-                if not self.converged:
-                    self._learning.append((ne, canceller_e, fe))
-                    if len(self._learning) == self._learning.maxlen:
-                        n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
-                        # it cancels the echo, or there is none to cancel (headphones)
-                        self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
-                        self.converged = (self.echo_free
-                                          or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB)
+        self.idle = self._sound_end <= self._near_index + LEAD - IDLE_FRAMES * FRAME
+        if whole and self.idle:
+            self._rest(data[:whole].reshape(-1, FRAME))
+        elif whole:
+            self._frames(data[:whole].reshape(-1, FRAME))
+        stats = self.stats
         stats.cpu_s += time.thread_time() - started
         stats.frames += whole // FRAME
-        if whole:
-            stats.near_dbfs, stats.out_dbfs = _dbfs(near_e, whole), _dbfs(out_e, whole)
-            stats.echo_dbfs, stats.far_dbfs = _dbfs(echo_e, whole), _dbfs(far_e, whole)
         # what is short of a whole frame waits for the next call; the caller gets what was processed
         self._near_rest = data[whole:].copy()
         self._near_index += whole
-        processed = out[:whole].tobytes()
+        processed = data[:whole].tobytes()  # (processed in place)
         size = len(frames[0]) if frames else 0
         return [processed[j:j + size] for j in range(0, len(processed), size)] if size else []
+
+    def _frames(self, near: np.ndarray) -> None:
+        """Cancel the echo in whole 10 ms frames (rows of ``near``, the first at ``_near_index``), in place.
+
+        The levels are measured for the whole block at once: each numpy call on a small array
+        costs a few microseconds on the audio thread's cold cache, more than its arithmetic.
+        """
+        count = near.shape[0]
+        far = self._far_at(self._near_index + LEAD, count * FRAME).reshape(count, FRAME)
+        before = near.astype(np.float64)
+        far_f = far.astype(np.float64)
+        near_e = np.einsum("ij,ij->i", before, before).tolist()
+        far_e = np.einsum("ij,ij->i", far_f, far_f).tolist()
+        engine = self.engine
+        for j in range(count):
+            cleaned = engine.process(near[j], far[j])
+            if not self.echo_free:  # (echo_free: nothing to cancel, the microphone as it is)
+                near[j] = cleaned
+        out = near.astype(np.float64)
+        out_e = np.einsum("ij,ij->i", out, out).tolist()
+        stats = self.stats
+        gated = []
+        for j in range(count):
+            far_db = _dbfs(far_e[j], FRAME)
+            if self.gate and not self.echo_free and self._residual(_dbfs(near_e[j], FRAME), _dbfs(out_e[j], FRAME),
+                                                                   far_db):
+                gated.append(j)
+            if far_db > FAR_ACTIVE_DBFS:
+                stats.erle_near += near_e[j]
+                stats.erle_out += out_e[j]
+                stats.erle_gated_out += 0.0 if gated and gated[-1] == j else out_e[j]
+                if not self.converged:
+                    self._learn(near_e[j], out_e[j], far_e[j])
+        if gated:
+            near[gated] = 0
+            out[gated] = 0.0
+            stats.gated += len(gated)
+            for j in gated:
+                out_e[j] = 0.0
+        echo = before - out
+        n = near.size
+        stats.near_dbfs, stats.out_dbfs = _dbfs(sum(near_e), n), _dbfs(sum(out_e), n)
+        stats.echo_dbfs, stats.far_dbfs = _dbfs(float(np.einsum("ij,ij->", echo, echo)), n), _dbfs(sum(far_e), n)
+
+    def _rest(self, near: np.ndarray) -> None:
+        """Whole 10 ms frames while the far end has long been silent (:attr:`idle`): only the
+        engine's :meth:`~Engine.idle` (often nothing), in place, and the levels."""
+        cleaned = self.engine.idle(near)
+        if cleaned is not near:
+            near[:] = cleaned
+        pcm = near.ravel().astype(np.float64)
+        stats = self.stats
+        stats.near_dbfs = stats.out_dbfs = _dbfs(float(pcm @ pcm), pcm.size)
+        stats.echo_dbfs = stats.far_dbfs = float("-inf")
+        self._far_levels.extend([float("-inf")] * near.shape[0])  # (the gate sees the far end's onset)
+
+    def _learn(self, near_e: float, out_e: float, far_e: float) -> None:
+        """One frame where the far end sounds, towards :attr:`converged` (and :attr:`echo_free`)."""
+        self._learning.append((near_e, out_e, far_e))
+        if len(self._learning) == self._learning.maxlen:
+            n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
+            # it cancels the echo, or there is none to cancel (headphones)
+            self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
+            self.converged = self.echo_free or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB
 
     # ------------------------------------------------------------------ internals
 
@@ -400,24 +488,44 @@ class EchoPath:
         return out_db < loudest - GATE_BELOW_FAR_DB or (onset and out_db < near_db - GATE_ONSET_DB)
 
     def _drain_far(self) -> None:
+        """Resample the far blocks handed since the last call into the ring, on their timeline.
+
+        A segment is a run of contiguous blocks: its samples are placed from its first block's
+        time on, counted (``_segment_in``), not re-timed block by block. A long quiet run in it
+        (the output stream playing silence between replies) is not resampled: the resampler
+        stream is dropped once it has let out what it held, and a new one starts with the next
+        sound, at the place the count gives (a fraction of a sample from where the old one would
+        have put it).
+        """
         while self._blocks:
             dac_time, block = self._blocks.popleft()
-            if self._resampler is not None and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
+            if self._segment_started and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
                 # not contiguous with the last block (an underrun): a new segment, whose delay the
                 # canceller must learn again
-                self._resampler = None
+                self._segment_started = False
                 self.relearn()
-            if self._resampler is None:
-                self._resampler = (soxr.ResampleStream(self.out_rate, SAMPLE_RATE, 1, dtype="int16", quality="LQ")
-                                   if self.out_rate != SAMPLE_RATE else None)
+            if not self._segment_started:
+                self._segment_started, self._resampler = True, None
                 self._segment_start = round(dac_time * SAMPLE_RATE)
-                self._segment_out = 0
-                if self._resampler is None:  # no resampling needed: mark the segment with a sentinel
-                    self._resampler = _Identity()
+                self._segment_in = 0
+                self._quiet_blocks = 0
             self._segment_in_end = dac_time + block.size / self.out_rate
-            out = self._resampler.resample_chunk(block)
-            self._write(self._segment_start + self._segment_out, out)
-            self._segment_out += out.size
+            quiet = not block.size or (-QUIET_PEAK <= int(block.min()) and int(block.max()) <= QUIET_PEAK)
+            self._quiet_blocks = self._quiet_blocks + 1 if quiet else 0
+            if self._quiet_blocks <= FLUSH_BLOCKS:
+                if self._resampler is None:
+                    self._resampler = (soxr.ResampleStream(self.out_rate, SAMPLE_RATE, 1, dtype="int16", quality="LQ")
+                                       if self.out_rate != SAMPLE_RATE else _Identity())
+                    self._stream_start = self._segment_start + round(self._segment_in * SAMPLE_RATE / self.out_rate)
+                    self._segment_out = 0
+                out = self._resampler.resample_chunk(block)
+                self._write(self._stream_start + self._segment_out, out)
+                self._segment_out += out.size
+            else:
+                self._resampler = None
+            self._segment_in += block.size
+            if not quiet:
+                self._sound_end = self._segment_start + round(self._segment_in * SAMPLE_RATE / self.out_rate)
 
     def _write(self, index: int, samples: np.ndarray) -> None:
         size = self._ring.size
@@ -437,13 +545,13 @@ class EchoPath:
         self._ring[first:first + n] = samples[:n]
         self._ring[:samples.size - n] = samples[n:]
 
-    def _far_at(self, index: int) -> np.ndarray:
-        """The far end's ``FRAME`` samples at absolute index ``index`` (silence where none were heard)."""
+    def _far_at(self, index: int, count: int) -> np.ndarray:
+        """The far end's ``count`` samples from absolute index ``index`` (silence where none were heard)."""
         size = self._ring.size
-        out = np.zeros(FRAME, dtype=_PCM16)
+        out = np.zeros(count, dtype=_PCM16)
         if self._written is None:
             return out
-        lo, hi = max(index, self._written - size), min(index + FRAME, self._written)
+        lo, hi = max(index, self._written - size), min(index + count, self._written)
         if lo >= hi:
             return out
         first = lo % size
