@@ -431,6 +431,26 @@ async def test_without_the_canceller_auto_is_half_duplex_and_says_why(rig: audio
     assert any("half duplex (Enter interrupts)" in line for line in talker.lines), talker.lines
 
 
+async def test_alsa_underrun_notices_do_not_reach_the_terminal(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
+    """A process frozen mid-reply (as a busy machine does to it, only longer) makes ALSA recover
+    its output stream from an underrun, and say so: ``ALSA lib pcm.c:8570:(snd_pcm_recover)
+    underrun occurred`` on fd 2 by default. The notices go to the log (counted in its last line)."""
+    async with talking(rig, backend, "--text", "--log-level", "info") as talker:
+        await talker.type("what can you do")
+        seen = await talker.expect(r"^assistant  I can greet you")
+        for _ in range(3):
+            talker.proc.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.5)
+            talker.proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)
+        await talker.expect(r"\[listening\]", seen, timeout=15)
+        code, _ = await talker.quit()
+    assert code == 0, talker.lines
+    assert not [line for line in talker.lines if "ALSA" in line and "notices" not in line], talker.lines
+    counts = [int(m.group(1)) for line in talker.lines if (m := re.search(r"ALSA notices (\d+)", line))]
+    assert counts and counts[0] >= 1, talker.lines  # the underruns did happen
+
+
 # ---------------------------------------------------------------------- devices that go away
 
 @contextlib.contextmanager

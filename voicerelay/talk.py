@@ -52,7 +52,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
-from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.devices import AlsaNotices, Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
 from .errors import DeviceError, UsageError
@@ -611,7 +611,9 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
     if options.push_to_talk and config.turn_detection_mode != "disabled":
         config = dataclasses.replace(config, turn_detection_mode="disabled")
     buffer = PlaybackBuffer(preroll_ms=PREROLL_MS)
+    notices = AlsaNotices()  # once the streams are open, ALSA's underrun notices go to the log
     with contextlib.ExitStack() as opened:  # closed last to first
+        opened.callback(notices.stop)  # (after the streams are closed)
         speaker = Speaker(speaker_device, buffer.read, block_ms=FRAME_MS, sd=sd)
         opened.callback(speaker.close)
         buffer.latency = speaker.latency
@@ -624,6 +626,7 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
                 duplex = "auto"
             except EchoUnavailable as exc:
                 duplex, echo_off = "half", str(exc)
+        notices.start()
         recorder = None
         if options.record is not None:
             from .recording import Recorder, RecordingError
@@ -641,8 +644,8 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
                             echo=echo, duplex=duplex, echo_off=echo_off)
                 await talk.run(on_start)
         finally:
-            log.info("playback underruns %d, microphone overflows %d, speaker underflows %d", buffer.underruns,
-                     mic.overflows, speaker.underflows)
+            log.info("playback underruns %d, microphone overflows %d, speaker underflows %d, ALSA notices %d",
+                     buffer.underruns, mic.overflows, speaker.underflows, notices.count)
 
 
 #: The devices' latencies beyond which the far end cannot be matched with the microphone in time.

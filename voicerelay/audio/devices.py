@@ -20,14 +20,19 @@
 Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
 complaints about a device that fails to open straight to file descriptor 2 (five lines per rate
 tried); while a device is opened or probed they are caught (:func:`_native_stderr`): the ALSA
-reason goes into the one-line message, the rest is dropped. sounddevice is imported only
+reason goes into the one-line message, the rest is dropped. Once the streams are open, ALSA's
+notices of what its streams recovered from (``ALSA lib pcm.c:8570:(snd_pcm_recover) underrun
+occurred`` on a busy machine) go to the log instead (:class:`AlsaNotices`). sounddevice is imported only
 when a device is used, so the rest of voicerelay works on machines without PortAudio.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -47,8 +52,10 @@ from voicerelay.audio.playback import LIVE_QUALITY, PlaybackBuffer
 from voicerelay.errors import DeviceError
 from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
 
-__all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
+__all__ = ["AlsaNotices", "Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
            "pulse_devices", "select_device", "supported_rates"]
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["input", "output"]
 
@@ -252,6 +259,55 @@ def _native_stderr() -> Iterator[list[str]]:
                 dropped = True
             if others:
                 os.write(2, b"".join(others))
+
+
+#: ALSA's error handler: ``void handler(const char *file, int line, const char *function, int err,
+#: const char *fmt, ...)``. The variable arguments are not read (ctypes cannot declare them).
+_ALSA_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+
+
+class AlsaNotices:
+    """While started, ALSA's messages go to this module's log (debug level), not to file descriptor 2.
+
+    ALSA prints what its streams recovered from, such as ``ALSA lib pcm.c:8570:(snd_pcm_recover)
+    underrun occurred`` when a callback came late, with its default error handler, straight to
+    fd 2: the middle of a line of the plain view, or of the TUI's screen. ``snd_lib_error_set_handler``
+    (alsa-lib's public API) replaces that handler for the whole process; :meth:`stop` puts the
+    default one back. Started once the streams are open: a device that fails to open says why
+    through :func:`_native_stderr`, which needs ALSA's formatted message. ``count`` is how many
+    messages were taken. Nothing happens where there is no ALSA library (macOS, Windows).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lib: Any = None
+        self._handler: Any = None  # the ctypes callback, kept alive while it is installed
+
+    def start(self) -> None:
+        path = ctypes.util.find_library("asound")
+        if path is None or self._handler is not None:
+            return
+        try:
+            lib = ctypes.CDLL(path)  # the library PortAudio loaded: one handler for both
+            lib.snd_lib_error_set_handler.argtypes = [_ALSA_HANDLER]
+            lib.snd_lib_error_set_handler.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return
+        handler = _ALSA_HANDLER(self._notice)
+        if lib.snd_lib_error_set_handler(handler) == 0:
+            self._lib, self._handler = lib, handler
+
+    def stop(self) -> None:
+        if self._handler is not None:
+            self._lib.snd_lib_error_set_handler(_ALSA_HANDLER())  # NULL: ALSA's default handler again
+            self._handler = None
+
+    def _notice(self, file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None) -> None:
+        self.count += 1
+        if log.isEnabledFor(logging.DEBUG):  # (the format's arguments cannot be read: the format as it is)
+            text = (fmt or b"").decode(errors="replace").strip()
+            log.debug("ALSA: %s:%d (%s) %s", (file or b"").decode(errors="replace"), line,
+                      (function or b"").decode(errors="replace"), text)
 
 
 class _DeviceStream:
