@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from time import monotonic as _monotonic  # (the callbacks' ``time`` argument is PortAudio's)
 from types import ModuleType
 from typing import Any, Literal
 
@@ -318,6 +319,7 @@ class _DeviceStream:
 
     def _open(self, sd: ModuleType, kind: Kind, make: Callable[[int], Any]) -> None:
         """``make(rate)`` at the device's default rate, then the fallback rates; the first that opens."""
+        self._sd, self._kind, self._make = sd, kind, make
         failures = []
         with _native_stderr() as reasons:
             for rate in _rates(self.device):
@@ -332,6 +334,23 @@ class _DeviceStream:
         raise DeviceError(f"cannot open {kind} device {self.device.label()} at any usable rate "
                           f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz): {failures[-1]}{why}")
 
+    def reopen(self) -> None:
+        """Close the stream and open a new one on the same device at the same rate, started if
+        the old one ran: the sound server behind the device (PulseAudio, PipeWire) connects a
+        new stream to its default device, while the old one, restarted, would look for the device
+        it was opened for (``PULSE_SINK``/``PULSE_SOURCE`` are read when a stream is opened)."""
+        was_active = self.active
+        self.close()
+        with _native_stderr() as reasons:
+            try:
+                self._stream = self._make(self.rate)
+            except (self._sd.PortAudioError, ValueError) as exc:
+                why = f"; ALSA: {reasons[-1]}" if reasons else ""
+                raise DeviceError(f"cannot open {self._kind} device {self.device.label()} again at {self.rate} Hz: "
+                                  f"{' '.join(str(exc).split())}{why}") from None
+        if was_active:
+            self.start()
+
     @property
     def latency(self) -> float:
         """The device's own latency, in seconds, as PortAudio reports it."""
@@ -341,9 +360,20 @@ class _DeviceStream:
     def active(self) -> bool:
         return bool(self._stream.active)
 
+    #: ``time.monotonic()`` of the last callback (or start): a stream whose device went away where no
+    #: sound server moves it (plain ALSA, CoreAudio, WASAPI) stops calling back, without an error
+    last_block_at = 0.0
+
     def start(self) -> None:
-        """Start (or resume) the stream."""
-        self._stream.start()
+        """Start (or resume) the stream; :class:`DeviceError` in one line when it cannot (its device went away)."""
+        self.last_block_at = _monotonic()
+        with _native_stderr() as reasons:
+            try:
+                self._stream.start()
+            except self._sd.PortAudioError as exc:
+                why = f"; ALSA: {reasons[-1]}" if reasons else ""
+                raise DeviceError(f"cannot start {self._kind} device {self.device.label()}: "
+                                  f"{' '.join(str(exc).split())}{why}") from None
 
     def close(self) -> None:
         """Stop and close the stream (idempotent)."""
@@ -383,6 +413,7 @@ class Microphone(_DeviceStream):
             self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16", quality=LIVE_QUALITY)
 
     def _callback(self, indata: Any, frames: int, time: Any, status: Any) -> None:
+        self.last_block_at = _monotonic()
         if status.input_overflow:
             self.overflows += 1
         pcm = np.frombuffer(indata, dtype=_PCM16)
@@ -444,6 +475,7 @@ class Speaker(_DeviceStream):
         return soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="int16", quality=LIVE_QUALITY)
 
     def _callback(self, outdata: Any, frames: int, time: Any, status: Any) -> None:
+        self.last_block_at = _monotonic()
         if status.output_underflow:
             self.underflows += 1
         latency = time.outputBufferDacTime - time.currentTime
@@ -475,6 +507,12 @@ class Speaker(_DeviceStream):
                 block = np.concatenate((block, np.zeros(frames - block.size, dtype=_PCM16)))
             outdata[:] = block.tobytes()
             self._pending = pending[frames:]
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._pending = np.zeros(0, dtype=_PCM16)
+            self._resampler = self._new_resampler()
+        super().reopen()
 
     def pause(self) -> None:
         """Stop now, dropping what the device and the resampler hold; :meth:`start` resumes."""
