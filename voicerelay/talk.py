@@ -301,6 +301,7 @@ class Talk:
         self._state = relay.session.state.value
         self._stop = stop
         self._device_gone: DeviceError | None = None
+        self._ticked_at = 0.0
         relay.recorder = self  # every wire event passes through record(): the recording and the view
 
     def quit(self) -> None:
@@ -384,7 +385,13 @@ class Talk:
         self._stop.set()
 
     def _check_streams(self, now: float) -> None:
-        """A stream that should be running and has not called back for ``STALL_S`` lost its device."""
+        """A stream that should be running and has not called back for ``STALL_S`` lost its device.
+
+        Not on a tick that comes late: the event loop was held up (the callbacks need the GIL too,
+        and they get it back first), and the next tick looks again."""
+        late, self._ticked_at = now - self._ticked_at > 1.0, now
+        if late:
+            return
         stalled = [kind for kind, stream, running in (("microphone", self.mic, self.live_audio),
                                                       ("speakers", self.speaker, self.speaker.active or not self.buffer.idle))
                    if running and stream.last_block_at and now - stream.last_block_at > STALL_S]

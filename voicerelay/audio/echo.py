@@ -73,8 +73,16 @@ LEAD = SAMPLE_RATE * 40 // 1000
 #: the echo lags its reference by the lead plus the room), and the bounds.
 GATE_HISTORY_FRAMES = 20
 ONSET_FRAMES = 15
-GATE_BELOW_FAR_DB = 25.0
+ONSET_QUIET_FRAMES = 30
+GATE_BELOW_ECHO_DB = 25.0
 GATE_ONSET_DB = 3.0
+VOICE_BELOW_ECHO_DB = 20.0
+VOICE_MIN_DB = 6.0
+VOICE_ERLE_MARGIN_DB = 6.0
+VOICE_FLOOR_DBFS = -50.0
+HANGOVER_FRAMES = 20
+PREROLL_FRAMES = 20
+PREROLL_FLOOR_DBFS = -60.0
 #: The far end has been this quiet (no sample beyond ``QUIET_PEAK``, -70 dBFS) for ``IDLE_FRAMES``
 #: 10 ms frames: no echo is left in the room, and the canceller rests (see :attr:`EchoPath.idle`).
 QUIET_PEAK = 10
@@ -82,6 +90,8 @@ IDLE_FRAMES = 50
 #: Quiet far blocks still resampled after the last sound (what the resampler holds comes out);
 #: later ones are not (nothing to resample: the ring reads as silence where nothing was written).
 FLUSH_BLOCKS = 3
+#: The echo return loss learnt is held to this (a microphone louder than the speakers' signal is noise).
+MAX_ERL_DB = 10.0
 #: When the canceller counts as converged (see :attr:`EchoPath.converged`).
 CONVERGED_FRAMES = 30
 CONVERGED_ERLE_DB = 20.0
@@ -273,6 +283,7 @@ class EchoStats:
     echo_dbfs: float = float("-inf")  # the echo estimate: what was taken out
     far_dbfs: float = float("-inf")  # the reference
     gated: int = 0  # frames the residual echo gate silenced
+    preroll_frames: int = 0  # gated frames sent after all, before the voice they were the start of
     relearns: int = 0  # times a gap in a stream made the canceller learn the delay again
     erle_near: float = 0.0  # energy in and out while the far end sounds (for ERLE)
     erle_out: float = 0.0  # the canceller's output
@@ -338,7 +349,20 @@ class EchoPath:
         #: first far-end frame that sounds, ``LEAD`` before that frame's echo can reach the
         #: microphone, where it left off (the room has not changed meanwhile).
         self.idle = False
+        #: The echo return loss (dB): the echo's level in the microphone less the far end's, learnt
+        #: with convergence (0 until then). The gate's bounds are set from the echo to expect.
+        self.erl_db = 0.0
         self._far_levels: collections.deque[float] = collections.deque(maxlen=GATE_HISTORY_FRAMES)
+        self._far_quiet = ONSET_QUIET_FRAMES  # far frames in a row at or below FAR_ACTIVE_DBFS
+        self._since_onset = ONSET_FRAMES + 1  # frames since the far end started after a pause
+        self._open = 0  # frames the gate stays open after a frame clearly someone's voice
+        self._voice_margin_db = VOICE_MIN_DB  # a voice this far below the echo is clearly not its residue
+        #: Pre-roll: the gate's frames just before it sees a voice are held (their canceller output,
+        #: up to ``PREROLL_FRAMES``); when it does see one, they go up before that frame. A voice
+        #: starts quieter than it goes on, and under the assistant's echo its first syllable is
+        #: as quiet as a residue: the gate could not tell, and the user's first word lost its start.
+        self.preroll = True
+        self._held: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_FRAMES)
         self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
         self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
@@ -373,7 +397,9 @@ class EchoPath:
 
     def near(self, frames: list[bytes], adc_time: float) -> list[bytes]:
         """24 kHz microphone frames (any length, multiples of 10 ms best) whose first sample was
-        captured at ``adc_time``: the same frames with the echo taken out."""
+        captured at ``adc_time``: the same frames with the echo taken out, cut to the same length
+        (the last may be shorter). A voice onset the gate held back comes before the frame where
+        the gate saw the voice (see :attr:`preroll`): then there is more audio than came in."""
         started = time.thread_time()
         self._drain_far()
         pcm = np.frombuffer(bytearray().join(frames), dtype=_PCM16)  # (writable: processed in place)
@@ -397,22 +423,23 @@ class EchoPath:
         data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
         whole = data.size - data.size % FRAME
         self.idle = self._sound_end <= self._near_index + LEAD - IDLE_FRAMES * FRAME
+        processed = b""
         if whole and self.idle:
-            self._rest(data[:whole].reshape(-1, FRAME))
+            processed = self._rest(data[:whole].reshape(-1, FRAME))
         elif whole:
-            self._frames(data[:whole].reshape(-1, FRAME))
+            processed = self._frames(data[:whole].reshape(-1, FRAME))
         stats = self.stats
         stats.cpu_s += time.thread_time() - started
         stats.frames += whole // FRAME
         # what is short of a whole frame waits for the next call; the caller gets what was processed
         self._near_rest = data[whole:].copy()
         self._near_index += whole
-        processed = data[:whole].tobytes()  # (processed in place)
         size = len(frames[0]) if frames else 0
         return [processed[j:j + size] for j in range(0, len(processed), size)] if size else []
 
-    def _frames(self, near: np.ndarray) -> None:
-        """Cancel the echo in whole 10 ms frames (rows of ``near``, the first at ``_near_index``), in place.
+    def _frames(self, near: np.ndarray) -> bytes:
+        """Cancel the echo in whole 10 ms frames (rows of ``near``, the first at ``_near_index``), in
+        place; what goes upstream (with a voice onset the gate held back, see :attr:`preroll`).
 
         The levels are measured for the whole block at once: each numpy call on a small array
         costs a few microseconds on the audio thread's cold cache, more than its arithmetic.
@@ -432,11 +459,24 @@ class EchoPath:
         out_e = np.einsum("ij,ij->i", out, out).tolist()
         stats = self.stats
         gated = []
+        onsets: dict[int, list[np.ndarray]] = {}  # frame -> the voice onset held back before it
         for j in range(count):
             far_db = _dbfs(far_e[j], FRAME)
-            if self.gate and not self.echo_free and self._residual(_dbfs(near_e[j], FRAME), _dbfs(out_e[j], FRAME),
-                                                                   far_db):
+            verdict = (self._residual(_dbfs(near_e[j], FRAME), _dbfs(out_e[j], FRAME), far_db)
+                       if self.gate and not self.echo_free else _PASS)
+            if verdict is _RESIDUE:
                 gated.append(j)
+                if self.preroll:
+                    self._held.append(near[j].copy())
+            elif verdict is _VOICE and self._held:
+                held = list(self._held)
+                while held and _dbfs(float(held[0].astype(np.float64) @ held[0]), FRAME) < PREROLL_FLOOR_DBFS:
+                    del held[0]  # (nothing of a voice there: the canceller had taken it all)
+                if held:
+                    onsets[j] = held
+                self._held.clear()
+            else:
+                self._held.clear()
             if far_db > FAR_ACTIVE_DBFS:
                 stats.erle_near += near_e[j]
                 stats.erle_out += out_e[j]
@@ -453,8 +493,16 @@ class EchoPath:
         n = near.size
         stats.near_dbfs, stats.out_dbfs = _dbfs(sum(near_e), n), _dbfs(sum(out_e), n)
         stats.echo_dbfs, stats.far_dbfs = _dbfs(float(np.einsum("ij,ij->", echo, echo)), n), _dbfs(sum(far_e), n)
+        if not onsets:
+            return near.tobytes()
+        pieces = []
+        for j in range(count):
+            pieces.extend(onsets.get(j, ()))
+            pieces.append(near[j])
+            stats.preroll_frames += len(onsets.get(j, ()))
+        return np.concatenate(pieces).tobytes()
 
-    def _rest(self, near: np.ndarray) -> None:
+    def _rest(self, near: np.ndarray) -> bytes:
         """Whole 10 ms frames while the far end has long been silent (:attr:`idle`): only the
         engine's :meth:`~Engine.idle` (often nothing), in place, and the levels."""
         cleaned = self.engine.idle(near)
@@ -465,6 +513,9 @@ class EchoPath:
         stats.near_dbfs = stats.out_dbfs = _dbfs(float(pcm @ pcm), pcm.size)
         stats.echo_dbfs = stats.far_dbfs = float("-inf")
         self._far_levels.extend([float("-inf")] * near.shape[0])  # (the gate sees the far end's onset)
+        self._far_quiet += near.shape[0]
+        self._held.clear()
+        return near.tobytes()
 
     def _learn(self, near_e: float, out_e: float, far_e: float) -> None:
         """One frame where the far end sounds, towards :attr:`converged` (and :attr:`echo_free`)."""
@@ -474,18 +525,42 @@ class EchoPath:
             # it cancels the echo, or there is none to cancel (headphones)
             self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
             self.converged = self.echo_free or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB
+            if self.converged and not self.echo_free:
+                self.erl_db = min(MAX_ERL_DB, 10 * math.log10((n_sum + 1) / (f_sum + 1)))
+                # what the canceller takes out, less a margin, is how far below the echo a voice shows
+                erle = 10 * math.log10((n_sum + 1) / (c_sum + 1))
+                self._voice_margin_db = min(VOICE_BELOW_ECHO_DB, max(VOICE_MIN_DB, erle - VOICE_ERLE_MARGIN_DB))
 
     # ------------------------------------------------------------------ internals
 
-    def _residual(self, near_db: float, out_db: float, far_db: float) -> bool:
-        """Is this frame's output the echo's residue rather than someone speaking (see :attr:`gate`)?"""
+    def _residual(self, near_db: float, out_db: float, far_db: float) -> object:
+        """Is this frame's output the echo's residue (``_RESIDUE``: gated), clearly someone's voice
+        (``_VOICE``: the gate stays open a while), or neither (``_PASS``)? See :attr:`gate`."""
         history = self._far_levels
         history.append(far_db)
+        if far_db <= FAR_ACTIVE_DBFS:
+            self._far_quiet += 1
+        else:
+            if self._far_quiet >= ONSET_QUIET_FRAMES:  # the far end starts after a pause: a reply, a sentence
+                self._since_onset = 0
+            self._far_quiet = 0
+        self._since_onset += 1
         loudest = max(history)
         if loudest <= FAR_ACTIVE_DBFS:
-            return False  # the far end is silent: whatever is left is the room's
-        onset = min(list(history)[-ONSET_FRAMES:]) <= FAR_ACTIVE_DBFS
-        return out_db < loudest - GATE_BELOW_FAR_DB or (onset and out_db < near_db - GATE_ONSET_DB)
+            self._open = 0
+            return _PASS  # the far end is silent: whatever is left is the room's
+        echo = loudest + self.erl_db  # the loudest echo to expect in the microphone
+        if self._since_onset <= ONSET_FRAMES:  # the canceller may lag here: what it took much out of is residue
+            residue = out_db < echo - GATE_BELOW_ECHO_DB or out_db < near_db - GATE_ONSET_DB
+            return _RESIDUE if residue else _PASS
+        if self.converged and out_db >= max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS):  # no residue is that loud
+            opened = self._open == 0
+            self._open = HANGOVER_FRAMES
+            return _VOICE if opened else _PASS
+        if self._open > 0:
+            self._open -= 1
+            return _PASS
+        return _RESIDUE if out_db < echo - GATE_BELOW_ECHO_DB else _PASS
 
     def _drain_far(self) -> None:
         """Resample the far blocks handed since the last call into the ring, on their timeline.
@@ -560,6 +635,9 @@ class EchoPath:
         out[lo - index:lo - index + k] = self._ring[first:first + k]
         out[lo - index + k:hi - index] = self._ring[:n - k]
         return out
+
+
+_PASS, _RESIDUE, _VOICE = object(), object(), object()
 
 
 class _Identity:
