@@ -78,7 +78,10 @@ GATE_BELOW_ECHO_DB = 25.0
 GATE_ONSET_DB = 3.0
 VOICE_BELOW_ECHO_DB = 20.0
 VOICE_MIN_DB = 6.0
-VOICE_ERLE_MARGIN_DB = 6.0
+VOICE_ERLE_MARGIN_DB = 8.0
+VOICE_FRAMES = 1
+#: After convergence the canceller still settles: no voice is told from its residue meanwhile.
+SETTLE_FRAMES = 100
 VOICE_FLOOR_DBFS = -50.0
 HANGOVER_FRAMES = 20
 PREROLL_FRAMES = 20
@@ -356,6 +359,8 @@ class EchoPath:
         self._far_quiet = ONSET_QUIET_FRAMES  # far frames in a row at or below FAR_ACTIVE_DBFS
         self._since_onset = ONSET_FRAMES + 1  # frames since the far end started after a pause
         self._open = 0  # frames the gate stays open after a frame clearly someone's voice
+        self._loud = 0  # frames in a row as loud as only a voice can be
+        self._settling = 0  # frames before a voice may be told from the residue (SETTLE_FRAMES after convergence)
         self._voice_margin_db = VOICE_MIN_DB  # a voice this far below the echo is clearly not its residue
         #: Pre-roll: the gate's frames just before it sees a voice are held (their canceller output,
         #: up to ``PREROLL_FRAMES``); when it does see one, they go up before that frame. A voice
@@ -530,6 +535,7 @@ class EchoPath:
                 # what the canceller takes out, less a margin, is how far below the echo a voice shows
                 erle = 10 * math.log10((n_sum + 1) / (c_sum + 1))
                 self._voice_margin_db = min(VOICE_BELOW_ECHO_DB, max(VOICE_MIN_DB, erle - VOICE_ERLE_MARGIN_DB))
+                self._settling = SETTLE_FRAMES
 
     # ------------------------------------------------------------------ internals
 
@@ -553,10 +559,16 @@ class EchoPath:
         if self._since_onset <= ONSET_FRAMES:  # the canceller may lag here: what it took much out of is residue
             residue = out_db < echo - GATE_BELOW_ECHO_DB or out_db < near_db - GATE_ONSET_DB
             return _RESIDUE if residue else _PASS
-        if self.converged and out_db >= max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS):  # no residue is that loud
-            opened = self._open == 0
-            self._open = HANGOVER_FRAMES
-            return _VOICE if opened else _PASS
+        self._settling -= 1
+        if (self.converged and self._settling <= 0
+                and out_db >= max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS)):  # no residue is that loud
+            self._loud += 1
+            if self._loud >= VOICE_FRAMES:  # (a residue may spike for a frame; a voice goes on)
+                opened = self._open == 0
+                self._open = HANGOVER_FRAMES
+                return _VOICE if opened else _PASS
+        else:
+            self._loud = 0
         if self._open > 0:
             self._open -= 1
             return _PASS
