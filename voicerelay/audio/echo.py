@@ -17,8 +17,14 @@ Two sides, two PortAudio threads:
   gap in either (an underrun, an overflow) moves it, and the canceller learns again.
 
 After the canceller, a **residual echo gate** silences what is left of the echo at the far end's
-onsets (where cancellers lag a frame or two) and far below it: a voice detector such as
-webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. :attr:`EchoPath.converged`
+onsets after a pause (where cancellers lag a frame or two) and far below the echo to expect (the
+far end's level plus the echo return loss learnt with convergence): a voice detector such as
+webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. In double talk a voice
+starts as quietly as a residue, so the gate holds back what it silences: a frame no residue can
+be (within the canceller's own ERLE of the echo) opens it for 200 ms, and the frames it held just
+before go upstream first (a pre-roll: the start of the user's first word). What is left of the
+onset then is the canceller's own doing (AEC3 suppresses the first ~80 ms of a voice over the
+echo on the rig; livekit does not let its suppressor be tuned). :attr:`EchoPath.converged`
 says when the canceller has learnt the room (``talk`` mutes the microphone while a reply plays
 until then); :attr:`EchoPath.echo_free` when there is no echo to learn (headphones: the
 microphone goes up as it is).
