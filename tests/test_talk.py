@@ -532,7 +532,7 @@ async def test_speakers_that_go_away_mid_reply_stop_with_one_line(rig: audio_rig
     assert code == 2 and errors == ["voicerelay: error: the speakers (vr_speaker) went away during the session; "
                                     "start again, or use --follow-default to go on with the default device"], \
         talker.lines
-    assert not [line for line in talker.lines if "Traceback" in line or "ALSA" in line], talker.lines
+    assert not [line for line in talker.lines if "Traceback" in line or "ALSA" in line], "\n".join(talker.lines)
     events = recorded_events(folder)  # the recording is complete up to that moment: readable, the reply's audio in it
     assert any(e["type"] == "response.output_audio.delta" for e in events)
     assert soundfile.info(folder / "output.wav").duration > 0.5

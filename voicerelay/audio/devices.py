@@ -376,10 +376,13 @@ class _DeviceStream:
                                   f"{' '.join(str(exc).split())}{why}") from None
 
     def close(self) -> None:
-        """Stop and close the stream (idempotent)."""
+        """Stop and close the stream (idempotent). A stream whose device went away may fail to
+        stop (PortAudio: an unanticipated host error): it is closed all the same, quietly."""
         if not self._stream.closed:
-            self._stream.abort()
-            self._stream.close()
+            with _native_stderr(), contextlib.suppress(self._sd.PortAudioError):
+                self._stream.abort()
+            with _native_stderr(), contextlib.suppress(self._sd.PortAudioError):
+                self._stream.close()
 
 
 class Microphone(_DeviceStream):
