@@ -23,6 +23,12 @@ For each candidate:
    (a try the echo had already interrupted does not count either way: it is reported). The
    truncate's ``audio_end_ms`` is compared with what the speakers really played (from a capture
    of ``vr_speaker.monitor``, as ``tests/test_talk.py`` does): within 60 ms is the target.
+   **Double talk**: the same tries measure what the canceller and its gate leave of the user's
+   voice where it starts (a voice under the assistant's echo starts as quietly as a residue):
+   what was sent upstream is matched with the recording (cross-correlation, so audio the gate
+   held back and sent late is found), and the onset lost is the time from the voice's first
+   10 ms frame within 30 dB of its loudest to the first one sent at most 6 dB below what was
+   said; the user's transcript of each try is compared with "hello there".
 3. **ERLE** (dB) on the microphone path over the self-interruption run: the microphone's energy
    over the canceller's output while the far end sounds, without the residual echo gate (the
    canceller's own figure) and with it (what goes upstream).
@@ -51,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import backend_and_rig  # noqa: E402
+from common import backend_and_rig, read_recording  # noqa: E402
 from tests.audio_rig import AudioRig  # noqa: E402
 
 CANDIDATES = ["none", "webrtc", "aec-audio-processing", "speex"]
@@ -70,6 +76,7 @@ class Probe:
         self.deltas: dict[str, list[bytes]] = {}
         self.truncates: list[dict[str, Any]] = []
         self.mic_peak_dbfs = float("-inf")  # the microphone before cancellation, loudest 20 ms
+        self.sent: list[tuple[float, bytes]] = []  # (monotonic time, pcm) of each append sent upstream
 
     def attach(self, talk: Any) -> None:
         from voicerelay.conversation import Interrupted
@@ -84,6 +91,8 @@ class Probe:
                 self.deltas.setdefault(event["item_id"], []).append(base64.b64decode(event["delta"]))
             elif kind == "conversation.item.truncate":
                 self.truncates.append(dict(event))
+            elif kind == "input_audio_buffer.append":
+                self.sent.append((time.monotonic(), base64.b64decode(event["audio"])))
             record(direction, event)
 
         talk.record = on_event
@@ -116,6 +125,36 @@ def heard_extent_ms(capture: np.ndarray, reply: np.ndarray) -> tuple[float, floa
     end = int(quiet[0]) if quiet.size else loud.size
     later_sound = np.flatnonzero(np.abs(reply[end:]) > LOUD)
     return end / 24, (end + (int(later_sound[0]) if later_sound.size else reply.size - end)) / 24
+
+
+FRAME = 240  # 10 ms at 24 kHz
+
+
+def frame_levels(pcm: np.ndarray) -> np.ndarray:
+    x = pcm[: pcm.size // FRAME * FRAME].astype(np.float64).reshape(-1, FRAME)
+    return 10 * np.log10((x * x).mean(axis=1) + 1e-3)
+
+
+def onset_lost_ms(sent: np.ndarray, voice: np.ndarray) -> float | None:
+    """How much of ``voice``'s start is missing from ``sent`` (what went upstream around it), in ms.
+
+    ``voice`` is found in ``sent`` by cross-correlation of its loud part (from 200 ms after its
+    onset); then frame by frame: the onset is its first 10 ms frame within 30 dB of its loudest,
+    and what is lost runs until the first frame sent no more than 6 dB below the voice's own."""
+    levels = frame_levels(voice)
+    speech = np.flatnonzero(levels > levels.max() - 30)
+    onset = int(speech[0])
+    body = voice[(onset + 20) * FRAME:].astype(np.float64)
+    if sent.size < voice.size or body.size < FRAME:
+        return None
+    size = 1 << int(np.ceil(np.log2(sent.size + body.size)))  # (by FFT: the direct way holds the GIL for seconds)
+    corr = np.fft.irfft(np.fft.rfft(sent.astype(np.float64), size) * np.conj(np.fft.rfft(body, size)), size)
+    at = int(np.argmax(corr[: sent.size - body.size + 1])) - (onset + 20) * FRAME  # where voice[0] is in sent
+    if at < 0 or at + voice.size > sent.size:
+        return None
+    loss = frame_levels(sent[at:at + voice.size])[: levels.size] - levels
+    within = [k for k in speech if loss[k] > -6]
+    return (within[0] - onset) * 10.0 if within else None
 
 
 async def until(condition: Any, timeout: float) -> bool:
@@ -155,6 +194,10 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
             talk_ = probe.talk
             if name != "none" and talk_.echo is None:
                 raise SystemExit(f"{name}: echo cancellation did not start: {talk_.echo_off}")
+            if talk_.echo is not None and args.no_gate:
+                talk_.echo.gate = False
+            if talk_.echo is not None and args.no_preroll:
+                talk_.echo.preroll = False
             await asyncio.sleep(0.5)
 
             # 1. self-interruptions, nobody speaking
@@ -184,6 +227,7 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
                 result["erle_gated_db"] = echo.stats.erle_gated_db
                 result["cpu"] = echo.stats.cpu_per_audio_s
                 result["relearns"] = echo.stats.relearns
+                result["preroll_frames"] = getattr(echo.stats, "preroll_frames", None)
             if name == "none":
                 await played_out(talk_, 0.1)
                 return result  # no barge-in can be told from the echo's own
@@ -191,6 +235,9 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
             # 2. barge-ins through the echo
             await played_out(talk_, 15)
             detected = early = tries = 0
+            onsets_lost: list[float] = []
+            heard_right = heard_tries = 0
+            voice = read_recording("hello_there")
             errors_ms: list[float] = []
             within = 0
             with tempfile.TemporaryDirectory(prefix="vr-echo-") as folder:
@@ -209,12 +256,24 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
                         early += 1  # the echo cut it off before the user spoke
                     else:
                         said = time.monotonic()
+                        n_turns = len(probe.user_turns)
                         play = await asyncio.create_subprocess_exec(
                             "paplay", "--device=vr_mic_feed", str(ROOT / "recordings" / "hello_there.wav"),
                             env=rig.env(None, None))
                         if await until(lambda: len(probe.interrupted) > n_int, 5) and probe.interrupted[n_int] > said:
                             detected += 1
                         await play.wait()
+                        await until(lambda: len(probe.user_turns) > n_turns, 10)
+                        heard_tries += 1
+                        said_text = probe.user_turns[n_turns][1] if len(probe.user_turns) > n_turns else ""
+                        heard_right += said_text.strip().lower() == "hello there"
+                        sent = np.frombuffer(b"".join(pcm for t, pcm in probe.sent if said - 0.5 <= t <= said + 4.0),
+                                             dtype="<i2")
+                        lost = onset_lost_ms(sent, voice)
+                        if lost is not None:
+                            onsets_lost.append(lost)
+                        if args.verbose:
+                            print(f"  barge-in {k}: onset lost {lost} ms, heard {said_text!r}", flush=True)
                     await played_out(talk_, 15)
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait(5)
@@ -231,6 +290,7 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
                             errors_ms.append(error)
                             within += error <= 60
                     await asyncio.sleep(0.3)
+            result.update(onset_lost_ms=onsets_lost, heard_right=heard_right, heard_tries=heard_tries)
             result.update(barge_tries=tries, barge_detected=detected, barge_early=early,
                           truncate_within_60=within, truncate_measured=len(errors_ms),
                           truncate_worst_ms=max(errors_ms) if errors_ms else None)
@@ -249,7 +309,8 @@ def fmt(value: Any, spec: str = "", none: str = "—") -> str:
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = [("candidate", f"self-interruptions ({args.replies} replies)", "replies affected",
-             f"barge-ins detected ({args.barge_ins})", "truncate ≤ 60 ms", "ERLE dB (gate)", "CPU / s audio")]
+             f"barge-ins detected ({args.barge_ins})", "truncate ≤ 60 ms", "onset lost ms p50/max",
+             "\"hello there\" heard", "ERLE dB (gate)", "CPU / s audio")]
     for r in results:
         barge = ("—" if "barge_tries" not in r else
                  f"{r['barge_detected']}/{r['barge_tries'] - r['barge_early']}"
@@ -258,8 +319,11 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['truncate_within_60']}/{r['truncate_measured']} (worst {fmt(r['truncate_worst_ms'], '.0f')} ms)")
         erle = "—" if r.get("erle_db") is None else f"{r['erle_db']:.1f} ({fmt(r.get('erle_gated_db'), '.1f')})"
         cpu = "—" if r.get("cpu") is None else f"{r['cpu'] * 100:.2f} %"
+        lost = r.get("onset_lost_ms") or []
+        onset = "—" if not lost else f"{np.median(lost):.0f}/{max(lost):.0f} ({len(lost)})"
+        heard = "—" if not r.get("heard_tries") else f"{r['heard_right']}/{r['heard_tries']}"
         rows.append((r["candidate"], f"{r['self_interruptions']}", f"{r['replies_affected']}/{r['replies_valid']}",
-                     barge, trunc, erle, cpu))
+                     barge, trunc, onset, heard, erle, cpu))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -284,6 +348,9 @@ if __name__ == "__main__":
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
                         help=f"comma-separated, of {', '.join(CANDIDATES)} (default all)")
     parser.add_argument("--verbose", action="store_true", help="say which replies were cut off and by what")
+    parser.add_argument("--no-gate", action="store_true", help="without the residual echo gate (the canceller alone)")
+    parser.add_argument("--no-preroll", action="store_true",
+                        help="the gate without its pre-roll (a voice onset it held back is not sent)")
     args = parser.parse_args()
     with backend_and_rig() as (url, rig):
         asyncio.run(main(args, url, rig))

@@ -3,6 +3,7 @@
     python benchmarks/talk_latency.py               # about 30 s
     python benchmarks/talk_latency.py --replies 5 --listen-seconds 10
     python benchmarks/talk_latency.py --terminal    # with the live state line a terminal shows
+    python benchmarks/talk_latency.py --duplex full # without echo cancellation (the default is auto, as talk's)
 
 Set-up: a private PulseAudio server (``tests/audio_rig.py``: microphone ``vr_mic``, speakers
 ``vr_speaker``), reached by PortAudio through ALSA's ``pulse`` device at its own rate (44.1 kHz,
@@ -24,14 +25,17 @@ into the microphone with ``paplay``.
    is the reply itself, not latency.)
 3. CPU % of one core: this process's CPU time (all its threads: PortAudio's callbacks, soxr,
    the event loop, the WebSocket) over wall time, while listening (``--listen-seconds`` of
-   microphone input and no reply; the output stream rests) and while playing (2.5 s from 0.3 s
-   into each reply, the microphone still streaming). By default the console is not a terminal,
+   microphone input and no reply, before the first reply and again after the last: the output
+   stream has not started yet, then rests or, with echo cancellation, runs on) and while
+   playing (2.5 s from 0.3 s into each reply, the microphone still streaming). By default the console is not a terminal,
    so the plain view prints lines only; ``--terminal`` renders its live state line (redrawn every
-   tick) as a person at a terminal sees it. The playing figure is also split by thread (Linux:
+   tick) as a person at a terminal sees it. Both figures are also split by thread (Linux:
    ``/proc/self/task/*/schedstat``): the event loop, PortAudio's input thread (the microphone's
    callback), the PulseAudio client threads of ALSA's pulse plugin (one per stream), and the
    rest, which is PortAudio's output thread (the speaker's callback; a new one each time the
-   output stream starts).
+   output stream starts). With echo cancellation (``--duplex auto``, talk's default) the echo
+   path runs on PortAudio's input thread, and the output stream never rests: its CPU, and the
+   time the echo path spent (its own thread CPU clock), are printed too.
 
 The CPU figures move by a few tenths of a percent from run to run on a busy machine: compare
 runs made in the same conditions, alternating.
@@ -129,6 +133,21 @@ def by_thread(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, in
         into[group] += ns - before.get(tid, (name, 0))[1]
 
 
+async def listen(talk: Any, probe: Probe, seconds: float) -> dict[str, Any]:
+    """CPU while listening for ``seconds`` (nobody speaks, no reply): % of one core in all, by
+    thread, and in the echo path (if any); whether the output stream ran meanwhile."""
+    echo = talk.echo
+    echo0 = echo.stats.cpu_s if echo is not None else 0.0
+    threads: collections.Counter[str] = collections.Counter()
+    tasks0, cpu0, wall0 = thread_times(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    wall = time.monotonic() - wall0
+    cpu = (time.process_time() - cpu0) / wall * 100
+    by_thread(tasks0, thread_times(), probe, threads)
+    return {"cpu": cpu, "threads": threads, "wall": wall, "output": talk.speaker.active,
+            "echo": (echo.stats.cpu_s - echo0) / wall * 100 if echo is not None else None}
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -141,7 +160,7 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
     from voicerelay.talk import TalkOptions, talk
 
     probe = Probe()
-    options = TalkOptions(backend=backend_url, dialect=Dialect.GA)
+    options = TalkOptions(backend=backend_url, dialect=Dialect.GA, duplex=args.duplex)
     quiet = Console(file=io.StringIO(), force_terminal=args.terminal, width=120)
     session = asyncio.create_task(talk(options, quiet, quiet, on_start=probe.attach))
     try:
@@ -153,11 +172,10 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
         mic, speaker = talk_.mic, talk_.speaker
         await asyncio.sleep(1.0)
 
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        await asyncio.sleep(args.listen_seconds)
-        listening = (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
+        echo = talk_.echo
+        listening = await listen(talk_, probe, args.listen_seconds)
 
-        first_audio, playing_cpu, playing_wall = [], 0.0, 0.0
+        first_audio, playing_cpu, playing_wall, playing_echo = [], 0.0, 0.0, 0.0
         threads: collections.Counter[str] = collections.Counter()
         for n in range(args.replies):
             stem = REPLIES[n % len(REPLIES)]
@@ -172,9 +190,11 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"no reply to {stem}")
             await asyncio.sleep(0.3)  # into the reply (all replies here last 3 s or more)
+            echo0 = echo.stats.cpu_s if echo is not None else 0.0
             tasks0, cpu0, wall0 = thread_times(), time.process_time(), time.monotonic()
             await asyncio.sleep(PLAYING_WINDOW_S)  # one sleep: no polling of ours inside the window
             playing_cpu += time.process_time() - cpu0
+            playing_echo += echo.stats.cpu_s - echo0 if echo is not None else 0.0
             playing_wall += time.monotonic() - wall0
             by_thread(tasks0, thread_times(), probe, threads)
             if talk_.buffer.idle:
@@ -185,6 +205,8 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
             if latency is not None:
                 first_audio.append(latency * 1000)
             await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
+        listening_after = await listen(talk_, probe, args.listen_seconds)  # the output stream may run on
         underruns, overflows, underflows = talk_.buffer.underruns, mic.overflows, speaker.underflows
         talk_.quit()
         await session
@@ -194,6 +216,7 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
             await asyncio.gather(session, return_exceptions=True)
 
     sent = probe.mic_to_sent
+    print(f"duplex {talk_.duplex}" + (f" (echo cancellation: {echo.engine.name})" if echo is not None else ""))
     print(f"devices: microphone {mic.device.name!r} at {mic.rate} Hz (input latency {mic.latency * 1000:.1f} ms), "
           f"speaker {speaker.device.name!r} at {speaker.rate} Hz (output latency {speaker.latency * 1000:.1f} ms); "
           f"20 ms frames; input blocks of 40 ms, output blocks of 20 ms")
@@ -202,12 +225,20 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
     print(f"delta received -> played:           p50 {statistics.median(first_audio):5.1f} ms   "
           f"max {max(first_audio):5.1f} ms   ({len(first_audio)} replies: "
           f"{', '.join(f'{v:.0f}' for v in first_audio)})      target <= 60 ms")
-    print(f"CPU, one core:  listening {listening:4.1f} %  ({args.listen_seconds:g} s)   "
-          f"playing {playing_cpu / playing_wall * 100:4.1f} %  ({playing_wall:.1f} s of replies)      target < 5 %"
+    print(f"CPU, one core:  listening {listening['cpu']:4.1f} %  ({args.listen_seconds:g} s)   "
+          f"playing {playing_cpu / playing_wall * 100:4.1f} %  ({playing_wall:.1f} s of replies)   "
+          f"listening after the replies {listening_after['cpu']:4.1f} %"
+          f" (output stream {'running' if listening_after['output'] else 'resting'})      target < 5 %"
           + ("   (live state line drawn)" if args.terminal else ""))
-    if threads:
-        print("  playing, by thread: " + ",  ".join(f"{group} {ns / 1e9 / playing_wall * 100:.2f} %"
-                                                  for group, ns in threads.most_common()))
+    for what, counts, wall in (("listening", listening["threads"], listening["wall"]),
+                               ("playing", threads, playing_wall),
+                               ("listening after", listening_after["threads"], listening_after["wall"])):
+        if counts:
+            print(f"  {what}, by thread: " + ",  ".join(f"{group} {ns / 1e9 / wall * 100:.2f} %"
+                                                       for group, ns in counts.most_common()))
+    if echo is not None:
+        print(f"  echo path (in PortAudio input): listening {listening['echo']:.2f} %,  "
+              f"playing {playing_echo / playing_wall * 100:.2f} %,  listening after {listening_after['echo']:.2f} %")
     print(f"playback underruns {underruns}, microphone overflows {overflows}, speaker underflows {underflows}")
 
 
@@ -217,6 +248,8 @@ if __name__ == "__main__":
     parser.add_argument("--listen-seconds", type=float, default=5.0, help="listening window (default 5)")
     parser.add_argument("--terminal", action="store_true",
                         help="render the live state line, as in a terminal (the default console is not one)")
+    parser.add_argument("--duplex", choices=("auto", "full", "half"), default="auto",
+                        help="talk's --duplex (default auto: echo cancellation, as talk's default)")
     args = parser.parse_args()
     with backend_and_rig() as (url, _rig):
         asyncio.run(main(args, url))

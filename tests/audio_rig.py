@@ -50,7 +50,7 @@ class AudioRig:
             "PULSE_SERVER": f"unix:{self.folder / 'run' / 'native'}",
         }
         self._daemon: subprocess.Popen[bytes] | None = None
-        self._keepalive: list[subprocess.Popen[bytes]] = []
+        self._keepalive: dict[str, subprocess.Popen[bytes]] = {}  # sink name -> its silence stream
         self._log = None
 
     def env(self, source: str | None = "vr_mic", sink: str | None = "vr_speaker") -> dict[str, str]:
@@ -88,11 +88,7 @@ class AudioRig:
             self.pactl("set-default-sink", "vr_speaker")
             self.pactl("set-default-source", "vr_mic")
             for sink in SINKS:  # keep both null sinks clocked (see the module docstring)
-                self._keepalive.append(subprocess.Popen(
-                    ["pacat", "--playback", "--latency-msec=20", f"--device={sink}", f"--rate={RATE}",
-                     "--channels=1", "--format=s16le", "/dev/zero"],
-                    env=self.env(None, None), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL))
+                self._clock(sink)
             self._wait(lambda: self.pactl("list", "short", "sinks").count("RUNNING") >= len(SINKS),
                        "the rig's sinks did not start running")
             self._wait_for_microphone()
@@ -101,6 +97,34 @@ class AudioRig:
             self.stop()
             raise
         return self
+
+    def _clock(self, sink: str) -> None:
+        """Play silence into ``sink`` for as long as the rig runs (or :meth:`unplug_sink`)."""
+        self._keepalive[sink] = subprocess.Popen(
+            ["pacat", "--playback", "--latency-msec=20", f"--device={sink}", f"--rate={RATE}",
+             "--channels=1", "--format=s16le", "/dev/zero"],
+            env=self.env(None, None), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def plug_sink(self, name: str) -> None:
+        """Add a null sink ``name`` (24 kHz mono, clocked), or put back one :meth:`unplug_sink` removed."""
+        self.pactl("load-module", "module-null-sink", f"sink_name={name}", f"rate={RATE}", "channels=1",
+                   "format=s16le", f"sink_properties=device.description={name}")
+        self._clock(name)
+        self._wait(lambda: any(line.split("\t")[1:2] == [name] and "RUNNING" in line
+                               for line in self.pactl("list", "short", "sinks").splitlines()),
+                   f"the rig's sink {name} did not start running")
+
+    def unplug_sink(self, name: str) -> None:
+        """Remove the sink ``name`` as an unplugged headset goes: its module is unloaded (the server
+        moves the streams that played into it to its default sink)."""
+        keepalive = self._keepalive.pop(name, None)
+        if keepalive is not None:
+            keepalive.terminate()
+            keepalive.wait(5)
+        module = next(line.split("\t")[0] for line in self.pactl("list", "short", "modules").splitlines()
+                      if "module-null-sink" in line and f"sink_name={name} " in line + " ")
+        self.pactl("unload-module", module)
 
     def echo(self, gain_db: float = -6.0, delay_ms: int = 30) -> Echo:
         """Feed what the speakers play back into the microphone, as laptop speakers do: a
@@ -138,10 +162,10 @@ class AudioRig:
         raise RuntimeError(f"{message}; pulse.log ends with:\n{log}")
 
     def stop(self) -> None:
-        for proc in [*self._keepalive, self._daemon]:
+        for proc in [*self._keepalive.values(), self._daemon]:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in [*self._keepalive, self._daemon]:
+        for proc in [*self._keepalive.values(), self._daemon]:
             if proc is not None:
                 try:
                     proc.wait(5)

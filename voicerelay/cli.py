@@ -587,11 +587,14 @@ def talk(
     noise_suppression: Annotated[bool, typer.Option(
         "--noise-suppression", help="With --duplex auto: also suppress steady noise in the microphone.")] = False,
     follow_default: Annotated[bool, typer.Option(
-        "--follow-default", help="When the microphone or the speakers go away mid-session (PulseAudio: "
-                                 "the source or sink removed), go on with the default device instead of "
-                                 "stopping with exit code 2.")] = False,
+        "--follow-default", help="When the microphone or the speakers go away mid-session, go on with the "
+                                 "default device instead of stopping with exit code 2. With PulseAudio or "
+                                 "PipeWire only (the source or sink removed); elsewhere PortAudio lists the "
+                                 "devices once, at start, and a device that goes away stops talk with one "
+                                 "line and exit code 2 all the same.")] = False,
     high_pass: Annotated[bool, typer.Option(
-        "--high-pass/--no-high-pass", help="With --duplex auto: filter out rumble below ~80 Hz.")] = True,
+        "--high-pass/--no-high-pass", help="With --duplex auto: the canceller filters out rumble below ~80 Hz "
+                                           "(while it cancels: it rests between replies).")] = True,
     record: Annotated[Path | None, typer.Option(metavar="DIR",
         help="Record the session into this new folder (in the TUI, [bold]r[/] stops and starts recordings).",
         show_default=False)] = None,

@@ -52,7 +52,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
-from .audio.devices import Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
+from .audio.devices import AlsaNotices, Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
 from .errors import DeviceError, UsageError
@@ -83,6 +83,9 @@ TICK_S = 0.1
 #: The plain view's live state line is redrawn every this many ticks: a redraw costs ~0.6 ms,
 #: 10 a second were a fifth of talk's CPU while a reply plays.
 REDRAW_TICKS = 3
+#: A started stream that has not called back for this long has lost its device (where no sound
+#: server moves a stream to another device, a removed device's stream just stops).
+STALL_S = 3.0
 #: Ctrl-C: how long the upstream may take to close before it is abandoned.
 CLOSE_TIMEOUT_S = 1.5
 
@@ -226,9 +229,12 @@ class SpeakerPlayback:
     aborted on barge-in (silence within one output block), except with echo cancellation
     (``keep_running``: silence once the device has played what it holds, which is counted)."""
 
-    def __init__(self, buffer: PlaybackBuffer, speaker: Speaker, keep_running: bool = False) -> None:
+    def __init__(self, buffer: PlaybackBuffer, speaker: Speaker, keep_running: bool = False,
+                 on_failure: Callable[[DeviceError], None] | None = None) -> None:
         self.buffer = buffer
         self.speaker = speaker
+        #: the output stream cannot start (its device went away): told here, the session ends
+        self.on_failure = on_failure
         #: echo cancellation: the output stream never stops once started (each start changes the
         #: output's latency by a few ms, which the canceller must learn again while the assistant's
         #: voice leaks into the microphone); on barge-in what the device holds plays out and counts
@@ -237,7 +243,12 @@ class SpeakerPlayback:
     def feed(self, audio: PlayAudio) -> None:
         self.buffer.feed(audio.pcm, audio.item_id)
         if not self.speaker.active:
-            self.speaker.start()
+            try:
+                self.speaker.start()
+            except DeviceError as exc:
+                if self.on_failure is None:
+                    raise
+                self.on_failure(exc)
 
     def finish(self) -> None:
         self.buffer.finish()  # what is queued may play out without a pre-roll
@@ -279,7 +290,8 @@ class Talk:
         self.mic = mic
         self.speaker = speaker
         self.recorder = recorder
-        self.conversation = Conversation(relay, SpeakerPlayback(buffer, speaker, keep_running=echo is not None),
+        self.conversation = Conversation(relay, SpeakerPlayback(buffer, speaker, keep_running=echo is not None,
+                                                                on_failure=self.device_failed),
                                          close_timeout=CLOSE_TIMEOUT_S)
         self.recording_used = recorder is not None  # --record DIR names the first recording only
         self.talking = not options.push_to_talk  # push-to-talk: only between two presses
@@ -293,6 +305,7 @@ class Talk:
         self._stop = stop
         self._device_gone: DeviceError | None = None
         self.lint = StreamLinter() if options.lint else None
+        self._ticked_at = 0.0
         relay.recorder = self  # every wire event passes through record(): the recording, the linter and the view
 
     def quit(self) -> None:
@@ -357,11 +370,45 @@ class Talk:
         the command ends with a one-line error (exit code 2)."""
         if self.options.follow_default:
             self.view.line(f"the {kind} ({name}) went away: going on with the default device", "yellow", err=True)
+            # the server moved the running streams to its default devices; a stream opened or restarted
+            # from now on must not look for the device that is gone (libpulse reads these when it opens)
+            variable = "PULSE_SOURCE" if kind == "microphone" else "PULSE_SINK"
+            if os.environ.get(variable) == name:
+                del os.environ[variable]
+            if kind == "speakers":  # it restarts with each reply (and starts with the first): open it anew
+                try:
+                    self.speaker.reopen()
+                except DeviceError as exc:
+                    self.device_failed(exc)
+                    return
             if self.echo is not None:
                 self.echo.relearn()  # another room, another delay
             return
         self._device_gone = DeviceError(f"the {kind} ({name}) went away during the session; start again, "
                                         "or use --follow-default to go on with the default device")
+        self._stop.set()
+
+    def _check_streams(self, now: float) -> None:
+        """A stream that should be running and has not called back for ``STALL_S`` lost its device.
+
+        Not on a tick that comes late: the event loop was held up (the callbacks need the GIL too,
+        and they get it back first), and the next tick looks again."""
+        late, self._ticked_at = now - self._ticked_at > 1.0, now
+        if late:
+            return
+        stalled = [kind for kind, stream, running in (("microphone", self.mic, self.live_audio),
+                                                      ("speakers", self.speaker, self.speaker.active or not self.buffer.idle))
+                   if running and stream.last_block_at and now - stream.last_block_at > STALL_S]
+        if stalled and self._device_gone is None:
+            follow = ("; --follow-default follows a device that goes away only with PulseAudio or PipeWire "
+                      "(elsewhere the devices are listed once, when talk starts)" if self.options.follow_default else "")
+            self.device_failed(DeviceError(f"the {stalled[0]} stopped (no audio for {STALL_S:.0f} s: the device went "
+                                           f"away?); start again{follow}"))
+
+    def device_failed(self, error: DeviceError) -> None:
+        """A device cannot go on (it cannot start, or it stopped): end the session with this one line (exit code 2)."""
+        if self._device_gone is None:
+            self._device_gone = error
         self._stop.set()
 
     # ------------------------------------------------------------------ audio thread -> loop
@@ -522,9 +569,11 @@ class Talk:
     # ------------------------------------------------------------------ housekeeping
 
     def tick(self) -> None:
-        """Every TICK_S: rest the speakers, keep half duplex's echo tail, refresh the view."""
+        """Every TICK_S: rest the speakers, keep half duplex's echo tail, notice a stream that
+        stopped, refresh the view."""
         idle = self.buffer.idle
         now = time.monotonic()
+        self._check_streams(now)
         if not idle:
             self._sounding_at = now
             self._unmute_at = now + ECHO_TAIL_S
@@ -621,7 +670,9 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
     if options.push_to_talk and config.turn_detection_mode != "disabled":
         config = dataclasses.replace(config, turn_detection_mode="disabled")
     buffer = PlaybackBuffer(preroll_ms=PREROLL_MS)
+    notices = AlsaNotices()  # once the streams are open, ALSA's underrun notices go to the log
     with contextlib.ExitStack() as opened:  # closed last to first
+        opened.callback(notices.stop)  # (after the streams are closed)
         speaker = Speaker(speaker_device, buffer.read, block_ms=FRAME_MS, sd=sd)
         opened.callback(speaker.close)
         buffer.latency = speaker.latency
@@ -634,6 +685,7 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
                 duplex = "auto"
             except EchoUnavailable as exc:
                 duplex, echo_off = "half", str(exc)
+        notices.start()
         recorder = None
         if options.record is not None:
             from .recording import Recorder, RecordingError
@@ -651,8 +703,8 @@ async def run_talk(options: TalkOptions, view: View, stop: asyncio.Event,
                             echo=echo, duplex=duplex, echo_off=echo_off)
                 await talk.run(on_start)
         finally:
-            log.info("playback underruns %d, microphone overflows %d, speaker underflows %d", buffer.underruns,
-                     mic.overflows, speaker.underflows)
+            log.info("playback underruns %d, microphone overflows %d, speaker underflows %d, ALSA notices %d",
+                     buffer.underruns, mic.overflows, speaker.underflows, notices.count)
 
 
 #: The devices' latencies beyond which the far end cannot be matched with the microphone in time.

@@ -20,14 +20,19 @@
 Every :class:`DeviceError` message is one line fit for a CLI. PortAudio and ALSA write their own
 complaints about a device that fails to open straight to file descriptor 2 (five lines per rate
 tried); while a device is opened or probed they are caught (:func:`_native_stderr`): the ALSA
-reason goes into the one-line message, the rest is dropped. sounddevice is imported only
+reason goes into the one-line message, the rest is dropped. Once the streams are open, ALSA's
+notices of what its streams recovered from (``ALSA lib pcm.c:8570:(snd_pcm_recover) underrun
+occurred`` on a busy machine) go to the log instead (:class:`AlsaNotices`). sounddevice is imported only
 when a device is used, so the rest of voicerelay works on machines without PortAudio.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from time import monotonic as _monotonic  # (the callbacks' ``time`` argument is PortAudio's)
 from types import ModuleType
 from typing import Any, Literal
 
@@ -47,8 +53,10 @@ from voicerelay.audio.playback import LIVE_QUALITY, PlaybackBuffer
 from voicerelay.errors import DeviceError
 from voicerelay.protocol.audio import SAMPLE_RATE, FrameSplitter
 
-__all__ = ["Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
+__all__ = ["AlsaNotices", "Device", "DeviceError", "Microphone", "Speaker", "list_devices", "load_sounddevice",
            "pulse_devices", "select_device", "supported_rates"]
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["input", "output"]
 
@@ -254,6 +262,55 @@ def _native_stderr() -> Iterator[list[str]]:
                 os.write(2, b"".join(others))
 
 
+#: ALSA's error handler: ``void handler(const char *file, int line, const char *function, int err,
+#: const char *fmt, ...)``. The variable arguments are not read (ctypes cannot declare them).
+_ALSA_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+
+
+class AlsaNotices:
+    """While started, ALSA's messages go to this module's log (debug level), not to file descriptor 2.
+
+    ALSA prints what its streams recovered from, such as ``ALSA lib pcm.c:8570:(snd_pcm_recover)
+    underrun occurred`` when a callback came late, with its default error handler, straight to
+    fd 2: the middle of a line of the plain view, or of the TUI's screen. ``snd_lib_error_set_handler``
+    (alsa-lib's public API) replaces that handler for the whole process; :meth:`stop` puts the
+    default one back. Started once the streams are open: a device that fails to open says why
+    through :func:`_native_stderr`, which needs ALSA's formatted message. ``count`` is how many
+    messages were taken. Nothing happens where there is no ALSA library (macOS, Windows).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lib: Any = None
+        self._handler: Any = None  # the ctypes callback, kept alive while it is installed
+
+    def start(self) -> None:
+        path = ctypes.util.find_library("asound")
+        if path is None or self._handler is not None:
+            return
+        try:
+            lib = ctypes.CDLL(path)  # the library PortAudio loaded: one handler for both
+            lib.snd_lib_error_set_handler.argtypes = [_ALSA_HANDLER]
+            lib.snd_lib_error_set_handler.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return
+        handler = _ALSA_HANDLER(self._notice)
+        if lib.snd_lib_error_set_handler(handler) == 0:
+            self._lib, self._handler = lib, handler
+
+    def stop(self) -> None:
+        if self._handler is not None:
+            self._lib.snd_lib_error_set_handler(_ALSA_HANDLER())  # NULL: ALSA's default handler again
+            self._handler = None
+
+    def _notice(self, file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None) -> None:
+        self.count += 1
+        if log.isEnabledFor(logging.DEBUG):  # (the format's arguments cannot be read: the format as it is)
+            text = (fmt or b"").decode(errors="replace").strip()
+            log.debug("ALSA: %s:%d (%s) %s", (file or b"").decode(errors="replace"), line,
+                      (function or b"").decode(errors="replace"), text)
+
+
 class _DeviceStream:
     """What the two streams share: opening at the first usable rate, latency, start and close."""
 
@@ -262,6 +319,7 @@ class _DeviceStream:
 
     def _open(self, sd: ModuleType, kind: Kind, make: Callable[[int], Any]) -> None:
         """``make(rate)`` at the device's default rate, then the fallback rates; the first that opens."""
+        self._sd, self._kind, self._make = sd, kind, make
         failures = []
         with _native_stderr() as reasons:
             for rate in _rates(self.device):
@@ -276,6 +334,23 @@ class _DeviceStream:
         raise DeviceError(f"cannot open {kind} device {self.device.label()} at any usable rate "
                           f"(tried {', '.join(str(r) for r in _rates(self.device))} Hz): {failures[-1]}{why}")
 
+    def reopen(self) -> None:
+        """Close the stream and open a new one on the same device at the same rate, started if
+        the old one ran: the sound server behind the device (PulseAudio, PipeWire) connects a
+        new stream to its default device, while the old one, restarted, would look for the device
+        it was opened for (``PULSE_SINK``/``PULSE_SOURCE`` are read when a stream is opened)."""
+        was_active = self.active
+        self.close()
+        with _native_stderr() as reasons:
+            try:
+                self._stream = self._make(self.rate)
+            except (self._sd.PortAudioError, ValueError) as exc:
+                why = f"; ALSA: {reasons[-1]}" if reasons else ""
+                raise DeviceError(f"cannot open {self._kind} device {self.device.label()} again at {self.rate} Hz: "
+                                  f"{' '.join(str(exc).split())}{why}") from None
+        if was_active:
+            self.start()
+
     @property
     def latency(self) -> float:
         """The device's own latency, in seconds, as PortAudio reports it."""
@@ -285,15 +360,29 @@ class _DeviceStream:
     def active(self) -> bool:
         return bool(self._stream.active)
 
+    #: ``time.monotonic()`` of the last callback (or start): a stream whose device went away where no
+    #: sound server moves it (plain ALSA, CoreAudio, WASAPI) stops calling back, without an error
+    last_block_at = 0.0
+
     def start(self) -> None:
-        """Start (or resume) the stream."""
-        self._stream.start()
+        """Start (or resume) the stream; :class:`DeviceError` in one line when it cannot (its device went away)."""
+        self.last_block_at = _monotonic()
+        with _native_stderr() as reasons:
+            try:
+                self._stream.start()
+            except self._sd.PortAudioError as exc:
+                why = f"; ALSA: {reasons[-1]}" if reasons else ""
+                raise DeviceError(f"cannot start {self._kind} device {self.device.label()}: "
+                                  f"{' '.join(str(exc).split())}{why}") from None
 
     def close(self) -> None:
-        """Stop and close the stream (idempotent)."""
+        """Stop and close the stream (idempotent). A stream whose device went away may fail to
+        stop (PortAudio: an unanticipated host error): it is closed all the same, quietly."""
         if not self._stream.closed:
-            self._stream.abort()
-            self._stream.close()
+            with _native_stderr(), contextlib.suppress(self._sd.PortAudioError):
+                self._stream.abort()
+            with _native_stderr(), contextlib.suppress(self._sd.PortAudioError):
+                self._stream.close()
 
 
 class Microphone(_DeviceStream):
@@ -327,6 +416,7 @@ class Microphone(_DeviceStream):
             self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16", quality=LIVE_QUALITY)
 
     def _callback(self, indata: Any, frames: int, time: Any, status: Any) -> None:
+        self.last_block_at = _monotonic()
         if status.input_overflow:
             self.overflows += 1
         pcm = np.frombuffer(indata, dtype=_PCM16)
@@ -388,6 +478,7 @@ class Speaker(_DeviceStream):
         return soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="int16", quality=LIVE_QUALITY)
 
     def _callback(self, outdata: Any, frames: int, time: Any, status: Any) -> None:
+        self.last_block_at = _monotonic()
         if status.output_underflow:
             self.underflows += 1
         latency = time.outputBufferDacTime - time.currentTime
@@ -419,6 +510,12 @@ class Speaker(_DeviceStream):
                 block = np.concatenate((block, np.zeros(frames - block.size, dtype=_PCM16)))
             outdata[:] = block.tobytes()
             self._pending = pending[frames:]
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._pending = np.zeros(0, dtype=_PCM16)
+            self._resampler = self._new_resampler()
+        super().reopen()
 
     def pause(self) -> None:
         """Stop now, dropping what the device and the resampler hold; :meth:`start` resumes."""

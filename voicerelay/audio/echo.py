@@ -17,11 +17,23 @@ Two sides, two PortAudio threads:
   gap in either (an underrun, an overflow) moves it, and the canceller learns again.
 
 After the canceller, a **residual echo gate** silences what is left of the echo at the far end's
-onsets (where cancellers lag a frame or two) and far below it: a voice detector such as
-webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. :attr:`EchoPath.converged`
+onsets after a pause (where cancellers lag a frame or two) and far below the echo to expect (the
+far end's level plus the echo return loss learnt with convergence): a voice detector such as
+webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. In double talk a voice
+starts as quietly as a residue, so the gate holds back what it silences: a frame no residue can
+be (within the canceller's own ERLE of the echo) opens it for 200 ms, and the frames it held just
+before go upstream first (a pre-roll: the start of the user's first word). What is left of the
+onset then is the canceller's own doing (AEC3 suppresses the first ~80 ms of a voice over the
+echo on the rig; livekit does not let its suppressor be tuned). :attr:`EchoPath.converged`
 says when the canceller has learnt the room (``talk`` mutes the microphone while a reply plays
 until then); :attr:`EchoPath.echo_free` when there is no echo to learn (headphones: the
 microphone goes up as it is).
+
+While the far end has been silent for half a second (:attr:`EchoPath.idle`: between replies, so
+most of the time the user talks) the canceller rests and the microphone goes up as it is: each
+call into the canceller costs CPU on the audio thread (livekit's: two FFI requests a 10 ms
+frame), and there is no echo to take out. It resumes with the far end's first sound, which is
+known ``LEAD`` before its echo reaches the microphone.
 
 The canceller itself is an :class:`Engine`: :class:`WebRTCEngine` (WebRTC's audio processing
 module as livekit's ``rtc.AudioProcessingModule`` ships it: AEC3, noise suppression, high-pass
@@ -67,8 +79,28 @@ LEAD = SAMPLE_RATE * 40 // 1000
 #: the echo lags its reference by the lead plus the room), and the bounds.
 GATE_HISTORY_FRAMES = 20
 ONSET_FRAMES = 15
-GATE_BELOW_FAR_DB = 25.0
+ONSET_QUIET_FRAMES = 30
+GATE_BELOW_ECHO_DB = 25.0
 GATE_ONSET_DB = 3.0
+VOICE_BELOW_ECHO_DB = 20.0
+VOICE_MIN_DB = 6.0
+VOICE_ERLE_MARGIN_DB = 8.0
+VOICE_FRAMES = 1
+#: After convergence the canceller still settles: no voice is told from its residue meanwhile.
+SETTLE_FRAMES = 100
+VOICE_FLOOR_DBFS = -50.0
+HANGOVER_FRAMES = 20
+PREROLL_FRAMES = 20
+PREROLL_FLOOR_DBFS = -60.0
+#: The far end has been this quiet (no sample beyond ``QUIET_PEAK``, -70 dBFS) for ``IDLE_FRAMES``
+#: 10 ms frames: no echo is left in the room, and the canceller rests (see :attr:`EchoPath.idle`).
+QUIET_PEAK = 10
+IDLE_FRAMES = 50
+#: Quiet far blocks still resampled after the last sound (what the resampler holds comes out);
+#: later ones are not (nothing to resample: the ring reads as silence where nothing was written).
+FLUSH_BLOCKS = 3
+#: The echo return loss learnt is held to this (a microphone louder than the speakers' signal is noise).
+MAX_ERL_DB = 10.0
 #: When the canceller counts as converged (see :attr:`EchoPath.converged`).
 CONVERGED_FRAMES = 30
 CONVERGED_ERLE_DB = 20.0
@@ -94,12 +126,26 @@ class Engine(Protocol):
         """One 10 ms frame (``FRAME`` int16 samples each): the microphone less the echo of ``far``."""
         ...
 
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        """10 ms microphone frames (rows) while the far end has long been silent (no echo to
+        take out, see :attr:`EchoPath.idle`): only what the engine does to the microphone
+        anyway (noise suppression, say); ``near`` itself when that is nothing."""
+        ...
+
 
 class WebRTCEngine:
     """WebRTC's audio processing module (AEC3) through livekit's ``rtc.AudioProcessingModule``.
 
     The reference handed to it is already aligned with the microphone (see the module
-    docstring), so the delay it is told is the residual one: 0 ms.
+    docstring), so the delay it is told, once, is the residual one: 0 ms (AEC3 keeps it).
+
+    Each call into livekit is a request through its FFI (a protobuf message each way), which
+    costs about as much as the processing itself (measured: 70 us of a cold cache per call, and
+    a module with only its high-pass filter on costs 135 us a frame): a frame is two calls, and
+    nothing else. Frames are handed as ``bytearray`` (livekit would copy ``bytes`` into one) and
+    processed in place. While the far end is silent (:meth:`idle`) the module rests: the
+    microphone goes up as it is (the high-pass filter is the canceller's, and rests with it),
+    unless noise suppression is on (its noise estimate must follow the microphone throughout).
     """
 
     name = "webrtc"
@@ -109,17 +155,23 @@ class WebRTCEngine:
             from livekit import rtc
         except ImportError:
             raise EchoUnavailable("the echo canceller needs livekit: pip install 'voicerelay[aec]'") from None
-        self._rtc = rtc
+        self._frame = rtc.AudioFrame
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=noise_suppression,
                                               high_pass_filter=high_pass)
+        self._apm.set_stream_delay_ms(0)
+        self._noise_suppression = noise_suppression
+        self._silence = np.zeros(FRAME, dtype=_PCM16)
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
-        rtc = self._rtc
-        self._apm.process_reverse_stream(rtc.AudioFrame(far.tobytes(), SAMPLE_RATE, 1, FRAME))
-        self._apm.set_stream_delay_ms(0)
-        frame = rtc.AudioFrame(near.tobytes(), SAMPLE_RATE, 1, FRAME)
-        self._apm.process_stream(frame)
-        return np.frombuffer(frame.data, dtype=_PCM16).copy()
+        self._apm.process_reverse_stream(self._frame(bytearray(far), SAMPLE_RATE, 1, FRAME))
+        data = bytearray(near)
+        self._apm.process_stream(self._frame(data, SAMPLE_RATE, 1, FRAME))
+        return np.frombuffer(data, dtype=_PCM16)
+
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        if not self._noise_suppression:
+            return near
+        return np.stack([self.process(frame, self._silence) for frame in near])
 
 
 class SpeexEngine:
@@ -160,8 +212,9 @@ class SpeexEngine:
         denoise = ctypes.c_int(1 if noise_suppression else 0)
         lib.speex_preprocess_ctl(self._pre, self._PREPROCESS_SET_DENOISE, ctypes.byref(denoise))
         self._high_pass = high_pass
+        self._noise_suppression = noise_suppression
         self._dc = 0.0
-        self._out = np.zeros(FRAME, dtype=_PCM16)
+        self._silence = np.zeros(FRAME, dtype=_PCM16)
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         near = np.ascontiguousarray(near, dtype=_PCM16)
@@ -169,6 +222,14 @@ class SpeexEngine:
         out = np.empty(FRAME, dtype=_PCM16)
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data, far.ctypes.data, out.ctypes.data)
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data)
+        return self._dc_blocked(out)
+
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        if self._noise_suppression:  # the preprocessor's noise estimate follows the microphone throughout
+            return np.stack([self.process(frame, self._silence) for frame in near])
+        return np.stack([self._dc_blocked(frame) for frame in near]) if self._high_pass else near
+
+    def _dc_blocked(self, out: np.ndarray) -> np.ndarray:
         if self._high_pass:  # a DC blocker: the frame's mean, smoothed across frames
             self._dc = 0.9 * self._dc + 0.1 * float(out.mean())
             out = np.clip(out - round(self._dc), -32768, 32767).astype(_PCM16)
@@ -203,6 +264,10 @@ class AecAudioProcessingEngine:
         self._ap.process_reverse_stream(far.tobytes())
         return np.frombuffer(self._ap.process_stream(near.tobytes()), dtype=_PCM16).copy()
 
+    def idle(self, near: np.ndarray) -> np.ndarray:
+        silence = np.zeros(FRAME, dtype=_PCM16)
+        return np.stack([self.process(frame, silence) for frame in near])
+
 
 ENGINES = {"webrtc": WebRTCEngine, "speex": SpeexEngine, "aec-audio-processing": AecAudioProcessingEngine}
 
@@ -227,6 +292,7 @@ class EchoStats:
     echo_dbfs: float = float("-inf")  # the echo estimate: what was taken out
     far_dbfs: float = float("-inf")  # the reference
     gated: int = 0  # frames the residual echo gate silenced
+    preroll_frames: int = 0  # gated frames sent after all, before the voice they were the start of
     relearns: int = 0  # times a gap in a stream made the canceller learn the delay again
     erle_near: float = 0.0  # energy in and out while the far end sounds (for ERLE)
     erle_out: float = 0.0  # the canceller's output
@@ -285,15 +351,42 @@ class EchoPath:
         #: and eats the start of a voice over the far end (AEC3 does: half the frames of "hello"
         #: 10 dB down). Measured with convergence; measured again after a gap (:meth:`relearn`).
         self.echo_free = False
+        #: The far end has been silent for ``IDLE_FRAMES`` (half a second: a room's echo has died
+        #: away): the canceller rests, only :meth:`Engine.idle` runs (its high-pass filter). While
+        #: the user talks and nothing plays, that is most of a session, and each call into the
+        #: canceller costs as much CPU as the rest of the microphone's path. It resumes with the
+        #: first far-end frame that sounds, ``LEAD`` before that frame's echo can reach the
+        #: microphone, where it left off (the room has not changed meanwhile).
+        self.idle = False
+        #: The echo return loss (dB): the echo's level in the microphone less the far end's, learnt
+        #: with convergence (0 until then). The gate's bounds are set from the echo to expect.
+        self.erl_db = 0.0
         self._far_levels: collections.deque[float] = collections.deque(maxlen=GATE_HISTORY_FRAMES)
+        self._far_quiet = ONSET_QUIET_FRAMES  # far frames in a row at or below FAR_ACTIVE_DBFS
+        self._since_onset = ONSET_FRAMES + 1  # frames since the far end started after a pause
+        self._open = 0  # frames the gate stays open after a frame clearly someone's voice
+        self._loud = 0  # frames in a row as loud as only a voice can be
+        self._settling = 0  # frames before a voice may be told from the residue (SETTLE_FRAMES after convergence)
+        self._voice_margin_db = VOICE_MIN_DB  # a voice this far below the echo is clearly not its residue
+        #: Pre-roll: the gate's frames just before it sees a voice are held (their canceller output,
+        #: up to ``PREROLL_FRAMES``); when it does see one, they go up before that frame. A voice
+        #: starts quieter than it goes on, and under the assistant's echo its first syllable is
+        #: as quiet as a residue: the gate could not tell, and the user's first word lost its start.
+        self.preroll = True
+        self._held: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_FRAMES)
         self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
         self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
         self._written = None  # absolute 24 kHz index the ring is written up to (exclusive)
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler: soxr.ResampleStream | _Identity | None = None  # None: resting (see _drain_far)
+        self._segment_started = False
         self._segment_start = 0  # absolute index of the current far segment's first sample
-        self._segment_out = 0  # samples the current segment's resampler gave so far
+        self._segment_in = 0  # samples (at out_rate) of the current segment so far
+        self._stream_start = 0  # absolute index of the current resampler stream's first sample
+        self._segment_out = 0  # samples the current resampler stream gave so far
         self._segment_in_end = 0.0  # time the last far block handed ends
+        self._quiet_blocks = 0  # far blocks in a row with no sample beyond QUIET_PEAK
+        self._sound_end = -(1 << 62)  # absolute index where the far end last sounded (exclusive)
         self._near_rest = np.zeros(0, dtype=_PCM16)  # microphone samples short of a 10 ms frame
         self._near_index = 0  # absolute index of _near_rest's first sample
         self._near_started = False
@@ -315,10 +408,12 @@ class EchoPath:
 
     def near(self, frames: list[bytes], adc_time: float) -> list[bytes]:
         """24 kHz microphone frames (any length, multiples of 10 ms best) whose first sample was
-        captured at ``adc_time``: the same frames with the echo taken out."""
+        captured at ``adc_time``: the same frames with the echo taken out, cut to the same length
+        (the last may be shorter). A voice onset the gate held back comes before the frame where
+        the gate saw the voice (see :attr:`preroll`): then there is more audio than came in."""
         started = time.thread_time()
         self._drain_far()
-        pcm = np.frombuffer(b"".join(frames), dtype=_PCM16)
+        pcm = np.frombuffer(bytearray().join(frames), dtype=_PCM16)  # (writable: processed in place)
         # the microphone's timeline stays contiguous: the callbacks' capture times jitter by
         # a millisecond or two, and a reference that jumps by a sample at every block is one a
         # linear echo canceller cannot follow. It moves to the reported times only at a gap (an
@@ -337,87 +432,193 @@ class EchoPath:
             self._near_index += round(self._drift)
             self._drift = 0.0
         data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
-        out = np.empty_like(data)
-        stats = self.stats
         whole = data.size - data.size % FRAME
-        near_e = out_e = echo_e = far_e = 0.0
-        for i in range(0, whole, FRAME):
-            near = data[i:i + FRAME]
-            far = self._far_at(self._near_index + i + LEAD)
-            cleaned = self.engine.process(near, far)
-            if self.echo_free:  # nothing to cancel: the microphone as it is (see echo_free)
-                cleaned = near
-            n = near.astype(np.float64)
-            c = cleaned.astype(np.float64)
-            f = far.astype(np.float64)
-            ne, ce, fe = float(n @ n), float(c @ c), float(f @ f)
-            canceller_e = ce
-            if self.gate and not self.echo_free and self._residual(_dbfs(ne, FRAME), _dbfs(ce, FRAME), _dbfs(fe, FRAME)):
-                cleaned = np.zeros(FRAME, dtype=_PCM16)
-                c = cleaned.astype(np.float64)
-                ce = 0.0
-                stats.gated += 1
-            out[i:i + FRAME] = cleaned
-            d = n - c
-            near_e += ne
-            out_e += ce
-            echo_e += float(d @ d)
-            far_e += fe
-            if _dbfs(fe, FRAME) > FAR_ACTIVE_DBFS:
-                stats.erle_near += ne
-                stats.erle_out += canceller_e
-                stats.erle_gated_out += ce
-                if not self.converged:
-                    self._learning.append((ne, canceller_e, fe))
-                    if len(self._learning) == self._learning.maxlen:
-                        n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
-                        # it cancels the echo, or there is none to cancel (headphones)
-                        self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
-                        self.converged = (self.echo_free
-                                          or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB)
+        self.idle = self._sound_end <= self._near_index + LEAD - IDLE_FRAMES * FRAME
+        processed = b""
+        if whole and self.idle:
+            processed = self._rest(data[:whole].reshape(-1, FRAME))
+        elif whole:
+            processed = self._frames(data[:whole].reshape(-1, FRAME))
+        stats = self.stats
         stats.cpu_s += time.thread_time() - started
         stats.frames += whole // FRAME
-        if whole:
-            stats.near_dbfs, stats.out_dbfs = _dbfs(near_e, whole), _dbfs(out_e, whole)
-            stats.echo_dbfs, stats.far_dbfs = _dbfs(echo_e, whole), _dbfs(far_e, whole)
         # what is short of a whole frame waits for the next call; the caller gets what was processed
         self._near_rest = data[whole:].copy()
         self._near_index += whole
-        processed = out[:whole].tobytes()
         size = len(frames[0]) if frames else 0
         return [processed[j:j + size] for j in range(0, len(processed), size)] if size else []
 
+    def _frames(self, near: np.ndarray) -> bytes:
+        """Cancel the echo in whole 10 ms frames (rows of ``near``, the first at ``_near_index``), in
+        place; what goes upstream (with a voice onset the gate held back, see :attr:`preroll`).
+
+        The levels are measured for the whole block at once: each numpy call on a small array
+        costs a few microseconds on the audio thread's cold cache, more than its arithmetic.
+        """
+        count = near.shape[0]
+        far = self._far_at(self._near_index + LEAD, count * FRAME).reshape(count, FRAME)
+        before = near.astype(np.float64)
+        far_f = far.astype(np.float64)
+        near_e = np.einsum("ij,ij->i", before, before).tolist()
+        far_e = np.einsum("ij,ij->i", far_f, far_f).tolist()
+        engine = self.engine
+        for j in range(count):
+            cleaned = engine.process(near[j], far[j])
+            if not self.echo_free:  # (echo_free: nothing to cancel, the microphone as it is)
+                near[j] = cleaned
+        out = near.astype(np.float64)
+        out_e = np.einsum("ij,ij->i", out, out).tolist()
+        stats = self.stats
+        gated = []
+        onsets: dict[int, list[np.ndarray]] = {}  # frame -> the voice onset held back before it
+        for j in range(count):
+            far_db = _dbfs(far_e[j], FRAME)
+            verdict = (self._residual(_dbfs(near_e[j], FRAME), _dbfs(out_e[j], FRAME), far_db)
+                       if self.gate and not self.echo_free else _PASS)
+            if verdict is _RESIDUE:
+                gated.append(j)
+                if self.preroll:
+                    self._held.append(near[j].copy())
+            elif verdict is _VOICE and self._held:
+                held = list(self._held)
+                while held and _dbfs(float(held[0].astype(np.float64) @ held[0]), FRAME) < PREROLL_FLOOR_DBFS:
+                    del held[0]  # (nothing of a voice there: the canceller had taken it all)
+                if held:
+                    onsets[j] = held
+                self._held.clear()
+            else:
+                self._held.clear()
+            if far_db > FAR_ACTIVE_DBFS:
+                stats.erle_near += near_e[j]
+                stats.erle_out += out_e[j]
+                stats.erle_gated_out += 0.0 if gated and gated[-1] == j else out_e[j]
+                if not self.converged:
+                    self._learn(near_e[j], out_e[j], far_e[j])
+        if gated:
+            near[gated] = 0
+            out[gated] = 0.0
+            stats.gated += len(gated)
+            for j in gated:
+                out_e[j] = 0.0
+        echo = before - out
+        n = near.size
+        stats.near_dbfs, stats.out_dbfs = _dbfs(sum(near_e), n), _dbfs(sum(out_e), n)
+        stats.echo_dbfs, stats.far_dbfs = _dbfs(float(np.einsum("ij,ij->", echo, echo)), n), _dbfs(sum(far_e), n)
+        if not onsets:
+            return near.tobytes()
+        pieces = []
+        for j in range(count):
+            pieces.extend(onsets.get(j, ()))
+            pieces.append(near[j])
+            stats.preroll_frames += len(onsets.get(j, ()))
+        return np.concatenate(pieces).tobytes()
+
+    def _rest(self, near: np.ndarray) -> bytes:
+        """Whole 10 ms frames while the far end has long been silent (:attr:`idle`): only the
+        engine's :meth:`~Engine.idle` (often nothing), in place, and the levels."""
+        cleaned = self.engine.idle(near)
+        if cleaned is not near:
+            near[:] = cleaned
+        pcm = near.ravel().astype(np.float64)
+        stats = self.stats
+        stats.near_dbfs = stats.out_dbfs = _dbfs(float(pcm @ pcm), pcm.size)
+        stats.echo_dbfs = stats.far_dbfs = float("-inf")
+        self._far_levels.extend([float("-inf")] * near.shape[0])  # (the gate sees the far end's onset)
+        self._far_quiet += near.shape[0]
+        self._held.clear()
+        return near.tobytes()
+
+    def _learn(self, near_e: float, out_e: float, far_e: float) -> None:
+        """One frame where the far end sounds, towards :attr:`converged` (and :attr:`echo_free`)."""
+        self._learning.append((near_e, out_e, far_e))
+        if len(self._learning) == self._learning.maxlen:
+            n_sum, c_sum, f_sum = map(sum, zip(*self._learning, strict=True))
+            # it cancels the echo, or there is none to cancel (headphones)
+            self.echo_free = 10 * math.log10((f_sum + 1) / (n_sum + 1)) >= NO_ECHO_DB
+            self.converged = self.echo_free or 10 * math.log10((n_sum + 1) / (c_sum + 1)) >= CONVERGED_ERLE_DB
+            if self.converged and not self.echo_free:
+                self.erl_db = min(MAX_ERL_DB, 10 * math.log10((n_sum + 1) / (f_sum + 1)))
+                # what the canceller takes out, less a margin, is how far below the echo a voice shows
+                erle = 10 * math.log10((n_sum + 1) / (c_sum + 1))
+                self._voice_margin_db = min(VOICE_BELOW_ECHO_DB, max(VOICE_MIN_DB, erle - VOICE_ERLE_MARGIN_DB))
+                self._settling = SETTLE_FRAMES
+
     # ------------------------------------------------------------------ internals
 
-    def _residual(self, near_db: float, out_db: float, far_db: float) -> bool:
-        """Is this frame's output the echo's residue rather than someone speaking (see :attr:`gate`)?"""
+    def _residual(self, near_db: float, out_db: float, far_db: float) -> object:
+        """Is this frame's output the echo's residue (``_RESIDUE``: gated), clearly someone's voice
+        (``_VOICE``: the gate stays open a while), or neither (``_PASS``)? See :attr:`gate`."""
         history = self._far_levels
         history.append(far_db)
+        if far_db <= FAR_ACTIVE_DBFS:
+            self._far_quiet += 1
+        else:
+            if self._far_quiet >= ONSET_QUIET_FRAMES:  # the far end starts after a pause: a reply, a sentence
+                self._since_onset = 0
+            self._far_quiet = 0
+        self._since_onset += 1
         loudest = max(history)
         if loudest <= FAR_ACTIVE_DBFS:
-            return False  # the far end is silent: whatever is left is the room's
-        onset = min(list(history)[-ONSET_FRAMES:]) <= FAR_ACTIVE_DBFS
-        return out_db < loudest - GATE_BELOW_FAR_DB or (onset and out_db < near_db - GATE_ONSET_DB)
+            self._open = 0
+            return _PASS  # the far end is silent: whatever is left is the room's
+        echo = loudest + self.erl_db  # the loudest echo to expect in the microphone
+        if self._since_onset <= ONSET_FRAMES:  # the canceller may lag here: what it took much out of is residue
+            residue = out_db < echo - GATE_BELOW_ECHO_DB or out_db < near_db - GATE_ONSET_DB
+            return _RESIDUE if residue else _PASS
+        self._settling -= 1
+        if (self.converged and self._settling <= 0
+                and out_db >= max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS)):  # no residue is that loud
+            self._loud += 1
+            if self._loud >= VOICE_FRAMES:  # (a residue may spike for a frame; a voice goes on)
+                opened = self._open == 0
+                self._open = HANGOVER_FRAMES
+                return _VOICE if opened else _PASS
+        else:
+            self._loud = 0
+        if self._open > 0:
+            self._open -= 1
+            return _PASS
+        return _RESIDUE if out_db < echo - GATE_BELOW_ECHO_DB else _PASS
 
     def _drain_far(self) -> None:
+        """Resample the far blocks handed since the last call into the ring, on their timeline.
+
+        A segment is a run of contiguous blocks: its samples are placed from its first block's
+        time on, counted (``_segment_in``), not re-timed block by block. A long quiet run in it
+        (the output stream playing silence between replies) is not resampled: the resampler
+        stream is dropped once it has let out what it held, and a new one starts with the next
+        sound, at the place the count gives (a fraction of a sample from where the old one would
+        have put it).
+        """
         while self._blocks:
             dac_time, block = self._blocks.popleft()
-            if self._resampler is not None and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
+            if self._segment_started and abs(dac_time - self._segment_in_end) > MAX_JITTER_S:
                 # not contiguous with the last block (an underrun): a new segment, whose delay the
                 # canceller must learn again
-                self._resampler = None
+                self._segment_started = False
                 self.relearn()
-            if self._resampler is None:
-                self._resampler = (soxr.ResampleStream(self.out_rate, SAMPLE_RATE, 1, dtype="int16", quality="LQ")
-                                   if self.out_rate != SAMPLE_RATE else None)
+            if not self._segment_started:
+                self._segment_started, self._resampler = True, None
                 self._segment_start = round(dac_time * SAMPLE_RATE)
-                self._segment_out = 0
-                if self._resampler is None:  # no resampling needed: mark the segment with a sentinel
-                    self._resampler = _Identity()
+                self._segment_in = 0
+                self._quiet_blocks = 0
             self._segment_in_end = dac_time + block.size / self.out_rate
-            out = self._resampler.resample_chunk(block)
-            self._write(self._segment_start + self._segment_out, out)
-            self._segment_out += out.size
+            quiet = not block.size or (-QUIET_PEAK <= int(block.min()) and int(block.max()) <= QUIET_PEAK)
+            self._quiet_blocks = self._quiet_blocks + 1 if quiet else 0
+            if self._quiet_blocks <= FLUSH_BLOCKS:
+                if self._resampler is None:
+                    self._resampler = (soxr.ResampleStream(self.out_rate, SAMPLE_RATE, 1, dtype="int16", quality="LQ")
+                                       if self.out_rate != SAMPLE_RATE else _Identity())
+                    self._stream_start = self._segment_start + round(self._segment_in * SAMPLE_RATE / self.out_rate)
+                    self._segment_out = 0
+                out = self._resampler.resample_chunk(block)
+                self._write(self._stream_start + self._segment_out, out)
+                self._segment_out += out.size
+            else:
+                self._resampler = None
+            self._segment_in += block.size
+            if not quiet:
+                self._sound_end = self._segment_start + round(self._segment_in * SAMPLE_RATE / self.out_rate)
 
     def _write(self, index: int, samples: np.ndarray) -> None:
         size = self._ring.size
@@ -437,13 +638,13 @@ class EchoPath:
         self._ring[first:first + n] = samples[:n]
         self._ring[:samples.size - n] = samples[n:]
 
-    def _far_at(self, index: int) -> np.ndarray:
-        """The far end's ``FRAME`` samples at absolute index ``index`` (silence where none were heard)."""
+    def _far_at(self, index: int, count: int) -> np.ndarray:
+        """The far end's ``count`` samples from absolute index ``index`` (silence where none were heard)."""
         size = self._ring.size
-        out = np.zeros(FRAME, dtype=_PCM16)
+        out = np.zeros(count, dtype=_PCM16)
         if self._written is None:
             return out
-        lo, hi = max(index, self._written - size), min(index + FRAME, self._written)
+        lo, hi = max(index, self._written - size), min(index + count, self._written)
         if lo >= hi:
             return out
         first = lo % size
@@ -452,6 +653,9 @@ class EchoPath:
         out[lo - index:lo - index + k] = self._ring[first:first + k]
         out[lo - index + k:hi - index] = self._ring[:n - k]
         return out
+
+
+_PASS, _RESIDUE, _VOICE = object(), object(), object()
 
 
 class _Identity:
