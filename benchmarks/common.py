@@ -7,6 +7,7 @@ own ``tests/audio_rig.py``, imported only by :func:`backend_and_rig`.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -66,3 +67,13 @@ def backend_and_rig() -> Iterator[tuple[str, Any]]:
         backend.wait(10)
         if backend.stderr is not None:
             backend.stderr.close()
+
+
+async def until_live(session: asyncio.Task[Any], probe: Any) -> Any:
+    """Wait until the ``talk`` session (``session``, its task) that ``probe`` attached to sends live
+    audio; return its ``Talk``. A session that ended first raises its failure here."""
+    while probe.talk is None or not probe.talk.live_audio:
+        await asyncio.sleep(0.05)
+        if session.done():
+            await session
+    return probe.talk

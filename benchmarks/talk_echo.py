@@ -57,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import backend_and_rig, read_recording  # noqa: E402
+from common import backend_and_rig, until_live, read_recording  # noqa: E402
 from tests.audio_rig import AudioRig  # noqa: E402
 
 CANDIDATES = ["none", "webrtc", "aec-audio-processing", "speex"]
@@ -187,11 +187,7 @@ async def run_candidate(name: str, args: argparse.Namespace, url: str, rig: Audi
     with rig.echo():
         session = asyncio.create_task(talk(options, quiet, quiet, on_start=probe.attach))
         try:
-            while probe.talk is None or not probe.talk.live_audio:
-                await asyncio.sleep(0.05)
-                if session.done():
-                    await session
-            talk_ = probe.talk
+            talk_ = await until_live(session, probe)
             if name != "none" and talk_.echo is None:
                 raise SystemExit(f"{name}: echo cancellation did not start: {talk_.echo_off}")
             if talk_.echo is not None and args.no_gate:

@@ -61,7 +61,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import backend_and_rig  # noqa: E402
+from common import backend_and_rig, until_live  # noqa: E402
 
 FRAME_MS = 20
 #: Utterances whose replies last 3.4 s or more.
@@ -164,11 +164,7 @@ async def main(args: argparse.Namespace, backend_url: str) -> None:
     quiet = Console(file=io.StringIO(), force_terminal=args.terminal, width=120)
     session = asyncio.create_task(talk(options, quiet, quiet, on_start=probe.attach))
     try:
-        while probe.talk is None or not probe.talk.live_audio:
-            await asyncio.sleep(0.05)
-            if session.done():
-                await session
-        talk_ = probe.talk
+        talk_ = await until_live(session, probe)
         mic, speaker = talk_.mic, talk_.speaker
         await asyncio.sleep(1.0)
 

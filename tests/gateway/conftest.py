@@ -138,3 +138,16 @@ async def browsers() -> AsyncIterator[Callable[[], Browser]]:
         http = getattr(browser.sio.eio, "http", None)  # left open by a refused connection
         if http is not None and not http.closed:
             await http.close()
+
+
+async def stalled_connection(url: str) -> Any:
+    """A raw engine.io WebSocket to ``url`` with a 4 KiB receive buffer that reads only what the
+    caller reads: a browser that can stop reading (its buffers fill at once)."""
+    from websockets.asyncio.client import connect
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    return await connect(f"ws://{host}:{port}/socket.io/?EIO=4&transport=websocket", sock=sock,
+                         max_queue=1, compression=None)

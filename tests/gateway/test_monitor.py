@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -13,13 +12,12 @@ from typing import Any
 
 import pytest
 import socketio
-from websockets.asyncio.client import connect
 
 from voicerelay.gateway import monitor as monitor_module
 from voicerelay.gateway.monitor import EVENT_LOG, MAX_UNACKED, NAMESPACE, TRANSCRIPT_LOG, Monitor, SessionLog
 from voicerelay.gateway.registry import SessionRegistry
 
-from .conftest import Browser, serving
+from .conftest import Browser, serving, stalled_connection
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
@@ -249,12 +247,7 @@ async def test_a_monitor_that_never_reads_does_not_slow_sessions(make_gateway: A
         await talker.start()
         baseline = await _first_audio_latency(talker, 5)
         # a monitor on a raw engine.io socket with a tiny receive buffer, that stops reading
-        host, port = url.removeprefix("http://").split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect((host, int(port)))
-        stuck = await connect(f"ws://{host}:{port}/socket.io/?EIO=4&transport=websocket", sock=sock,
-                              max_queue=1, compression=None)
+        stuck = await stalled_connection(url)
         try:
             await stuck.recv()  # engine.io open packet
             await stuck.send("40/monitor,")

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -18,11 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import connect
 
 from voicerelay.gateway.server import Gateway
 
-from .conftest import serving
+from .conftest import serving, stalled_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 64 * 1024  # the backlog bound of these tests' gateways (1 MiB by default)
@@ -57,12 +55,7 @@ async def test_a_browser_that_stops_reading_ends_its_session_at_the_bound(make_g
         neighbour = await browsers().connect(url)
         await neighbour.start()
         backend = gw.backend_server
-        host, port = url.removeprefix("http://").split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect((host, int(port)))
-        stuck = await connect(f"ws://{host}:{port}/socket.io/?EIO=4&transport=websocket", sock=sock,
-                              max_queue=1, compression=None)
+        stuck = await stalled_connection(url)
         try:
             assert str(await stuck.recv()).startswith("0{")  # engine.io's open packet
             await stuck.send("40")
