@@ -215,9 +215,8 @@ class GatewaySession:
             self.log.add_event(direction, event)
         if self.lint is not None:
             for finding in self.lint.feed(direction, time.monotonic(), event):
-                log.warning("session %s %.2fs %s %s (do instead: %s)", self.id, finding.t, finding.code,
-                            finding.message, finding.instead)
-                self.log.add_transcript("lint", f"{finding.t:.1f}s {finding.code} {finding.message}")
+                log.warning("session %s %s", self.id, finding.line())
+                self.log.add_transcript("lint", finding.short())
                 self.monitor.touch(self)
 
     async def _run(self) -> None:

@@ -121,6 +121,14 @@ class Finding:
         return {"code": self.code, "t": round(self.t, 3), "severity": self.severity, "message": self.message,
                 "instead": self.instead}
 
+    def line(self) -> str:
+        """``1.23s VR106 what happened (do instead: ...)``: a live finding's log line."""
+        return f"{self.t:.2f}s {self.code} {self.message} (do instead: {self.instead})"
+
+    def short(self) -> str:
+        """``1.2s VR106 what happened``: a finding among a session's transcripts (``inspect``)."""
+        return f"{self.t:.1f}s {self.code} {self.message}"
+
 
 @dataclass(slots=True)
 class TruncateAudit:

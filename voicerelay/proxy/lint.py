@@ -77,6 +77,5 @@ class SessionLint:
 
     def _report(self, findings: list[Finding]) -> list[Finding]:
         for finding in findings:
-            log.warning("session %s %.2fs %s %s (do instead: %s)", self.session, finding.t, finding.code,
-                        finding.message, finding.instead)
+            log.warning("session %s %s", self.session, finding.line())
         return findings

@@ -84,7 +84,7 @@ class WatchedSession:
 
     def _show(self, findings: list[Finding]) -> None:
         for finding in findings:
-            self.log.add_transcript("lint", f"{finding.t:.1f}s {finding.code} {finding.message}")
+            self.log.add_transcript("lint", finding.short())
 
     # ----------------------------------------------------------------------------- monitors
 
