@@ -55,14 +55,14 @@ from rich.text import Text
 from .audio.devices import AlsaNotices, Device, Microphone, Speaker, list_devices, load_sounddevice, select_device
 from .audio.echo import EchoUnavailable
 from .audio.playback import PlaybackBuffer
+from .console import transcript_line
+from .conversation import Conversation, Interrupted
 from .errors import DeviceError, UsageError
 from .protocol.audio import SAMPLE_RATE, ms_to_bytes, rms_dbfs
 from .protocol.config import RealtimeConfig
 from .protocol.events import Dialect, Event
 from .protocol.lint import StreamLinter
 from .protocol.session import Error, PlayAudio, StateChanged, Transcript
-from .console import transcript_line
-from .conversation import Conversation, Interrupted
 from .relay import Notice, Observation, Relay
 from .upstream import upstream_for
 
@@ -382,7 +382,7 @@ class Talk:
                     self.device_failed(exc)
                     return
             if self.echo is not None:
-                self.echo.relearn()  # another room, another delay
+                self.echo.relearn(f"the {kind} changed")  # another room, another delay
             return
         self._device_gone = DeviceError(f"the {kind} ({name}) went away during the session; start again, "
                                         "or use --follow-default to go on with the default device")
@@ -831,4 +831,4 @@ class _Keyboard:
             self._fd = None
 
 
-__all__ = ["PlainView", "Talk", "alignment_problem", "echo_path", "TalkError", "TalkOptions", "TalkStatus", "View", "run_talk", "status_line", "talk"]
+__all__ = ["PlainView", "Talk", "TalkError", "TalkOptions", "TalkStatus", "View", "alignment_problem", "echo_path", "run_talk", "status_line", "talk"]

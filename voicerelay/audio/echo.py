@@ -17,9 +17,11 @@ Two sides, two PortAudio threads:
   gap in either (an underrun, an overflow) moves it, and the canceller learns again.
 
 After the canceller, a **residual echo gate** silences what is left of the echo at the far end's
-onsets after a pause (where cancellers lag a frame or two) and far below the echo to expect (the
-far end's level plus the echo return loss learnt with convergence): a voice detector such as
-webrtcvad takes one 20 ms residue 40 dB down for the start of a turn. In double talk a voice
+onsets after a pause (where cancellers lag a frame or two) and, while the far end sounds, every
+frame below the level only a voice reaches (the echo to expect, from the far end's level and the
+echo return loss learnt with convergence, less the canceller's own ERLE): a voice detector such
+as webrtcvad takes one 20 ms residue 40 dB down for the start of a turn, and a canceller leaks
+one when the echo path glitches (a gap in the microphone's stream, a delay that moved). In double talk a voice
 starts as quietly as a residue, so the gate holds back what it silences: a frame no residue can
 be (within the canceller's own ERLE of the echo) opens it for 200 ms, and the frames it held just
 before go upstream first (a pre-roll: the start of the user's first word). What is left of the
@@ -53,6 +55,7 @@ import collections
 import ctypes
 import ctypes.util
 import dataclasses
+import logging
 import math
 import time
 from typing import Protocol
@@ -80,7 +83,7 @@ LEAD = SAMPLE_RATE * 40 // 1000
 GATE_HISTORY_FRAMES = 20
 ONSET_FRAMES = 15
 ONSET_QUIET_FRAMES = 30
-GATE_BELOW_ECHO_DB = 25.0
+GATE_BELOW_ECHO_DB = 25.0  # (at the far end's onsets)
 GATE_ONSET_DB = 3.0
 VOICE_BELOW_ECHO_DB = 20.0
 VOICE_MIN_DB = 6.0
@@ -113,6 +116,8 @@ MAX_JITTER_S = 0.02
 #: one it must learn again, while the assistant's voice leaks through.
 REANCHOR_SAMPLES = SAMPLE_RATE // 20
 _PCM16 = np.dtype("<i2")
+
+log = logging.getLogger(__name__)
 
 
 class EchoUnavailable(Exception):
@@ -376,7 +381,7 @@ class EchoPath:
         self._held: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_FRAMES)
         self._learning: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=CONVERGED_FRAMES)
         self._blocks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
-        self._ring = np.zeros(1 << int(math.ceil(math.log2(RING_S * SAMPLE_RATE))), dtype=_PCM16)
+        self._ring = np.zeros(1 << math.ceil(math.log2(RING_S * SAMPLE_RATE)), dtype=_PCM16)
         self._written = None  # absolute 24 kHz index the ring is written up to (exclusive)
         self._resampler: soxr.ResampleStream | _Identity | None = None  # None: resting (see _drain_far)
         self._segment_started = False
@@ -392,8 +397,9 @@ class EchoPath:
         self._near_started = False
         self._drift = 0.0  # smoothed difference between the reported capture times and the timeline
 
-    def relearn(self) -> None:
+    def relearn(self, why: str = "") -> None:
         """The echo's delay changed (a gap in either stream): not converged until it is learnt again."""
+        log.debug("echo path: learning the room again (%s)", why or "asked")
         self.converged = self.echo_free = False
         self._learning.clear()
         self.stats.relearns += 1
@@ -424,11 +430,11 @@ class EchoPath:
             self._drift += 0.05 * ((measured - expected) - self._drift)
         if not self._near_started or abs(measured - expected) > MAX_JITTER_S * SAMPLE_RATE:
             self._near_rest = np.zeros(0, dtype=_PCM16)
-            if self._near_started:
-                self.relearn()  # a gap (an overflow): the delay the canceller learnt is gone
+            if self._near_started:  # a gap (an overflow): the delay the canceller learnt is gone
+                self.relearn(f"the microphone's times jumped {(measured - expected) / SAMPLE_RATE * 1000:+.0f} ms")
             self._near_index, self._drift, self._near_started = round(measured), 0.0, True
         elif abs(self._drift) > REANCHOR_SAMPLES:
-            self.relearn()
+            self.relearn(f"the microphone drifted {self._drift / SAMPLE_RATE * 1000:+.0f} ms from the speakers")
             self._near_index += round(self._drift)
             self._drift = 0.0
         data = np.concatenate((self._near_rest, pcm)) if self._near_rest.size else pcm
@@ -542,6 +548,9 @@ class EchoPath:
                 erle = 10 * math.log10((n_sum + 1) / (c_sum + 1))
                 self._voice_margin_db = min(VOICE_BELOW_ECHO_DB, max(VOICE_MIN_DB, erle - VOICE_ERLE_MARGIN_DB))
                 self._settling = SETTLE_FRAMES
+            if self.converged:
+                log.debug("echo path: converged (%s), echo return loss %.1f dB, voice margin %.1f dB",
+                          "no echo" if self.echo_free else "cancelling", self.erl_db, self._voice_margin_db)
 
     # ------------------------------------------------------------------ internals
 
@@ -566,19 +575,26 @@ class EchoPath:
             residue = out_db < echo - GATE_BELOW_ECHO_DB or out_db < near_db - GATE_ONSET_DB
             return _RESIDUE if residue else _PASS
         self._settling -= 1
-        if (self.converged and self._settling <= 0
-                and out_db >= max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS)):  # no residue is that loud
+        voice_bound = max(echo - self._voice_margin_db, VOICE_FLOOR_DBFS)
+        if self.converged and self._settling <= 0 and out_db >= voice_bound:  # no residue is that loud
             self._loud += 1
             if self._loud >= VOICE_FRAMES:  # (a residue may spike for a frame; a voice goes on)
                 opened = self._open == 0
                 self._open = HANGOVER_FRAMES
+                if opened:
+                    log.debug("echo path: a voice over the far end (%.1f dBFS after cancelling, %.1f before, "
+                              "echo expected %.1f)", out_db, near_db, echo)
                 return _VOICE if opened else _PASS
         else:
             self._loud = 0
         if self._open > 0:
             self._open -= 1
             return _PASS
-        return _RESIDUE if out_db < echo - GATE_BELOW_ECHO_DB else _PASS
+        # below a voice's bound and no voice going on: a residue. The canceller leaks for a frame
+        # when the echo path glitches (a gap in the microphone, a delay that moved) and one 10 ms
+        # frame 20 dB under the echo is a turn to a voice detector; the start of a real voice that
+        # quiet is held (the pre-roll) and goes up once the voice shows.
+        return _RESIDUE if out_db < voice_bound else _PASS
 
     def _drain_far(self) -> None:
         """Resample the far blocks handed since the last call into the ring, on their timeline.
@@ -596,7 +612,7 @@ class EchoPath:
                 # not contiguous with the last block (an underrun): a new segment, whose delay the
                 # canceller must learn again
                 self._segment_started = False
-                self.relearn()
+                self.relearn(f"the speakers' times jumped {(dac_time - self._segment_in_end) * 1000:+.0f} ms")
             if not self._segment_started:
                 self._segment_started, self._resampler = True, None
                 self._segment_start = round(dac_time * SAMPLE_RATE)
