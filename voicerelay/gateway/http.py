@@ -3,16 +3,17 @@ demo page (``GET /`` and ``/static/*``) and the ASGI lifespan of a standalone ga
 
 from __future__ import annotations
 
-import gc
 import json
 import mimetypes
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..gctune import YOUNG_THRESHOLD, settle_for_serving
+
 STATIC = Path(__file__).parent / "static"
 SOCKETIO_JS = Path("socket.io-client") / "dist" / "socket.io.min.js"
-GC_YOUNG_THRESHOLD = 10_000  # a standalone gateway's first garbage-collector threshold (see HttpRoutes)
+GC_YOUNG_THRESHOLD = YOUNG_THRESHOLD  # a standalone gateway's first garbage-collector threshold (see HttpRoutes)
 INSTALL_HINT = "the browser Socket.IO client is missing, so its Start button cannot work: run `npm install` " \
                "in the voicerelay checkout (or set VOICERELAY_NODE_MODULES to a node_modules folder holding " \
                "socket.io-client); no restart needed"
@@ -104,14 +105,7 @@ class HttpRoutes:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                # The gateway owns the process: what start-up loaded lives as long as it, so keep
-                # it out of the collector's full passes, which stop every session while they run;
-                # and collect the young generation less often than the default 700 net
-                # allocations: the audio path allocates a lot that lives briefly
-                # (benchmarks/gateway_load.py measures the effect).
-                gc.collect()
-                gc.freeze()
-                gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+                settle_for_serving()  # the gateway owns the process (see voicerelay.gctune)
                 await self.gateway.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -329,6 +329,9 @@ async def run(*, backend: str | None, host: str, port: int, token: str | None, a
                                 token=token, allow_origins=allow_origins, max_sessions=max_sessions,
                                 observers=observers, sock=sock)
             async with proxy:
+                from ..gctune import settle_for_serving
+
+                settle_for_serving()  # the proxy owns the process (see voicerelay.gctune)
                 if ready is not None:
                     ready(proxy)
                 await proxy.serve_forever()
