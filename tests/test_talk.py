@@ -595,3 +595,25 @@ async def test_a_stream_that_stops_without_a_word_is_one_line_and_exit_2(backend
                      "(elsewhere the devices are listed once, when talk starts)")
     assert code == 2 and errors == [expected], talker.lines
     assert not [line for line in talker.lines if "Traceback" in line], talker.lines
+
+
+def test_the_device_watch_stops_cleanly_while_its_thread_reads(rig: audio_rig.AudioRig,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``talk`` stops its PulseAudio watch at the end of every session: closing it while its thread
+    reads ``pactl subscribe`` once failed that thread (its pipe closed under it)."""
+    import threading
+
+    from voicerelay.audio.hotplug import PulseWatch
+
+    for key, value in rig.client_env.items():
+        monkeypatch.setenv(key, value)
+    streams = [line.split("\t")[0] for line in rig.pactl("list", "short", "sink-inputs").splitlines()]
+    assert streams  # (the rig keeps its sinks busy)
+    for volume in range(80, 100):
+        watch = PulseWatch(lambda kind, name: None)
+        assert watch.start()  # a server to watch: the thread is reading
+        # a stream's change makes the thread look again (pactl list): close while it does
+        rig.pactl("set-sink-input-volume", streams[0], f"{volume}%")
+        time.sleep(0.002 * (volume % 5))
+        watch.close()
+    assert not [t for t in threading.enumerate() if t.name == "pulse-watch"]

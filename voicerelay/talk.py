@@ -449,8 +449,7 @@ class Talk:
             self.recorder.record(direction, event)
         if self.lint is not None:
             for finding in self.lint.feed(direction, time.monotonic(), event):
-                self.view.line(f"lint {finding.code} at {finding.t:.1f} s: {finding.message} (do instead: "
-                               f"{finding.instead})", "yellow", err=True)
+                self.view.line(f"lint {finding.line()}", "yellow", err=True)  # (serve and proxy log the same line)
         self.view.event(direction, event)
 
     # ------------------------------------------------------------------ effects

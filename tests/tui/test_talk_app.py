@@ -196,7 +196,7 @@ async def test_a_lint_finding_shows_in_the_conversation_and_the_session_pane(
         proc = await asyncio.create_subprocess_exec("paplay", "--device=vr_mic_feed", str(narrow),
                                                     env=rig_devices.env(None, None))
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-        await until(lambda: "lint VR108" in text_of(app, "#transcript"))
+        await until(lambda: "VR108" in text_of(app, "#transcript"))
         assert "nothing above 4 kHz" in text_of(app, "#transcript")
         await until(lambda: "1 finding, newest VR108" in text_of(app, "#session"))
         await app.action_quit()

@@ -46,21 +46,25 @@ class PulseWatch:
         except OSError:
             return False
         self.refresh()
-        self._thread = threading.Thread(target=self._read, name="pulse-watch", daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(self._proc,), name="pulse-watch", daemon=True)
         self._thread.start()
         return True
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+        proc, thread, self._proc, self._thread = self._proc, self._thread, None, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
             try:
-                self._proc.wait(2)
+                proc.wait(2)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(2)
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-        self._proc = None
+                proc.kill()
+                proc.wait(2)
+        if thread is not None:
+            thread.join(2)  # it reads to the end of pactl's output, then returns
+        if proc.stdout is not None:
+            proc.stdout.close()  # (only now: closing it under the reading thread fails that thread)
 
     def refresh(self) -> None:
         """Which sources and sinks this process's streams use now."""
@@ -80,9 +84,8 @@ class PulseWatch:
                 # the device it was on is kept until the next move
                 self._before[kind], self._used[kind] = self._used[kind], used
 
-    def _read(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
         for line in proc.stdout:
             match = _EVENT.match(line.strip())
             if match is None:
