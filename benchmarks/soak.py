@@ -756,7 +756,7 @@ class Run:
         d, rep = self.duration, self.report
         backend, backend_started = self.start_backend()
         redis = self.start_redis() if self.cluster else None
-        gateway = self.start_gateway()
+        self.start_gateway()  # (stopped with the others: self.procs)
         gateway_b = self.start_gateway("b") if self.cluster else None
         if self.cluster:
             deadline = time.time() + 15

@@ -60,7 +60,7 @@ def status(app: InspectApp) -> str:
 async def plain_http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A web server that is not a voicerelay gateway: 404 for everything."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
