@@ -5,6 +5,7 @@ embedded backend while a real Socket.IO monitor (what ``inspect`` is) watches th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -118,6 +119,29 @@ async def test_a_proxied_session_is_one_row_with_its_state_findings_and_cost(
         assert "VR106" in next(t["text"] for t in watcher.transcripts if t["role"] == "lint")
         assert {"up", "down"} <= {e["dir"] for e in watcher.events}
         assert len(monitor.registry) == 0  # an ended session leaves the registry
+    finally:
+        await watcher.sio.disconnect()
+
+
+async def test_concurrent_proxied_sessions_are_a_row_each_and_each_is_linted(
+        watched: tuple[ProxyServer, MonitorServer]) -> None:
+    proxy, monitor = watched
+    watcher = Watcher()
+    await watcher.sio.connect(monitor.url, namespaces=["/monitor"], transports=["websocket"])
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(connect(proxy.url + "?model=gpt-realtime"))
+                       for _ in range(3)]
+            for ws in clients:
+                await next_of(ws, "session.created")
+                await ws.send(json.dumps({"type": "response.cancel"}))  # nothing to cancel: VR106
+                await next_of(ws, "error")
+            await watcher.until(lambda: len(watcher.rows) == 3
+                                and all((row["lint"] or {}).get("count") == 1 for row in watcher.rows.values()))
+            assert len(monitor.registry) == 3
+            assert {row["lint"]["findings"][0]["code"] for row in watcher.rows.values()} == {"VR106"}
+        await watcher.until(lambda: len(watcher.closed) == 3)
+        assert len(monitor.registry) == 0
     finally:
         await watcher.sio.disconnect()
 

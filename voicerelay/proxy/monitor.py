@@ -59,7 +59,9 @@ class WatchedSession:
 
     @property
     def sid(self) -> str:
-        return ""  # (no Socket.IO connection owns a proxied session)
+        # No Socket.IO connection owns a proxied session; the registry keys sessions by this, so
+        # it is the session's own (one empty key for all let only the first session in)
+        return f"proxy:{self.info.id}"
 
     # ----------------------------------------------------------------------------- observer
 
