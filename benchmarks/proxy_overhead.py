@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +168,15 @@ def start_proxy(upstream_url: str, record: str | None, lint: bool = True,
             return proc, url, watch.group(1)
 
 
+def drain(proc: subprocess.Popen[str]) -> list[str]:
+    """Read the proxy's log from now on, in a thread (a pipe nobody reads fills up and blocks the
+    proxy at its next log line); returns the list the lines are added to."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    return lines
+
+
 async def watcher(url: str) -> None:
     """What ``voicerelay inspect`` does to the proxy: every session's state, and one session's
     events (the first it sees, selected), until killed."""
@@ -220,12 +230,14 @@ def main() -> int:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen([sys.executable, __file__, "--upstream", str(port_file)])
         proxy = watching = None
+        proxy_log: list[str] = []
         try:
             while not port_file.exists() or not port_file.read_text():
                 time.sleep(0.05)
             direct_url = f"ws://127.0.0.1:{port_file.read_text()}/v1/realtime"
             proxy, proxy_url, monitor_url = start_proxy(
                 direct_url, str(Path(tmp) / "rec") if options.record else None, options.lint, options.monitor)
+            proxy_log = drain(proxy)
             if options.watch:
                 watching = subprocess.Popen([sys.executable, __file__, "--watcher", str(monitor_url)])
             rounds: list[dict[str, Result]] = []
@@ -248,6 +260,8 @@ def main() -> int:
                     proc.wait(10)
 
     problems = [f"{label}: {p}" for results in rounds for label, r in results.items() for p in r.problems[:3]]
+    problems += [f"the proxy logged: {line.rstrip()}" for line in proxy_log
+                 if re.search(r"\b(ERROR|CRITICAL)\b|^Traceback", line)][:3]
     if problems:
         print("FAILED: the timed work was wrong:\n  " + "\n  ".join(problems))
         return 1
