@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from voicerelay.protocol.audio import pcm16_to_b64
-from voicerelay.protocol.lint import RESPONSE_GRACE_S, Linter, band_limit_hz
+from voicerelay.protocol.lint import RESPONSE_GRACE_S, SPECTRUM_BLOCK_S, Linter, StreamLinter, band_limit_hz
 
 from ..conftest import read_recording
 from ..lint.scenarios import through
@@ -138,3 +138,24 @@ def test_a_short_narrow_stream_is_judged_when_the_session_ends() -> None:
     _, codes = _append_all(linter, speech, 1.0)
     assert codes == []
     assert [f.code for f in linter.finish()] == ["VR108"]
+
+
+def test_live_linters_started_together_judge_their_spectra_at_different_times() -> None:
+    """Fifty sessions that start at once must not all compute a spectrum in the same frame (one
+    burst of work per block, the tail latency of everything the loop forwards); each still
+    catches a narrow stream within two blocks."""
+    narrow = np.tile(through(read_recording("what_can_you_do"), 8000), 2)
+    first_finding_at = []
+    for _ in range(8):
+        live = StreamLinter()
+        live.feed("down", 0.0, {"type": "session.created", "session": {"type": "realtime"}})
+        raw, t, found = narrow.tobytes(), 0.0, []
+        for i in range(0, len(raw), 960):
+            t += 0.02
+            found += live.feed("up", t, {"type": "input_audio_buffer.append", "audio": pcm16_to_b64(raw[i:i + 960])})
+            if found:
+                break
+        assert [f.code for f in found] == ["VR108"]
+        first_finding_at.append(round(t, 2))
+    assert len(set(first_finding_at)) == 8
+    assert max(first_finding_at) <= 2 * SPECTRUM_BLOCK_S + 0.02
