@@ -44,6 +44,9 @@ NAMESPACE = "/monitor"
 MAX_RATE = 10  # updates per second per session, at most
 MAX_UNACKED = 10  # batches a monitor has not acknowledged before it is skipped
 EVENT_LOG = 200
+#: The publisher lets the event loop run other work after this many states or emits: a tick of
+#: fifty sessions in one go held every session's events for a few milliseconds.
+YIELD_EVERY = 8
 TRANSCRIPT_LOG = 100
 
 
@@ -53,7 +56,9 @@ class SessionLog:
     def __init__(self) -> None:
         self.seq = 0
         self.transcripts: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=TRANSCRIPT_LOG)
-        self.events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=EVENT_LOG)
+        # (seq, direction, time, event): an event is elided only when a monitor is sent it, so that
+        # logging costs every session an append and only the selected session pays for elide()
+        self.events: collections.deque[tuple[int, str, float, Event]] = collections.deque(maxlen=EVENT_LOG)
 
     def add_transcript(self, role: str, text: str) -> None:
         self.seq += 1
@@ -61,11 +66,11 @@ class SessionLog:
 
     def add_event(self, direction: str, event: Event) -> None:
         self.seq += 1
-        self.events.append((self.seq, {"dir": direction, "t": time.time(), "event": elide(event)}))
+        self.events.append((self.seq, direction, time.time(), event))
 
     def since(self, seq: int) -> dict[str, list[dict[str, Any]]]:
         return {"transcripts": [t for s, t in self.transcripts if s > seq],
-                "events": [e for s, e in self.events if s > seq]}
+                "events": [{"dir": d, "t": t, "event": elide(e)} for s, d, t, e in self.events if s > seq]}
 
 
 class _Watcher:
@@ -152,7 +157,12 @@ class Monitor:
             dirty, self._dirty = self._dirty, set()
             closed, self._closed = self._closed, []
             sessions = {s.id: s for s in self.registry.sessions()}
-            updates = [sessions[i].state() for i in dirty if i in sessions]
+            updates = []
+            for n, i in enumerate(dirty, 1):
+                if i in sessions:
+                    updates.append(sessions[i].state())
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # (the sessions' own events go first: no burst of work)
             remote = self._remote_changes(updates, closed)
             for sid, watcher in list(self.watchers.items()):
                 if watcher.backed_up:
@@ -179,8 +189,10 @@ class Monitor:
         if not batch:
             return
         *first, (name, data) = batch
-        for event, payload in first:
+        for n, (event, payload) in enumerate(first, 1):
             await self.sio.emit(event, payload, to=sid, namespace=NAMESPACE, ignore_queue=True)
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # (an emit to a local monitor never waits: let the sessions' events by)
         watcher.unacked += 1
         await self.sio.emit(name, data, to=sid, namespace=NAMESPACE, ignore_queue=True, callback=watcher.acked)
 
