@@ -242,7 +242,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
 
     errors: list[str] = []
     started = time.monotonic()
-    embedded = {"pace": 0.0} if options.speed == 0 else {}
+    # an embedded backend paces nothing at speed 0, and loads the general recognition model only
+    # if an utterance needs it (its warm-up runs while the first utterances are recognised)
+    embedded: dict[str, object] = {"warm_general": False, **({"pace": 0.0} if options.speed == 0 else {})}
     exit_code = 0
     failure: UpstreamError | None = None
     interrupted = False
