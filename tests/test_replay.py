@@ -568,3 +568,32 @@ def test_a_broken_price_table_is_one_line_and_exit_2_before_the_run(tmp_path: Pa
         assert result.stderr.strip() == (f"voicerelay: error: price table {table} (VOICERELAY_PRICES): "
                                          "models.m: 'text_cached_input' is missing")
         assert "user" not in result.stdout  # nothing was replayed
+
+
+# ------------------------------------------------------------------------------------------- speed 0
+
+
+async def test_at_speed_0_replay_ends_as_soon_as_every_utterance_is_answered(backend: BackendServer,
+                                                                              tmp_path: Path) -> None:
+    stems = ["hello_there", "what_is_your_name", "how_are_you"]
+    parts = [room_noise(300)]
+    for stem in stems:
+        parts += [read_recording(stem), room_noise(800)]
+    path = tmp_path / "three.wav"
+    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    folder = tmp_path / "rec"
+    started = time.monotonic()
+    code, _, err = await run_replay(path, backend, speed=0, record=folder, json_path=str(tmp_path / "r.json"))
+    ended = time.monotonic()
+    assert code == 0, err
+    turns = json.loads((tmp_path / "r.json").read_text())["turns"]
+    assert [t["user"] for t in turns] == [RECORDING_SENTENCES[stem] for stem in stems]
+    assert all(t["status"] == "completed" and t["assistant"] for t in turns), turns
+    lines = [json.loads(line) for line in (folder / "session.jsonl").read_text().splitlines()[1:]]
+    last_answer = max(line["t"] for line in lines if line["event"]["type"] in
+                      ("response.done", "conversation.item.input_audio_transcription.completed"))
+    # the recording's clock starts just after replay() did: what follows the last answer is the
+    # session's closing, not 300 ms of waiting for something more (as before)
+    assert (ended - started) - last_answer < 0.25, (ended - started, last_answer)
+    appends = [line["event"] for line in lines if line["event"]["type"] == "input_audio_buffer.append"]
+    assert len(appends) < 20  # up to 1 s each, not one per 20 ms frame (about 375 here)

@@ -2,11 +2,14 @@
 
 The input is streamed in 20 ms frames through a :class:`~voicerelay.conversation.Conversation`
 (reply audio goes to an :class:`~voicerelay.conversation.InstantPlayback`: the ``--out`` WAV, or
-nothing), paced at ``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
-silence closes the last turn; with turn detection disabled the relay commits. Then it waits for
-the replies (with a timeout), prints the transcript, and optionally writes the assistant audio,
-a JSON report and a recording. Each turn's line, the report and the summary say what the turns
-cost in dollars (:mod:`voicerelay.cost`; estimates on the embedded backend).
+nothing), paced at ``speed`` times real time. At speed 0 it goes as fast as the upstream takes
+it, one utterance at a time (:class:`_Utterances` finds where each ends; the next waits for its
+answer), in appends of up to :data:`BATCH_BYTES`. With server VAD, trailing silence closes the
+last turn; with turn detection disabled the relay commits. Then it waits for the replies (with a
+timeout; every wait wakes on what the relay reports, not on a poll), prints the transcript, and
+optionally writes the assistant audio, a JSON report and a recording. Each turn's line, the
+report and the summary say what the turns cost in dollars (:mod:`voicerelay.cost`; estimates on
+the embedded backend).
 
 Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
 replies timed out (``--timeout`` bounds every wait); 2 unusable input (a one-line message, never
@@ -44,6 +47,7 @@ from .relay import Notice, Observation, Relay
 from .upstream import UpstreamError, upstream_for
 
 FRAME_MS = 20
+FRAME_BYTES = ms_to_bytes(FRAME_MS)
 
 
 #: Input that cannot be replayed (exit code 2): the tree's usage error, under its old name.
@@ -352,52 +356,101 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
     (:class:`~voicerelay.errors.UpstreamTimeout` when it did not configure or answer in time)."""
     relay = conversation.relay
     run = conversation.start()
+    news = _News(conversation)
     progress = None
     try:
         await conversation.wait_ready()
         progress = _progress(source, options, screen.err)
         screen.live = progress.console if progress is not None else None
         utterances = _Utterances(options) if options.speed == 0 else None
+        pending = bytearray()  # --speed 0: frames not sent yet (see BATCH_BYTES)
         t0 = time.monotonic()
         async for t, pcm in source.frames():
             if run.done():
                 break
-            if options.speed > 0:
+            if utterances is None:
                 delay = t0 + t / options.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await relay.send_audio(pcm)
-            if utterances is not None and utterances.ended(pcm):
-                # as fast as possible, but one utterance at a time: the next would interrupt this reply
-                await _wait_for_turn(relay, run, utterances.count, options.timeout)
+                await relay.send_audio(pcm)
+            else:  # 20 ms at a time (a recording's chunks may be longer), so an utterance ends on time
+                for i in range(0, len(pcm), FRAME_BYTES):
+                    frame = pcm[i:i + FRAME_BYTES]
+                    pending += frame
+                    ended = utterances.ended(frame)
+                    if ended or len(pending) >= BATCH_BYTES:
+                        await relay.send_audio(bytes(pending))
+                        pending.clear()
+                    if ended:
+                        # as fast as possible, but one utterance at a time: the next would interrupt this reply
+                        await _wait_for_turn(relay, run, news, utterances.count, options.timeout)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
+        if pending and not run.done():
+            await relay.send_audio(bytes(pending))
         if progress is not None:
             progress.stop()
             progress = screen.live = None
-        await _finish_turn(relay, options, t0)
-        if not await _wait_for_replies(relay, run, options.timeout) and not run.done():
+        expected = await _finish_turn(relay, options, utterances)
+        if not await _wait_for_replies(relay, run, news, options.timeout, expected) and not run.done():
             raise UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout "
                                   f"{options.timeout:g} s")
     finally:
+        news.close()
         if progress is not None:  # (a failure or Ctrl-C mid-input)
             progress.stop()
             screen.live = None
         await conversation.close()  # raises the upstream's failure, if it failed
 
 
-async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
-    """Close the last turn: trailing silence for server VAD, a commit otherwise."""
+class _News:
+    """Wakes the waits below whenever the relay reports anything (a state change, a transcript, a
+    finished turn...), so that at ``--speed 0`` they go on the moment the condition holds instead
+    of at the next tick of a poll."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self._event = asyncio.Event()
+        self._unsubscribe = conversation.subscribe(lambda _: self._event.set())
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next observation, or ``timeout`` seconds (a safety net: nothing relies on it)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._event.clear()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+async def _finish_turn(relay: Relay, options: ReplayOptions, utterances: _Utterances | None) -> int | None:
+    """Close the last turn: trailing silence for server VAD, a commit otherwise. Returns the turns
+    the input holds when replay knows it (``--speed 0``: the utterances it found, and a commit),
+    else None."""
     td = options.config.turn_detection()
     if td is None:
         if relay.session.buffered_ms >= 100:
             relay.commit()
-        return
+        return len(relay.session.turns) if options.speed == 0 else None
     silence = bytes(ms_to_bytes(FRAME_MS))
-    for _ in range((td["silence_duration_ms"] + 400) // FRAME_MS):
-        if options.speed > 0:
+    frames = (td["silence_duration_ms"] + 400) // FRAME_MS
+    if utterances is None:
+        for _ in range(frames):
             await asyncio.sleep(FRAME_MS / 1000 / options.speed)
-        await relay.send_audio(silence)
+            await relay.send_audio(silence)
+        return None
+    for _ in range(frames):
+        utterances.ended(silence)  # (an utterance the input ended in ends here)
+    await relay.send_audio(silence * frames)  # one append (see BATCH_BYTES)
+    return utterances.count
+
+
+#: At ``--speed 0``, frames go upstream in appends of up to this many bytes (1 s): a 20 ms append
+#: per frame made the JSON, base64 and WebSocket work of ~1,400 events for 28 s of input, on both
+#: sides, for no gain when nothing is paced. An append always ends where replay found an utterance
+#: to end, so the server hears the same audio cut at the same places, in fewer events.
+BATCH_BYTES = ms_to_bytes(1000)
 
 
 class _Utterances:
@@ -428,7 +481,8 @@ class _Utterances:
 UNHEARD_AFTER_S = 2.0
 
 
-async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], utterances: int, timeout: float) -> None:
+async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], news: _News, utterances: int,
+                         timeout: float) -> None:
     """Hold the input until the server answered ``utterances`` turns (or, quiet for
     ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none); at most ``timeout`` s."""
     session = relay.session
@@ -441,27 +495,38 @@ async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], utterances: int,
             return
         if not busy and time.monotonic() - started >= UNHEARD_AFTER_S and all(t.done_at for t in session.turns):
             return
-        await asyncio.sleep(0.01)
+        await news.wait(0.1)
 
 
-async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float) -> bool:
-    """Until every turn has its response and its user transcript (quiet for 300 ms): True; False
-    after ``timeout`` seconds or when the relay ended first."""
+#: Without a count of the turns to expect (``--speed`` above 0, where replay does not look for the
+#: utterances), or when fewer turns came than utterances were sent: how long every turn must stay
+#: answered, with nothing new, before replay concludes that nothing more is coming.
+QUIET_S = 0.3
+
+
+async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], news: _News, timeout: float,
+                            expected: int | None = None) -> bool:
+    """Until every turn has its response and its user transcript: True at once when there are
+    ``expected`` turns, else once that held for ``QUIET_S``; False after ``timeout`` seconds or
+    when the relay ended first."""
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline and not run.done():
         session = relay.session
-        settled = (not session.response_active and relay.queued_audio_ms == 0
-                   and all(t.done_at is not None for t in session.turns)
-                   and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
-                   and session.state.value in ("listening", "speaking"))
-        if settled:
+        answered = (not session.response_active
+                    and all(t.done_at is not None for t in session.turns)
+                    and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
+                    and session.state.value in ("listening", "speaking"))
+        if answered and expected is not None and len(session.turns) >= expected:
+            return True  # (audio still queued is closing silence after the last utterance: no turn of its own)
+        if answered and relay.queued_audio_ms == 0:
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= 0.3:
+            if time.monotonic() - quiet_since >= QUIET_S:
                 return True
+            await news.wait(quiet_since + QUIET_S - time.monotonic())
         else:
             quiet_since = None
-        await asyncio.sleep(0.02)
+            await news.wait(0.1)
     return False
 
 
