@@ -597,3 +597,140 @@ async def test_at_speed_0_replay_ends_as_soon_as_every_utterance_is_answered(bac
     assert (ended - started) - last_answer < 0.25, (ended - started, last_answer)
     appends = [line["event"] for line in lines if line["event"]["type"] == "input_audio_buffer.append"]
     assert len(appends) < 20  # up to 1 s each, not one per 20 ms frame (about 375 here)
+
+
+# ------------------------------------------------------------------------------------------- --jobs
+
+
+def _blocks(stdout: str) -> list[tuple[str, list[str]]]:
+    """(file, its lines) per '── file' heading, in the order printed."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in stdout.splitlines():
+        if line.startswith("── "):
+            blocks.append((line[3:], []))
+        elif blocks and line.strip():
+            blocks[-1][1].append(line)
+    return blocks
+
+
+def _conversation(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(t["user"], t["assistant"], t["status"]) for t in report["turns"]]
+
+
+def test_jobs_keep_the_input_order_and_give_what_one_job_gives(tmp_path: Path) -> None:
+    stems = ["weather_in_paris", "hello_there", "what_can_you_do", "how_are_you", "what_is_your_name"]
+    files = [str(RECORDINGS / f"{stem}.wav") for stem in stems]
+    runs = {}
+    for jobs in ("1", "2"):
+        report = tmp_path / f"jobs{jobs}.json"
+        result = cli("replay", *files, "--speed", "0", "--jobs", jobs, "--json", str(report), timeout=120)
+        assert result.returncode == 0, result.stderr
+        blocks = _blocks(result.stdout)
+        assert [name for name, _ in blocks] == files, result.stdout
+        for (name, lines), stem in zip(blocks, stems):  # each file's lines under its own heading
+            assert lines[0] == f"     user  {RECORDING_SENTENCES[stem]}", (name, lines)
+        runs[jobs] = [_conversation(f) for f in json.loads(report.read_text())["files"]]
+        assert [f[0][0] for f in runs[jobs]] == [RECORDING_SENTENCES[stem] for stem in stems]
+    assert runs["2"] == runs["1"]
+
+
+def test_a_bad_file_among_good_ones_with_jobs_is_its_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    files = [str(RECORDINGS / "hello_there.wav"), str(bad), str(RECORDINGS / "how_are_you.wav")]
+    result = cli("replay", *files, "--speed", "0", "--jobs", "2", timeout=120)
+    assert result.returncode == 2, result.stderr  # unusable input, per the README's table
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("voicerelay: error: ") and str(bad) in errors[0], errors
+    assert "Traceback" not in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("/", "file"))}
+    assert "unusable: cannot read" in rows[str(bad)]
+    assert rows[files[0]].split()[-1] == rows[files[2]].split()[-1] == "passed"
+    assert [name for name, _ in _blocks(result.stdout)] == files
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True,
+                                           text=True).stdout.split()]
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes of a voicerelay process (its spawned children), oldest first."""
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(child))
+    return sorted(found)
+
+
+def _gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if Path(f"/proc/{p}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+async def test_a_worker_that_dies_fails_only_its_own_file(tmp_path: Path) -> None:
+    import signal
+
+    long_input = tmp_path / "long.wav"  # at speed 1 it takes 12 s: its worker is killed meanwhile
+    soundfile.write(long_input, np.concatenate([read_recording("hello_there"), room_noise(10_000)]), 24_000)
+    files = [str(long_input), str(RECORDINGS / "what_is_your_name.wav"), str(RECORDINGS / "how_are_you.wav")]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", *files, "--jobs", "2", "--json", str(tmp_path / "r.json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    async with asyncio.timeout(30):
+        while len(workers := _workers_of(proc.pid)) < 2:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(3)  # long.wav's replay is under way in the first worker
+    os.kill(workers[0], signal.SIGKILL)
+    async with asyncio.timeout(60):
+        stdout, stderr = await proc.communicate()
+    out, err = stdout.decode(), stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [(f"voicerelay: error: {long_input}: the replay failed: its worker process "
+                                         "was killed by SIGKILL")], err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("/")}
+    assert rows[files[1]][-1] == rows[files[2]][-1] == "passed", out
+    reports = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert [r["turns"][0]["user"] for r in reports] == ["what is your name", "how are you today"]
+    assert _gone(workers) == []
+
+
+@pytest.mark.parametrize("who", ["process group", "parent only"])
+async def test_ctrl_c_with_jobs_exits_130_and_leaves_no_process(tmp_path: Path, who: str) -> None:
+    import signal
+
+    long_input = tmp_path / "long.wav"
+    soundfile.write(long_input, np.concatenate([read_recording("hello_there"), room_noise(20_000)]), 24_000)
+    files = [str(long_input), str(long_input), str(RECORDINGS / "how_are_you.wav")]
+    report = tmp_path / "r.json"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", *files, "--jobs", "2", "--json", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    async with asyncio.timeout(30):
+        while len(workers := _workers_of(proc.pid)) < 2:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(7)  # both replays are under way, their first turn answered (21.7 s of input each)
+    everyone = _children(proc.pid)  # (multiprocessing's resource tracker too)
+    if who == "process group":  # what a terminal's Ctrl-C does
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20):
+        _, stderr = await proc.communicate()
+    err = stderr.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert set(workers) <= set(everyone) and _gone(everyone) == []
+    data = json.loads(report.read_text())["files"]
+    assert len(data) == 2 and all(f["interrupted"] for f in data)  # the third file never started
+    assert all(f["turns"][0]["user"] == "hello there" for f in data)  # what finished before Ctrl-C

@@ -9,11 +9,12 @@ last turn; with turn detection disabled the relay commits. Then it waits for the
 timeout; every wait wakes on what the relay reports, not on a poll), prints the transcript, and
 optionally writes the assistant audio, a JSON report and a recording. Each turn's line, the
 report and the summary say what the turns cost in dollars (:mod:`voicerelay.cost`; estimates on
-the embedded backend).
+the embedded backend). Several files go ``--jobs`` at a time through worker processes
+(:func:`replay_all`).
 
-Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
-replies timed out (``--timeout`` bounds every wait); 2 unusable input (a one-line message, never
-a traceback).
+Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed, the
+replies timed out (``--timeout`` bounds every wait) or a worker process died; 2 unusable input
+(a one-line message, never a traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import io
 import json
 import os
 import re
@@ -114,12 +116,23 @@ class _Source:
                 yield t, pcm
 
 
-async def replay_all(paths: list[Path], options: ReplayOptions, console: Console, err: Console) -> int:
-    """Replay each of ``paths`` in turn (its own session), then print one summary table; returns
-    the exit code: 0 when every file passed, 2 when one was unusable, else 1 when one failed.
+def default_jobs(files: int) -> int:
+    """``--jobs`` when not given: one process per core, no more than there are files."""
+    return max(1, min(files, os.cpu_count() or 1))
+
+
+async def replay_all(paths: list[Path], options: ReplayOptions, console: Console, err: Console,
+                     jobs: int | None = None) -> int:
+    """Replay each of ``paths`` (its own session), then print one summary table; returns the exit
+    code: 0 when every file passed, 130 when interrupted, else 2 when one was unusable, else 1
+    when one failed.
 
     One path is :func:`replay` itself. With several, ``--json`` holds ``{"files": [report, ...]}``
-    and ``--out``/``--record`` (which name one output) are refused.
+    and ``--out``/``--record`` (which name one output) are refused. ``jobs`` files are replayed at
+    once, each in a worker process of its own (:func:`voicerelay.workers.run_in_processes`; default
+    :func:`default_jobs`), and each file's output is printed as one block, in input order, as soon
+    as it and the files before it are done; ``jobs=1`` replays them one after the other in this
+    process, printing as it goes.
     """
     if len(paths) == 1:
         return await replay(dataclasses.replace(options, path=paths[0]), console, err)
@@ -129,27 +142,21 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
     if options.json_path not in (None, "-"):
         _check_writable("--json", Path(options.json_path))
     load_prices()  # a price table that cannot be used stops the run before the first file
-    reports: list[dict[str, Any]] = []
-    rows: list[tuple[str, ...]] = []
-    codes: list[int] = []
-    for path in paths:
-        console.print(f"[bold]── {path}[/]", highlight=False)
-        one = dataclasses.replace(options, path=path, json_path=None)
-        count = len(reports)
-        try:
-            code = await replay(one, console, err, reports=reports)
-            result = {0: "passed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
-        except UsageError as exc:
-            err.print(f"voicerelay: error: {exc}", highlight=False, markup=False)
-            code, result = exc.exit_code, f"unusable: {exc}"
-        except UpstreamError as exc:
-            err.print(f"voicerelay: error: upstream failed: {exc}", highlight=False, markup=False)
-            code, result = exc.exit_code, f"upstream failed: {exc}"
-        codes.append(code)
-        report = reports[count] if len(reports) > count else None
-        rows.append((str(path), *_summary_cells(report, options), result))
-        if code == EXIT_INTERRUPTED:
-            break
+    jobs = default_jobs(len(paths)) if jobs is None else jobs
+    results: list[tuple[Path, int, str, dict[str, Any] | None]] = []
+    if jobs <= 1:
+        for path in paths:
+            reports: list[dict[str, Any]] = []
+            code, result = await _replay_file(dataclasses.replace(options, path=path, json_path=None), console,
+                                              err, reports)
+            results.append((path, code, result, reports[0] if reports else None))
+            if code == EXIT_INTERRUPTED:
+                break
+    else:
+        await _replay_in_processes(paths, options, console, err, jobs, results)
+    reports = [report for _, _, _, report in results if report is not None]
+    rows = [(str(path), *_summary_cells(report, options), result) for path, _, result, report in results]
+    codes = [code for _, code, _, _ in results]
     if any((r.get("cost") or {}).get("estimate") for r in reports):  # (above the table: it ends the output)
         console.print("\n[dim]cost ~ is an estimate: the embedded backend's usage figures are estimates "
                       "(no model ran)[/]", highlight=False)
@@ -160,6 +167,79 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
         if code in codes:
             return code
     return 0
+
+
+async def _replay_file(options: ReplayOptions, console: Console, err: Console,
+                       reports: list[dict[str, Any]]) -> tuple[int, str]:
+    """One file of several: its heading, its replay, a failure as one line; (exit code, result)."""
+    console.print(f"[bold]── {options.path}[/]", highlight=False)
+    try:
+        code = await replay(options, console, err, reports=reports)
+        return code, {0: "passed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+    except UsageError as exc:
+        err.print(f"voicerelay: error: {exc}", highlight=False, markup=False)
+        return exc.exit_code, f"unusable: {exc}"
+    except UpstreamError as exc:
+        err.print(f"voicerelay: error: upstream failed: {exc}", highlight=False, markup=False)
+        return exc.exit_code, f"upstream failed: {exc}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FileJob:
+    """What a worker process needs to replay one file as this process would print it."""
+
+    options: ReplayOptions
+    width: int
+    terminal: bool
+    color_system: str | None
+
+    def console(self, file: io.StringIO) -> Console:
+        return Console(file=file, width=self.width, force_terminal=self.terminal, color_system=self.color_system,  # type: ignore[arg-type]
+                       highlight=False, soft_wrap=True)
+
+
+def _replay_in_worker(job: _FileJob) -> tuple[int, str, dict[str, Any] | None, str, str]:
+    """In a worker process: (exit code, result, report, stdout text, stderr text) of one file."""
+    from .workers import run_interruptible
+
+    out, err = io.StringIO(), io.StringIO()
+    reports: list[dict[str, Any]] = []
+    code, result = run_interruptible(_replay_file(job.options, job.console(out), job.console(err), reports))
+    return code, result, reports[0] if reports else None, out.getvalue(), err.getvalue()
+
+
+async def _replay_in_processes(paths: list[Path], options: ReplayOptions, console: Console, err: Console,
+                               jobs: int, results: list[tuple[Path, int, str, dict[str, Any] | None]]) -> None:
+    """``jobs`` files at a time in worker processes; each file's output is printed when its turn comes."""
+    from .workers import NOT_RUN, Died, Raised, run_in_processes
+
+    def job(path: Path, screen: Console) -> _FileJob:
+        return _FileJob(dataclasses.replace(options, path=path, json_path=None, progress=False), screen.width,
+                        screen.is_terminal, screen.color_system)
+
+    def done(index: int, outcome: Any) -> None:
+        path = paths[index]
+        if outcome is NOT_RUN:
+            return
+        if isinstance(outcome, Died | Raised):
+            error = outcome.error if isinstance(outcome, Raised) else None
+            if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+                results.append((path, EXIT_INTERRUPTED, "interrupted", None))
+                return
+            why = outcome.describe() if isinstance(outcome, Died) else f"{type(error).__name__}: {error}"
+            console.print(f"[bold]── {path}[/]", highlight=False)
+            err.print(f"voicerelay: error: {path}: the replay failed: {why}", highlight=False, markup=False,
+                      soft_wrap=True)
+            results.append((path, EXIT_FAILED, f"failed: {why}", None))
+            return
+        code, result, report, out_text, err_text = outcome
+        for screen, text in ((console, out_text), (err, err_text)):
+            if text:
+                screen.file.write(text)
+                screen.file.flush()
+        results.append((path, code, result, report))
+
+    await run_in_processes(_replay_in_worker, [job(path, console) for path in paths], jobs, done)
 
 
 def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tuple[str, str, str, str]:

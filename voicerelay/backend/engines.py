@@ -28,30 +28,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..workers import worker_started
 from . import responder
 
 log = logging.getLogger(__name__)
-
-
-#: How often a worker checks that the process that started it is still there.
-ORPHAN_CHECK_S = 1.0
-
-
-def _worker_started(parent: int) -> None:
-    """A recognition worker's first act: leave Ctrl-C to its parent (the terminal sends SIGINT to the
-    whole process group; the parent stops the pool, and a worker's own KeyboardInterrupt would only
-    print a traceback), and end itself if the parent dies without stopping it (SIGKILL)."""
-    import signal
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(ORPHAN_CHECK_S)
-        os._exit(0)  # orphaned: nobody will ever ask this worker for anything again
-
-    threading.Thread(target=watch, name="orphan watch", daemon=True).start()
 
 
 def _worker_ready() -> bool:
@@ -93,7 +73,7 @@ class Engines:
                 # spawn, not fork: the parent runs threads (asyncio.to_thread, espeak-ng)
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.stt_processes, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_started, initargs=(os.getpid(),))
+                    initializer=worker_started, initargs=(os.getpid(),))
             return self._pool
 
     def start_workers(self) -> None:
