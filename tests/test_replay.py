@@ -28,6 +28,7 @@ from voicerelay.protocol.audio import rms_dbfs
 from voicerelay.replay import ReplayInputError, ReplayOptions, replay
 
 from .conftest import RECORDINGS, read_recording, room_noise
+from .test_cli import _children, _wait_gone
 
 
 async def run_replay(path: Path, backend: BackendServer, **kw: object) -> tuple[int, str, str]:
@@ -649,11 +650,6 @@ def test_a_bad_file_among_good_ones_with_jobs_is_its_one_line_and_exit_2(tmp_pat
     assert [name for name, _ in _blocks(result.stdout)] == files
 
 
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True,
-                                           text=True).stdout.split()]
-
-
 def _workers_of(pid: int) -> list[int]:
     """The worker processes of a voicerelay process (its spawned children), oldest first."""
     found = []
@@ -665,13 +661,6 @@ def _workers_of(pid: int) -> list[int]:
         if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
             found.append(int(child))
     return sorted(found)
-
-
-def _gone(pids: list[int], timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (alive := [p for p in pids if Path(f"/proc/{p}").exists()]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return alive
 
 
 async def test_a_worker_that_dies_fails_only_its_own_file(tmp_path: Path) -> None:
@@ -700,7 +689,7 @@ async def test_a_worker_that_dies_fails_only_its_own_file(tmp_path: Path) -> Non
     assert rows[files[1]][-1] == rows[files[2]][-1] == "passed", out
     reports = json.loads((tmp_path / "r.json").read_text())["files"]
     assert [r["turns"][0]["user"] for r in reports] == ["what is your name", "how are you today"]
-    assert _gone(workers) == []
+    assert _wait_gone([str(w) for w in workers]) == []
 
 
 @pytest.mark.parametrize("who", ["process group", "parent only"])
@@ -730,7 +719,7 @@ async def test_ctrl_c_with_jobs_exits_130_and_leaves_no_process(tmp_path: Path, 
     err = stderr.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert set(workers) <= set(everyone) and _gone(everyone) == []
+    assert {str(w) for w in workers} <= set(everyone) and _wait_gone(everyone) == []
     data = json.loads(report.read_text())["files"]
     assert len(data) == 2 and all(f["interrupted"] for f in data)  # the third file never started
     assert all(f["turns"][0]["user"] == "hello there" for f in data)  # what finished before Ctrl-C

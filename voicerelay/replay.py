@@ -222,11 +222,10 @@ async def _replay_in_processes(paths: list[Path], options: ReplayOptions, consol
         if outcome is NOT_RUN:
             return
         if isinstance(outcome, Died | Raised):
-            error = outcome.error if isinstance(outcome, Raised) else None
-            if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+            if outcome.interrupted:
                 results.append((path, EXIT_INTERRUPTED, "interrupted", None))
                 return
-            why = outcome.describe() if isinstance(outcome, Died) else f"{type(error).__name__}: {error}"
+            why = outcome.describe()
             console.print(f"[bold]── {path}[/]", highlight=False)
             err.print(f"voicerelay: error: {path}: the replay failed: {why}", highlight=False, markup=False,
                       soft_wrap=True)

@@ -11,7 +11,6 @@ latency p50/p95, user transcripts that differ from the first variant's, lint fin
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import itertools
@@ -126,9 +125,7 @@ async def replay_variants(path: Path, specs: list[str], options: Any, console: C
         if outcome is NOT_RUN:
             continue
         if isinstance(outcome, Died | Raised):
-            error = outcome.error if isinstance(outcome, Raised) else None
-            failure = ("interrupted" if isinstance(error, asyncio.CancelledError | KeyboardInterrupt) else
-                       outcome.describe() if isinstance(outcome, Died) else f"{type(error).__name__}: {error}")
+            failure = "interrupted" if outcome.interrupted else outcome.describe()
             outcome = {"vary": vary, "report": None, "lint_findings": None, "failure": failure}
         results.append(outcome)
     first_users: list[str] | None = None

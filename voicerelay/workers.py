@@ -62,6 +62,7 @@ class Died:
     """The worker process running the item died (a crash, a signal, ``os._exit``)."""
 
     exitcode: int | None
+    interrupted = False  # (see Raised)
 
     def describe(self) -> str:
         code = self.exitcode
@@ -89,6 +90,14 @@ class Raised:
     """The function raised: ``error`` (what the worker could pickle of it)."""
 
     error: BaseException
+
+    @property
+    def interrupted(self) -> bool:
+        """It raised because of Ctrl-C (it was cancelled before it could end as interrupted)."""
+        return isinstance(self.error, asyncio.CancelledError | KeyboardInterrupt)
+
+    def describe(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
 
 
 _interrupted = False
