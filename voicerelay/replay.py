@@ -460,9 +460,9 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
                     if ended or len(pending) >= BATCH_BYTES:
                         await relay.send_audio(bytes(pending))
                         pending.clear()
-                    if ended:
-                        # as fast as possible, but one utterance at a time: the next would interrupt this reply
-                        await _wait_for_turn(relay, run, news, utterances.count, options.timeout)
+                    if ended and not await _wait_for_turn(relay, run, news, utterances.count, options.timeout):
+                        # (as fast as possible, but one utterance at a time: the next would interrupt this reply)
+                        raise _unanswered(relay, options)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
         if pending and not run.done():
@@ -472,14 +472,17 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
             progress = screen.live = None
         expected = await _finish_turn(relay, options, utterances)
         if not await _wait_for_replies(relay, run, news, options.timeout, expected) and not run.done():
-            raise UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout "
-                                  f"{options.timeout:g} s")
+            raise _unanswered(relay, options)
     finally:
         news.close()
         if progress is not None:  # (a failure or Ctrl-C mid-input)
             progress.stop()
             screen.live = None
         await conversation.close()  # raises the upstream's failure, if it failed
+
+
+def _unanswered(relay: Relay, options: ReplayOptions) -> UpstreamTimeout:
+    return UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout {options.timeout:g} s")
 
 
 class _News:
@@ -561,9 +564,11 @@ UNHEARD_AFTER_S = 2.0
 
 
 async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], news: _News, utterances: int,
-                         timeout: float) -> None:
+                         timeout: float) -> bool:
     """Hold the input until the server answered ``utterances`` turns (or, quiet for
-    ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none); at most ``timeout`` s."""
+    ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none): True; False after
+    ``timeout`` seconds (the caller's UpstreamTimeout: going on would talk over a reply still
+    under way, and the run could end as if every turn had been answered) or when the relay ended."""
     session = relay.session
     started = time.monotonic()
     deadline = started + timeout
@@ -571,10 +576,11 @@ async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], news: _News, utt
         finished = sum(t.done_at is not None for t in session.turns)
         busy = session.response_active or session.state.value in ("user_speaking", "thinking")
         if finished >= utterances and not busy:
-            return
+            return True
         if not busy and time.monotonic() - started >= UNHEARD_AFTER_S and all(t.done_at for t in session.turns):
-            return
+            return True
         await news.wait(0.1)
+    return run.done()  # (the relay's end is the relay's failure, raised when the conversation closes)
 
 
 #: Without a count of the turns to expect (``--speed`` above 0, where replay does not look for the
