@@ -367,15 +367,23 @@ async def test_ctrl_c_writes_the_report_of_what_finished_and_exits_130(tmp_path:
     assert data["interrupted"] is True and data["turns"][0]["user"] == "hello there"
 
 
-async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_order(backend: BackendServer,
-                                                                                    tmp_path: Path) -> None:
-    stems = ["hello_there", "what_is_your_name", "how_are_you"]
-    gap = room_noise(800)
+THREE = ["hello_there", "what_is_your_name", "how_are_you"]
+
+
+def _three_utterances(tmp_path: Path) -> Path:
+    """A WAV of 300 ms of room noise, then the recordings of ``THREE``, each followed by 800 ms of it."""
     parts = [room_noise(300)]
-    for stem in stems:
-        parts += [read_recording(stem), gap]
+    for stem in THREE:
+        parts += [read_recording(stem), room_noise(800)]
     path = tmp_path / "three.wav"
     soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    return path
+
+
+async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_order(backend: BackendServer,
+                                                                                    tmp_path: Path) -> None:
+    stems = THREE
+    path = _three_utterances(tmp_path)
     report = tmp_path / "r.json"
     code, out, err = await run_replay(path, backend, speed=0, json_path=str(report))
     assert code == 0, err
@@ -388,12 +396,8 @@ async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_ord
 
 
 async def test_a_recycle_loses_no_utterance_and_invents_none(engines: Engines, tmp_path: Path) -> None:
-    stems = ["hello_there", "what_is_your_name", "how_are_you"]
-    parts = [room_noise(300)]
-    for stem in stems:
-        parts += [read_recording(stem), room_noise(800)]
-    path = tmp_path / "three.wav"
-    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    stems = THREE
+    path = _three_utterances(tmp_path)
     report = tmp_path / "r.json"
     started = time.monotonic()
     async with BackendServer(port=0, engines=engines, max_session_seconds=1.5) as server:
@@ -576,12 +580,8 @@ def test_a_broken_price_table_is_one_line_and_exit_2_before_the_run(tmp_path: Pa
 
 async def test_at_speed_0_replay_ends_as_soon_as_every_utterance_is_answered(backend: BackendServer,
                                                                               tmp_path: Path) -> None:
-    stems = ["hello_there", "what_is_your_name", "how_are_you"]
-    parts = [room_noise(300)]
-    for stem in stems:
-        parts += [read_recording(stem), room_noise(800)]
-    path = tmp_path / "three.wav"
-    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    stems = THREE
+    path = _three_utterances(tmp_path)
     folder = tmp_path / "rec"
     started = time.monotonic()
     code, _, err = await run_replay(path, backend, speed=0, record=folder, json_path=str(tmp_path / "r.json"))
