@@ -28,6 +28,7 @@ from voicerelay.protocol.audio import rms_dbfs
 from voicerelay.replay import ReplayInputError, ReplayOptions, replay
 
 from .conftest import RECORDINGS, read_recording, room_noise
+from .test_cli import _children, _wait_gone
 
 
 async def run_replay(path: Path, backend: BackendServer, **kw: object) -> tuple[int, str, str]:
@@ -366,15 +367,23 @@ async def test_ctrl_c_writes_the_report_of_what_finished_and_exits_130(tmp_path:
     assert data["interrupted"] is True and data["turns"][0]["user"] == "hello there"
 
 
-async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_order(backend: BackendServer,
-                                                                                    tmp_path: Path) -> None:
-    stems = ["hello_there", "what_is_your_name", "how_are_you"]
-    gap = room_noise(800)
+THREE = ["hello_there", "what_is_your_name", "how_are_you"]
+
+
+def _three_utterances(tmp_path: Path) -> Path:
+    """A WAV of 300 ms of room noise, then the recordings of ``THREE``, each followed by 800 ms of it."""
     parts = [room_noise(300)]
-    for stem in stems:
-        parts += [read_recording(stem), gap]
+    for stem in THREE:
+        parts += [read_recording(stem), room_noise(800)]
     path = tmp_path / "three.wav"
     soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    return path
+
+
+async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_order(backend: BackendServer,
+                                                                                    tmp_path: Path) -> None:
+    stems = THREE
+    path = _three_utterances(tmp_path)
     report = tmp_path / "r.json"
     code, out, err = await run_replay(path, backend, speed=0, json_path=str(report))
     assert code == 0, err
@@ -387,12 +396,8 @@ async def test_several_utterances_at_full_speed_each_get_their_own_answer_in_ord
 
 
 async def test_a_recycle_loses_no_utterance_and_invents_none(engines: Engines, tmp_path: Path) -> None:
-    stems = ["hello_there", "what_is_your_name", "how_are_you"]
-    parts = [room_noise(300)]
-    for stem in stems:
-        parts += [read_recording(stem), room_noise(800)]
-    path = tmp_path / "three.wav"
-    soundfile.write(path, np.concatenate(parts), 24_000, subtype="PCM_16")
+    stems = THREE
+    path = _three_utterances(tmp_path)
     report = tmp_path / "r.json"
     started = time.monotonic()
     async with BackendServer(port=0, engines=engines, max_session_seconds=1.5) as server:
@@ -568,3 +573,153 @@ def test_a_broken_price_table_is_one_line_and_exit_2_before_the_run(tmp_path: Pa
         assert result.stderr.strip() == (f"voicerelay: error: price table {table} (VOICERELAY_PRICES): "
                                          "models.m: 'text_cached_input' is missing")
         assert "user" not in result.stdout  # nothing was replayed
+
+
+# ------------------------------------------------------------------------------------------- speed 0
+
+
+async def test_at_speed_0_replay_ends_as_soon_as_every_utterance_is_answered(backend: BackendServer,
+                                                                              tmp_path: Path) -> None:
+    stems = THREE
+    path = _three_utterances(tmp_path)
+    folder = tmp_path / "rec"
+    started = time.monotonic()
+    code, _, err = await run_replay(path, backend, speed=0, record=folder, json_path=str(tmp_path / "r.json"))
+    ended = time.monotonic()
+    assert code == 0, err
+    turns = json.loads((tmp_path / "r.json").read_text())["turns"]
+    assert [t["user"] for t in turns] == [RECORDING_SENTENCES[stem] for stem in stems]
+    assert all(t["status"] == "completed" and t["assistant"] for t in turns), turns
+    lines = [json.loads(line) for line in (folder / "session.jsonl").read_text().splitlines()[1:]]
+    last_answer = max(line["t"] for line in lines if line["event"]["type"] in
+                      ("response.done", "conversation.item.input_audio_transcription.completed"))
+    # the recording's clock starts just after replay() did: what follows the last answer is the
+    # session's closing, not 300 ms of waiting for something more (as before)
+    assert (ended - started) - last_answer < 0.25, (ended - started, last_answer)
+    appends = [line["event"] for line in lines if line["event"]["type"] == "input_audio_buffer.append"]
+    assert len(appends) < 20  # up to 1 s each, not one per 20 ms frame (about 375 here)
+
+
+# ------------------------------------------------------------------------------------------- --jobs
+
+
+def _blocks(stdout: str) -> list[tuple[str, list[str]]]:
+    """(file, its lines) per '── file' heading, in the order printed."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in stdout.splitlines():
+        if line.startswith("── "):
+            blocks.append((line[3:], []))
+        elif blocks and line.strip():
+            blocks[-1][1].append(line)
+    return blocks
+
+
+def _conversation(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(t["user"], t["assistant"], t["status"]) for t in report["turns"]]
+
+
+def test_jobs_keep_the_input_order_and_give_what_one_job_gives(tmp_path: Path) -> None:
+    stems = ["weather_in_paris", "hello_there", "what_can_you_do", "how_are_you", "what_is_your_name"]
+    files = [str(RECORDINGS / f"{stem}.wav") for stem in stems]
+    runs = {}
+    for jobs in ("1", "2"):
+        report = tmp_path / f"jobs{jobs}.json"
+        result = cli("replay", *files, "--speed", "0", "--jobs", jobs, "--json", str(report), timeout=120)
+        assert result.returncode == 0, result.stderr
+        blocks = _blocks(result.stdout)
+        assert [name for name, _ in blocks] == files, result.stdout
+        for (name, lines), stem in zip(blocks, stems):  # each file's lines under its own heading
+            assert lines[0] == f"     user  {RECORDING_SENTENCES[stem]}", (name, lines)
+        runs[jobs] = [_conversation(f) for f in json.loads(report.read_text())["files"]]
+        assert [f[0][0] for f in runs[jobs]] == [RECORDING_SENTENCES[stem] for stem in stems]
+    assert runs["2"] == runs["1"]
+
+
+def test_a_bad_file_among_good_ones_with_jobs_is_its_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    files = [str(RECORDINGS / "hello_there.wav"), str(bad), str(RECORDINGS / "how_are_you.wav")]
+    result = cli("replay", *files, "--speed", "0", "--jobs", "2", timeout=120)
+    assert result.returncode == 2, result.stderr  # unusable input, per the README's table
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("voicerelay: error: ") and str(bad) in errors[0], errors
+    assert "Traceback" not in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("/", "file"))}
+    assert "unusable: cannot read" in rows[str(bad)]
+    assert rows[files[0]].split()[-1] == rows[files[2]].split()[-1] == "passed"
+    assert [name for name, _ in _blocks(result.stdout)] == files
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes of a voicerelay process (its spawned children), oldest first."""
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(child))
+    return sorted(found)
+
+
+async def test_a_worker_that_dies_fails_only_its_own_file(tmp_path: Path) -> None:
+    import signal
+
+    long_input = tmp_path / "long.wav"  # at speed 1 it takes 12 s: its worker is killed meanwhile
+    soundfile.write(long_input, np.concatenate([read_recording("hello_there"), room_noise(10_000)]), 24_000)
+    files = [str(long_input), str(RECORDINGS / "what_is_your_name.wav"), str(RECORDINGS / "how_are_you.wav")]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", *files, "--jobs", "2", "--json", str(tmp_path / "r.json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    async with asyncio.timeout(30):
+        while len(workers := _workers_of(proc.pid)) < 2:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(3)  # long.wav's replay is under way in the first worker
+    os.kill(workers[0], signal.SIGKILL)
+    async with asyncio.timeout(60):
+        stdout, stderr = await proc.communicate()
+    out, err = stdout.decode(), stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [(f"voicerelay: error: {long_input}: the replay failed: its worker process "
+                                         "was killed by SIGKILL")], err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("/")}
+    assert rows[files[1]][-1] == rows[files[2]][-1] == "passed", out
+    reports = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert [r["turns"][0]["user"] for r in reports] == ["what is your name", "how are you today"]
+    assert _wait_gone([str(w) for w in workers]) == []
+
+
+@pytest.mark.parametrize("who", ["process group", "parent only"])
+async def test_ctrl_c_with_jobs_exits_130_and_leaves_no_process(tmp_path: Path, who: str) -> None:
+    import signal
+
+    long_input = tmp_path / "long.wav"
+    soundfile.write(long_input, np.concatenate([read_recording("hello_there"), room_noise(20_000)]), 24_000)
+    files = [str(long_input), str(long_input), str(RECORDINGS / "how_are_you.wav")]
+    report = tmp_path / "r.json"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicerelay", "replay", *files, "--jobs", "2", "--json", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    async with asyncio.timeout(30):
+        while len(workers := _workers_of(proc.pid)) < 2:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(7)  # both replays are under way, their first turn answered (21.7 s of input each)
+    everyone = _children(proc.pid)  # (multiprocessing's resource tracker too)
+    if who == "process group":  # what a terminal's Ctrl-C does
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20):
+        _, stderr = await proc.communicate()
+    err = stderr.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert {str(w) for w in workers} <= set(everyone) and _wait_gone(everyone) == []
+    data = json.loads(report.read_text())["files"]
+    assert len(data) == 2 and all(f["interrupted"] for f in data)  # the third file never started
+    assert all(f["turns"][0]["user"] == "hello there" for f in data)  # what finished before Ctrl-C

@@ -303,7 +303,7 @@ def replay(
     paths: Annotated[list[Path], typer.Argument(
         metavar="PATH...", show_default=False,
         help="WAVs (any rate, channels, sample format) or recorded session folders; a quoted glob ('tests/*.wav') "
-             "is expanded. Several are replayed one after the other, then summed up in one table.")],
+             "is expanded. Several are replayed --jobs at a time, then summed up in one table.")],
     speed: Annotated[float, typer.Option(metavar="FACTOR", help=(
         "Pacing: 1 = real time, or any factor. 0 = as fast as the upstream takes it, one utterance at a time: "
         "each is sent once the previous one is answered, so every utterance gets its own reply."), min=0)] = 1.0,
@@ -318,12 +318,16 @@ def replay(
                                                 show_default=False)] = None,
     vary: Annotated[list[str] | None, typer.Option(metavar="KEY=V1,V2", help=(
         "A/B replay: replay the input under every combination of these settings (repeatable: turn_detection, "
-        "silence_duration_ms, prefix_padding_ms, threshold, voice, instructions, ...), two at a time, and print "
+        "silence_duration_ms, prefix_padding_ms, threshold, voice, instructions, ...), --jobs at a time, and print "
         "one table: turns, interruptions, first-audio latency, transcripts that differ, lint findings, cost."),
         show_default=False)] = None,
     compare: Annotated[bool, typer.Option(
         "--compare", help="With a recorded session: show how the new transcripts differ from the recorded ones.")
     ] = False,
+    jobs: Annotated[int | None, typer.Option(metavar="N", min=1, show_default=False, help=(
+        "Inputs (or --vary variants) replayed at once, each in a worker process with its own session and "
+        "backend; each file's output is printed as one block, in input order. Default: one per core, at most one "
+        "per input. 1: one after the other in this process."))] = None,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds that any wait may take: the session's set-up, each reply, the last one after the input ends.",
                                            min=0.1)] = 30.0,
     backend: Backend = None,
@@ -338,7 +342,7 @@ def replay(
 
     Prints each user and assistant line with its latency.
 
-    Exit codes: 0 every turn answered; 1 the upstream failed or did not answer within --timeout, --expect matched nothing, or --compare found differences; 2 unusable input or options; 130 interrupted (the --json report holds what finished).
+    Exit codes: 0 every turn answered; 1 the upstream failed or did not answer within --timeout, --expect matched nothing, --compare found differences, or a worker process died (--jobs); 2 unusable input or options; 130 interrupted (the --json report holds what finished).
     """
     import asyncio
 
@@ -360,8 +364,8 @@ def replay(
             fail(f"--vary replays one input, not {len(inputs)}")
         from .variants import replay_variants
 
-        raise typer.Exit(asyncio.run(replay_variants(inputs[0], vary, options, console, err)))
-    raise typer.Exit(asyncio.run(replay_all(inputs, options, console, err)))
+        raise typer.Exit(asyncio.run(replay_variants(inputs[0], vary, options, console, err, jobs)))
+    raise typer.Exit(asyncio.run(replay_all(inputs, options, console, err, jobs)))
 
 
 def _expand_globs(paths: list[Path]) -> list[Path]:

@@ -2,15 +2,19 @@
 
 The input is streamed in 20 ms frames through a :class:`~voicerelay.conversation.Conversation`
 (reply audio goes to an :class:`~voicerelay.conversation.InstantPlayback`: the ``--out`` WAV, or
-nothing), paced at ``speed`` times real time (0: as fast as the upstream takes it). With server VAD, trailing
-silence closes the last turn; with turn detection disabled the relay commits. Then it waits for
-the replies (with a timeout), prints the transcript, and optionally writes the assistant audio,
-a JSON report and a recording. Each turn's line, the report and the summary say what the turns
-cost in dollars (:mod:`voicerelay.cost`; estimates on the embedded backend).
+nothing), paced at ``speed`` times real time. At speed 0 it goes as fast as the upstream takes
+it, one utterance at a time (:class:`_Utterances` finds where each ends; the next waits for its
+answer), in appends of up to :data:`BATCH_BYTES`. With server VAD, trailing silence closes the
+last turn; with turn detection disabled the relay commits. Then it waits for the replies (with a
+timeout; every wait wakes on what the relay reports, not on a poll), prints the transcript, and
+optionally writes the assistant audio, a JSON report and a recording. Each turn's line, the
+report and the summary say what the turns cost in dollars (:mod:`voicerelay.cost`; estimates on
+the embedded backend). Several files go ``--jobs`` at a time through worker processes
+(:func:`replay_all`).
 
-Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed or the
-replies timed out (``--timeout`` bounds every wait); 2 unusable input (a one-line message, never
-a traceback).
+Exit codes: 0 done; 1 an ``--expect`` pattern matched nothing, the upstream failed, the
+replies timed out (``--timeout`` bounds every wait) or a worker process died; 2 unusable input
+(a one-line message, never a traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import io
 import json
 import os
 import re
@@ -44,6 +49,7 @@ from .relay import Notice, Observation, Relay
 from .upstream import UpstreamError, upstream_for
 
 FRAME_MS = 20
+FRAME_BYTES = ms_to_bytes(FRAME_MS)
 
 
 #: Input that cannot be replayed (exit code 2): the tree's usage error, under its old name.
@@ -110,12 +116,23 @@ class _Source:
                 yield t, pcm
 
 
-async def replay_all(paths: list[Path], options: ReplayOptions, console: Console, err: Console) -> int:
-    """Replay each of ``paths`` in turn (its own session), then print one summary table; returns
-    the exit code: 0 when every file passed, 2 when one was unusable, else 1 when one failed.
+def default_jobs(files: int) -> int:
+    """``--jobs`` when not given: one process per core, no more than there are files."""
+    return max(1, min(files, os.cpu_count() or 1))
+
+
+async def replay_all(paths: list[Path], options: ReplayOptions, console: Console, err: Console,
+                     jobs: int | None = None) -> int:
+    """Replay each of ``paths`` (its own session), then print one summary table; returns the exit
+    code: 0 when every file passed, 130 when interrupted, else 2 when one was unusable, else 1
+    when one failed.
 
     One path is :func:`replay` itself. With several, ``--json`` holds ``{"files": [report, ...]}``
-    and ``--out``/``--record`` (which name one output) are refused.
+    and ``--out``/``--record`` (which name one output) are refused. ``jobs`` files are replayed at
+    once, each in a worker process of its own (:func:`voicerelay.workers.run_in_processes`; default
+    :func:`default_jobs`), and each file's output is printed as one block, in input order, as soon
+    as it and the files before it are done; ``jobs=1`` replays them one after the other in this
+    process, printing as it goes.
     """
     if len(paths) == 1:
         return await replay(dataclasses.replace(options, path=paths[0]), console, err)
@@ -125,27 +142,21 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
     if options.json_path not in (None, "-"):
         _check_writable("--json", Path(options.json_path))
     load_prices()  # a price table that cannot be used stops the run before the first file
-    reports: list[dict[str, Any]] = []
-    rows: list[tuple[str, ...]] = []
-    codes: list[int] = []
-    for path in paths:
-        console.print(f"[bold]── {path}[/]", highlight=False)
-        one = dataclasses.replace(options, path=path, json_path=None)
-        count = len(reports)
-        try:
-            code = await replay(one, console, err, reports=reports)
-            result = {0: "passed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
-        except UsageError as exc:
-            err.print(f"voicerelay: error: {exc}", highlight=False, markup=False)
-            code, result = exc.exit_code, f"unusable: {exc}"
-        except UpstreamError as exc:
-            err.print(f"voicerelay: error: upstream failed: {exc}", highlight=False, markup=False)
-            code, result = exc.exit_code, f"upstream failed: {exc}"
-        codes.append(code)
-        report = reports[count] if len(reports) > count else None
-        rows.append((str(path), *_summary_cells(report, options), result))
-        if code == EXIT_INTERRUPTED:
-            break
+    jobs = default_jobs(len(paths)) if jobs is None else jobs
+    results: list[tuple[Path, int, str, dict[str, Any] | None]] = []
+    if jobs <= 1:
+        for path in paths:
+            reports: list[dict[str, Any]] = []
+            code, result = await _replay_file(dataclasses.replace(options, path=path, json_path=None), console,
+                                              err, reports)
+            results.append((path, code, result, reports[0] if reports else None))
+            if code == EXIT_INTERRUPTED:
+                break
+    else:
+        await _replay_in_processes(paths, options, console, err, jobs, results)
+    reports = [report for _, _, _, report in results if report is not None]
+    rows = [(str(path), *_summary_cells(report, options), result) for path, _, result, report in results]
+    codes = [code for _, code, _, _ in results]
     if any((r.get("cost") or {}).get("estimate") for r in reports):  # (above the table: it ends the output)
         console.print("\n[dim]cost ~ is an estimate: the embedded backend's usage figures are estimates "
                       "(no model ran)[/]", highlight=False)
@@ -156,6 +167,78 @@ async def replay_all(paths: list[Path], options: ReplayOptions, console: Console
         if code in codes:
             return code
     return 0
+
+
+async def _replay_file(options: ReplayOptions, console: Console, err: Console,
+                       reports: list[dict[str, Any]]) -> tuple[int, str]:
+    """One file of several: its heading, its replay, a failure as one line; (exit code, result)."""
+    console.print(f"[bold]── {options.path}[/]", highlight=False)
+    try:
+        code = await replay(options, console, err, reports=reports)
+        return code, {0: "passed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+    except UsageError as exc:
+        err.print(f"voicerelay: error: {exc}", highlight=False, markup=False)
+        return exc.exit_code, f"unusable: {exc}"
+    except UpstreamError as exc:
+        err.print(f"voicerelay: error: upstream failed: {exc}", highlight=False, markup=False)
+        return exc.exit_code, f"upstream failed: {exc}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FileJob:
+    """What a worker process needs to replay one file as this process would print it."""
+
+    options: ReplayOptions
+    width: int
+    terminal: bool
+    color_system: str | None
+
+    def console(self, file: io.StringIO) -> Console:
+        return Console(file=file, width=self.width, force_terminal=self.terminal, color_system=self.color_system,  # type: ignore[arg-type]
+                       highlight=False, soft_wrap=True)
+
+
+def _replay_in_worker(job: _FileJob) -> tuple[int, str, dict[str, Any] | None, str, str]:
+    """In a worker process: (exit code, result, report, stdout text, stderr text) of one file."""
+    from .workers import run_interruptible
+
+    out, err = io.StringIO(), io.StringIO()
+    reports: list[dict[str, Any]] = []
+    code, result = run_interruptible(_replay_file(job.options, job.console(out), job.console(err), reports))
+    return code, result, reports[0] if reports else None, out.getvalue(), err.getvalue()
+
+
+async def _replay_in_processes(paths: list[Path], options: ReplayOptions, console: Console, err: Console,
+                               jobs: int, results: list[tuple[Path, int, str, dict[str, Any] | None]]) -> None:
+    """``jobs`` files at a time in worker processes; each file's output is printed when its turn comes."""
+    from .workers import NOT_RUN, Died, Raised, run_in_processes
+
+    def job(path: Path, screen: Console) -> _FileJob:
+        return _FileJob(dataclasses.replace(options, path=path, json_path=None, progress=False), screen.width,
+                        screen.is_terminal, screen.color_system)
+
+    def done(index: int, outcome: Any) -> None:
+        path = paths[index]
+        if outcome is NOT_RUN:
+            return
+        if isinstance(outcome, Died | Raised):
+            if outcome.interrupted:
+                results.append((path, EXIT_INTERRUPTED, "interrupted", None))
+                return
+            why = outcome.describe()
+            console.print(f"[bold]── {path}[/]", highlight=False)
+            err.print(f"voicerelay: error: {path}: the replay failed: {why}", highlight=False, markup=False,
+                      soft_wrap=True)
+            results.append((path, EXIT_FAILED, f"failed: {why}", None))
+            return
+        code, result, report, out_text, err_text = outcome
+        for screen, text in ((console, out_text), (err, err_text)):
+            if text:
+                screen.file.write(text)
+                screen.file.flush()
+        results.append((path, code, result, report))
+
+    await run_in_processes(_replay_in_worker, [job(path, console) for path in paths], jobs, done)
 
 
 def _summary_cells(report: dict[str, Any] | None, options: ReplayOptions) -> tuple[str, str, str, str]:
@@ -242,7 +325,9 @@ async def replay(options: ReplayOptions, console: Console, err: Console,
 
     errors: list[str] = []
     started = time.monotonic()
-    embedded = {"pace": 0.0} if options.speed == 0 else {}
+    # an embedded backend paces nothing at speed 0, and loads the general recognition model only
+    # if an utterance needs it (its warm-up runs while the first utterances are recognised)
+    embedded: dict[str, object] = {"warm_general": False, **({"pace": 0.0} if options.speed == 0 else {})}
     exit_code = 0
     failure: UpstreamError | None = None
     interrupted = False
@@ -350,52 +435,104 @@ async def _drive(conversation: Conversation, source: _Source, options: ReplayOpt
     (:class:`~voicerelay.errors.UpstreamTimeout` when it did not configure or answer in time)."""
     relay = conversation.relay
     run = conversation.start()
+    news = _News(conversation)
     progress = None
     try:
         await conversation.wait_ready()
         progress = _progress(source, options, screen.err)
         screen.live = progress.console if progress is not None else None
         utterances = _Utterances(options) if options.speed == 0 else None
+        pending = bytearray()  # --speed 0: frames not sent yet (see BATCH_BYTES)
         t0 = time.monotonic()
         async for t, pcm in source.frames():
             if run.done():
                 break
-            if options.speed > 0:
+            if utterances is None:
                 delay = t0 + t / options.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await relay.send_audio(pcm)
-            if utterances is not None and utterances.ended(pcm):
-                # as fast as possible, but one utterance at a time: the next would interrupt this reply
-                await _wait_for_turn(relay, run, utterances.count, options.timeout)
+                await relay.send_audio(pcm)
+            else:  # 20 ms at a time (a recording's chunks may be longer), so an utterance ends on time
+                for i in range(0, len(pcm), FRAME_BYTES):
+                    frame = pcm[i:i + FRAME_BYTES]
+                    pending += frame
+                    ended = utterances.ended(frame)
+                    if ended or len(pending) >= BATCH_BYTES:
+                        await relay.send_audio(bytes(pending))
+                        pending.clear()
+                    if ended and not await _wait_for_turn(relay, run, news, utterances.count, options.timeout):
+                        # (as fast as possible, but one utterance at a time: the next would interrupt this reply)
+                        raise _unanswered(relay, options)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=t + len(pcm) / 48_000)
+        if pending and not run.done():
+            await relay.send_audio(bytes(pending))
         if progress is not None:
             progress.stop()
             progress = screen.live = None
-        await _finish_turn(relay, options, t0)
-        if not await _wait_for_replies(relay, run, options.timeout) and not run.done():
-            raise UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout "
-                                  f"{options.timeout:g} s")
+        expected = await _finish_turn(relay, options, utterances)
+        if not await _wait_for_replies(relay, run, news, options.timeout, expected) and not run.done():
+            raise _unanswered(relay, options)
     finally:
+        news.close()
         if progress is not None:  # (a failure or Ctrl-C mid-input)
             progress.stop()
             screen.live = None
         await conversation.close()  # raises the upstream's failure, if it failed
 
 
-async def _finish_turn(relay: Relay, options: ReplayOptions, t0: float) -> None:
-    """Close the last turn: trailing silence for server VAD, a commit otherwise."""
+def _unanswered(relay: Relay, options: ReplayOptions) -> UpstreamTimeout:
+    return UpstreamTimeout(f"{relay.spec.describe()} did not answer every turn within --timeout {options.timeout:g} s")
+
+
+class _News:
+    """Wakes the waits below whenever the relay reports anything (a state change, a transcript, a
+    finished turn...), so that at ``--speed 0`` they go on the moment the condition holds instead
+    of at the next tick of a poll."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self._event = asyncio.Event()
+        self._unsubscribe = conversation.subscribe(lambda _: self._event.set())
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next observation, or ``timeout`` seconds (a safety net: nothing relies on it)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._event.clear()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+async def _finish_turn(relay: Relay, options: ReplayOptions, utterances: _Utterances | None) -> int | None:
+    """Close the last turn: trailing silence for server VAD, a commit otherwise. Returns the turns
+    the input holds when replay knows it (``--speed 0``: the utterances it found, and a commit),
+    else None."""
     td = options.config.turn_detection()
     if td is None:
         if relay.session.buffered_ms >= 100:
             relay.commit()
-        return
+        return len(relay.session.turns) if options.speed == 0 else None
     silence = bytes(ms_to_bytes(FRAME_MS))
-    for _ in range((td["silence_duration_ms"] + 400) // FRAME_MS):
-        if options.speed > 0:
+    frames = (td["silence_duration_ms"] + 400) // FRAME_MS
+    if utterances is None:
+        for _ in range(frames):
             await asyncio.sleep(FRAME_MS / 1000 / options.speed)
-        await relay.send_audio(silence)
+            await relay.send_audio(silence)
+        return None
+    for _ in range(frames):
+        utterances.ended(silence)  # (an utterance the input ended in ends here)
+    await relay.send_audio(silence * frames)  # one append (see BATCH_BYTES)
+    return utterances.count
+
+
+#: At ``--speed 0``, frames go upstream in appends of up to this many bytes (1 s): a 20 ms append
+#: per frame made the JSON, base64 and WebSocket work of ~1,400 events for 28 s of input, on both
+#: sides, for no gain when nothing is paced. An append always ends where replay found an utterance
+#: to end, so the server hears the same audio cut at the same places, in fewer events.
+BATCH_BYTES = ms_to_bytes(1000)
 
 
 class _Utterances:
@@ -426,9 +563,12 @@ class _Utterances:
 UNHEARD_AFTER_S = 2.0
 
 
-async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], utterances: int, timeout: float) -> None:
+async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], news: _News, utterances: int,
+                         timeout: float) -> bool:
     """Hold the input until the server answered ``utterances`` turns (or, quiet for
-    ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none); at most ``timeout`` s."""
+    ``UNHEARD_AFTER_S`` with no turn under way, it evidently heard none): True; False after
+    ``timeout`` seconds (the caller's UpstreamTimeout: going on would talk over a reply still
+    under way, and the run could end as if every turn had been answered) or when the relay ended."""
     session = relay.session
     started = time.monotonic()
     deadline = started + timeout
@@ -436,30 +576,42 @@ async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], utterances: int,
         finished = sum(t.done_at is not None for t in session.turns)
         busy = session.response_active or session.state.value in ("user_speaking", "thinking")
         if finished >= utterances and not busy:
-            return
+            return True
         if not busy and time.monotonic() - started >= UNHEARD_AFTER_S and all(t.done_at for t in session.turns):
-            return
-        await asyncio.sleep(0.01)
+            return True
+        await news.wait(0.1)
+    return run.done()  # (the relay's end is the relay's failure, raised when the conversation closes)
 
 
-async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], timeout: float) -> bool:
-    """Until every turn has its response and its user transcript (quiet for 300 ms): True; False
-    after ``timeout`` seconds or when the relay ended first."""
+#: Without a count of the turns to expect (``--speed`` above 0, where replay does not look for the
+#: utterances), or when fewer turns came than utterances were sent: how long every turn must stay
+#: answered, with nothing new, before replay concludes that nothing more is coming.
+QUIET_S = 0.3
+
+
+async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], news: _News, timeout: float,
+                            expected: int | None = None) -> bool:
+    """Until every turn has its response and its user transcript: True at once when there are
+    ``expected`` turns, else once that held for ``QUIET_S``; False after ``timeout`` seconds or
+    when the relay ended first."""
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline and not run.done():
         session = relay.session
-        settled = (not session.response_active and relay.queued_audio_ms == 0
-                   and all(t.done_at is not None for t in session.turns)
-                   and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
-                   and session.state.value in ("listening", "speaking"))
-        if settled:
+        answered = (not session.response_active
+                    and all(t.done_at is not None for t in session.turns)
+                    and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
+                    and session.state.value in ("listening", "speaking"))
+        if answered and expected is not None and len(session.turns) >= expected:
+            return True  # (audio still queued is closing silence after the last utterance: no turn of its own)
+        if answered and relay.queued_audio_ms == 0:
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= 0.3:
+            if time.monotonic() - quiet_since >= QUIET_S:
                 return True
+            await news.wait(quiet_since + QUIET_S - time.monotonic())
         else:
             quiet_since = None
-        await asyncio.sleep(0.02)
+            await news.wait(0.1)
     return False
 
 

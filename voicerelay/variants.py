@@ -1,15 +1,16 @@
 """A/B replay (``voicerelay replay REC --vary KEY=V1,V2 ...``): one input replayed under every
-combination of settings, in parallel (bounded), summed up in one table.
+combination of settings, ``--jobs`` at a time in worker processes (one per core by default: each
+runs its own speech engines), summed up in one table.
 
 Each variant is an ordinary replay (:func:`voicerelay.replay.replay`) with its own embedded backend
-(or upstream) and its own recording in a temporary folder, which the protocol linter then reads.
+(or upstream) and its own recording in a temporary folder, which the protocol linter then reads,
+in a worker process of :func:`voicerelay.workers.run_in_processes`.
 The table: turns detected, interruptions (turns that ended cancelled or interrupted), first-audio
 latency p50/p95, user transcripts that differ from the first variant's, lint findings, cost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import itertools
@@ -21,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from .errors import EXIT_FAILED, UpstreamError, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, UpstreamError, UsageError
 from .protocol.config import ConfigError, RealtimeConfig
 
 #: What ``--vary`` may name: configuration keys, and the turn-detection parameters by their own name.
@@ -29,8 +30,6 @@ VARY_KEYS = {"turn_detection": "turn_detection_mode", "turn_detection_mode": "tu
              "voice": "voice", "instructions": "instructions", "model": "model",
              "transcription_model": "transcription_model", "max_output_tokens": "max_output_tokens"}
 TD_PARAMS = ("threshold", "prefix_padding_ms", "silence_duration_ms")
-#: Variants replayed at once (each runs its own speech engines: two cores here).
-PARALLEL = 2
 COLUMNS = ("variant", "turns", "interruptions", "first audio p50", "p95", "transcripts differ", "lint", "cost",
            "result")
 
@@ -78,37 +77,57 @@ def parse_vary(specs: list[str], base: RealtimeConfig) -> list[tuple[dict[str, A
     return variants
 
 
-async def replay_variants(path: Path, specs: list[str], options: Any, console: Console, err: Console) -> int:
-    """Replay ``path`` under every variant; print the table (and ``--json``); the exit code."""
+def _run_variant(job: tuple[Path, dict[str, Any], Any]) -> dict[str, Any]:
+    """In a worker process: one variant's replay, recorded into a temporary folder that the linter reads."""
     from .lint import lint_recording
-    from .replay import _write_json, replay
+    from .replay import replay
+    from .workers import run_interruptible
+
+    path, vary, options = job
+    with tempfile.TemporaryDirectory(prefix="voicerelay-vary-") as tmp:
+        folder = Path(tmp) / "rec"
+        reports: list[dict[str, Any]] = []
+        one = dataclasses.replace(options, path=path, record=folder, json_path=None, progress=False, expect=None,
+                                  compare=False)
+        quiet = Console(file=io.StringIO())
+        failure = ""
+        try:
+            code = run_interruptible(replay(one, quiet, quiet, reports=reports))
+            if code == EXIT_INTERRUPTED:
+                failure = "interrupted"
+        except UpstreamError as exc:
+            failure = f"upstream failed: {exc}"
+        findings = len(lint_recording(folder).findings) if (folder / "session.jsonl").exists() else None
+        return {"vary": vary, "report": reports[0] if reports else None, "lint_findings": findings,
+                "failure": failure}
+
+
+async def replay_variants(path: Path, specs: list[str], options: Any, console: Console, err: Console,
+                          jobs: int | None = None) -> int:
+    """Replay ``path`` under every variant, ``jobs`` at a time in worker processes (default: one per
+    core); print the table (and ``--json``); the exit code."""
+    from .replay import _write_json, default_jobs
+    from .workers import NOT_RUN, Died, Raised, run_in_processes
 
     if options.out is not None or options.record is not None:
         raise UsageError("--out and --record take one replay, not one per --vary variant")
     variants = parse_vary(specs, options.config)
     rows: list[tuple[str, ...]] = []
+    jobs = default_jobs(len(variants)) if jobs is None else max(1, min(jobs, len(variants)))
+    err.print(f"replaying {path} under {len(variants)} variants, {jobs} at a time…", highlight=False)
+    jobs_of = [(path, vary, dataclasses.replace(options, config=config)) for vary, config in variants]
+    outcomes, interrupted = await run_in_processes(_run_variant, jobs_of, jobs)
+    for outcome in outcomes:  # unusable input is every variant's: one line, exit 2, as without --vary
+        if isinstance(outcome, Raised) and isinstance(outcome.error, UsageError):
+            raise outcome.error
     results: list[dict[str, Any]] = []
-    gate = asyncio.Semaphore(PARALLEL)
-
-    async def run(vary: dict[str, Any], config: RealtimeConfig) -> dict[str, Any]:
-        async with gate:
-            with tempfile.TemporaryDirectory(prefix="voicerelay-vary-") as tmp:
-                folder = Path(tmp) / "rec"
-                reports: list[dict[str, Any]] = []
-                one = dataclasses.replace(options, path=path, config=config, record=folder, json_path=None,
-                                          progress=False, expect=None, compare=False)
-                quiet = Console(file=io.StringIO())
-                failure = ""
-                try:
-                    await replay(one, quiet, quiet, reports=reports)
-                except UpstreamError as exc:
-                    failure = f"upstream failed: {exc}"
-                findings = len(lint_recording(folder).findings) if (folder / "session.jsonl").exists() else None
-                return {"vary": vary, "report": reports[0] if reports else None, "lint_findings": findings,
-                        "failure": failure}
-
-    err.print(f"replaying {path} under {len(variants)} variants, {PARALLEL} at a time…", highlight=False)
-    results = list(await asyncio.gather(*(run(vary, config) for vary, config in variants)))
+    for (vary, _), outcome in zip(variants, outcomes):
+        if outcome is NOT_RUN:
+            continue
+        if isinstance(outcome, Died | Raised):
+            failure = "interrupted" if outcome.interrupted else outcome.describe()
+            outcome = {"vary": vary, "report": None, "lint_findings": None, "failure": failure}
+        results.append(outcome)
     first_users: list[str] | None = None
     for result in results:
         report = result["report"] or {"turns": []}
@@ -131,6 +150,8 @@ async def replay_variants(path: Path, specs: list[str], options: Any, console: C
     _print_table(rows, console)
     if options.json_path is not None:
         _write_json(options.json_path, {"input": str(path), "variants": results})
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_FAILED if any(r["failure"] for r in results) else 0
 
 

@@ -28,30 +28,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..workers import worker_started
 from . import responder
 
 log = logging.getLogger(__name__)
-
-
-#: How often a worker checks that the process that started it is still there.
-ORPHAN_CHECK_S = 1.0
-
-
-def _worker_started(parent: int) -> None:
-    """A recognition worker's first act: leave Ctrl-C to its parent (the terminal sends SIGINT to the
-    whole process group; the parent stops the pool, and a worker's own KeyboardInterrupt would only
-    print a traceback), and end itself if the parent dies without stopping it (SIGKILL)."""
-    import signal
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(ORPHAN_CHECK_S)
-        os._exit(0)  # orphaned: nobody will ever ask this worker for anything again
-
-    threading.Thread(target=watch, name="orphan watch", daemon=True).start()
 
 
 def _worker_ready() -> bool:
@@ -62,6 +42,16 @@ def _transcribe_in_worker(pcm: bytes, extra_phrases: tuple[str, ...]) -> str:
     from .stt import recognizer_for
 
     return recognizer_for(extra_phrases).transcribe(np.frombuffer(pcm, dtype=np.int16))
+
+
+def _warm_up_in_worker(general: bool) -> None:
+    from .stt import recognizer_for
+
+    silence = np.zeros(2400, dtype=np.int16)
+    if general:  # the domain model hears no words in silence: the general model loads and decodes it too
+        recognizer_for(()).transcribe(silence)
+    else:
+        recognizer_for(()).warm_up(silence)
 
 
 class Engines:
@@ -83,7 +73,7 @@ class Engines:
                 # spawn, not fork: the parent runs threads (asyncio.to_thread, espeak-ng)
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.stt_processes, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_started, initargs=(os.getpid(),))
+                    initializer=worker_started, initargs=(os.getpid(),))
             return self._pool
 
     def start_workers(self) -> None:
@@ -148,14 +138,18 @@ class Engines:
         """``text`` cut into transcript deltas (:func:`.responder.stream_words`)."""
         return responder.stream_words(text)
 
-    def warm_up(self) -> None:
-        """Load both engines (in every recognition worker) now, so the first turn does not pay for it."""
+    def warm_up(self, general: bool = True) -> None:
+        """Load both engines (in every recognition worker) now, so the first turn does not pay for it.
+
+        ``general``: the general recognition model too (~95 MB, loaded in ~0.3 s of CPU), which only
+        an utterance outside the domain needs. A server wants it ready; one replay, whose warm-up
+        runs while its first utterances are recognised, does better to load it if and when it is
+        needed."""
         self.synthesize("ready")
-        silence = np.zeros(2400, dtype=np.int16)
         if self.stt_processes == 0:
-            self.transcribe(silence)
+            _warm_up_in_worker(general)
             return
         pool = self._stt_pool()
-        jobs = [pool.submit(_transcribe_in_worker, silence.tobytes(), ()) for _ in range(self.stt_processes)]
+        jobs = [pool.submit(_warm_up_in_worker, general) for _ in range(self.stt_processes)]
         for job in jobs:
             job.result()

@@ -152,9 +152,12 @@ class BackendServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, pace: float = 10.0,
                  max_session_seconds: float = 3600.0, engines: Engines | None = None,
-                 stt_processes: int | None = None) -> None:
+                 stt_processes: int | None = None, warm_general: bool = True) -> None:
+        """``warm_general``: whether the warm-up of engines of its own loads the general recognition
+        model too (see :meth:`Engines.warm_up`)."""
         self.host, self.port = host, port
         self.pace = pace
+        self.warm_general = warm_general
         self.max_session_seconds = max_session_seconds
         self._owns_engines = engines is None
         self.engines = engines or Engines(stt_processes)
@@ -179,7 +182,7 @@ class BackendServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
         if self._owns_engines:  # load the engines while the first session is still talking
-            self._warm = asyncio.ensure_future(asyncio.to_thread(self.engines.warm_up))
+            self._warm = asyncio.ensure_future(asyncio.to_thread(self.engines.warm_up, self.warm_general))
 
     async def close(self) -> None:
         if self._server is not None:

@@ -383,9 +383,16 @@ class Recognizer:
         """int16 mono 24 kHz in; lower-case words out ('' when nothing was recognised). Thread-safe."""
         return self.recognize(pcm24).text
 
+    def warm_up(self, pcm24: np.ndarray) -> None:
+        """Decode ``pcm24`` (a moment of silence) with the domain model only: what a first
+        :meth:`transcribe` sets up, done now, without loading the general model, which a
+        transcription of silence would (no words: it falls back)."""
+        self._decode_domain(_to_decoder_rate(pcm24))
+
 
 _cache: OrderedDict[frozenset[str], Recognizer] = OrderedDict()
 _cache_lock = threading.Lock()
+_building: dict[frozenset[str], threading.Lock] = {}  # vocabulary -> held while its Recognizer is built
 
 
 def recognizer_for(extra_phrases: Iterable[str] = ()) -> Recognizer:
@@ -393,7 +400,10 @@ def recognizer_for(extra_phrases: Iterable[str] = ()) -> Recognizer:
 
     Phrases are compared after :func:`normalize_phrase`, as a set: order, case and punctuation
     do not matter. The last 8 vocabularies are kept (a rebuild takes ~12 ms). The Recognizer
-    is thread-safe.
+    is thread-safe. A vocabulary is built once: a second caller waits for the first one's build
+    instead of building another (the first build of a process also loads the acoustic model, and
+    the embedded backend's warm-up and a session's first utterance used to load it twice, in
+    parallel, holding the GIL).
     """
     key = frozenset(filter(None, map(normalize_phrase, extra_phrases)))
     with _cache_lock:
@@ -401,11 +411,18 @@ def recognizer_for(extra_phrases: Iterable[str] = ()) -> Recognizer:
         if recognizer is not None:
             _cache.move_to_end(key)
             return recognizer
-    built = Recognizer(sorted(key))  # outside the lock: building takes ~12 ms
-    with _cache_lock:
-        recognizer = _cache.setdefault(key, built)
-        _cache.move_to_end(key)
-        while len(_cache) > _RECOGNIZER_CACHE_SIZE:
-            _cache.popitem(last=False)
-    return recognizer
-
+        building = _building.setdefault(key, threading.Lock())
+    with building:  # outside the cache lock: building takes ~12 ms (more the first time)
+        with _cache_lock:
+            recognizer = _cache.get(key)
+            if recognizer is not None:  # built while we waited
+                _cache.move_to_end(key)
+                return recognizer
+        built = Recognizer(sorted(key))
+        with _cache_lock:
+            _cache[key] = built
+            _cache.move_to_end(key)
+            while len(_cache) > _RECOGNIZER_CACHE_SIZE:
+                _cache.popitem(last=False)
+            _building.pop(key, None)
+    return built
