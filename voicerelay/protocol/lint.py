@@ -320,8 +320,8 @@ class Linter:
             self._due(t)
             if direction == "up":
                 self._up(t, event, pcm)
-            elif direction == "down":
-                self._down(t, normalize(dict(event)), event.get("type"))
+            elif direction == "down":  # (normalize copies only what it renames; _down only reads)
+                self._down(t, normalize(event if isinstance(event, dict) else dict(event)), event.get("type"))
         return self._drain()
 
     @property
@@ -355,11 +355,15 @@ class Linter:
         self._out.append(Finding(code, t, message, rule.instead, rule.severity))
 
     def _drain(self) -> list[Finding]:
-        out, self._out = self._out, []
-        self.findings.extend(out)
+        out = self._out  # (a new list at the next feed or finish: the caller may keep this one)
+        if out:
+            self.findings.extend(out)
+            self._out = []
         return out
 
     def _due(self, t: float) -> None:
+        if not self._s.pending_outputs:
+            return
         keep = []
         for at, call_id in self._s.pending_outputs:
             if t - at > RESPONSE_GRACE_S:
@@ -696,6 +700,7 @@ class StreamLinter:
             self.count += len(found)
             self.findings.extend(found)
             del self.findings[:-self.keep]
-        self.linter.findings.clear()  # (the Linter keeps every finding and truncate for a recording's report)
-        del self.linter.truncates[:-self.keep]
+            self.linter.findings.clear()  # (the Linter keeps every finding and truncate for a recording's report)
+        if len(self.linter.truncates) > self.keep:
+            del self.linter.truncates[:-self.keep]
         return found
