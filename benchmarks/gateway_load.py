@@ -758,10 +758,11 @@ def main() -> None:
             ratios = cpu_ratios(results["gateway"], results["bare"])
             if ratios:
                 mean = sum(x for _, x, _, _ in ratios) / len(ratios)
+                median = float(np.median([x for _, x, _, _ in ratios]))
                 verdict = "meets target" if mean <= CPU_TARGET_RATIO else "MISSES target"
                 print("server CPU per session, gateway / bare relay, at the same N (every step both completed): "
                       + ", ".join(f"{x:.2f} (N={n}: {g:.2f} / {b:.2f} %)" for n, x, g, b in ratios)
-                      + f"; mean {mean:.2f}  (target <= {CPU_TARGET_RATIO}: {verdict})")
+                      + f"; mean {mean:.2f}, median {median:.2f}  (target: mean <= {CPU_TARGET_RATIO}: {verdict})")
             else:
                 print("server CPU per session, gateway / bare relay: no N that both completed")
             if best["bare"]:
