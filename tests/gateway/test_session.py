@@ -204,3 +204,44 @@ async def test_lint_can_be_turned_off(make_gateway: Any, browsers: Any) -> None:
         session_id = await browser.start()
         [session] = [s for s in gw.sessions.values() if s.id == session_id]
         assert session.state()["lint"] is None and session.lint is None
+
+
+async def test_events_reach_the_browser_in_order_with_binary_attachments_and_its_followers(
+        gateway: tuple[Any, str], browsers: Any) -> None:
+    """What a session sends its own browser goes straight to engine.io, one packet per event:
+    in the order emitted, bytes as Socket.IO binary attachments (an agent's ``event_emitter``
+    may send any payload), and to a follower (another connection that acted on the session)
+    through python-socketio as before."""
+    gw, url = gateway
+    browser = await browsers().connect(url)
+    session_id = await browser.start()
+    follower = await browsers().connect(url)
+    await follower.emit("get_state", {"session_id": session_id})
+    await follower.wait_for("session_state")
+    session = gw.sessions[browser.sio.get_sid()]
+    blob = bytes(range(256)) * 8
+    for i in range(40):
+        await session.emit("note", {"i": i})
+        if i == 20:
+            await session.emit("blob", {"data": blob, "n": 2})
+    await session.emit("note", "not a dict")  # (no session_id added)
+    for receiver in (browser, follower):
+        await receiver.wait_for("note", lambda d: d == "not a dict")
+        names = [n for n, _ in receiver.events if n in ("note", "blob")]
+        assert names == ["note"] * 21 + ["blob"] + ["note"] * 20
+        assert [d["i"] for d in receiver.of("note")[:-1]] == list(range(40))
+        assert receiver.of("blob") == [{"data": blob, "n": 2, "session_id": session_id}]
+
+
+async def test_an_event_for_a_browser_that_is_gone_is_dropped_quietly(gateway: tuple[Any, str],
+                                                                      browsers: Any) -> None:
+    gw, url = gateway
+    browser = await browsers().connect(url)
+    await browser.start()
+    session = gw.sessions[browser.sio.get_sid()]
+    await browser.close()
+    async with asyncio.timeout(10):
+        while not session.ended:
+            await asyncio.sleep(0.02)
+    await session.emit("note", {"i": 1})  # raises nothing, sends nothing
+    await session.emit("blob", {"data": b"\x00\x01"})

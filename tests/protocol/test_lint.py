@@ -16,8 +16,8 @@ GA_CREATED = {"type": "session.created", "event_id": "e0", "session": {
     "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}, "output": {"voice": "alloy"}}}}
 
 
-def started() -> Linter:
-    linter = Linter()
+def started(spectrum_phase: float = 0.0) -> Linter:
+    linter = Linter(spectrum_phase=spectrum_phase)
     assert linter.feed("down", 0.0, GA_CREATED) == []
     return linter
 
@@ -117,7 +117,7 @@ def test_a_stream_that_turns_narrow_after_a_long_full_band_stretch_is_still_caug
     t, codes = _append_all(linter, np.tile(speech, 30), 1.0)  # 56 s at 24 kHz: full band, skips at their longest
     assert codes == []
     narrow = np.tile(through(speech, 8000), 6)
-    end, codes = _append_all(linter, narrow, t)
+    _, codes = _append_all(linter, narrow, t)
     assert codes == ["VR108"]
     [finding] = [f for f in linter.findings if f.code == "VR108"]
     assert finding.t - t <= 10.0  # caught within the longest skip plus a block, not at the end
@@ -159,3 +159,41 @@ def test_live_linters_started_together_judge_their_spectra_at_different_times() 
         first_finding_at.append(round(t, 2))
     assert len(set(first_finding_at)) == 8
     assert max(first_finding_at) <= 2 * SPECTRUM_BLOCK_S + 0.02
+
+
+def _stream_all(stream: StreamLinter, pcm: np.ndarray, t0: float) -> tuple[float, int]:
+    """Feed ``pcm`` to a live linter as 20 ms base64 appends (no PCM given: it decodes what it needs)."""
+    raw = pcm.tobytes()
+    t = t0
+    for i in range(0, len(raw), 960):
+        stream.feed("up", t, {"type": "input_audio_buffer.append", "audio": pcm16_to_b64(raw[i:i + 960])})
+        t += 0.02
+    return t, (len(raw) + 959) // 960
+
+
+def test_a_live_linter_decodes_audio_only_when_vr108_looks_at_it() -> None:
+    """Between two judgements of the band (a stream judged full band several times running is
+    judged every few blocks) an append's byte count is enough: the live linter decodes no base64
+    for it, and finds what a linter given every append's PCM finds, at the same times."""
+    speech = read_recording("what_can_you_do")
+    full, narrow = np.tile(speech, 30), np.tile(through(speech, 8000), 6)
+    stream = StreamLinter()
+    stream.feed("down", 0.0, GA_CREATED)
+    t, appends = _stream_all(stream, full, 1.0)
+    assert stream.count == 0 and not stream.linter.wants_pcm
+    assert stream.decoded < appends / 4  # 56 s: judged 3 times in a row, then every 2nd, 4th, 8th block
+    _, more = _stream_all(stream, narrow, t)
+    reference = started(stream.linter.spectrum_phase)  # (each live linter has a phase of its own)
+    t, _ = _append_all(reference, full, 1.0)
+    _append_all(reference, narrow, t)
+    assert [(f.code, f.t) for f in stream.findings] == [(f.code, f.t) for f in reference.findings]
+    assert [f.code for f in stream.findings] == ["VR108"]
+    assert stream.decoded < (appends + more) / 2
+
+
+def test_a_live_linter_without_vr108_decodes_nothing() -> None:
+    stream = StreamLinter(ignore=["VR108"])
+    assert not stream.linter.wants_pcm
+    stream.feed("down", 0.0, GA_CREATED)
+    _stream_all(stream, through(read_recording("what_can_you_do"), 8000), 1.0)
+    assert stream.decoded == 0 and stream.count == 0

@@ -7,6 +7,7 @@ Relay per browser session. One job per module:
 * ``playback.py``: what the browser has played (its reported position, else an estimate);
 * ``modes.py``: the agent wrapper and function calling (``agent.py`` keeps the old names);
 * ``http.py``: ``/health``, ``/session-config``, the demo page (``static/``) and the lifespan;
+* ``limits.py``: the transport's limits and the uvicorn options for them (``serve``'s);
 * ``registry.py``: the sessions and clients of this node, what ``monitor`` and ``cluster`` read;
 * ``monitor.py``: the read-only ``/monitor`` namespace; ``cluster.py``: several nodes on Redis;
 * ``contract.py``: event names and payload checks (no I/O).

@@ -35,6 +35,7 @@ from ..upstream import Upstream, UpstreamError, UpstreamSpec, choose_backend, st
 from . import contract as c
 from .cluster import Cluster
 from .http import GC_YOUNG_THRESHOLD, INSTALL_HINT, STATIC, HttpRoutes, find_socketio_client
+from .limits import MAX_MESSAGE_BYTES, PING_INTERVAL_S, PING_TIMEOUT_S, uvicorn_options
 from .modes import check_modes
 from .monitor import Monitor
 from .namespace import GatewayNamespace
@@ -42,27 +43,13 @@ from .registry import SessionRegistry
 from .session import MAX_BACKLOG_BYTES, EventEmitter, GatewaySession, SessionOptions
 from .wire import Wires
 
-__all__ = ["GC_YOUNG_THRESHOLD", "INSTALL_HINT", "STATIC", "EventEmitter", "Gateway", "GatewayConfigError",
-           "GatewaySession", "find_socketio_client"]
+__all__ = ["GC_YOUNG_THRESHOLD", "INSTALL_HINT", "MAX_MESSAGE_BYTES", "PING_INTERVAL_S", "PING_TIMEOUT_S",
+           "STATIC", "EventEmitter", "Gateway", "GatewayConfigError", "GatewaySession", "find_socketio_client"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ACK_TIMEOUT_S = 2.0
-#: The largest message a connection may send (any event: its WebSocket message or long-polling
-#: body), in bytes. engine.io's ``max_http_buffer_size`` and uvicorn's ``ws_max_size`` are both
-#: this (see :meth:`Gateway.uvicorn_options`), so every message the transport reads reaches the
-#: gateway, which answers an oversized ``audio_data`` with ``chunk_too_large``; a bigger one
-#: cannot be read: uvicorn closes the connection with WebSocket code 1009 ("message too big").
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: The heartbeat, the same at both layers: Socket.IO's (engine.io pings, the browser's page answers)
-#: and the WebSocket's (uvicorn pings, the browser's network stack answers). A browser that stops
-#: answering is dropped at most PING_INTERVAL_S + PING_TIMEOUT_S after its last answer by the
-#: WebSocket ping; Socket.IO's is checked by engine.io only when something is sent to the
-#: connection and once every PING_TIMEOUT_S otherwise, so it adds at most PING_TIMEOUT_S when it
-#: is the one that acts (a page that hangs while its network stack answers; a connection whose
-#: buffers are full, which the WebSocket ping cannot close).
-PING_INTERVAL_S = 10.0
-PING_TIMEOUT_S = 10.0
+# (MAX_MESSAGE_BYTES, PING_INTERVAL_S and PING_TIMEOUT_S: see voicerelay.gateway.limits)
 
 
 class Gateway:
@@ -286,9 +273,8 @@ class Gateway:
         """What uvicorn needs to serve :meth:`asgi_app` within the documented limits (``serve``
         uses it; pass it to your own ``uvicorn.run(app, **gateway.uvicorn_options())``): the
         largest message it reads, the same as engine.io's, and the WebSocket ping, the same as
-        Socket.IO's heartbeat (see ``MAX_MESSAGE_BYTES`` and ``PING_INTERVAL_S``)."""
-        return {"ws": "websockets-sansio", "ws_max_size": self.max_message_bytes,
-                "ws_ping_interval": self.ping_interval, "ws_ping_timeout": self.ping_timeout}
+        Socket.IO's heartbeat (see :mod:`~voicerelay.gateway.limits`)."""
+        return uvicorn_options(self.max_message_bytes, self.ping_interval, self.ping_timeout)
 
     def health(self) -> dict[str, Any]:
         health: dict[str, Any] = {"status": "ok", "sessions": len(self.registry),

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import socketio
+from engineio.exceptions import SocketIsClosedError
+from socketio import packet
 
-from ..protocol import wirejson
+from ..conversation import Conversation, Interrupted
 from ..protocol.audio import BYTES_PER_MS
 from ..protocol.config import RealtimeConfig
 from ..protocol.lint import StreamLinter
-from ..conversation import Conversation, Interrupted
 from ..protocol.session import Error, PlayAudio, ResponseDone, StateChanged, ToolCall, Transcript
 from ..relay import Notice, Observation, Relay
 from ..upstream import UpstreamError, UpstreamSpec
@@ -114,26 +115,44 @@ class GatewaySession:
 
     # ----------------------------------------------------------------------------- to the browser
 
-    async def emit(self, name: str, data: Any = None) -> None:
-        """Send an event to the browser and the followers. python-socketio queues it for each
-        connection and raises nothing (a connection that is gone gets nothing; Redis' failures
-        are logged by its manager)."""
-        # the browser is connected to this node: never through Redis (audio must not depend on it)
+    async def emit(self, name: str, data: Any = None, binary: bool | None = None) -> None:
+        """Send an event to the browser and the followers. Each connection's transport queues it
+        and nothing is raised (a connection that is gone gets nothing; Redis' failures are logged
+        by its manager). ``binary=False`` says ``data`` holds no bytes (python-socketio need not
+        look); ``None`` lets it look."""
         if isinstance(data, dict) and "session_id" not in data:
             data = {**data, "session_id": self.id}  # an addition: followers act on several sessions
-        wire = self.wire
-        if wire is not None and wire.stalled and not self.ended:
-            self._queued_while_stalled(wire, name, data)
-        await self.sio.emit(name, data, to=self.sid, ignore_queue=True)
+        await self._to_browser(name, data, binary)
         if self.followers:
             local = self.registry.clients
             for follower in list(self.followers):  # programs acting on this session, maybe on other nodes
                 await self.sio.emit(name, data, to=follower, ignore_queue=follower in local)
 
-    def _queued_while_stalled(self, wire: Wire, name: str, data: Any) -> None:
-        """The browser takes nothing: count what waits for it (the packet's size: encoding it twice
-        costs nothing that matters then) and end the session once it is over the bound."""
-        waiting = wire.queued(len(wirejson.dumps([name, data])) + 2)
+    async def _to_browser(self, name: str, data: Any, binary: bool | None) -> None:
+        """The event to this session's own browser, which is connected to this node: never through
+        Redis (audio must not depend on it). What ``sio.emit(name, data, to=sid, ignore_queue=True)``
+        does, less its cost per event (a task per packet sent, a room looked up, the payload searched
+        for bytes when the caller knows it holds none): the Socket.IO packet is encoded once and
+        handed to engine.io, which queues it for the connection's writer, in order."""
+        sio = self.sio
+        eio_sid = sio.manager.eio_sid_from_sid(self.sid, "/")
+        if eio_sid is None:  # the browser is gone (as python-socketio's emit, nothing is sent)
+            return
+        encoded = sio.packet_class(packet.EVENT, data=[name, data], namespace="/", binary=binary).encode()
+        parts = encoded if isinstance(encoded, list) else (encoded,)  # binary attachments follow the packet
+        wire = self.wire
+        if wire is not None and wire.stalled and not self.ended:
+            self._queued_while_stalled(wire, sum(len(part) + 1 for part in parts))  # (+1: engine.io's type)
+        try:
+            for part in parts:
+                await sio.eio.send(eio_sid, part)
+        except SocketIsClosedError:  # closed since it was looked up: as for a browser gone
+            pass
+
+    def _queued_while_stalled(self, wire: Wire, nbytes: int) -> None:
+        """The browser takes nothing: count what waits for it (``nbytes``, the packet's size) and
+        end the session once it is over the bound."""
+        waiting = wire.queued(nbytes)
         if waiting > self.options.max_backlog_bytes and not self._not_reading:
             self._not_reading = True
             self._spawn(self._stopped_reading(waiting))
@@ -148,6 +167,7 @@ class GatewaySession:
 
     def _emit_soon(self, name: str, data: Any = None) -> None:
         """Queue an event for the browser (observers are sync); :meth:`flush` sends the queue in order.
+        ``data`` holds no bytes (what observers send is made of the server's JSON and plain values).
 
         The relay's reader flushes after each server event, in its own task; what is queued
         elsewhere (a browser's request, a timer) is flushed by a task started at the loop's next
@@ -171,7 +191,7 @@ class GatewaySession:
         self._flushing = True
         try:
             while self._outbox:
-                await self.emit(*self._outbox.popleft())
+                await self.emit(*self._outbox.popleft(), False)
         finally:
             self._flushing = False
 
@@ -187,7 +207,7 @@ class GatewaySession:
 
     async def error(self, code: str, message: str) -> None:
         self.errors += 1
-        await self.emit(c.ERROR, c.error_payload(code, message))
+        await self.emit(c.ERROR, c.error_payload(code, message), False)
 
     def refused(self) -> None:
         """The browser sent something the contract refuses (it gets its ``error`` from the namespace)."""
@@ -265,7 +285,7 @@ class GatewaySession:
                 await asyncio.gather(self.task, return_exceptions=True)
         if notify:  # what the relay said before the end reaches the browser before session_ended
             while self._outbox:
-                await self.emit(*self._outbox.popleft())
+                await self.emit(*self._outbox.popleft(), False)
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -29,7 +29,9 @@ Inputs                                         Findings it may produce
   finish(t=None)                                VR103 still pending at the end
 
 ``pcm`` is the PCM16 audio of an ``input_audio_buffer.append`` when the caller has it (a
-recording's ``input.wav``, a live base64 payload decoded): only VR108 looks at it, with numpy.
+recording's ``input.wav``, a live base64 payload decoded): only VR108 looks at it, with numpy,
+and not at every append (:attr:`Linter.wants_pcm` says whether it will look at the next one: a
+live caller decodes base64 only then).
 Every ``conversation.item.truncate`` is also audited (:attr:`Linter.truncates`): the audio
 received for that item, what was played (when the caller said so with :meth:`Linter.played`,
 else ``None``), what was sent, and what the server answered.
@@ -308,7 +310,8 @@ class Linter:
         self.findings: list[Finding] = []
         self.truncates: list[TruncateAudit] = []
         self._s = _State()
-        self._s.narrow_target += int(spectrum_phase % 1.0 * _BLOCK_BYTES) & ~1
+        self.spectrum_phase = spectrum_phase % 1.0
+        self._s.narrow_target += int(self.spectrum_phase * _BLOCK_BYTES) & ~1
         self._played: dict[str, int] = {}
         self._t = 0.0
         self._out: list[Finding] = []
@@ -323,9 +326,16 @@ class Linter:
             self._due(t)
             if direction == "up":
                 self._up(t, event, pcm)
-            elif direction == "down":
-                self._down(t, normalize(dict(event)), event.get("type"))
+            elif direction == "down":  # (normalize copies only what it renames; _down only reads)
+                self._down(t, normalize(event if isinstance(event, dict) else dict(event)), event.get("type"))
         return self._drain()
+
+    @property
+    def wants_pcm(self) -> bool:
+        """Whether the next append's PCM would be looked at (VR108 is on and not between two
+        judgements of the band): when not, the append's byte count, which its event carries, is
+        all the linter needs, and a caller with only base64 audio need not decode it."""
+        return not self._s.narrow_skip and "VR108" not in self.ignore
 
     def played(self, item_id: str, ms: int) -> None:
         """What the client's player has played of ``item_id`` (live use): shown in the truncate audit."""
@@ -351,11 +361,15 @@ class Linter:
         self._out.append(Finding(code, t, message, rule.instead, rule.severity))
 
     def _drain(self) -> list[Finding]:
-        out, self._out = self._out, []
-        self.findings.extend(out)
+        out = self._out  # (a new list at the next feed or finish: the caller may keep this one)
+        if out:
+            self.findings.extend(out)
+            self._out = []
         return out
 
     def _due(self, t: float) -> None:
+        if not self._s.pending_outputs:
+            return
         keep = []
         for at, call_id in self._s.pending_outputs:
             if t - at > RESPONSE_GRACE_S:
@@ -399,22 +413,29 @@ class Linter:
         s.buffered += nbytes or 0
         if pcm:
             self._spectrum(t, pcm)
+        elif s.narrow_skip and nbytes:  # between judgements its size is enough (see wants_pcm)
+            self._skipped(nbytes)
 
     def _spectrum(self, t: float, pcm: bytes) -> None:
         """Collect the input audio; judge its band every ``SPECTRUM_BLOCK_S`` of audio. A stream
         judged full band several times running is judged less and less often (every 2nd, 4th...
         block, at most every ``SPECTRUM_MAX_SKIP``): the rate of a stream seldom changes, and a
-        live linter must stay cheap (the rest of the blocks cost a copy into a buffer)."""
+        live linter must stay cheap (the rest of the blocks cost a copy into a buffer, or
+        nothing when the caller, asking :attr:`wants_pcm`, decodes nothing for them)."""
         s = self._s
         if s.narrow_skip:
-            s.narrow_skip_bytes += len(pcm)
-            if s.narrow_skip_bytes >= _BLOCK_BYTES:
-                s.narrow_skip_bytes -= _BLOCK_BYTES
-                s.narrow_skip -= 1
+            self._skipped(len(pcm))
             return
         s.narrow_block += pcm
         if len(s.narrow_block) >= s.narrow_target:
             self._judge_band(t)
+
+    def _skipped(self, nbytes: int) -> None:
+        s = self._s
+        s.narrow_skip_bytes += nbytes
+        if s.narrow_skip_bytes >= _BLOCK_BYTES:
+            s.narrow_skip_bytes -= _BLOCK_BYTES
+            s.narrow_skip -= 1
 
     def _judge_band(self, t: float) -> None:
         s = self._s
@@ -466,7 +487,7 @@ class Linter:
         s.pending_outputs.clear()
         flagged = bool(s.in_band)
         if flagged:
-            self._flag("VR104", t, f"response.create while {sorted(s.in_band)[0]} is still in progress: the server "
+            self._flag("VR104", t, f"response.create while {min(s.in_band)} is still in progress: the server "
                                    "refuses it (conversation_already_has_active_response)")
         s.last_create = (t, flagged)
 
@@ -599,7 +620,7 @@ class Linter:
         s.turn_inputs.append(int(tokens))
         last = s.turn_inputs[-GROWTH_TURNS:]
         if (not s.grew and len(last) == GROWTH_TURNS and s.deletes == 0 and not s.retention
-                and all(a <= b for a, b in zip(last, last[1:])) and last[-1] >= 2 * max(last[0], 1)):
+                and all(a <= b for a, b in itertools.pairwise(last)) and last[-1] >= 2 * max(last[0], 1)):
             s.grew = True
             self._flag("VR111", t, f"input tokens grew every turn for {GROWTH_TURNS} turns ({last[0]} to "
                                    f"{last[-1]}) and no item was ever deleted: each turn re-bills the whole history")
@@ -643,8 +664,9 @@ _UP = {
 
 class StreamLinter:
     """The rules over a live session, as the proxy, ``serve`` and ``talk`` run them: times are
-    seconds since the first event fed, appended base64 audio is decoded for VR108, and the
-    findings are kept (all of them counted; the newest ``keep`` listed).
+    seconds since the first event fed, appended base64 audio is decoded for VR108 when it looks
+    at it (:attr:`Linter.wants_pcm`; ``decoded`` counts those appends), and the findings are
+    kept (all of them counted; the newest ``keep`` listed).
 
     ``feed(direction, now, event)`` takes the caller's monotonic clock; it returns the findings
     the event settled (usually none). ``summary()`` is what a monitor shows: ``{"count",
@@ -661,15 +683,17 @@ class StreamLinter:
         self.count = 0
         self.keep = keep
         self.findings: list[Finding] = []
+        self.decoded = 0  # appends whose audio was decoded for the linter
         self._t0: float | None = None
 
     def feed(self, direction: str, now: float, event: Mapping[str, Any]) -> list[Finding]:
         if self._t0 is None:
             self._t0 = now
         pcm = None
-        if direction == "up" and event.get("type") == "input_audio_buffer.append":
+        if direction == "up" and event.get("type") == "input_audio_buffer.append" and self.linter.wants_pcm:
             audio = event.get("audio")
             if isinstance(audio, str):
+                self.decoded += 1
                 try:
                     pcm = base64.b64decode(audio, validate=True)
                 except (binascii.Error, ValueError):
@@ -688,6 +712,7 @@ class StreamLinter:
             self.count += len(found)
             self.findings.extend(found)
             del self.findings[:-self.keep]
-        self.linter.findings.clear()  # (the Linter keeps every finding and truncate for a recording's report)
-        del self.linter.truncates[:-self.keep]
+            self.linter.findings.clear()  # (the Linter keeps every finding and truncate for a recording's report)
+        if len(self.linter.truncates) > self.keep:
+            del self.linter.truncates[:-self.keep]
         return found
