@@ -1,8 +1,10 @@
 """The speech engines behind every embedded-backend session, shared by all of them.
 
 Loading pocketsphinx and libespeak-ng takes a moment, so :class:`Engines` loads each on first
-use and shares it between sessions. Its methods are blocking: sessions call them through
-``asyncio.to_thread``.
+use and shares it between sessions. Its methods are blocking, but for
+:meth:`Engines.transcribe_async`, which the server's sessions await on the event loop itself
+(recognition runs in worker processes: a thread only waiting for one would be wasted); they call
+synthesis through ``asyncio.to_thread``.
 
 Speech recognition runs in worker *processes*: pocketsphinx's decoder is one C call that holds
 the GIL, so in a thread it still stalled the event loop (the loop kept ~15 % of its throughput
@@ -18,6 +20,7 @@ If the workers die, recognition falls back to the calling thread with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import logging
@@ -134,14 +137,32 @@ class Engines:
         try:
             return self._stt_pool().submit(_transcribe_in_worker, pcm, tuple(extra_phrases)).result()
         except concurrent.futures.process.BrokenProcessPool:
-            log.warning("speech recognition workers died; recognising in-process from now on (a script that "
-                        "starts voicerelay needs `if __name__ == '__main__':`)")
-            with self._lock:
-                self.stt_processes = 0
-                pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._workers_died()
             return _transcribe_in_worker(pcm, tuple(extra_phrases))
+
+    async def transcribe_async(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:
+        """:meth:`transcribe` for the event loop: the loop awaits the worker's future itself, so a turn
+        waiting for recognition holds no thread (through ``asyncio.to_thread`` each did, and with the
+        default executor's few threads all waiting on a busy pool, the replies' synthesis waited too).
+        Without workers it recognises in a thread."""
+        pcm = np.ascontiguousarray(pcm24, dtype=np.int16).tobytes()
+        phrases = tuple(extra_phrases)
+        if self.stt_processes == 0:
+            return await asyncio.to_thread(_transcribe_in_worker, pcm, phrases)
+        try:
+            return await asyncio.wrap_future(self._stt_pool().submit(_transcribe_in_worker, pcm, phrases))
+        except concurrent.futures.process.BrokenProcessPool:
+            self._workers_died()
+            return await asyncio.to_thread(_transcribe_in_worker, pcm, phrases)
+
+    def _workers_died(self) -> None:
+        log.warning("speech recognition workers died; recognising in-process from now on (a script that "
+                    "starts voicerelay needs `if __name__ == '__main__':`)")
+        with self._lock:
+            self.stt_processes = 0
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def stream_words(text: str) -> list[str]:

@@ -129,7 +129,7 @@ class SessionPump:
 
     async def _transcribe(self, job: Transcribe) -> None:
         try:
-            text = await asyncio.to_thread(self.engines.transcribe, np.frombuffer(job.audio, dtype="<i2"), job.phrases)
+            text = await self.engines.transcribe_async(np.frombuffer(job.audio, dtype="<i2"), job.phrases)
         except Exception as exc:  # a recogniser failure is this turn's problem: the session reports it
             log.exception("transcription of %s failed", job.item_id)
             await self._apply(self.session.transcription_failed(job.item_id, str(exc)))
