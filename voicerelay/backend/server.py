@@ -174,8 +174,10 @@ class BackendServer:
     async def start(self) -> None:
         if self._owns_engines:
             self.engines.start_workers()  # (first, from this thread: see Engines.start_workers)
+        # no permessage-deflate: base64 audio hardly compresses, and deflating every reply chunk and
+        # inflating every append was a seventh of this process's CPU (benchmarks/backend_latency.py)
         self._server = await serve(self._handle, self.host, self.port, process_request=self._check_path,
-                                   max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20)
+                                   max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20, compression=None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
         if self._owns_engines:  # load the engines while the first session is still talking
