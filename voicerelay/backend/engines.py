@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
@@ -35,6 +36,9 @@ from . import responder
 
 log = logging.getLogger(__name__)
 
+
+#: Speech kept by :meth:`Engines.synthesize` for the replies said again (about 5.8 minutes of it).
+SPEECH_CACHE_BYTES = 16 * 1024 * 1024
 
 #: How often a worker checks that the process that started it is still there.
 ORPHAN_CHECK_S = 1.0
@@ -74,6 +78,8 @@ class Engines:
     def __init__(self, stt_processes: int | None = None) -> None:
         self._lock = threading.Lock()
         self._tts = None
+        self._speech: OrderedDict[tuple[str, str | None], np.ndarray] = OrderedDict()  # synthesised before
+        self._speech_bytes = 0
         self.stt_processes = min(4, os.cpu_count() or 1) if stt_processes is None else stt_processes
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._closed = False
@@ -126,8 +132,28 @@ class Engines:
             return self._tts
 
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
-        """int16 mono 24 kHz speech for ``text`` (empty for empty text)."""
-        return self._synthesizer().synthesize(text, voice)
+        """int16 mono 24 kHz speech for ``text`` (empty for empty text).
+
+        The same text and voice always give the same samples (``tts.py``), and the responder says
+        the same few replies over and over, so the newest :data:`SPEECH_CACHE_BYTES` of speech
+        are kept and a reply said before is not synthesised again."""
+        if not isinstance(voice, (str, type(None))):  # (a voice object: synthesised as it is, not kept)
+            return self._synthesizer().synthesize(text, voice)
+        key = (text, voice)
+        with self._lock:
+            kept = self._speech.get(key)
+            if kept is not None:
+                self._speech.move_to_end(key)
+                return kept.copy()
+        pcm = self._synthesizer().synthesize(text, voice)
+        if pcm.nbytes <= SPEECH_CACHE_BYTES:
+            with self._lock:
+                if key not in self._speech:
+                    self._speech[key] = pcm.copy()
+                    self._speech_bytes += pcm.nbytes
+                while self._speech_bytes > SPEECH_CACHE_BYTES:
+                    self._speech_bytes -= self._speech.popitem(last=False)[1].nbytes
+        return pcm
 
     def transcribe(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:
         """Lower-case words heard in int16 mono 24 kHz audio ('' for none)."""
