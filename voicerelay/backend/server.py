@@ -28,6 +28,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..gctune import settle_for_serving
 from ..protocol.events import Dialect, Event, elide, to_dialect
 from .engines import Engines
 from .session import (
@@ -279,6 +280,7 @@ async def run(host: str, port: int, pace: float, max_session_seconds: float, rea
         async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
                                  engines=engines) as server:
             await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
+            settle_for_serving()  # the backend owns this process (see voicerelay.gctune)
             if ready is not None:
                 ready(server)
             await server.serve_forever()
