@@ -32,6 +32,7 @@ from ..gctune import settle_for_serving
 from ..protocol.events import Dialect, Event, elide, to_dialect
 from .engines import Engines
 from .session import (
+    STT_TAIL_MS,
     DetectSpeech,
     Effect,
     Pause,
@@ -101,9 +102,9 @@ class SessionPump:
                 assert self._vad is not None, "DetectSpeech without StartVad"
                 edges = [(e.kind, e.ms) for e in self._vad.feed(np.frombuffer(effect.pcm, dtype="<i2"))]
                 todo.extendleft(reversed(self.session.speech_judged(edges)))
-            elif isinstance(effect, StartVad):
+            elif isinstance(effect, StartVad):  # (it tells the session when a turn's audio is all there)
                 self._vad = VoiceActivityDetector(effect.threshold, effect.prefix_padding_ms,
-                                                  effect.silence_duration_ms)
+                                                  effect.silence_duration_ms, pause_ms=STT_TAIL_MS)
             elif isinstance(effect, StopVad):
                 self._vad = None
             elif isinstance(effect, Transcribe):
@@ -133,9 +134,9 @@ class SessionPump:
             text = await self.engines.transcribe_async(np.frombuffer(job.audio, dtype="<i2"), job.phrases)
         except Exception as exc:  # a recogniser failure is this turn's problem: the session reports it
             log.exception("transcription of %s failed", job.item_id)
-            await self._apply(self.session.transcription_failed(job.item_id, str(exc)))
+            await self._apply(self.session.transcription_failed(job.item_id, str(exc), job.early_end_ms))
             return
-        await self._apply(self.session.transcribed(job.item_id, text))
+        await self._apply(self.session.transcribed(job.item_id, text, job.early_end_ms))
 
     async def _synthesize(self, job: Synthesize) -> None:
         try:
