@@ -453,7 +453,12 @@ async def run_plans(url: str, audio: Audio, plans: list[dict[str, Any]]) -> list
 
 def _client_main(conn: Any, url: str) -> None:
     """A client process: runs each list of session plans it is sent, sends back their results."""
+    import gc
+
     audio = Audio.load()
+    gc.collect()
+    gc.freeze()  # (as the backend does: a full collection here would stall every session's sending at once)
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     conn.send("ready")
     while True:
         plans = conn.recv()
