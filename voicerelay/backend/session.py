@@ -485,7 +485,8 @@ class ServerSession:
             self._start_response({}, True, out)
         if early is not None and early.outcome is not None:  # recognised already: as if the result came now
             kind, value = early.outcome
-            out.extend(self.transcribed(item_id, value) if kind == "text" else self.transcription_failed(item_id, value))
+            heard = self.transcribed if kind == "text" else self.transcription_failed
+            out.extend(heard(item_id, value))
 
     def _on_input_audio_buffer_commit(self, event: Event, out: list[Effect]) -> None:
         buffered_ms = self.buffered_ms
