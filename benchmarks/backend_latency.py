@@ -50,14 +50,15 @@ session (server VAD: 500 ms of silence ends a turn; no input transcription).
    marked "[other load on the machine]" and run again (``--retries``). The load average is printed
    at the start and the end.
 
-Measured on 2 cores shared with other work (0.3-0.9 cores of it busy during the deciding steps,
-load average 2-4), ``--only capacity --steps 16,24,32,40,48 --foreign-limit 1.0 --quiet-wait 10
---retries 1``: continuous speech 28 sessions held (before recognition started early, without
-permessage-deflate, with a thread held per turn waiting for recognition: 16 and 20); with
-``--duty 0.2 --steps 16,24,32,48,64 --resolution 4``: 32, 40 and 52 in three runs (before: 12
-and 24). At the ceiling the recognition workers use 60-75 % of a core (pocketsphinx, about 85 ms
-of CPU per turn, 81 % of it in the acoustic model's scoring), the event loop 20-30 %, the client
-processes 10-25 %.
+Measured on 2 cores, with ``--foreign-limit 1.0 --quiet-wait 10 --retries 1``. While the other
+work on the machine was idle (under 0.05 cores busy): continuous speech 32 sessions held
+(``--steps 16,24,32,40,48``; 34 failed once other work took 0.55 cores), ``--duty 0.2 --steps
+72,80,96 --resolution 8``: 88 (96 failed with both cores full: recognition workers 107 %, the
+backend's loop 47 %, clients 41 %). With other work keeping 0.3-0.9 cores busy: continuous 28,
+``--duty 0.2``: 32-52. Before recognition started early, without permessage-deflate and with a
+thread held per turn waiting for recognition, under that load: continuous 12-20, 20 %: 12-24.
+Recognition costs about 85 ms of CPU per turn (pocketsphinx, 81 % of it in the acoustic model's
+scoring): it is what gives out first.
 
 Targets printed beside the figures (not asserted): first delta p50 <= 250 ms; STT RTF <= 0.1.
 """
