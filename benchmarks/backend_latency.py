@@ -1,13 +1,15 @@
 """Latency and capacity of the embedded Realtime backend, as a client on loopback sees them.
 
-    python benchmarks/backend_latency.py            # about 2 minutes on 2 cores
+    python benchmarks/backend_latency.py            # about 3 minutes on 2 cores
     python benchmarks/backend_latency.py --fast     # turn latency with audio sent as fast as possible
+    python benchmarks/backend_latency.py --only capacity              # continuous speech ceiling
+    python benchmarks/backend_latency.py --only capacity --duty 0.2   # speech 20 % of the time
 
-The backend is a real :class:`~voicerelay.backend.server.BackendServer` (pace 10, warmed up,
-like ``voicerelay backend``) in a child process of its own, so the load generator below does not
-share its event loop or its GIL. The clients are raw ``websockets`` connections to
-``server.url + "?model=gpt-realtime"`` with the backend's default session (server VAD: 500 ms
-of silence ends a turn; no input transcription).
+The backend is what ``voicerelay backend`` runs (:func:`voicerelay.backend.server.run`: a
+:class:`~voicerelay.backend.server.BackendServer`, pace 10, warmed up) in a child process of its
+own, so the load generator below does not share its event loop or its GIL. The clients are raw
+``websockets`` connections to ``server.url + "?model=gpt-realtime"`` with the backend's default
+session (server VAD: 500 ms of silence ends a turn; no input transcription).
 
 1. Speech engines, in this process, warm: STT real-time factor (``Engines.transcribe`` wall time
    / audio duration) on each recording, and TTS real-time factor (``Engines.synthesize`` wall
@@ -19,14 +21,44 @@ of silence ends a turn; no input transcription).
    receiving ``input_audio_buffer.speech_stopped`` to receiving the first
    ``response.output_audio.delta``: the backend's transcription, reply and synthesis, plus the
    loopback hops.
-3. Concurrent real-time sessions: N = 1, 2, 4, ... sessions at once (starts staggered over
-   0.5 s), each streaming the recordings in a loop, in real time, for ``--ramp-seconds``. N is
-   held when no session's sending fell behind its wall-clock schedule by more than 100 ms, the
-   p95 of every turn's speech_stopped -> first delta stayed under 1 s, and every utterance got a
-   reply. The ramp stops at the first N that fails or at ``--max-sessions``.
+3. Concurrent real-time sessions (``--only capacity`` runs this section alone): N sessions at
+   once, each streaming the recordings in a loop, in real time, for ``--ramp-seconds``, always
+   sending audio as a microphone does (the recordings' noise between utterances). With
+   ``--duty 1`` (the default: continuous speech) a session speaks its next recording as soon as
+   the reply to the last one is done, starts staggered over 0.5 s. With ``--duty D`` below 1,
+   each utterance starts a cycle 1/D times as long as its speech (the span the backend's VAD hears
+   as speech, about 1 s of each 1.7-2.3 s recording): the recording, the reply, then noise to
+   the end of the cycle; each session's first cycle starts at a random point of it (noise until
+   then), so the turns of N sessions are spread over time as real callers' are. The "speech"
+   column is the fraction of the audio sent that was speech (continuous speech: about 40 %).
+   N is held when no session's sending fell behind its wall-clock schedule by more than 100 ms,
+   the p95 of every turn's speech_stopped -> first delta stayed under 1 s, and every utterance
+   got a reply. N goes up the ``--steps`` (1, 2, 4, ... by default) to the first N that fails,
+   then bisects between the last N held and it down to ``--resolution`` sessions: the ceiling
+   printed is within that of the real one.
    The "stop delay" column is how long after the client sent the audio that let the VAD decide
    (``audio_end_ms`` + 500 ms) the speech_stopped event arrived: the backend's own backlog,
    which the first-delta figure cannot show.
+   The clients run in ``--client-procs`` processes of their own (by default one per 32
+   sessions), so that the load generator is not what gives out first. Each step prints the CPU
+   over its streaming window (100 % = one core) of the backend process ("loop": its main thread,
+   which runs the event loop and every session's per-frame work), of its recognition worker
+   processes ("stt") and of the client processes, and the cores that other work on the machine
+   kept busy meanwhile ("other": /proc/stat less our processes). The machine may be shared: before
+   each step the ramp waits up to ``--quiet-wait`` seconds for other work to drop below
+   ``--foreign-limit`` cores, and a step that fails while other work used more than that is
+   marked "[other load on the machine]" and run again (``--retries``). The load average is printed
+   at the start and the end.
+
+Measured on 2 cores, with ``--foreign-limit 1.0 --quiet-wait 10 --retries 1``. While the other
+work on the machine was idle (under 0.05 cores busy): continuous speech 32 sessions held
+(``--steps 16,24,32,40,48``; 34 failed once other work took 0.55 cores), ``--duty 0.2 --steps
+72,80,96 --resolution 8``: 88 (96 failed with both cores full: recognition workers 107 %, the
+backend's loop 47 %, clients 41 %). With other work keeping 0.3-0.9 cores busy: continuous 28,
+``--duty 0.2``: 32-52. Before recognition started early, without permessage-deflate and with a
+thread held per turn waiting for recognition, under that load: continuous 12-20, 20 %: 12-24.
+Recognition costs about 85 ms of CPU per turn (pocketsphinx, 81 % of it in the acoustic model's
+scoring): it is what gives out first.
 
 Targets printed beside the figures (not asserted): first delta p50 <= 250 ms; STT RTF <= 0.1.
 """
@@ -36,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -75,7 +108,18 @@ MAX_P95_MS = 1000.0
 # ------------------------------------------------------------------------------------ audio
 
 
-from common import read_recording, room_noise  # noqa: E402
+from common import (  # noqa: E402
+    NCPU,
+    cpu_seconds_or_zero,
+    descendants,
+    foreign_cores,
+    loadavg,
+    machine_ticks,
+    ramp,
+    read_recording,
+    room_noise,
+    wait_quiet,
+)
 
 
 def append_messages(pcm: np.ndarray) -> list[str]:
@@ -91,13 +135,26 @@ class Audio:
     clips: dict[str, np.ndarray]
     utterances: dict[str, list[str]]  # stem -> the recording + 800 ms of noise, as append messages
     noise: list[str]  # 1 s of noise, as append messages, sent while waiting for a reply
+    speech_frames: dict[str, int]  # stem -> 20 ms frames of speech in it, as the backend's VAD hears them
 
     @classmethod
     def load(cls) -> Audio:
         clips = {stem: read_recording(stem) for stem in RECORDING_SENTENCES}
         pad = room_noise(PAD_MS)
         return cls(clips, {stem: append_messages(np.concatenate((pcm, pad))) for stem, pcm in clips.items()},
-                   append_messages(room_noise(1000)))
+                   append_messages(room_noise(1000)),
+                   {stem: speech_ms(np.concatenate((pcm, pad))) // FRAME_MS for stem, pcm in clips.items()})
+
+
+def speech_ms(pcm: np.ndarray) -> int:
+    """The span of speech in ``pcm``, first voiced frame to last, as the backend's VAD (default
+    settings, no prefix padding) hears it: the recordings' own lead and trail of noise are not speech."""
+    from voicerelay.backend.vad import VoiceActivityDetector
+
+    events = VoiceActivityDetector(prefix_padding_ms=0).feed(pcm)
+    start = next(e.ms for e in events if e.kind == "speech_started")
+    end = next(e.ms for e in events if e.kind == "speech_stopped")
+    return end - start
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -126,13 +183,14 @@ def _serve(conn: Any, pace: float) -> None:
 
 
 async def _serve_async(conn: Any, pace: float) -> None:
-    from voicerelay.backend.server import BackendServer
+    """``voicerelay backend``'s own loop (:func:`voicerelay.backend.server.run`) until the parent says stop."""
+    from voicerelay.backend.server import run
 
-    engines = Engines()
-    async with BackendServer("127.0.0.1", 0, pace=pace, engines=engines) as server:
-        await asyncio.to_thread(engines.warm_up)
-        conn.send(server.url)
-        await asyncio.to_thread(conn.recv)  # any message (or the parent going away) ends it
+    serving = asyncio.ensure_future(run("127.0.0.1", 0, pace, 3600.0, ready=lambda server: conn.send(server.url)))
+    told = asyncio.ensure_future(asyncio.to_thread(conn.recv))  # any message (or the parent going away) ends it
+    await asyncio.wait({serving, told}, return_when=asyncio.FIRST_COMPLETED)
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
 
 
 class BackendProcess:
@@ -144,6 +202,11 @@ class BackendProcess:
         # not daemonic: the backend runs its own speech-recognition worker processes
         self._process = context.Process(target=_serve, args=(child, pace), name="embedded backend", daemon=False)
         self.url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
 
     def __enter__(self) -> BackendProcess:
         self._process.start()
@@ -183,12 +246,18 @@ class Turn:
 class ClientSession:
     """One raw-websockets Realtime client that speaks the recordings and times the replies."""
 
-    def __init__(self, url: str, audio: Audio, realtime: bool) -> None:
+    def __init__(self, url: str, audio: Audio, realtime: bool, duty: float = 1.0, lead_frames: int = 0) -> None:
+        """``duty`` below 1 (real time only): after each utterance and its reply, noise until the cycle
+        that the utterance started is its speech / ``duty`` long; ``lead_frames``: noise frames sent
+        before the first utterance."""
         self.url = url + "?model=gpt-realtime"
         self.audio = audio
         self.realtime = realtime
+        self.duty = duty
+        self.lead_frames = lead_frames
         self.turns: list[Turn] = []
         self.utterances = 0
+        self.speech_frames = 0  # 20 ms frames of speech sent (the VAD's span of each recording)
         self.missed: list[str] = []
         self.errors: list[str] = []
         self.max_lag_ms = 0.0
@@ -211,11 +280,18 @@ class ClientSession:
             reader = asyncio.create_task(self._read(ws))
             try:
                 self._t0 = time.perf_counter()
+                while len(self.sent_at) < self.lead_frames and self._frame_due() < stop_at:
+                    await self._send_noise()
                 for stem in stems:
                     frames = self.audio.utterances[stem]
                     if self._frame_due(len(frames)) > stop_at:
                         break
+                    cycle_start = len(self.sent_at)
                     await self._speak(stem, frames)
+                    if self.realtime and self.duty < 1.0:  # the rest of the cycle: no speech, the mic still sends
+                        cycle = round(self.audio.speech_frames[stem] / self.duty)
+                        while len(self.sent_at) - cycle_start < cycle and self._frame_due() < stop_at:
+                            await self._send_noise()
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
@@ -236,9 +312,14 @@ class ClientSession:
             self.max_lag_ms = max(self.max_lag_ms, (now - self._frame_due()) * 1000)
         self.sent_at.append(now)
 
+    async def _send_noise(self) -> None:
+        await self._send(self.audio.noise[self._noise_index % len(self.audio.noise)])
+        self._noise_index += 1
+
     async def _speak(self, stem: str, frames: list[str]) -> None:
         self._stem = stem
         self.utterances += 1
+        self.speech_frames += self.audio.speech_frames[stem]
         answered = len([t for t in self.turns if t.status])
         self._reply_done.clear()
         for message in frames:
@@ -246,8 +327,7 @@ class ClientSession:
         deadline = time.perf_counter() + REPLY_TIMEOUT
         if self.realtime:  # a microphone keeps sending: background noise until the reply is done
             while not self._reply_done.is_set() and time.perf_counter() < deadline:
-                await self._send(self.audio.noise[self._noise_index % len(self.audio.noise)])
-                self._noise_index += 1
+                await self._send_noise()
         else:
             try:
                 await asyncio.wait_for(self._reply_done.wait(), REPLY_TIMEOUT)
@@ -275,6 +355,14 @@ class ClientSession:
                 self._reply_done.set()
             elif kind == "error":
                 self.errors.append(f"{event['error'].get('code')}: {event['error'].get('message')}")
+
+    def result(self) -> dict[str, Any]:
+        """What the ramp needs of this session, picklable (it comes back from a client process)."""
+        return {"latencies": [t.first_delta_ms for t in self.turns if t.first_delta_ms is not None],
+                "max_lag_ms": self.max_lag_ms, "stop_delays": self.stop_delays_ms(), "missed": len(self.missed),
+                "utterances": self.utterances, "errors": self.errors[:3],
+                "speech_frames": self.speech_frames, "frames": len(self.sent_at),
+                "expected": sum(t.reply == expected_reply(t.stem) for t in self.turns), "turns": len(self.turns)}
 
     def stop_delays_ms(self) -> list[float]:
         """speech_stopped arrival minus the send time of the frame that let the VAD decide."""
@@ -349,83 +437,257 @@ async def turn_latency(url: str, audio: Audio, reps: int, realtime: bool) -> Non
         print(f"  server error: {error}")
 
 
-async def ramp(url: str, audio: Audio, seconds: float, max_sessions: int) -> None:
-    print(f"\n== concurrent real-time sessions ({seconds:g} s each step; held: send lag <= {MAX_LAG_MS:.0f} ms, "
-          f"first delta p95 < {MAX_P95_MS:.0f} ms, every utterance answered) ==")
-    print(f"{'N':>4} {'turns':>6} {'delta p50':>10} {'p95':>7} {'max':>7} {'send lag max':>13} "
-          f"{'stop delay p95':>15} {'missed':>7}  verdict")
+def session_plans(n: int, audio: Audio, begin: float, seconds: float, duty: float) -> list[dict[str, Any]]:
+    """What each of ``n`` sessions does in one ramp step (see the module doc, section 3)."""
     stems = list(audio.clips)
-    held, failed_at = 0, None
-    n = 1
-    while n <= max_sessions:
-        begin = time.perf_counter() + 0.3  # let every connection open first
-        clients, runs = [], []
-        for i in range(n):
-            start_at = begin + 0.5 * i / n
-            order = [stems[(i + k) % len(stems)] for k in range(100)]
-            client = ClientSession(url, audio, realtime=True)
-            clients.append(client)
-            runs.append(client.run(order, start_at=start_at, stop_at=start_at + seconds))
-        results = await asyncio.gather(*runs, return_exceptions=True)
-        crashed = [r for r in results if isinstance(r, BaseException)]
-        latencies = [t.first_delta_ms for c in clients for t in c.turns if t.first_delta_ms is not None]
-        lag = max(c.max_lag_ms for c in clients)
-        delays = [d for c in clients for d in c.stop_delays_ms()]
-        missed = sum(len(c.missed) for c in clients)
-        p95 = pct(latencies, 95)
-        reasons = []
-        if crashed:
-            reasons.append(f"{len(crashed)} sessions failed: {crashed[0]!r}")
-        if lag > MAX_LAG_MS:
-            reasons.append("fell behind")
-        if not latencies or p95 >= MAX_P95_MS:
-            reasons.append("slow replies")
-        if missed:
-            reasons.append("unanswered turns")
-        ok = not reasons
-        print(f"{n:>4} {len(latencies):>6} {pct(latencies, 50):>7.0f} ms {p95:>7.0f} "
-              f"{max(latencies, default=0):>7.0f} {lag:>10.0f} ms {pct(delays, 95):>12.0f} ms {missed:>7}  "
-              + ("held" if ok else "NOT held: " + ", ".join(reasons)))
-        if not ok:
-            failed_at = n
-            break
-        held = n
-        n *= 2
-    if failed_at is None:
-        print(f"concurrent real-time sessions held: {held} (every step passed; raise --max-sessions to go further)")
-    else:
-        print(f"concurrent real-time sessions held: {held} (failed at {failed_at})")
+    rng = np.random.default_rng(n)
+    mean_cycle = statistics.mean(audio.speech_frames.values()) / duty if duty < 1.0 else 0.0
+    plans = []
+    for i in range(n):
+        start_at = begin + 0.5 * i / n
+        plans.append({"start_at": start_at, "stop_at": start_at + seconds, "duty": duty,
+                      "order": [stems[(i + k) % len(stems)] for k in range(1000)],
+                      "lead_frames": int(rng.uniform(0, mean_cycle))})
+    return plans
+
+
+async def run_plans(url: str, audio: Audio, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run sessions concurrently in this process; one result (or ``{"crashed": ...}``) each."""
+    clients = [ClientSession(url, audio, realtime=True, duty=p["duty"], lead_frames=p["lead_frames"])
+               for p in plans]
+    outcomes = await asyncio.gather(*(c.run(p["order"], start_at=p["start_at"], stop_at=p["stop_at"])
+                                      for c, p in zip(clients, plans, strict=True)), return_exceptions=True)
+    return [{**c.result(), "crashed": repr(o) if isinstance(o, BaseException) else None}
+            for c, o in zip(clients, outcomes, strict=True)]
+
+
+def _client_main(conn: Any, url: str) -> None:
+    """A client process: runs each list of session plans it is sent, sends back their results."""
+    import gc
+
+    audio = Audio.load()
+    gc.collect()
+    gc.freeze()  # (as the backend does: a full collection here would stall every session's sending at once)
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+    conn.send("ready")
+    while True:
+        plans = conn.recv()
+        if plans is None:
+            return
+        conn.send(asyncio.run(run_plans(url, audio, plans)))
+
+
+class ClientProcesses:
+    """Client processes for the ramp, started as a step needs them and kept for the next steps."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._context = multiprocessing.get_context("spawn")
+        self._procs: list[tuple[Any, Any]] = []  # (process, connection)
+        self._busy = 0
+
+    def start(self, procs: int) -> None:
+        """Have at least ``procs`` client processes, ready."""
+        while len(self._procs) < procs:
+            conn, child = self._context.Pipe()
+            process = self._context.Process(target=_client_main, args=(child, self.url), daemon=True,
+                                            name=f"clients {len(self._procs)}")
+            process.start()
+            if not conn.poll(60) or conn.recv() != "ready":
+                raise RuntimeError("a client process did not start within 60 s")
+            self._procs.append((process, conn))
+
+    def send(self, plans: list[dict[str, Any]], procs: int) -> None:
+        """Have the sessions' plans run, spread over the first ``procs`` processes."""
+        self.start(procs)
+        self._busy = procs
+        for k, (_, conn) in enumerate(self._procs[:procs]):
+            conn.send(plans[k::procs])
+
+    def collect(self) -> list[dict[str, Any]]:
+        """The results of the plans sent, once every session has finished."""
+        return [r for _, conn in self._procs[:self._busy] for r in conn.recv()]
+
+    def pids(self) -> list[int]:
+        return [process.pid for process, _ in self._procs]
+
+    def close(self) -> None:
+        for process, conn in self._procs:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+
+
+class CpuMeter:
+    """CPU seconds of the backend (its main thread, the rest of it, its child processes), of the
+    client processes, and the machine's busy ticks: :meth:`sample` before and after a step."""
+
+    def __init__(self, backend_pid: int, clients: ClientProcesses) -> None:
+        self.backend_pid = backend_pid
+        self.clients = clients
+
+    def sample(self) -> dict[str, Any]:
+        children = descendants(self.backend_pid)
+        return {"t": time.perf_counter(), "machine": machine_ticks(),
+                "backend": cpu_seconds_or_zero(self.backend_pid),
+                "loop": cpu_seconds_or_zero(self.backend_pid, self.backend_pid),
+                "stt": sum(cpu_seconds_or_zero(pid) for pid in children),
+                "clients": sum(cpu_seconds_or_zero(pid) for pid in self.clients.pids()),
+                "me": time.process_time()}
+
+    @staticmethod
+    def between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        """Cores (1.0 = one core, fully) each used between two samples; ``other``: the rest of the machine."""
+        wall = max(1e-9, b["t"] - a["t"])
+        used = {k: (b[k] - a[k]) / wall for k in ("backend", "loop", "stt", "clients", "me")}
+        # (a child process that ended within the step takes its CPU time with it: stt is then low)
+        ours = used["backend"] + used["stt"] + used["clients"] + used["me"]
+        return {**used, "other": foreign_cores(ours, a["machine"], b["machine"])}
+
+
+def client_procs_for(n: int, args: argparse.Namespace) -> int:
+    return args.client_procs or max(1, -(-n // 32))
+
+
+def capacity(url: str, backend_pid: int, audio: Audio, args: argparse.Namespace) -> int:
+    """Section 3: the ramp. Returns the largest N held."""
+    seconds = args.ramp_seconds
+    duty = args.duty
+    load = ("continuous speech" if duty >= 1.0 else
+            f"speech {duty:.0%} of the time: each recording, then noise until the cycle is {1 / duty:g} times "
+            "its speech")
+    print(f"\n== concurrent real-time sessions, {load} ({seconds:g} s each step; held: send lag <= "
+          f"{MAX_LAG_MS:.0f} ms, first delta p95 < {MAX_P95_MS:.0f} ms, every utterance answered) ==")
+    print(f"load average {loadavg()} at the start; {NCPU} CPUs")
+    print(f"{'N':>4} {'turns':>6} {'speech':>6} {'first delta':>20} {'send':>5} {'stop':>6} {'missed':>6} "
+          f"{'backend':>5} {'loop':>5} {'stt':>5} {'client':>6} {'other':>5}")
+    print(f"{'':>4} {'/s':>6} {'%':>6} {'p50':>6} {'p95':>6} {'max':>6} {'lag':>5} {'delay':>6} {'turns':>6} "
+          f"{'%':>5} {'%':>5} {'%':>5} {'CPU %':>6} {'cores':>5}  verdict")
+    clients = ClientProcesses(url)
+    meter = CpuMeter(backend_pid, clients)
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else \
+        [2 ** k for k in range(16) if 2 ** k <= args.max_sessions]
+    plan = ramp([n for n in steps if n <= args.max_sessions], args.resolution)
+    verdict: bool | None = None
+    failed_any = False
+    try:
+        while True:
+            try:
+                n = plan.send(verdict)
+            except StopIteration as stop:
+                held = stop.value
+                break
+            procs = client_procs_for(n, args)
+            clients.start(procs)
+            for attempt in range(args.retries + 1):
+                wait_quiet(args.foreign_limit, args.quiet_wait)
+                begin = time.perf_counter() + 1.0 + 0.01 * n  # every process has its plans
+                plans = session_plans(n, audio, begin, seconds, duty)
+                clients.send(plans, procs)
+                # CPU over the streaming window: from when the last session started to shortly before the first stops
+                time.sleep(max(0.0, begin + 1.0 - time.perf_counter()))
+                before = meter.sample()
+                time.sleep(max(0.1, begin + seconds - 0.5 - time.perf_counter()))
+                cores = CpuMeter.between(before, meter.sample())
+                disturbed = cores["other"] > args.foreign_limit
+                verdict = report_step(n, seconds, clients.collect(), cores, disturbed, attempt)
+                if verdict or not disturbed:
+                    break
+            failed_any = failed_any or not verdict
+    finally:
+        clients.close()
+    failed = f"to within {args.resolution}" if failed_any else "every step passed; raise --max-sessions to go further"
+    print(f"concurrent real-time sessions held ({load}): {held} ({failed}); load average {loadavg()} at the end")
+    return held
+
+
+def report_step(n: int, seconds: float, results: list[dict[str, Any]], cores: dict[str, float], disturbed: bool,
+                attempt: int) -> bool:
+    crashed = [r["crashed"] for r in results if r["crashed"]]
+    latencies = [v for r in results for v in r["latencies"]]
+    delays = [v for r in results for v in r["stop_delays"]]
+    lag = max((r["max_lag_ms"] for r in results), default=0.0)
+    missed = sum(r["missed"] for r in results)
+    speech = sum(r["speech_frames"] for r in results) / max(1, sum(r["frames"] for r in results))
+    p95 = pct(latencies, 95)
+    reasons = []
+    if crashed:
+        reasons.append(f"{len(crashed)} sessions failed: {crashed[0]}")
+    if lag > MAX_LAG_MS:
+        reasons.append("fell behind")
+    if not latencies or p95 >= MAX_P95_MS:
+        reasons.append("slow replies")
+    if missed:
+        reasons.append("unanswered turns")
+    ok = not reasons
+    errors = [e for r in results for e in r["errors"]]
+    verdict = "held" if ok else "NOT held: " + ", ".join(reasons)
+    print(f"{n:>4} {len(latencies) / seconds:>6.1f} {speech * 100:>6.0f} {pct(latencies, 50):>6.0f} {p95:>6.0f} "
+          f"{max(latencies, default=0):>6.0f} {lag:>5.0f} {pct(delays, 95):>6.0f} {missed:>6} "
+          f"{cores['backend'] * 100:>5.0f} {cores['loop'] * 100:>5.0f} {cores['stt'] * 100:>5.0f} "
+          f"{cores['clients'] * 100:>6.0f} {cores['other']:>5.2f}  " + verdict
+          + (f" ({len(errors)} error events, e.g. {errors[0]})" if errors else "")
+          + (" [other load on the machine]" if disturbed and not ok else "")
+          + (f" (retry {attempt})" if attempt else ""), flush=True)
+    return ok
 
 
 # ------------------------------------------------------------------------------------ main
 
 
-async def network_phases(url: str, audio: Audio, args: argparse.Namespace) -> None:
-    await turn_latency(url, audio, args.reps, realtime=not args.fast)
-    if args.max_sessions > 0:
-        await ramp(url, audio, args.ramp_seconds, args.max_sessions)
+SECTIONS = ("engines", "latency", "capacity")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (engines, latency, capacity); may be given more than once")
     parser.add_argument("--reps", type=int, default=5, help="times each recording is spoken for the latency figure")
     parser.add_argument("--fast", action="store_true", help="send the latency phase's audio as fast as possible")
     parser.add_argument("--pace", type=float, default=10.0, help="the backend's reply pace (times real time)")
     parser.add_argument("--engine-repeats", type=int, default=3, help="timed calls per text for the STT/TTS RTF")
-    parser.add_argument("--ramp-seconds", type=float, default=8.0,
-                        help="how long each ramp step streams (seconds)")
-    parser.add_argument("--max-sessions", type=int, default=32,
+    parser.add_argument("--duty", type=float, default=1.0,
+                        help="capacity: fraction of the time each session speaks (1: continuous speech)")
+    parser.add_argument("--ramp-seconds", type=float, default=None,
+                        help="how long each ramp step streams (seconds; default 8, or 30 with --duty below 1)")
+    parser.add_argument("--max-sessions", type=int, default=256,
                         help="largest N of the concurrency ramp (0 skips the ramp)")
+    parser.add_argument("--steps", default="",
+                        help="the ramp's N before it bisects, comma-separated (default: 1, 2, 4, ... up to "
+                             "--max-sessions)")
+    parser.add_argument("--resolution", type=int, default=2,
+                        help="bisect between the last N held and the first failing one down to this many sessions")
+    parser.add_argument("--foreign-limit", type=float, default=0.5,
+                        help="a step that fails while other work kept more cores than this busy is run again")
+    parser.add_argument("--retries", type=int, default=2, help="how often such a step is run again")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="before each step, wait up to this many seconds for other work to drop below the limit")
+    parser.add_argument("--client-procs", type=int, default=0,
+                        help="client processes for the ramp (default: one per 32 sessions)")
     args = parser.parse_args()
+    if not 0.0 < args.duty <= 1.0:
+        parser.error("--duty must be in (0, 1]")
+    if args.ramp_seconds is None:
+        args.ramp_seconds = 8.0 if args.duty >= 1.0 else 30.0
+    sections = set(args.only or SECTIONS)
+    if args.max_sessions <= 0:
+        sections.discard("capacity")
 
     audio = Audio.load()
     started = time.perf_counter()
+    print(f"load average {loadavg()}; {NCPU} CPUs")
     with BackendProcess(args.pace) as backend:
-        print(f"embedded backend (pace {args.pace:g}) in a child process at {backend.url}, "
-              f"ready in {time.perf_counter() - started:.1f} s")
-        engine_speed(audio, args.engine_repeats)
-        asyncio.run(network_phases(backend.url, audio, args))
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        print(f"embedded backend (pace {args.pace:g}) in a child process (pid {backend.pid}) at {backend.url}, "
+              f"ready in {time.perf_counter() - started:.1f} s", flush=True)
+        if "engines" in sections:
+            engine_speed(audio, args.engine_repeats)
+        if "latency" in sections:
+            asyncio.run(turn_latency(backend.url, audio, args.reps, realtime=not args.fast))
+        if "capacity" in sections:
+            capacity(backend.url, backend.pid, audio, args)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {loadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What the benchmarks share: the shipped recordings and their background noise, and for the
-``talk`` benchmarks a backend process beside the PulseAudio rig.
+"""What the benchmarks share: the shipped recordings and their background noise; what /proc says
+about CPU (our processes', and the load that other work puts on the machine); the ramp that finds
+a capacity ceiling; and for the ``talk`` benchmarks a backend process beside the PulseAudio rig.
 
 (``tests/conftest.py`` has the same two recording helpers for the tests; the rig is the tests'
 own ``tests/audio_rig.py``, imported only by :func:`backend_and_rig`.)
@@ -15,7 +16,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 24_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
 
 
 def read_recording(stem: str) -> np.ndarray:
@@ -37,6 +41,104 @@ def room_noise(ms: int) -> np.ndarray:
     """``ms`` of the recordings' own background noise: their first 250 ms, tiled."""
     lead = read_recording("hello_there")[: 250 * 24]
     return np.tile(lead, -(-ms // 250))[: ms * 24]
+
+
+# ------------------------------------------------------------------------------------ /proc
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads), or of its thread ``tid`` alone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children...), from /proc/PID/task/*/children."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def cpu_seconds_or_zero(pid: int, tid: int | None = None) -> float:
+    """:func:`cpu_seconds`, 0 for a process that is gone."""
+    try:
+        return cpu_seconds(pid, tid)
+    except OSError:
+        return 0.0
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores; steal (the hypervisor running someone else) counts as busy."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+def foreign_cores(ours: float, machine_a: tuple[int, int], machine_b: tuple[int, int]) -> float:
+    """Cores busy with something other than our processes (``ours`` in cores) between two samples."""
+    busy, total = machine_b[0] - machine_a[0], machine_b[1] - machine_a[1]
+    return max(0.0, busy / max(1, total) * NCPU - ours)
+
+
+def wait_quiet(limit: float, patience: float) -> float:
+    """Wait (at most ``patience`` s) for a half second with under ``limit`` cores busy; returns that load.
+    Call it while the benchmark's own processes idle: all the load it sees counts as other work's."""
+    deadline = time.monotonic() + patience
+    while True:
+        a = machine_ticks()
+        time.sleep(0.5)
+        load = foreign_cores(0.0, a, machine_ticks())
+        if load < limit or time.monotonic() >= deadline:
+            return load
+
+
+# ------------------------------------------------------------------------------------ capacity ramp
+
+
+def ramp(steps: list[int], resolution: int) -> Generator[int, bool | None, int]:
+    """The N values of a capacity ramp: up the steps to the first failure, then bisect down to
+    ``resolution`` between the last N that held and it. Send each step's verdict; the generator's
+    return value is the largest N that held."""
+    passed, failed = 0, None
+    for n in steps:
+        if (yield n):
+            passed = n
+        else:
+            failed = n
+            break
+    if failed is None:
+        return passed
+    while failed - passed > resolution:
+        mid = (passed + failed) // 2
+        if (yield mid):
+            passed = mid
+        else:
+            failed = mid
+    return passed
+
+
+# ------------------------------------------------------------------------------------ talk
 
 
 @contextlib.contextmanager

@@ -71,7 +71,6 @@ import asyncio
 import base64
 import json
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +84,16 @@ try:
 except ImportError:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
+from common import (  # noqa: E402
+    NCPU,
+    cpu_seconds,
+    foreign_cores,
+    loadavg,
+    machine_ticks,
+    ramp,
+    wait_quiet,
+)
+
 RATE = 24_000
 CHUNK_MS = 40
 CHUNK_BYTES = RATE * CHUNK_MS // 1000 * 2  # 1920
@@ -94,18 +103,9 @@ TARGET_RATIO = 0.9  # sessions sustained, gateway / bare relay: at least
 CPU_TARGET_RATIO = 1.0  # server CPU per session, gateway / bare relay: at most
 DEFAULT_STEPS = "1,16,32,48,64,80,96,128,160,192"
 MODEL = "gpt-realtime"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-NCPU = os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------------ /proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
 
 
 def rss_mib(pid: int) -> float:
@@ -114,35 +114,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all cores; steal (the hypervisor running someone else) counts as busy."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:9]]
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values) - idle, sum(values)
-
-
-def foreign_cores(ours: float, machine_a: tuple[int, int], machine_b: tuple[int, int]) -> float:
-    """Cores busy with something other than our processes (``ours`` in cores) between two samples."""
-    busy, total = machine_b[0] - machine_a[0], machine_b[1] - machine_a[1]
-    return max(0.0, busy / max(1, total) * NCPU - ours)
-
-
-def wait_quiet(limit: float, patience: float) -> float:
-    """Wait (at most ``patience`` s) for a half second with under ``limit`` cores busy; returns that load."""
-    deadline = time.monotonic() + patience
-    while True:
-        a = machine_ticks()
-        time.sleep(0.5)
-        load = foreign_cores(0.0, a, machine_ticks())  # the echo upstream idles meanwhile
-        if load < limit or time.monotonic() >= deadline:
-            return load
 
 
 # ------------------------------------------------------------------------------------ echo upstream
@@ -607,28 +578,6 @@ def cpu_ratios(gateway: list[dict[str, Any]], bare: list[dict[str, Any]]) -> lis
     b_at = {r["n"]: r for r in bare if complete(r) and r["n"] > 1}
     return [(n, g_at[n]["cpu_per"] / b_at[n]["cpu_per"], g_at[n]["cpu_per"], b_at[n]["cpu_per"])
             for n in sorted(g_at.keys() & b_at.keys()) if b_at[n]["cpu_per"] > 0]
-
-
-def ramp(steps: list[int], resolution: int) -> Any:
-    """The N values for one system: up the steps to the first failure, then bisect down to
-    ``resolution`` between the last sustained N and it. Send each step's verdict; the generator's
-    return value is the largest N sustained."""
-    passed, failed = 0, None
-    for n in steps:
-        if (yield n):
-            passed = n
-        else:
-            failed = n
-            break
-    if failed is None:
-        return passed
-    while failed - passed > resolution:
-        mid = (passed + failed) // 2
-        if (yield mid):
-            passed = mid
-        else:
-            failed = mid
-    return passed
 
 
 def measure(kind: str, n: int, echo: Child, echo_url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -210,6 +210,15 @@ async def test_manual_commit_with_turn_detection_disabled(ga: Conn) -> None:
     assert events[-1]["response"]["output"][0]["content"][0]["transcript"].startswith("I can greet you")
 
 
+async def test_the_backend_declines_permessage_deflate_that_clients_offer(backend: BackendServer) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(backend.url + "?model=gpt-realtime", compression="deflate") as ws:
+        assert ws.request is not None and "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert json.loads(await ws.recv())["type"] == "session.created"
+
+
 async def test_concurrent_sessions_are_independent(backend: BackendServer) -> None:
     async def one(stem: str, expect: str) -> str:
         async for conn in open_conn(backend):

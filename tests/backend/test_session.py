@@ -304,6 +304,73 @@ def test_manual_commit_during_speech_starts_a_fresh_detector() -> None:
     assert jobs(session.handle({"type": "input_audio_buffer.commit"}), StartVad) == []  # not speaking now
 
 
+def paused_turn() -> tuple[ServerSession, str, Transcribe]:
+    """A session whose speech (from 200 ms) ended at 1500 ms and was followed by the recogniser's tail
+    of silence: the detector said so (``speech_paused``) before it could say that the turn ended."""
+    session = new_session(turn_detection=True)
+    session.handle(append(1000))
+    item_id = sent(session.speech_judged([("speech_started", 200)]))[0]["item_id"]
+    session.handle(append(1000, 2))
+    effects = session.speech_judged([("speech_paused", 1500)])
+    assert not sent(effects)  # nothing for the client: the turn may go on
+    (job,) = jobs(effects, Transcribe)
+    return session, item_id, job
+
+
+def test_a_turn_is_recognised_early_from_the_very_audio_its_commit_would_send() -> None:
+    session, item_id, early = paused_turn()
+    assert (early.item_id, early.early_end_ms) == (item_id, 1500)
+    assert early.audio == pcm(800) + pcm(1500 + STT_TAIL_MS - 1000, 2)  # as in the turn without the pause
+    assert session.transcribed(item_id, "hello there", early_end_ms=1500) == []  # kept until the turn ends
+    effects = session.speech_judged([("speech_stopped", 1500)])
+    assert not jobs(effects, Transcribe)  # recognised already: the reply is decided at once
+    assert types(effects)[:5] == ["input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+                                  "conversation.item.added", "conversation.item.done", "response.created"]
+    (speak,) = jobs(effects, Synthesize)
+    assert speak.text == responder.respond("hello there").text
+
+
+def test_an_early_recognition_still_running_when_the_turn_ends_answers_it_when_done() -> None:
+    session, item_id, _ = paused_turn()
+    effects = session.speech_judged([("speech_stopped", 1500)])
+    assert not jobs(effects, Transcribe) and not jobs(effects, Synthesize)
+    (speak,) = jobs(session.transcribed(item_id, "how are you today", early_end_ms=1500), Synthesize)
+    assert speak.text == responder.respond("how are you today").text
+
+
+def test_speech_that_goes_on_after_a_pause_is_recognised_again_whole() -> None:
+    session, item_id, _ = paused_turn()
+    session.handle(append(600, 3))
+    session.speech_judged([])  # the speaker goes on: the early result is of no use
+    assert session.transcribed(item_id, "hello there", early_end_ms=1500) == []
+    effects = session.speech_judged([("speech_stopped", 2400)])
+    (job,) = jobs(effects, Transcribe)
+    assert job.early_end_ms is None and job.audio == pcm(800) + pcm(1000, 2) + pcm(2400 + STT_TAIL_MS - 2000, 3)
+    assert not jobs(session.transcribed(item_id, "hello there", early_end_ms=1500), Synthesize)  # late: dropped
+    (speak,) = jobs(session.transcribed(item_id, "what can you do"), Synthesize)
+    assert speak.text == responder.respond("what can you do").text
+
+
+def test_an_early_failure_fails_the_transcription_of_the_turn() -> None:
+    session, item_id, _ = paused_turn()
+    update(session, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})  # (restarts no detector)
+    assert session.transcription_failed(item_id, "boom", early_end_ms=1500) == []
+    effects = session.speech_judged([("speech_stopped", 1500)])
+    failed = [e for e in sent(effects) if e["type"] == "conversation.item.input_audio_transcription.failed"]
+    assert [f["item_id"] for f in failed] == [item_id]
+
+
+@pytest.mark.parametrize("then", [{"type": "input_audio_buffer.clear"}, {"type": "input_audio_buffer.commit"}])
+def test_an_early_recognition_is_dropped_when_the_buffer_is_cleared_or_committed_by_hand(
+        then: dict[str, Any]) -> None:
+    session, item_id, _ = paused_turn()
+    effects = session.handle(then)
+    assert session.transcribed(item_id, "hello there", early_end_ms=1500) == []
+    if then["type"] == "input_audio_buffer.commit":  # recognised anew, from all the audio committed
+        (job,) = jobs(effects, Transcribe)
+        assert job.early_end_ms is None and job.audio == pcm(800) + pcm(1000, 2)
+
+
 # ---------------------------------------------------------------------------------- items
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -144,3 +146,29 @@ def test_stream_words_reassembles_the_text(text: str) -> None:
 def test_stream_words_gives_each_word_with_its_space() -> None:
     assert Engines.stream_words("what is the weather") == ["what ", "is ", "the ", "weather"]
     assert Engines.stream_words("") == []
+
+
+async def test_the_event_loop_awaits_recognition_in_the_workers_without_a_thread(engines: Engines) -> None:
+    """Turns being recognised hold no thread of the loop's executor: with its only thread busy (as
+    every thread was when each waiting turn held one), 15 turns at once are still all recognised,
+    each as the recogniser itself hears it."""
+    assert engines.stt_processes > 0
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    busy = asyncio.ensure_future(asyncio.to_thread(release.wait))
+    stems = sorted(RECORDING_SENTENCES) * 3
+    try:
+        texts = await asyncio.gather(*(engines.transcribe_async(read_recording(stem)) for stem in stems))
+    finally:
+        release.set()
+        await busy
+    assert texts == [RECORDING_SENTENCES[stem] for stem in stems]
+
+
+async def test_recognition_without_workers_runs_in_a_thread() -> None:
+    in_process = Engines(stt_processes=0)
+    try:
+        assert await in_process.transcribe_async(read_recording("weather_in_paris")) == "what is the weather in paris"
+    finally:
+        in_process.close()

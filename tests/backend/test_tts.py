@@ -146,3 +146,17 @@ def test_pitch_changes_the_voice_and_50_is_espeaks_own() -> None:
     assert abs(low.size - high.size) < 0.1 * default.size  # the pitch, not the rate
     assert np.array_equal(Synthesizer().synthesize(SENTENCE), default)  # nothing left set for the next call
     assert Synthesizer(pitch=500).pitch == 100 and Synthesizer(pitch=-3).pitch == 0
+
+
+def test_engines_say_a_reply_again_with_the_same_samples_and_each_caller_gets_its_own() -> None:
+    from voicerelay.backend.engines import Engines
+
+    engines = Engines(stt_processes=0)
+    text = "I am fine, thank you for asking."
+    first = engines.synthesize(text, "coral")
+    first[:100] = 0  # a caller's own array: what it does with it changes nothing kept
+    again = engines.synthesize(text, "coral")
+    assert np.array_equal(again, Synthesizer().synthesize(text, "coral"))
+    assert not np.array_equal(engines.synthesize(text, "ash"), again)  # the voice is part of what is kept
+    again[:] = 0
+    assert np.array_equal(engines.synthesize(text, "coral"), Synthesizer().synthesize(text, "coral"))

@@ -64,3 +64,22 @@ def test_force_stop_ends_a_turn_in_progress() -> None:
     stopped = vad.force_stop()
     assert stopped is not None and stopped.kind == "speech_stopped" and stopped.ms > start
     assert vad.force_stop() is None
+
+
+@pytest.mark.parametrize("stem", sorted(RECORDING_SENTENCES))
+def test_a_pause_is_told_once_before_the_turn_ends_with_the_same_end(stem: str) -> None:
+    pcm = np.concatenate((read_recording(stem), room_noise(500)))
+    events = run_vad(pcm, prefix_padding_ms=300, silence_duration_ms=500, pause_ms=150)
+    assert [k for k, _ in events] == ["speech_started", "speech_paused", "speech_stopped"]
+    assert events[1][1] == events[2][1]  # where the speech ended
+    assert [e for e in events if e[0] != "speech_paused"] == run_vad(pcm, prefix_padding_ms=300,
+                                                                     silence_duration_ms=500)
+
+
+def test_speech_that_resumes_after_a_pause_is_one_turn_with_a_pause_told_each_time() -> None:
+    speech = read_recording("hello_there")
+    start, end = speech_bounds(speech)
+    pcm = np.concatenate((speech[: end * 24], room_noise(300), speech[start * 24 :], room_noise(500)))
+    events = run_vad(pcm, pause_ms=150)
+    assert [k for k, _ in events] == ["speech_started", "speech_paused", "speech_paused", "speech_stopped"]
+    assert events[1][1] < events[2][1] == events[3][1]

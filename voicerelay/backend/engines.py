@@ -1,8 +1,10 @@
 """The speech engines behind every embedded-backend session, shared by all of them.
 
 Loading pocketsphinx and libespeak-ng takes a moment, so :class:`Engines` loads each on first
-use and shares it between sessions. Its methods are blocking: sessions call them through
-``asyncio.to_thread``.
+use and shares it between sessions. Its methods are blocking, but for
+:meth:`Engines.transcribe_async`, which the server's sessions await on the event loop itself
+(recognition runs in worker processes: a thread only waiting for one would be wasted); they call
+synthesis through ``asyncio.to_thread``.
 
 Speech recognition runs in worker *processes*: pocketsphinx's decoder is one C call that holds
 the GIL, so in a thread it still stalled the event loop (the loop kept ~15 % of its throughput
@@ -18,12 +20,14 @@ If the workers die, recognition falls back to the calling thread with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import logging
 import multiprocessing
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
@@ -32,6 +36,10 @@ from ..workers import worker_started
 from . import responder
 
 log = logging.getLogger(__name__)
+
+
+#: Speech kept by :meth:`Engines.synthesize` for the replies said again (about 5.8 minutes of it).
+SPEECH_CACHE_BYTES = 16 * 1024 * 1024
 
 
 def _worker_ready() -> bool:
@@ -61,6 +69,8 @@ class Engines:
     def __init__(self, stt_processes: int | None = None) -> None:
         self._lock = threading.Lock()
         self._tts = None
+        self._speech: OrderedDict[tuple[str, str | None], np.ndarray] = OrderedDict()  # synthesised before
+        self._speech_bytes = 0
         self.stt_processes = min(4, os.cpu_count() or 1) if stt_processes is None else stt_processes
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._closed = False
@@ -113,8 +123,28 @@ class Engines:
             return self._tts
 
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
-        """int16 mono 24 kHz speech for ``text`` (empty for empty text)."""
-        return self._synthesizer().synthesize(text, voice)
+        """int16 mono 24 kHz speech for ``text`` (empty for empty text).
+
+        The same text and voice always give the same samples (``tts.py``), and the responder says
+        the same few replies over and over, so the newest :data:`SPEECH_CACHE_BYTES` of speech
+        are kept and a reply said before is not synthesised again."""
+        if not isinstance(voice, (str, type(None))):  # (a voice object: synthesised as it is, not kept)
+            return self._synthesizer().synthesize(text, voice)
+        key = (text, voice)
+        with self._lock:
+            kept = self._speech.get(key)
+            if kept is not None:
+                self._speech.move_to_end(key)
+                return kept.copy()
+        pcm = self._synthesizer().synthesize(text, voice)
+        if pcm.nbytes <= SPEECH_CACHE_BYTES:
+            with self._lock:
+                if key not in self._speech:
+                    self._speech[key] = pcm.copy()
+                    self._speech_bytes += pcm.nbytes
+                while self._speech_bytes > SPEECH_CACHE_BYTES:
+                    self._speech_bytes -= self._speech.popitem(last=False)[1].nbytes
+        return pcm
 
     def transcribe(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:
         """Lower-case words heard in int16 mono 24 kHz audio ('' for none)."""
@@ -124,14 +154,32 @@ class Engines:
         try:
             return self._stt_pool().submit(_transcribe_in_worker, pcm, tuple(extra_phrases)).result()
         except concurrent.futures.process.BrokenProcessPool:
-            log.warning("speech recognition workers died; recognising in-process from now on (a script that "
-                        "starts voicerelay needs `if __name__ == '__main__':`)")
-            with self._lock:
-                self.stt_processes = 0
-                pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._workers_died()
             return _transcribe_in_worker(pcm, tuple(extra_phrases))
+
+    async def transcribe_async(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:
+        """:meth:`transcribe` for the event loop: the loop awaits the worker's future itself, so a turn
+        waiting for recognition holds no thread (through ``asyncio.to_thread`` each did, and with the
+        default executor's few threads all waiting on a busy pool, the replies' synthesis waited too).
+        Without workers it recognises in a thread."""
+        pcm = np.ascontiguousarray(pcm24, dtype=np.int16).tobytes()
+        phrases = tuple(extra_phrases)
+        if self.stt_processes == 0:
+            return await asyncio.to_thread(_transcribe_in_worker, pcm, phrases)
+        try:
+            return await asyncio.wrap_future(self._stt_pool().submit(_transcribe_in_worker, pcm, phrases))
+        except concurrent.futures.process.BrokenProcessPool:
+            self._workers_died()
+            return await asyncio.to_thread(_transcribe_in_worker, pcm, phrases)
+
+    def _workers_died(self) -> None:
+        log.warning("speech recognition workers died; recognising in-process from now on (a script that "
+                    "starts voicerelay needs `if __name__ == '__main__':`)")
+        with self._lock:
+            self.stt_processes = 0
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def stream_words(text: str) -> list[str]:

@@ -28,9 +28,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..gctune import settle_for_serving
 from ..protocol.events import Dialect, Event, elide, to_dialect
 from .engines import Engines
 from .session import (
+    STT_TAIL_MS,
     DetectSpeech,
     Effect,
     Pause,
@@ -100,9 +102,9 @@ class SessionPump:
                 assert self._vad is not None, "DetectSpeech without StartVad"
                 edges = [(e.kind, e.ms) for e in self._vad.feed(np.frombuffer(effect.pcm, dtype="<i2"))]
                 todo.extendleft(reversed(self.session.speech_judged(edges)))
-            elif isinstance(effect, StartVad):
+            elif isinstance(effect, StartVad):  # (it tells the session when a turn's audio is all there)
                 self._vad = VoiceActivityDetector(effect.threshold, effect.prefix_padding_ms,
-                                                  effect.silence_duration_ms)
+                                                  effect.silence_duration_ms, pause_ms=STT_TAIL_MS)
             elif isinstance(effect, StopVad):
                 self._vad = None
             elif isinstance(effect, Transcribe):
@@ -129,12 +131,12 @@ class SessionPump:
 
     async def _transcribe(self, job: Transcribe) -> None:
         try:
-            text = await asyncio.to_thread(self.engines.transcribe, np.frombuffer(job.audio, dtype="<i2"), job.phrases)
+            text = await self.engines.transcribe_async(np.frombuffer(job.audio, dtype="<i2"), job.phrases)
         except Exception as exc:  # a recogniser failure is this turn's problem: the session reports it
             log.exception("transcription of %s failed", job.item_id)
-            await self._apply(self.session.transcription_failed(job.item_id, str(exc)))
+            await self._apply(self.session.transcription_failed(job.item_id, str(exc), job.early_end_ms))
             return
-        await self._apply(self.session.transcribed(job.item_id, text))
+        await self._apply(self.session.transcribed(job.item_id, text, job.early_end_ms))
 
     async def _synthesize(self, job: Synthesize) -> None:
         try:
@@ -177,8 +179,10 @@ class BackendServer:
     async def start(self) -> None:
         if self._owns_engines:
             self.engines.start_workers()  # (first, from this thread: see Engines.start_workers)
+        # no permessage-deflate: base64 audio hardly compresses, and deflating every reply chunk and
+        # inflating every append was a seventh of this process's CPU (benchmarks/backend_latency.py)
         self._server = await serve(self._handle, self.host, self.port, process_request=self._check_path,
-                                   max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20)
+                                   max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20, compression=None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded Realtime backend listening on %s", self.url)
         if self._owns_engines:  # load the engines while the first session is still talking
@@ -280,6 +284,7 @@ async def run(host: str, port: int, pace: float, max_session_seconds: float, rea
         async with BackendServer(host, port, pace=pace, max_session_seconds=max_session_seconds,
                                  engines=engines) as server:
             await asyncio.to_thread(engines.warm_up)  # after binding: a busy port is reported at once
+            settle_for_serving()  # the backend owns this process (see voicerelay.gctune)
             if ready is not None:
                 ready(server)
             await server.serve_forever()

@@ -14,9 +14,10 @@ Inputs                                       Effects
                         event                 StopVad        no speech detection
   speech_judged(edges)  what the detector     DetectSpeech   judge this appended audio, then
                         made of DetectSpeech                 call speech_judged()
-  transcribed(item_id, text)                  Transcribe     recognise a user item's audio,
-  transcription_failed(item_id, message)                     then call transcribed() or
-                                                             transcription_failed()
+  transcribed(item_id, text, early_end_ms)    Transcribe     recognise a user item's audio,
+  transcription_failed(item_id, message,                     then call transcribed() or
+                       early_end_ms)                         transcription_failed() with its
+                                                             early_end_ms
   synthesized(response_id, pcm)               Synthesize     speak a reply's text, then call
   synthesis_failed(response_id, message)                     synthesized() or synthesis_failed()
   stream(response_id)   the next chunk is     Pause          wait ``audio_ms`` of audio (at the
@@ -24,7 +25,13 @@ Inputs                                       Effects
 
 Turn flow (section 8 of the protocol reference): appended audio fills the input buffer and,
 with server VAD, is judged by the detector; the end of speech commits the buffer into a user
-item (``Transcribe``) and, with ``create_response``, creates a response. A response reads its
+item (``Transcribe``) and, with ``create_response``, creates a response. Recognition starts early:
+once the detector has heard ``STT_TAIL_MS`` of silence after speech (``speech_paused``), all the
+audio the recogniser would hear of the turn is there, so it is sent then (``Transcribe`` with
+``early_end_ms``), while the detector waits ``silence_duration_ms`` to know whether the turn ended;
+if it did, at that same point, the commit sends no second ``Transcribe`` and uses that result (the
+same audio, so the same words), else the result is dropped and the turn is recognised when it
+does end. The turn's reply then waits for recognition only as long as it outlasts that silence. A response reads its
 context (its own ``input`` when it has one, else the whole conversation) and answers the newest
 item, whatever its role; it decides what to say once the transcript it depends on is known (it
 waits for ``transcribed()``), then streams: a function call or a text reply at once, a spoken
@@ -120,11 +127,14 @@ class DetectSpeech:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transcribe:
-    """Recognise ``audio`` (PCM16 24 kHz) of a user item; ``phrases`` help the recogniser."""
+    """Recognise ``audio`` (PCM16 24 kHz) of a user item; ``phrases`` help the recogniser. With
+    ``early_end_ms``: the turn of the item to come, recognised while the detector still waits to
+    know whether it has ended (speech ended at ``early_end_ms``); its result goes back with it."""
 
     item_id: str
     audio: bytes
     phrases: tuple[str, ...]
+    early_end_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,6 +177,17 @@ class _Stream:
 
 
 @dataclasses.dataclass(slots=True)
+class _Early:
+    """A turn being recognised before it is known to have ended (see ``_speech_paused``)."""
+
+    item_id: str
+    end_ms: int  # where its speech ended
+    start_ms: int  # the session audio ms at the input buffer's start when it was heard
+    phrases: tuple[str, ...]
+    outcome: tuple[str, str] | None = None  # ("text", words) or ("failed", message), once known
+
+
+@dataclasses.dataclass(slots=True)
 class _Response:
     id: str
     in_band: bool
@@ -199,6 +220,8 @@ class ServerSession:
         self._vad_offset_ms = 0.0  # session audio ms at which the current detector's clock started
         self._speaking = False  # the detector is inside speech
         self._pending_item: str | None = None
+        self._early: _Early | None = None  # the turn in progress, recognised early (see _speech_paused)
+        self._early_committed: dict[str, _Early] = {}  # committed item -> its early recognition, still running
         self._active: _Response | None = None
         self._responses: dict[str, _Response] = {}
         self._cache = usage.CacheMemory()  # what earlier responses processed: their cached input
@@ -246,12 +269,15 @@ class ServerSession:
 
     def speech_judged(self, edges: Sequence[tuple[str, int]]) -> list[Effect]:
         """The detector's verdict on the last ``DetectSpeech``: ``(kind, ms)`` pairs, ``kind`` being
-        ``speech_started`` or ``speech_stopped`` and ``ms`` on the detector's own clock."""
+        ``speech_started``, ``speech_paused`` (speech ended at ``ms``, the turn may go on) or
+        ``speech_stopped``, and ``ms`` on the detector's own clock."""
         out: list[Effect] = []
         for kind, detector_ms in edges:
             ms = int(detector_ms + self._vad_offset_ms)
             if kind == "speech_started":
                 self._speech_started(ms, out)
+            elif kind == "speech_paused":
+                self._speech_paused(ms, out)
             elif kind == "speech_stopped":
                 self._speech_stopped(ms, out)
             else:
@@ -260,8 +286,11 @@ class ServerSession:
             self._trim_buffer()
         return out
 
-    def transcribed(self, item_id: str, text: str) -> list[Effect]:
-        """The recogniser heard ``text`` in a committed item's audio."""
+    def transcribed(self, item_id: str, text: str, early_end_ms: int | None = None) -> list[Effect]:
+        """The recogniser heard ``text`` in a committed item's audio (``early_end_ms``: the result of
+        an early ``Transcribe``, given back as it came)."""
+        if early_end_ms is not None and not self._early_done(item_id, early_end_ms, ("text", text)):
+            return []
         out: list[Effect] = []
         heard_len = self._heard_bytes.pop(item_id, 0)
         item = self.items.get(item_id)
@@ -281,8 +310,10 @@ class ServerSession:
             self._transcripts.pop(item_id, None)
         return out
 
-    def transcription_failed(self, item_id: str, message: str) -> list[Effect]:
+    def transcription_failed(self, item_id: str, message: str, early_end_ms: int | None = None) -> list[Effect]:
         """The recogniser failed on a committed item: this turn's problem, reported like OpenAI does."""
+        if early_end_ms is not None and not self._early_done(item_id, early_end_ms, ("failed", message)):
+            return []
         out: list[Effect] = []
         self._heard_bytes.pop(item_id, None)
         self._transcripts[item_id] = ""
@@ -359,6 +390,7 @@ class ServerSession:
     def _vad_config(self) -> StartVad | StopVad:
         """A fresh detector for the current turn detection (its clock starts at the audio so far)."""
         self._speaking = False
+        self._early = None
         td = self.session["audio"]["input"]["turn_detection"]
         if td is None:
             return StopVad()
@@ -392,6 +424,7 @@ class ServerSession:
 
     def _speech_started(self, audio_start_ms: int, out: list[Effect]) -> None:
         self._speaking = True
+        self._early = None
         self._pending_item = new_id("item")
         self._emit(out, {"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms,
                          "item_id": self._pending_item})
@@ -402,17 +435,58 @@ class ServerSession:
         del self._buffer[:start]
         self._buffer_start_ms += start // BYTES_PER_MS
 
+    def _speech_paused(self, speech_end_ms: int, out: list[Effect]) -> None:
+        """Speech ended at ``speech_end_ms`` and ``STT_TAIL_MS`` of silence followed: all the audio
+        the recogniser will hear of this turn, should it end here, is in the buffer. Recognising it
+        now rather than once ``silence_duration_ms`` has passed takes most of recognition out of the
+        turn's latency; the result is used only if the turn does end here (``_speech_stopped``),
+        with the very audio ``_commit`` would send. Speech that goes on makes it a wasted decode."""
+        item_id = self._pending_item
+        if not self._speaking or item_id is None:
+            return
+        size = max(0, speech_end_ms + STT_TAIL_MS - self._buffer_start_ms) * BYTES_PER_MS
+        if not 0 < size <= len(self._buffer):
+            return
+        phrases = self._phrases()
+        self._early = _Early(item_id, speech_end_ms, self._buffer_start_ms, phrases)
+        out.append(Transcribe(item_id, bytes(self._buffer[:size]), phrases, early_end_ms=speech_end_ms))
+
+    def _take_early(self, item_id: str, speech_end_ms: int) -> _Early | None:
+        """The early recognition of the turn that ends now, if it heard what ``_commit`` will send."""
+        early, self._early = self._early, None
+        if early is None or (early.item_id, early.end_ms, early.start_ms) != (item_id, speech_end_ms,
+                                                                               self._buffer_start_ms):
+            return None
+        return early if early.phrases == self._phrases() else None
+
+    def _early_done(self, item_id: str, end_ms: int, outcome: tuple[str, str]) -> bool:
+        """An early recognition finished: True when its item is committed and waits for it (the
+        caller then goes on as for any result); kept for the turn in progress; else dropped."""
+        committed = self._early_committed.get(item_id)
+        if committed is not None and committed.end_ms == end_ms:
+            del self._early_committed[item_id]
+            return True
+        early = self._early
+        if early is not None and (early.item_id, early.end_ms) == (item_id, end_ms):
+            early.outcome = outcome
+        return False
+
     def _speech_stopped(self, audio_end_ms: int, out: list[Effect]) -> None:
         self._speaking = False
         item_id = self._pending_item or new_id("item")
         self._pending_item = None
         self._emit(out, {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms,
                          "item_id": item_id})
-        self._commit(item_id, out, speech_end_ms=audio_end_ms)
+        early = self._take_early(item_id, audio_end_ms)
+        self._commit(item_id, out, speech_end_ms=audio_end_ms, early=early)
         if self._active is not None and self._active.cancel_reason is not None:
             self._active = None  # a cancelled response still winding down does not block the new turn
         if self._turn_detection.get("create_response", True) and self._active is None:
             self._start_response({}, True, out)
+        if early is not None and early.outcome is not None:  # recognised already: as if the result came now
+            kind, value = early.outcome
+            heard = self.transcribed if kind == "text" else self.transcription_failed
+            out.extend(heard(item_id, value))
 
     def _on_input_audio_buffer_commit(self, event: Event, out: list[Effect]) -> None:
         buffered_ms = self.buffered_ms
@@ -422,6 +496,7 @@ class ServerSession:
                              f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.")
         item_id = self._pending_item or new_id("item")
         self._pending_item = None
+        self._early = None
         if self._speaking:  # a manual commit ends the turn in progress: a fresh detector for the next
             out.append(self._vad_config())
         self._commit(item_id, out)
@@ -430,9 +505,11 @@ class ServerSession:
         self._buffer_start_ms += len(self._buffer) // BYTES_PER_MS
         self._buffer.clear()
         self._pending_item = None
+        self._early = None
         self._emit(out, {"type": "input_audio_buffer.cleared"})
 
-    def _commit(self, item_id: str, out: list[Effect], speech_end_ms: int | None = None) -> None:
+    def _commit(self, item_id: str, out: list[Effect], speech_end_ms: int | None = None,
+                early: _Early | None = None) -> None:
         audio = bytes(self._buffer)
         # the recogniser hears the speech, not the silence that ended the turn (it is most of the cost)
         heard = audio
@@ -451,7 +528,10 @@ class ServerSession:
         self._heard_bytes[item_id] = len(heard)
         self._emit(out, {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         self._announce_item(item, previous, out)
-        out.append(Transcribe(item_id, heard, self._phrases()))
+        if early is None:
+            out.append(Transcribe(item_id, heard, self._phrases()))
+        elif early.outcome is None:  # being recognised: its result goes on as this item's
+            self._early_committed[item_id] = early
 
     def _forget_old_audio(self) -> None:
         """Keep the audio of the newest user items only (see the module doc); dicts keep insertion order."""

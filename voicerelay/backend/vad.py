@@ -11,7 +11,11 @@ Decisions, mirroring OpenAI's server VAD:
   start-up adaptation fire on plain noise); ``audio_start_ms`` is the first voiced frame minus ``prefix_padding_ms`` (never < 0);
 * speech stops once ``silence_duration_ms`` of unvoiced frames follow; ``audio_end_ms`` is the
   end of the last voiced frame;
-* ``threshold`` (0-1) picks webrtcvad's aggressiveness: higher needs clearer speech.
+* ``threshold`` (0-1) picks webrtcvad's aggressiveness: higher needs clearer speech;
+* with ``pause_ms``, ``speech_paused`` (``ms``: the end of the last voiced frame) once speech has
+  been followed by ``pause_ms`` of unvoiced frames, before ``silence_duration_ms`` says whether the
+  turn ended: the audio a recogniser needs of the turn is then all there (the session starts
+  recognising it early, see ``session.py``). Once per pause; speech that resumes resets it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ START_FRAMES = 5
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class VadEvent:
-    kind: str  # "speech_started" | "speech_stopped"
+    kind: str  # "speech_started" | "speech_paused" | "speech_stopped"
     ms: int  # audio_start_ms or audio_end_ms, in session audio milliseconds
 
 
@@ -40,10 +44,13 @@ def aggressiveness(threshold: float) -> int:
 
 
 class VoiceActivityDetector:
-    def __init__(self, threshold: float = 0.5, prefix_padding_ms: int = 300, silence_duration_ms: int = 500) -> None:
+    def __init__(self, threshold: float = 0.5, prefix_padding_ms: int = 300, silence_duration_ms: int = 500,
+                 pause_ms: int | None = None) -> None:
         self._vad = webrtcvad.Vad(aggressiveness(threshold))
         self.prefix_padding_ms = prefix_padding_ms
         self.silence_duration_ms = silence_duration_ms
+        self.pause_ms = pause_ms
+        self._pause_told = False
         self._resampler = soxr.ResampleStream(24_000, VAD_RATE, 1, dtype="int16")
         self._pending = np.zeros(0, dtype=np.int16)
         self._frame_index = 0  # 20 ms frames judged so far
@@ -72,6 +79,7 @@ class VoiceActivityDetector:
         if voiced:
             self._voiced_run += 1
             self._silence_ms = 0
+            self._pause_told = False
             self._last_voiced_end_ms = start_ms + FRAME_MS
             if not self.speaking and self._voiced_run >= START_FRAMES:
                 self.speaking = True
@@ -84,6 +92,9 @@ class VoiceActivityDetector:
             if self._silence_ms >= self.silence_duration_ms:
                 self.speaking = False
                 return VadEvent("speech_stopped", self._last_voiced_end_ms)
+            if self.pause_ms is not None and not self._pause_told and self._silence_ms >= self.pause_ms:
+                self._pause_told = True
+                return VadEvent("speech_paused", self._last_voiced_end_ms)
         return None
 
     def force_stop(self) -> VadEvent | None:
