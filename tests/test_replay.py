@@ -401,7 +401,9 @@ async def test_a_recycle_loses_no_utterance_and_invents_none(engines: Engines, t
     report = tmp_path / "r.json"
     started = time.monotonic()
     async with BackendServer(port=0, engines=engines, max_session_seconds=1.5) as server:
-        code, out, err = await run_replay(path, server, speed=0, json_path=str(report), timeout=20.0)
+        # paced (3x real time: about 2.5 s), so that the 1.5 s session ends mid-replay on any machine
+        # (at full speed a quiet machine replays the three utterances before the first cap)
+        code, out, err = await run_replay(path, server, speed=3, json_path=str(report), timeout=20.0)
     assert code == 0, err
     assert time.monotonic() - started < 15  # no wait for replies that never come
     data = json.loads(report.read_text())
