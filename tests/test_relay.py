@@ -197,9 +197,9 @@ async def test_a_failing_flush_does_not_end_the_session(upstream: Upstream, capl
 
 
 async def test_audio_kept_for_resending_adds_no_objects_for_the_garbage_collector(upstream: Upstream) -> None:
-    """15 s of unanswered audio per session is kept; kept as GC-tracked objects it made the
-    collector's full passes (which stop everything) long under load."""
-    relay = relay_for(upstream)
+    """Up to 15 s of unanswered audio per session is kept (all of it with manual turns); kept as
+    GC-tracked objects it made the collector's full passes (which stop everything) long under load."""
+    relay = Relay(RealtimeConfig(turn_detection_mode="disabled"), UpstreamSpec(upstream.url))
     async with running(relay):
         for i in range(20):
             await relay.forward_audio(chunk(i))
@@ -211,3 +211,12 @@ async def test_audio_kept_for_resending_adds_no_objects_for_the_garbage_collecto
         gc.collect()
         assert len(gc.get_objects()) - before < 100
         assert relay.resend.ms == pytest.approx(320 * 40)
+
+
+async def test_with_server_vad_a_listening_session_keeps_two_seconds_for_resending(upstream: Upstream) -> None:
+    relay = relay_for(upstream)  # server VAD, as the session.updated says
+    async with running(relay):
+        for i in range(300):  # 12 s in which the server hears no speech
+            await relay.forward_audio(chunk(i))
+        await until(lambda: len(upstream.appends()) == 300)
+        assert relay.resend.server_vad and relay.resend.ms == pytest.approx(2000)

@@ -63,6 +63,65 @@ def test_the_ledger_is_bounded_oldest_first() -> None:
     assert seqs(ledger.take()) == list(range(11, 21))  # 10 x 40 ms
 
 
+GA_VAD = {"type": "session.updated", "session": {"type": "realtime", "audio": {"input": {
+    "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}}}
+
+
+def test_with_server_vad_a_listening_session_keeps_only_its_newest_silence() -> None:
+    """What no turn holds, while the server hears no speech, is silence by the server's own
+    judgement: the newest 2 s of it is kept (speech it has begun to hear), not 15 s."""
+    ledger = ResendLedger()
+    ledger.server_event(GA_VAD)
+    for n in range(1, 201):  # 8 s of listening
+        ledger.written(ledger.number(), append(n, 40))
+    assert ledger.ms == pytest.approx(2000)
+    assert seqs(ledger.take()) == list(range(151, 201))
+
+
+def test_with_server_vad_a_turn_being_spoken_is_kept_whole_until_it_is_answered() -> None:
+    ledger = ResendLedger()
+    ledger.server_event(GA_VAD)
+    for n in range(1, 51):  # 2 s of silence
+        ledger.written(ledger.number(), append(n, 40))
+    ledger.server_event({"type": "input_audio_buffer.speech_started", "audio_start_ms": 1800})
+    for n in range(51, 201):  # a 6 s utterance
+        ledger.written(ledger.number(), append(n, 40))
+    ledger.server_event({"type": "input_audio_buffer.speech_stopped"})
+    for n in range(201, 206):  # the server commits 200 ms later
+        ledger.written(ledger.number(), append(n, 40))
+    ledger.server_event({"type": "input_audio_buffer.committed", "item_id": "u1"})
+    for n in range(206, 281):  # 3 s of waiting for the reply: the turn is kept, silence after it too
+        ledger.written(ledger.number(), append(n, 40))
+    assert len(ledger) == 280 and ledger.ms == pytest.approx(280 * 40)  # nothing dropped
+    ledger.server_event({"type": "response.output_audio.delta", "response_id": "r1", "delta": ""})
+    ledger.written(ledger.number(), append(281, 40))  # answered: what follows the turn is silence again
+    assert seqs(ledger.take()) == list(range(232, 282))
+
+
+def test_without_server_vad_the_ledger_keeps_up_to_its_bound() -> None:
+    """Manual turns (turn_detection null, or a server that never said): the client decides when
+    a turn ends, so everything since the last answered turn is kept, up to max_ms."""
+    for session_event in ({"type": "session.updated", "session": {"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}}}, {"type": "session.updated", "session": {"turn_detection": None}}, None):
+        ledger = ResendLedger()
+        ledger.server_event(GA_VAD)
+        if session_event is not None:
+            ledger.server_event(session_event)
+        else:
+            ledger = ResendLedger()
+        for n in range(1, 201):
+            ledger.written(ledger.number(), append(n, 40))
+        assert ledger.ms == pytest.approx(8000)
+
+
+def test_a_beta_session_with_turn_detection_is_server_vad() -> None:
+    ledger = ResendLedger()
+    ledger.server_event({"type": "session.created", "session": {"turn_detection": {"type": "server_vad"}}})
+    assert ledger.server_vad
+    ledger.server_event({"type": "session.updated", "session": {"instructions": "hi"}})  # says nothing of it
+    assert ledger.server_vad
+
+
 def test_the_cap_recycles_at_a_quiet_moment_inside_the_margin_or_just_before_it() -> None:
     cap = SessionCap()
     assert not cap.should_recycle(0.0, quiet=True)  # no cap known

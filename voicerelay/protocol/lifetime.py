@@ -8,6 +8,11 @@ in the middle is not lost. It forgets a turn's audio once the turn is answered â
 reply output of an in-band response after the audio was committed (a reply the user has begun
 to hear is never asked for again: a cut reply ends as interrupted instead of being replayed) â€”
 or the buffer was cleared, and holds at most ``max_ms`` of audio (the oldest goes first).
+While the server's voice activity detection is on (``session.created``/``session.updated`` say
+so) and it has heard no speech since the last turn, the audio no turn holds is what the server
+itself judged silence: only its newest ``idle_ms`` is kept (enough for speech the server has
+begun to hear but not yet reported: ``speech_started`` comes a few hundred ms after the voice),
+so a listening user's session holds 2 s, not 15 s, and a turn being spoken is kept whole.
 
 :class:`SessionCap` reads the cap from ``session.created`` (``expires_at``, Unix seconds) and
 says when to recycle: at a quiet moment once inside the margin before the cap, or just before
@@ -25,6 +30,8 @@ Event = dict[str, Any]
 
 #: Audio of unanswered turns kept for re-sending after a recycle or reconnect.
 RESEND_MAX_MS = 15_000
+#: With the server's VAD on and no speech heard, the audio kept for re-sending (the newest).
+RESEND_IDLE_MS = 2_000
 #: End the proactive recycle this long (at most) before the server's cap.
 RECYCLE_MARGIN_MAX = 60.0
 
@@ -45,8 +52,11 @@ class ResendLedger:
     the write returned; ``server_event()`` every event from the server; ``take()`` on a new
     connection."""
 
-    def __init__(self, max_ms: float = RESEND_MAX_MS) -> None:
+    def __init__(self, max_ms: float = RESEND_MAX_MS, idle_ms: float = RESEND_IDLE_MS) -> None:
         self.max_ms = max_ms
+        self.idle_ms = idle_ms
+        self.server_vad = False  # the server detects turns (from its session events)
+        self.speaking = False  # the server reported speech that no commit or stop has ended yet
         # two deques, not one of (number, event) tuples: a tuple holding a dict stays tracked by the
         # garbage collector, and 15 s of them per session made its full collections long pauses
         self._events: collections.deque[Event] = collections.deque()
@@ -84,12 +94,23 @@ class ResendLedger:
         self._ms += append_ms(event)
         while self._ms > self.max_ms and len(self._events) > 1:
             self._drop_oldest()
+        if self.server_vad and not self.speaking and seqs[0] >= self._committed_upto:
+            # nothing committed waits for an answer, and the server hears no speech: silence
+            while self._ms > self.idle_ms and len(self._events) > 1:
+                self._drop_oldest()
 
     def server_event(self, event: Event) -> None:
         """Forget resendable audio once its turn is answered (or the buffer was cleared)."""
         etype = event.get("type")
+        if etype == "input_audio_buffer.speech_started":
+            self.speaking = True
+            return
+        if etype in ("session.created", "session.updated"):
+            self.server_vad = _detects_turns(event.get("session"), self.server_vad)
+            return
         if etype in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
             self._committed_upto = self._seq + 1
+            self.speaking = False  # (not at speech_stopped: until the commit, the turn is the newest audio)
         elif etype == "response.created":
             response = event.get("response") or {}
             if (response.get("metadata") or {}).get("voicerelay") == "say":
@@ -112,11 +133,26 @@ class ResendLedger:
         self._seqs.clear()
         self._ms = 0.0
         self._committed_upto = 0
+        self.speaking = False  # (a new connection's server has heard nothing yet)
         return events
 
     def _drop_oldest(self) -> None:
         self._seqs.popleft()
         self._ms -= append_ms(self._events.popleft())
+
+
+def _detects_turns(session: Any, before: bool) -> bool:
+    """Whether a session (GA: ``audio.input.turn_detection``; beta: ``turn_detection``) has the
+    server detect turns; ``before`` when the event does not say."""
+    if not isinstance(session, dict):
+        return before
+    audio = session.get("audio")
+    holder = audio.get("input") if isinstance(audio, dict) else None
+    if not isinstance(holder, dict) or "turn_detection" not in holder:
+        holder = session
+    if "turn_detection" not in holder:
+        return before
+    return holder["turn_detection"] is not None
 
 
 class SessionCap:
