@@ -574,7 +574,9 @@ async def _wait_for_turn(relay: Relay, run: asyncio.Task[None], news: _News, utt
     deadline = started + timeout
     while time.monotonic() < deadline and not run.done():
         finished = sum(t.done_at is not None for t in session.turns)
-        busy = session.response_active or session.state.value in ("user_speaking", "thinking")
+        # (not ready: the connection was lost and the relay reconnects; a reply it cut ended as
+        # interrupted, which is not an answer: wait until it is back, or has failed)
+        busy = session.response_active or session.state.value in ("user_speaking", "thinking") or not relay.ready
         if finished >= utterances and not busy:
             return True
         if not busy and time.monotonic() - started >= UNHEARD_AFTER_S and all(t.done_at for t in session.turns):
@@ -598,7 +600,8 @@ async def _wait_for_replies(relay: Relay, run: asyncio.Task[None], news: _News, 
     quiet_since = None
     while time.monotonic() < deadline and not run.done():
         session = relay.session
-        answered = (not session.response_active
+        answered = (relay.ready  # (see _wait_for_turn)
+                    and not session.response_active
                     and all(t.done_at is not None for t in session.turns)
                     and all(t.user_transcribed or t.user_item_id is None for t in session.turns)
                     and session.state.value in ("listening", "speaking"))
