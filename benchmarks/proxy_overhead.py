@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_seconds  # noqa: E402 - benchmarks/common.py, beside this script
+
 FRAME_MS = 20
 AUDIO = base64.b64encode(bytes(range(256)) * (FRAME_MS * 48 // 256 + 1))[: FRAME_MS * 64].decode()  # 20 ms, 1280 chars
 
@@ -132,12 +134,6 @@ async def run_mode(url: str, sessions: int, seconds: float) -> Result:
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1] * 1000 if values else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_proxy(upstream_url: str, record: str | None, lint: bool = True,
