@@ -122,7 +122,8 @@ def test_every_command_states_the_exit_codes_of_the_readme_table() -> None:
 
 
 def test_usage_mistakes_are_one_line_and_exit_2_in_every_command() -> None:
-    for args in (["replay", "x.wav", "--speed", "abc"], ["replay", "x.wav", "--speed", "-1"], ["talk", "--nope"],
+    for args in (["replay", "x.wav", "--speed", "abc"], ["replay", "x.wav", "--speed", "-1"],
+                 ["replay", "x.wav", "--jobs", "0"], ["talk", "--nope"],
                  ["serve", "--port", "99999"], ["backend", "--port", "x"], ["replay"], ["inspect"]):
         result = run(*args)
         lines = result.stderr.strip().splitlines()
