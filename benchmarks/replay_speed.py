@@ -21,8 +21,8 @@ the input's sentences, in order; the summaries count the right runs only, and sa
    less moved by other work on the machine), start-up (backend bound, connected,
    ``session.update`` answered), streaming (ready -> last audio sent, the closing silence
    included), settle (last audio -> replies and transcripts settled) and close. "STT" is the
-   wall time the backend spent in ``Engines.transcribe`` during the run (the method is wrapped
-   to add it up). "from ready" is the speed without the start-up. Then the same input once through the command line
+   wall time the backend spent in ``Engines.transcribe``/``transcribe_async`` during the run (the
+   methods are wrapped to add it up). "from ready" is the speed without the start-up. Then the same input once through the command line
    (``python -m voicerelay replay FILE --speed 0``, a new process): what a user waits for,
    Python's start and the imports included.
 2. Many files (``--files N``, 0 skips it): N WAVs, each the five recordings once in a rotated
@@ -147,14 +147,15 @@ class TimedRelay(Relay):
 
 
 class SttClock:
-    """Wraps ``Engines.transcribe`` to add up the wall time the embedded backend spends in it."""
+    """Wraps ``Engines.transcribe`` and ``Engines.transcribe_async`` (what the backend's event loop
+    awaits) to add up the wall time the embedded backend spends recognising."""
 
     seconds = 0.0
     calls = 0
 
     @classmethod
     def install(cls) -> None:
-        original = Engines.transcribe
+        original, original_async = Engines.transcribe, Engines.transcribe_async
 
         def transcribe(self: Engines, pcm24: np.ndarray, extra_phrases: Any = ()) -> str:
             start = time.perf_counter()
@@ -164,7 +165,16 @@ class SttClock:
                 cls.seconds += time.perf_counter() - start
                 cls.calls += 1
 
+        async def transcribe_async(self: Engines, pcm24: np.ndarray, extra_phrases: Any = ()) -> str:
+            start = time.perf_counter()
+            try:
+                return await original_async(self, pcm24, extra_phrases)
+            finally:
+                cls.seconds += time.perf_counter() - start
+                cls.calls += 1
+
         Engines.transcribe = transcribe  # type: ignore[method-assign]
+        Engines.transcribe_async = transcribe_async  # type: ignore[method-assign]
 
 
 def check(turns: list[dict[str, Any]], heard: list[str], said: list[str]) -> str:
@@ -251,7 +261,7 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
     fast = [seconds / t for t in streaming]
     print(f"  streaming phase alone (ready -> last audio): p50 {statistics.median(fast):.1f}x  "
           f"best {max(fast):.1f}x")
-    print(f"  STT: {SttClock.calls} Engines.transcribe calls, {SttClock.seconds:.2f} s in all runs "
+    print(f"  STT: {SttClock.calls} recognitions, {SttClock.seconds:.2f} s in all runs "
           f"({SttClock.seconds / sum(totals):.0%} of the replays' wall time)")
 
 
