@@ -334,3 +334,31 @@ async def test_a_client_that_reconnects_after_expiry_and_resends_gets_no_spuriou
             error = (await again.until("error"))[-1]["error"]
             assert error["code"] == "input_audio_buffer_commit_empty"
             assert not [e for e in await flush(again) if e["type"].startswith("response.")]
+
+
+async def test_an_idle_timeout_prompts_a_silent_user_through_the_sdk(ga: Conn) -> None:
+    """server_vad's idle_timeout_ms: a user who says nothing after a reply is prompted, as OpenAI
+    documents (timeout_triggered, the silence committed, a response); the time is the audio's."""
+    await ga.conn.session.update(session={"type": "realtime", "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 1500}}}})
+    updated = (await ga.until("session.updated"))[-1]["session"]
+    assert updated["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 1500
+    await ga.send_audio(with_tail(read_recording("hello_there")))
+    first = await ga.until("response.done")
+    assert "input_audio_buffer.timeout_triggered" not in [e["type"] for e in first]
+    reply_ms = decoded_audio(first).size // 24
+    await ga.send_audio(room_noise(reply_ms + 2000))  # the reply plays out, then 2 s of the room: no speech
+    events = await ga.until("response.done")
+    types = [e["type"] for e in events]
+    triggered = events[types.index("input_audio_buffer.timeout_triggered")]
+    assert types.index("input_audio_buffer.committed") > types.index("input_audio_buffer.timeout_triggered")
+    assert "input_audio_buffer.speech_started" not in types
+    assert 1500 <= triggered["audio_end_ms"] - triggered["audio_start_ms"] <= 1700  # one 100 ms append late at most
+    committed = events[types.index("input_audio_buffer.committed")]
+    assert committed["item_id"] == triggered["item_id"]
+    assert transcript_of(events) == "Are you still there?"
+
+
+def transcript_of(events: list[dict[str, Any]]) -> str:
+    done = [e for e in events if e["type"] == "response.output_audio_transcript.done"]
+    return done[-1]["transcript"] if done else ""

@@ -846,3 +846,79 @@ def test_a_big_turn_does_not_keep_the_older_turns_audio_beyond_the_byte_bound() 
     assert session.held_bytes <= KEEP_AUDIO_BYTES
     talk_turns(session, 1, ms=100_000)  # one turn above the bound on its own: kept alone
     assert session.held_bytes == 100_000 * BYTES_PER_MS
+
+
+# ---------------------------------------------------------------------------------- idle timeout
+
+IDLE_VAD = {"type": "server_vad", "idle_timeout_ms": 3000}
+
+
+def idle_session() -> ServerSession:
+    session = new_session(turn_detection=True)
+    update(session, {"audio": {"input": {"turn_detection": IDLE_VAD}}})
+    return session
+
+
+def silence(session: ServerSession, ms: int, step: int = 500) -> list[Any]:
+    """``ms`` of input audio in which the detector hears no speech, ``step`` ms per append."""
+    effects: list[Any] = []
+    for _ in range(ms // step):
+        session.handle(append(step))
+        effects += session.speech_judged([])
+    return effects
+
+
+def test_an_idle_timeout_commits_the_silence_and_prompts_the_user() -> None:
+    session = idle_session()
+    assert not sent(silence(session, 2500))  # under the timeout: nothing
+    effects = silence(session, 500)
+    assert types(effects) == ["input_audio_buffer.timeout_triggered", "input_audio_buffer.committed",
+                              "conversation.item.added", "conversation.item.done", "response.created"]
+    triggered, committed = sent(effects)[:2]
+    assert (triggered["audio_start_ms"], triggered["audio_end_ms"]) == (0, 3000)
+    assert triggered["item_id"] == committed["item_id"]
+    (job,) = jobs(effects, Transcribe)  # the silence is recognised like any turn...
+    effects = session.transcribed(job.item_id, "")
+    assert spoken(effects) == responder.STILL_THERE  # ...and, nothing heard, the user is asked to go on
+    done = finish(session, effects, pcm_ms=1000)
+    assert done["status"] == "completed"
+
+
+def test_words_heard_in_an_idle_timeouts_audio_are_answered() -> None:
+    session = idle_session()
+    (job,) = jobs(silence(session, 3000), Transcribe)
+    assert spoken(session.transcribed(job.item_id, "tell me a joke")) == responder.INTENTS[5][1]
+
+
+def test_the_idle_timeout_counts_from_the_end_of_the_replys_playback_and_restarts_on_speech() -> None:
+    session = idle_session()
+    session.handle(append(500))
+    session.speech_judged([("speech_started", 100)])
+    session.handle(append(500))
+    effects = session.speech_judged([("speech_stopped", 800)])
+    (job,) = jobs(effects, Transcribe)
+    reply = session.transcribed(job.item_id, "hello")
+    assert not sent(silence(session, 4000))  # a response in progress: nothing times out
+    # the reply's 2 s of audio all go out at once (faster than real time, as from OpenAI) at 5000 ms
+    finish(session, reply, pcm_ms=2000)
+    assert not sent(silence(session, 4500))  # its playback ends at 7000 ms: 2500 ms of idle so far
+    triggered = sent(silence(session, 500))[0]
+    assert (triggered["type"], triggered["audio_start_ms"], triggered["audio_end_ms"]) == (
+        "input_audio_buffer.timeout_triggered", 7000, 10000)
+    # speech stops the count; it starts again where the next turn ends
+    session2 = idle_session()
+    silence(session2, 2500)
+    session2.handle(append(500))
+    session2.speech_judged([("speech_started", 2600)])
+    assert not sent(silence(session2, 3000))  # the user speaks (no end yet): nothing times out
+
+
+@pytest.mark.parametrize("turn_detection", [
+    {"type": "server_vad"},  # no idle timeout (null)
+    {"type": "server_vad", "idle_timeout_ms": 0},
+    {"type": "semantic_vad"},  # OpenAI: server_vad only
+])
+def test_no_idle_timeout_without_one_set_for_server_vad(turn_detection: dict[str, Any]) -> None:
+    session = new_session(turn_detection=True)
+    update(session, {"audio": {"input": {"turn_detection": turn_detection}}})
+    assert "input_audio_buffer.timeout_triggered" not in types(silence(session, 20_000))

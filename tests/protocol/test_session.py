@@ -322,3 +322,26 @@ def test_say_usage_is_kept_outside_the_turns() -> None:
     s.server_event({"type": "response.done", "response": {"id": "resp_say", "status": "completed", "usage": USAGE_B,
                                                           "metadata": {"voicerelay": "say"}}}, 1.5)
     assert s.turns == [] and s.say_usage == USAGE_B
+
+
+def test_an_idle_timeout_is_a_turn_of_its_own_that_the_reply_answers() -> None:
+    """server VAD's idle_timeout_ms: the server commits the user's silence and answers it; the
+    session makes it a turn (marked idle_timeout) and the reply lands on it, as for speech."""
+    s = ready_session()
+    s.server_event({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": 4000, "audio_end_ms": 9000,
+                    "item_id": "item_idle"}, 9.0)
+    assert s.state is State.THINKING
+    s.server_event({"type": "input_audio_buffer.committed", "item_id": "item_idle", "previous_item_id": None}, 9.0)
+    reply(s, 9.2)
+    s.server_event({"type": "response.output_audio_transcript.done", "response_id": "resp_1", "item_id": "item_a",
+                    "transcript": "Are you still there?"}, 9.4)
+    s.server_event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_idle",
+                    "content_index": 0, "transcript": ""}, 9.4)
+    done = s.server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}, 9.5)
+    (finished,) = of(done, TurnFinished)
+    turn = finished.turn
+    assert turn.idle_timeout and turn.user_item_id == "item_idle" and turn.user_transcribed
+    assert (turn.audio_in_ms, turn.assistant_transcript) == (5000, "Are you still there?")
+    assert turn.first_audio_ms == pytest.approx(300)  # from the timeout to the first reply audio
+    assert turn.report()["idle_timeout"] is True
+    assert len(s.turns) == 1

@@ -16,6 +16,8 @@ The session answers the newest item of a response's context, whatever its role:
   intent it names answers as for a user, anything else is acknowledged (:data:`ACKNOWLEDGE`).
 * A function's output: :func:`answer_tool_output`. Nothing, or the assistant's own last words:
   :data:`OFFER`.
+* The silence that server VAD's ``idle_timeout_ms`` committed: :data:`STILL_THERE` when nothing
+  was heard in it (words the detector did not take for speech are answered as a user's).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ INTENTS: tuple[tuple[str, str], ...] = (
 )
 OFFER = "How can I help?"  # the reply when there is nothing to answer, or the assistant spoke last
 ACKNOWLEDGE = "Understood."  # the reply to a system instruction the rules do not cover
+STILL_THERE = "Are you still there?"  # the reply to an idle timeout's silence (server VAD's idle_timeout_ms)
 _SAY_QUOTED = re.compile(r"""\bsay\b[:,]?\s+(?:["“](?P<double>[^"”]+)["”]|'(?P<single>[^']+)'(?!\w))""",
                          re.IGNORECASE)
 

@@ -41,6 +41,18 @@ words recognised) it ends at once with no output: nothing is said. Its ``usage``
 OpenAI bills (``usage.py``): what it read, what earlier responses had already processed
 (cached), what it generated.
 
+Idle timeout (server VAD's ``idle_timeout_ms``): when that much input audio has gone by with no
+speech since the last in-band response's audio finished playing (the ``response.done`` point, or the
+first audio delta plus the audio sent when the client got it faster than real time), or since turn
+detection started or the last turn ended when there was none, the session sends
+``input_audio_buffer.timeout_triggered`` (``audio_start_ms`` to ``audio_end_ms``: the idle stretch),
+commits the input buffer as a user audio item, and creates a response, as OpenAI documents. The
+silence is recognised like any turn; when no words are heard in it the reply is
+:data:`responder.STILL_THERE`, the embedded stand-in for "a prompt to continue speaking". Time is
+counted in audio received, not on a clock (the session has none): a client that stops sending audio
+times nothing out. It does not count while a response is in progress or the user speaks; ``0`` and
+``null`` mean no timeout.
+
 Bad client input never raises out of :meth:`ServerSession.handle`: it becomes an ``error``
 event with OpenAI's code, and the session goes on. What ``session.update`` may say lives in
 ``session_config.py``; the envelope of each event was checked by ``validate.py`` before.
@@ -174,6 +186,7 @@ class _Stream:
     next_chunk: int = 0
     sent_words: list[str] = dataclasses.field(default_factory=list)
     sent_ms: int = 0
+    first_audio_at_ms: float | None = None  # session input audio ms when its first audio delta was sent
 
 
 @dataclasses.dataclass(slots=True)
@@ -224,6 +237,8 @@ class ServerSession:
         self._early_committed: dict[str, _Early] = {}  # committed item -> its early recognition, still running
         self._active: _Response | None = None
         self._responses: dict[str, _Response] = {}
+        self._idle_since_ms: float | None = None  # session audio ms the idle timeout counts from (None: not counting)
+        self._idle_items: set[str] = set()  # items an idle timeout committed, while in the conversation
         self._cache = usage.CacheMemory()  # what earlier responses processed: their cached input
 
     @property
@@ -283,6 +298,7 @@ class ServerSession:
             else:
                 raise ValueError(f"unknown speech edge {kind!r}")
         if not self._speaking:
+            self._check_idle(out)
             self._trim_buffer()
         return out
 
@@ -360,6 +376,8 @@ class ServerSession:
         chunk = s.audio[n * step:(n + 1) * step]
         self._emit(out, {"type": "response.output_audio.delta", **s.common,
                          "delta": base64.b64encode(chunk).decode()})
+        if s.first_audio_at_ms is None:
+            s.first_audio_at_ms = self._audio_ms
         s.sent_ms += len(chunk) // BYTES_PER_MS
         if run.in_band and s.item["id"] in self.items:
             self._assistant_ms[s.item["id"]] = s.sent_ms
@@ -393,8 +411,10 @@ class ServerSession:
         self._early = None
         td = self.session["audio"]["input"]["turn_detection"]
         if td is None:
+            self._idle_since_ms = None
             return StopVad()
         self._vad_offset_ms = self._audio_ms
+        self._idle_since_ms = self._audio_ms
         return StartVad(*vad_settings(td))
 
     @property
@@ -422,9 +442,27 @@ class ServerSession:
             del self._buffer[:excess]
             self._buffer_start_ms += excess // BYTES_PER_MS
 
+    def _check_idle(self, out: list[Effect]) -> None:
+        """Server VAD's idle timeout (see the module doc): after ``idle_timeout_ms`` of input audio with
+        no speech and no response, the silence is committed and answered."""
+        td = self._turn_detection
+        timeout = td.get("idle_timeout_ms") if td.get("type") == "server_vad" else None
+        if (not timeout or self._idle_since_ms is None or self._active is not None
+                or self._audio_ms - self._idle_since_ms < timeout or self.buffered_ms < MIN_COMMIT_MS):
+            return
+        item_id = new_id("item")
+        self._emit(out, {"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": int(self._idle_since_ms),
+                         "audio_end_ms": int(self._audio_ms), "item_id": item_id})
+        self._idle_since_ms = None  # until the response to it has played
+        self._pending_item = None
+        self._commit(item_id, out)
+        self._idle_items.add(item_id)
+        self._start_response({}, True, out)
+
     def _speech_started(self, audio_start_ms: int, out: list[Effect]) -> None:
         self._speaking = True
         self._early = None
+        self._idle_since_ms = None
         self._pending_item = new_id("item")
         self._emit(out, {"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms,
                          "item_id": self._pending_item})
@@ -473,6 +511,7 @@ class ServerSession:
 
     def _speech_stopped(self, audio_end_ms: int, out: list[Effect]) -> None:
         self._speaking = False
+        self._idle_since_ms = audio_end_ms  # (while the response it creates is in progress, nothing times out)
         item_id = self._pending_item or new_id("item")
         self._pending_item = None
         self._emit(out, {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms,
@@ -499,6 +538,8 @@ class ServerSession:
         self._early = None
         if self._speaking:  # a manual commit ends the turn in progress: a fresh detector for the next
             out.append(self._vad_config())
+        if self._idle_since_ms is not None:
+            self._idle_since_ms = self._audio_ms
         self._commit(item_id, out)
 
     def _on_input_audio_buffer_clear(self, event: Event, out: list[Effect]) -> None:
@@ -560,6 +601,7 @@ class ServerSession:
         self._user_audio.pop(item_id, None)
         self._input_ms.pop(item_id, None)
         self._assistant_ms.pop(item_id, None)
+        self._idle_items.discard(item_id)
         if self._transcripts.get(item_id, "") is not None:  # a pending transcript is still awaited
             self._transcripts.pop(item_id, None)
 
@@ -794,7 +836,10 @@ class ServerSession:
                 self._guarded(run, lambda: self._answer(run, item, out), out)  # noqa: B023 - called at once
 
     def _answer(self, run: _Response, user_item: dict[str, Any], out: list[Effect]) -> None:
-        self._reply(run, responder.respond(self._user_text(user_item), run.settings["tools"]), out)
+        reply = responder.respond(self._user_text(user_item), run.settings["tools"])
+        if not reply.text and reply.call is None and user_item.get("id") in self._idle_items:
+            reply = responder.Reply(text=responder.STILL_THERE)  # an idle timeout's silence: prompt the user
+        self._reply(run, reply, out)
 
     def _reply(self, run: _Response, reply: responder.Reply, out: list[Effect]) -> None:
         if reply.call is not None:
@@ -897,6 +942,9 @@ class ServerSession:
               out_text: str, out_ms: int, out: list[Effect]) -> None:
         if self._active is run:
             self._active = None
+            if self._turn_detection and not self._speaking:  # the idle timeout counts from the end of its playback
+                first = run.stream.first_audio_at_ms if run.stream is not None else None
+                self._idle_since_ms = self._audio_ms if first is None else max(self._audio_ms, first + out_ms)
         run.stream = None
         run.waits_for = None
         self._responses.pop(run.id, None)

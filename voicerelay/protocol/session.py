@@ -180,6 +180,7 @@ class Turn:
     status: str = "open"
     usage: dict[str, Any] | None = None  # the sum of its responses' usage (a tool call makes two)
     errors: list[str] = dataclasses.field(default_factory=list)
+    idle_timeout: bool = False  # the server's idle timeout committed the user's silence (server VAD idle_timeout_ms)
 
     @property
     def first_audio_ms(self) -> float | None:
@@ -201,7 +202,7 @@ class Turn:
             "assistant": self.assistant_transcript, "tool_calls": self.tool_calls,
             "latency_ms": {"first_audio": _round(self.first_audio_ms), "streaming": _round(self.streaming_ms)},
             "audio_seconds": {"in": self.audio_in_ms / 1000, "out": self.audio_out_ms / 1000},
-            "usage": self.usage, "errors": self.errors,
+            "usage": self.usage, "errors": self.errors, **({"idle_timeout": True} if self.idle_timeout else {}),
         }
 
 
@@ -470,6 +471,21 @@ class RealtimeSession:
         turn.audio_in_ms += int(event.get("audio_end_ms", 0))
         self._buffered_ms = 0
         out: list[Effect] = []
+        self._set_state(State.THINKING, out)
+        return out
+
+    def _on_input_audio_buffer_timeout_triggered(self, event: Event, now: float) -> list[Effect]:
+        """Server VAD's ``idle_timeout_ms`` went by with no speech: the server commits the silence as
+        the user's turn (its item is this event's) and answers it, usually prompting the user."""
+        out: list[Effect] = []
+        turn = self._turn()
+        turn.user_item_id = event.get("item_id")
+        if turn.user_item_id:
+            self._turn_by_item[turn.user_item_id] = turn
+        turn.audio_in_ms = int(event.get("audio_end_ms", 0)) - int(event.get("audio_start_ms", 0))
+        turn.ended_at = now
+        turn.idle_timeout = True
+        self._buffered_ms = 0
         self._set_state(State.THINKING, out)
         return out
 
