@@ -54,6 +54,18 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """A process's resident memory (VmRSS), in MiB; NaN when it is gone or reports none."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (children, their children...), from /proc/PID/task/*/children."""
     found: list[int] = []

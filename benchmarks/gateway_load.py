@@ -91,6 +91,7 @@ from common import (  # noqa: E402
     loadavg,
     machine_ticks,
     ramp,
+    rss_mib,
     wait_quiet,
 )
 
@@ -106,14 +107,6 @@ MODEL = "gpt-realtime"
 
 
 # ------------------------------------------------------------------------------------ /proc
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # ------------------------------------------------------------------------------------ echo upstream

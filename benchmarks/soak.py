@@ -75,6 +75,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import rss_mib  # noqa: E402 - benchmarks/common.py, beside this script
+
 CHUNK_MS = 40
 CHUNK_BYTES = CHUNK_MS * 48
 MAGIC = 0xA55A  # 16 bits, then the session's number (16) and the chunk's (32): 64 bits in 64 samples' LSBs
@@ -90,13 +92,6 @@ REDIS_DOWN_S = 3.0  # how long Redis stays down in the redis fault
 #: The events a follower should get as the session's own browser does (audio aside: counted apart)
 FOLLOWED = ("ai_state", "user_transcript", "ai_transcript", "ai_response", "response_complete", "audio_delta")
 FREEZE_RCVBUF = 16 * 1024  # the frozen browser's socket receive buffer (a slow link: what waits is the gateway's)
-
-
-def rss_mb(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def fd_count(pid: int | str = "self") -> int:
@@ -241,7 +236,7 @@ def backend_main(port: int, run_dir: Path, pace: float) -> None:
         async def stats() -> None:
             with open(run_dir / "backend.stats", "a") as out:
                 while True:
-                    out.write(json.dumps({"t": time.time(), "pid": pid, "rss_mb": rss_mb(), "fds": fd_count(),
+                    out.write(json.dumps({"t": time.time(), "pid": pid, "rss_mb": rss_mib(), "fds": fd_count(),
                                           "tasks": len(asyncio.all_tasks()) - 1, "connections": server.connections,
                                           "children": children_of(pid)}) + "\n")
                     out.flush()
@@ -281,7 +276,7 @@ def gateway_main(port: int, backend_url: str, redis_url: str | None = None, node
         from collections import Counter
 
         names = Counter(_task_name(t) for t in asyncio.all_tasks() if t is not asyncio.current_task())
-        body = json.dumps({"rss_mb": rss_mb(), "fds": fd_count(), "fd_kinds": fd_kinds(), "tasks": sum(names.values()),
+        body = json.dumps({"rss_mb": rss_mib(), "fds": fd_count(), "fd_kinds": fd_kinds(), "tasks": sum(names.values()),
                            "task_names": dict(names),
                            "sessions": len(gateway.sessions), "ping_interval": eio.ping_interval,
                            "ping_timeout": eio.ping_timeout, "ws_ping_interval": options["ws_ping_interval"],
