@@ -127,3 +127,20 @@ def test_say_exactly_round_trips_its_text() -> None:
 def test_new_ids_are_unique_and_prefixed() -> None:
     ids = {ev.new_id("item") for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("item_") for i in ids)
+
+
+@pytest.mark.parametrize(("session", "expected"), [
+    ({"type": "realtime", "audio": {"input": {"turn_detection": None}}}, None),
+    ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}, {"type": "server_vad"}),
+    ({"turn_detection": {"type": "semantic_vad"}}, {"type": "semantic_vad"}),  # beta
+    ({"turn_detection": None, "voice": "alloy"}, None),  # beta
+    ({"type": "realtime", "audio": {"output": {"voice": "marin"}}}, "unsaid"),  # a partial GA update
+    ({"type": "realtime", "audio": {"input": {}}, "turn_detection": None}, "unsaid"),  # GA reads audio.input only
+    ({"instructions": "be brief"}, "unsaid"),
+    ("not a session", "unsaid"),
+])
+def test_a_sessions_turn_detection_is_read_in_either_shape(session: Any, expected: Any) -> None:
+    from voicerelay.protocol.events import UNSAID, session_turn_detection
+
+    found = session_turn_detection(session)
+    assert (found is UNSAID) if expected == "unsaid" else (found == expected)

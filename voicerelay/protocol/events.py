@@ -217,6 +217,23 @@ _BETA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": 
 _GA_FORMATS = {beta: ga for ga, beta in _BETA_FORMATS.items()}
 
 
+#: What :func:`session_turn_detection` returns for a session object that does not say.
+UNSAID: Any = object()
+
+
+def session_turn_detection(session: Any) -> Any:
+    """The ``turn_detection`` a session object holds, in either shape: GA's
+    ``audio.input.turn_detection`` (a session with ``audio``) or beta's top-level one; ``None`` is
+    turn detection off, :data:`UNSAID` when the object does not say (a partial update, or not a dict)."""
+    if not isinstance(session, dict):
+        return UNSAID
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        holder = audio.get("input")
+        return holder.get("turn_detection", UNSAID) if isinstance(holder, dict) else UNSAID
+    return session.get("turn_detection", UNSAID)
+
+
 def beta_format(fmt: Any) -> Any:
     """``{"type": "audio/pcm", "rate": 24000}`` -> ``"pcm16"``; anything else unchanged."""
     if isinstance(fmt, dict) and fmt.get("type") in _BETA_FORMATS:

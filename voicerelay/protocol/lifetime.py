@@ -25,6 +25,7 @@ import collections
 from typing import Any
 
 from .audio import BYTES_PER_MS
+from .events import UNSAID, session_turn_detection
 
 Event = dict[str, Any]
 
@@ -106,7 +107,9 @@ class ResendLedger:
             self.speaking = True
             return
         if etype in ("session.created", "session.updated"):
-            self.server_vad = _detects_turns(event.get("session"), self.server_vad)
+            td = session_turn_detection(event.get("session"))
+            if td is not UNSAID:
+                self.server_vad = td is not None
             return
         if etype in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
             self._committed_upto = self._seq + 1
@@ -139,20 +142,6 @@ class ResendLedger:
     def _drop_oldest(self) -> None:
         self._seqs.popleft()
         self._ms -= append_ms(self._events.popleft())
-
-
-def _detects_turns(session: Any, before: bool) -> bool:
-    """Whether a session (GA: ``audio.input.turn_detection``; beta: ``turn_detection``) has the
-    server detect turns; ``before`` when the event does not say."""
-    if not isinstance(session, dict):
-        return before
-    audio = session.get("audio")
-    holder = audio.get("input") if isinstance(audio, dict) else None
-    if not isinstance(holder, dict) or "turn_detection" not in holder:
-        holder = session
-    if "turn_detection" not in holder:
-        return before
-    return holder["turn_detection"] is not None
 
 
 class SessionCap:

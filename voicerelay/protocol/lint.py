@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audio import BYTES_PER_MS, SAMPLE_RATE
-from .events import normalize
+from .events import UNSAID, normalize, session_turn_detection
 
 __all__ = ["RULES", "Finding", "Linter", "Rule", "StreamLinter", "TruncateAudit", "band_limit_hz"]
 
@@ -597,18 +597,16 @@ class Linter:
             return
         if s.dialect is None:
             self._set_dialect("ga" if "type" in session or "audio" in session else "beta")
+        td = session_turn_detection(session)
+        if td is not UNSAID:
+            s.turn_detection = td
         audio = session.get("audio")
         if isinstance(audio, Mapping):  # GA
-            inp, out = audio.get("input"), audio.get("output")
-            if isinstance(inp, Mapping) and "turn_detection" in inp:
-                s.turn_detection = inp["turn_detection"]
+            out = audio.get("output")
             if isinstance(out, Mapping) and "voice" in out:
                 s.voice = out["voice"]
-        else:  # beta
-            if "turn_detection" in session:
-                s.turn_detection = session["turn_detection"]
-            if "voice" in session:
-                s.voice = session["voice"]
+        elif "voice" in session:  # beta
+            s.voice = session["voice"]
         truncation = session.get("truncation")
         s.retention = isinstance(truncation, Mapping) and truncation.get("type") == "retention_ratio"
 
