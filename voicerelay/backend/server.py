@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..gctune import settle_for_serving
+from ..protocol import wirejson
 from ..protocol.events import Dialect, Event, elide, to_dialect
 from .engines import Engines
 from .session import (
@@ -238,7 +239,7 @@ class BackendServer:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("-> %s", elide(out))
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps(out))
+                await ws.send(wirejson.dumps(out))
 
         state = ServerSession(model=model, expires_at=int(time.time() + self.max_session_seconds), dialect=dialect)
         session = SessionPump(state, send, self.engines, pace=self.pace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..protocol import wirejson
 from ..protocol.events import CLIENT_EVENTS, Dialect, Event, new_id
 
 
@@ -40,7 +41,7 @@ def parse_frame(message: str | bytes) -> Event:
     if isinstance(message, (bytes, bytearray, memoryview)):
         raise EventError("invalid_event", "Binary frames are not supported. Send events as JSON text frames.")
     try:
-        event = json.loads(message)
+        event = wirejson.loads(message)
     except ValueError as exc:
         raise EventError("invalid_json", f"The server could not parse the event as JSON: {exc}.") from None
     if not isinstance(event, dict):
