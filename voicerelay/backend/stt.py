@@ -94,6 +94,16 @@ x 7 voices) taken for a domain sentence: 5/140 with or without any of them. Lett
 decodes use the near-miss rule too: one more right (174 against 173 with the middle warps), one
 more out-of-domain utterance taken (6/140), so they do not.
 
+Then, once, for the warps kept, ``python benchmarks/stt_channels.py --no-browser`` (2026-12-06,
+2 cores shared): its six held-out voices' right intents went up in every channel, clean 100 ->
+110/144, telephone 79 -> 85, the simulated browser 104 -> 113, PulseAudio 102 -> 113 (README has
+the table); its four own voices lost nothing (telephone 86 -> 88/96); out-of-domain speech taken
+for a domain phrase 4/100 as before. ``python benchmarks/speech_engines.py --accuracy``: in domain
+237/240 exact (236 without the warps, the same day), out of domain 8/200 kept (7 without: one more
+"okay" -> "what can you do"). The domain path costs what it did (the recordings' real-time factor
+0.043 with and without); out-of-domain speech, which is doubtful and now decoded five times before
+the general model's turn, went from 0.27 to 0.44.
+
 All of it reads the audio after :mod:`~voicerelay.backend.frontend` (16 kHz, level-normalised,
 with a spectral floor). The list below was measured before the front end and the near-miss rule;
 with both, the same command (same machine, the same day as the "before" rerun, which still gave
