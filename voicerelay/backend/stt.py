@@ -166,8 +166,8 @@ __all__ = [
     "INPUT_RATE",
     "NEAR_CONFIDENCE",
     "NEAR_MARGIN",
-    "Recognizer",
     "SECOND_OPINION_WARPS",
+    "Recognizer",
     "Transcription",
     "normalize_phrase",
     "recognizer_for",
@@ -430,9 +430,9 @@ class Recognizer:
             best: tuple[str, float] | None = None
             for decoder in decoders:
                 text, confidence = _decode(decoder, pcm16k)
-                if text in self._sentence_set and confidence >= FALLBACK_CONFIDENCE:
-                    if best is None or confidence > best[1]:
-                        best = (text, confidence)
+                if (text in self._sentence_set and confidence >= FALLBACK_CONFIDENCE
+                        and (best is None or confidence > best[1])):
+                    best = (text, confidence)
             return best
         finally:
             with self._pool_lock:
