@@ -148,6 +148,12 @@ _FILLERS = frozenset({"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]"})
 _DISCOUNT_MASS = 0.02
 _LANGUAGE_WEIGHT = 10.0
 
+#: pocketsphinx's phone-loop lookahead (``pl_window``, default 5 frames) off for the domain decoders:
+#: it runs a second search over all context-independent phones every frame to prune the word
+#: search, which for a vocabulary of a few dozen words costs more acoustic scoring than it saves.
+#: Off, the domain decode took ~10 % less CPU with the same accuracy (see module doc, "Speed").
+_PHONE_LOOKAHEAD_WINDOW = 0
+
 _MODEL_DIR = os.path.join(pocketsphinx.get_model_path(), "en-us")
 _ACOUSTIC_MODEL = os.path.join(_MODEL_DIR, "en-us")
 _GENERAL_LM = os.path.join(_MODEL_DIR, "en-us.lm.bin")
@@ -332,6 +338,7 @@ class Recognizer:
                 lw=_LANGUAGE_WEIGHT,
                 fwdflatlw=_LANGUAGE_WEIGHT,
                 bestpathlw=_LANGUAGE_WEIGHT,
+                pl_window=_PHONE_LOOKAHEAD_WINDOW,
                 loglevel="FATAL",
             )
         finally:
