@@ -83,10 +83,28 @@ def high_pass(audio: np.ndarray, rate: int, cutoff_hz: float = HIGH_PASS_HZ) -> 
     utterance, with a raised-cosine transition from 0 at half the cutoff to 1 at the cutoff."""
     if audio.size < 2:
         return audio - audio.mean() if audio.size else audio
-    spectrum = np.fft.rfft(audio)
-    frequencies = np.fft.rfftfreq(audio.size, 1.0 / rate)
+    # The mean goes first (the filter's DC bin is zero), then the FFT runs on the audio followed by
+    # zeros up to a length with no prime factor above 5: an utterance's own length is often a large
+    # prime, which took pocketfft ~2.6 ms of the front end's ~3.6 ms per utterance (1.6 s of speech).
+    size = _fast_length(audio.size)
+    spectrum = np.fft.rfft(audio - audio.mean(), size)
+    frequencies = np.fft.rfftfreq(size, 1.0 / rate)
     ramp = np.clip((frequencies - cutoff_hz / 2) / (cutoff_hz / 2), 0.0, 1.0)
-    return np.fft.irfft(spectrum * (0.5 - 0.5 * np.cos(np.pi * ramp)), audio.size)
+    return np.fft.irfft(spectrum * (0.5 - 0.5 * np.cos(np.pi * ramp)), size)[: audio.size]
+
+
+def _fast_length(n: int) -> int:
+    """The least length >= ``n`` whose prime factors are 2, 3 and 5 only (fast for pocketfft)."""
+    best = 1 << max(n - 1, 0).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            length = power35 << max(-(-n // power35) - 1, 0).bit_length()  # power35 * 2**k >= n
+            best = min(best, length)
+            power35 *= 3
+        power5 *= 5
+    return best
 
 
 def level_gain(audio: np.ndarray) -> float:
