@@ -26,7 +26,9 @@ and -51 dBFS: clean 75, 76, 71; telephone 59, 59, 55; browser 74, 73, 72. Adding
 -45 dBFS instead of flooring did as well on those voices (75, 62, 73) but turned short words of the
 backend's own voices into others ("help" -> "hello" in four of the ten OpenAI voices, against one
 with the floor), and white noise did worse than pink (clean 66/96). The whole front end costs about
-1 ms per second of audio (numpy and soxr). The benchmark's figures, before and after, are in the
+1 ms of CPU per second of audio (numpy and soxr; 1.5-1.9 ms per 1.5-1.9 s utterance, measured by
+``python benchmarks/speech_engines.py`` on 2026-12-06; 3.7-6.0 ms before :func:`high_pass` padded
+its FFT to a fast length). The benchmark's figures, before and after, are in the
 README.
 """
 
