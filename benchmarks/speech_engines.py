@@ -156,13 +156,14 @@ def cpu(recognizer: stt.Recognizer, *sets: Sequence[tuple[str, np.ndarray]]) -> 
         whole = front = audio = 0.0
         kept = [(text, pcm) for text, pcm in clips if recognizer.recognize(pcm).source == "domain"]
         for _, pcm in kept:
-            whole += cpu_timed(lambda: recognizer.recognize(pcm))
-            front += cpu_timed(lambda: frontend.condition(pcm))
+            whole += cpu_timed(lambda pcm=pcm: recognizer.recognize(pcm))
+            front += cpu_timed(lambda pcm=pcm: frontend.condition(pcm))
             audio += pcm.size / OUTPUT_RATE
         n = len(kept)
         print(f"STT CPU per utterance, {label}, {n} x {audio / n:.1f} s: recognize {whole / n * 1000:.1f} ms "
               f"(front end {front / n * 1000:.1f} ms, domain decode {(whole - front) / n * 1000:.1f} ms); "
-              f"CPU real-time factor {whole / audio:.4f}" + (f" ({len(clips) - n} fell back, not counted)" if n < len(clips) else ""))
+              f"CPU real-time factor {whole / audio:.4f}"
+              + (f" ({len(clips) - n} fell back, not counted)" if n < len(clips) else ""))
 
 
 def word_errors(reference: str, hypothesis: str) -> int:

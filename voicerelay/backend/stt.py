@@ -138,15 +138,18 @@ before (``pl_window`` 5)   83.9   236     7     102 / 71    100 / 79
 So the second (flat-lexicon) search pass, four Gaussians per codebook and every frame's scoring
 are what the voices the recogniser was not tuned on need: dropping any of them lost held-out
 intents (``fwdflat`` off 6 of the quick set and 7 through the telephone), and all but
-``pl_window`` 0 with ``topn`` 3 lost sentences in the backend's own voices too. Best of 3 on 53 of these utterances, the decode
-alone took 71.4 ms with the defaults, 61.3 without the lookahead, 49.7 without ``fwdflat`` (with
-``bestpath`` off too 49.3: the lattice pass costs ~1 ms), 58.2 with ``topn`` 2, 48.2 with ``topn``
-1, 42.8 with ``ds`` 2. Narrower beams (``beam`` 1e-30 with ``wbeam`` 1e-20, ``pbeam`` and
-``lpbeam`` 1e-30, ``lponlybeam`` and ``wbeam`` 1e-20, ``fwdflatbeam`` 1e-30) saved 2-8 % and
-changed words; ``maxhmmpf`` 3000, ``maxwpf`` 5 and ``topn_beam`` changed nothing (the search is
-small: scoring, not searching, is the cost); a narrower flat pass (``fwdflatsfwin`` 5,
-``fwdflatefwid`` 2) saved ~7 % without changing a word of the 53, not measured further.
-Outside pocketsphinx, the n-best near-miss check and the confidence take ~0.1 ms.
+``pl_window`` 0 with ``topn`` 3 lost sentences in the backend's own voices too. Best of 3 on 53
+of these utterances, the decode alone took 71.4 ms with the defaults, 61.3 without the
+lookahead, 49.7 without ``fwdflat`` (with ``bestpath`` off too 49.3: the lattice pass costs ~1
+ms), 58.2 with ``topn`` 2, 48.2 with ``topn`` 1, 42.8 with ``ds`` 2. Narrower beams (``beam``
+1e-30 with ``wbeam`` 1e-20, ``pbeam`` and ``lpbeam`` 1e-30, ``lponlybeam`` and ``wbeam`` 1e-20,
+``fwdflatbeam`` 1e-30) saved 2-8 % and changed words; ``maxhmmpf`` 3000, ``maxwpf`` 5 and
+``topn_beam`` changed nothing (the search is small: scoring, not searching, is the cost); a
+narrower flat pass (``fwdflatsfwin`` 5, ``fwdflatefwid`` 2) saved ~7 % without changing a word
+of the 53, not measured further.
+
+Outside pocketsphinx, per utterance: the front end 1.5-1.9 ms (above), the n-best near-miss
+check and the confidence ~0.1 ms together.
 """
 
 from __future__ import annotations
