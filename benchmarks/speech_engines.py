@@ -3,8 +3,10 @@
     python benchmarks/speech_engines.py               # speed: about 15 s
     python benchmarks/speech_engines.py --accuracy    # + recognition in 10 voices: about 4 min
 
-Speed: TTS real-time factor (synthesis seconds / audio seconds), recogniser build times, and the
-STT real-time factor on the recordings with the domain model and on the general-model fallback.
+Speed: TTS real-time factor (synthesis seconds / audio seconds), recogniser build times, the
+STT real-time factor on the recordings with the domain model and on the general-model fallback,
+and the CPU time (this thread's, so other work on the machine matters less than to the
+wall-clock figures) of one ``Recognizer.recognize`` and of its front end, per utterance.
 Accuracy: every domain sentence and 20 out-of-domain utterances, in each voice, synthesised,
 padded with 300 ms of silence before and 500 ms after, noised at 30 dB SNR, and recognised:
 exact-sentence rates, the confidence distributions and how many fall back to the general model
@@ -29,7 +31,7 @@ try:
 except ImportError:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from voicerelay.backend import phrases, stt  # noqa: E402
+from voicerelay.backend import frontend, phrases, stt  # noqa: E402
 from voicerelay.backend.tts import OPENAI_VOICES, OUTPUT_RATE, Synthesizer, add_noise  # noqa: E402
 
 OUT_OF_DOMAIN = (
@@ -73,6 +75,16 @@ def timed(function: Callable[[], object], repeat: int = 1) -> float:
         start = time.perf_counter()
         function()
         best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_timed(function: Callable[[], object], repeat: int = 3) -> float:
+    """Least CPU seconds of this thread over ``repeat`` calls (pocketsphinx decodes in the calling thread)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.thread_time()
+        function()
+        best = min(best, time.thread_time() - start)
     return best
 
 
@@ -124,6 +136,9 @@ def speed() -> None:
         assert recognizer.transcribe(pcm) == text
     print(f"STT real-time factor, domain model, {len(clips)} recordings ({audio:.1f} s): {seconds / audio:.3f}")
 
+    cpu(recognizer, clips, [(text, utterance(synthesizer, text, "alloy", seed))
+                            for seed, text in enumerate(sentences)])
+
     load = timed(lambda: stt.transcribe_general(np.zeros(1600, dtype=np.int16)))
     print(f"STT general model load (first fallback) + tiny decode: {load * 1000:.0f} ms")
     seconds = sum(timed(lambda: stt.transcribe_general(pcm), repeat=3) for _, pcm in clips)
@@ -132,6 +147,23 @@ def speed() -> None:
     audio = sum(pcm.size for pcm in outside) / OUTPUT_RATE
     seconds = sum(timed(lambda: recognizer.transcribe(pcm), repeat=2) for pcm in outside)
     print(f"STT real-time factor, out-of-domain speech (domain decode + fallback): {seconds / audio:.3f}")
+
+
+def cpu(recognizer: stt.Recognizer, *sets: Sequence[tuple[str, np.ndarray]]) -> None:
+    """CPU ms per utterance of ``recognize`` and of its front end, over the utterances the domain
+    model keeps (a fallback to the general model would cost several times more)."""
+    for label, clips in zip(("recordings", "domain sentences (alloy, padded, 30 dB SNR)"), sets, strict=True):
+        whole = front = audio = 0.0
+        kept = [(text, pcm) for text, pcm in clips if recognizer.recognize(pcm).source == "domain"]
+        for _, pcm in kept:
+            whole += cpu_timed(lambda pcm=pcm: recognizer.recognize(pcm))
+            front += cpu_timed(lambda pcm=pcm: frontend.condition(pcm))
+            audio += pcm.size / OUTPUT_RATE
+        n = len(kept)
+        print(f"STT CPU per utterance, {label}, {n} x {audio / n:.1f} s: recognize {whole / n * 1000:.1f} ms "
+              f"(front end {front / n * 1000:.1f} ms, domain decode {(whole - front) / n * 1000:.1f} ms); "
+              f"CPU real-time factor {whole / audio:.4f}"
+              + (f" ({len(clips) - n} fell back, not counted)" if n < len(clips) else ""))
 
 
 def word_errors(reference: str, hypothesis: str) -> int:

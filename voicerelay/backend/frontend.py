@@ -26,7 +26,9 @@ and -51 dBFS: clean 75, 76, 71; telephone 59, 59, 55; browser 74, 73, 72. Adding
 -45 dBFS instead of flooring did as well on those voices (75, 62, 73) but turned short words of the
 backend's own voices into others ("help" -> "hello" in four of the ten OpenAI voices, against one
 with the floor), and white noise did worse than pink (clean 66/96). The whole front end costs about
-1 ms per second of audio (numpy and soxr). The benchmark's figures, before and after, are in the
+1 ms of CPU per second of audio (numpy and soxr; 1.5-1.9 ms per 1.5-1.9 s utterance, measured by
+``python benchmarks/speech_engines.py`` on 2026-12-06; 3.7-6.0 ms before :func:`high_pass` padded
+its FFT to a fast length). The benchmark's figures, before and after, are in the
 README.
 """
 
@@ -83,10 +85,28 @@ def high_pass(audio: np.ndarray, rate: int, cutoff_hz: float = HIGH_PASS_HZ) -> 
     utterance, with a raised-cosine transition from 0 at half the cutoff to 1 at the cutoff."""
     if audio.size < 2:
         return audio - audio.mean() if audio.size else audio
-    spectrum = np.fft.rfft(audio)
-    frequencies = np.fft.rfftfreq(audio.size, 1.0 / rate)
+    # The mean goes first (the filter's DC bin is zero), then the FFT runs on the audio followed by
+    # zeros up to a length with no prime factor above 5: an utterance's own length is often a large
+    # prime, which took pocketfft ~2.6 ms of the front end's ~3.6 ms per utterance (1.6 s of speech).
+    size = _fast_length(audio.size)
+    spectrum = np.fft.rfft(audio - audio.mean(), size)
+    frequencies = np.fft.rfftfreq(size, 1.0 / rate)
     ramp = np.clip((frequencies - cutoff_hz / 2) / (cutoff_hz / 2), 0.0, 1.0)
-    return np.fft.irfft(spectrum * (0.5 - 0.5 * np.cos(np.pi * ramp)), audio.size)
+    return np.fft.irfft(spectrum * (0.5 - 0.5 * np.cos(np.pi * ramp)), size)[: audio.size]
+
+
+def _fast_length(n: int) -> int:
+    """The least length >= ``n`` whose prime factors are 2, 3 and 5 only (fast for pocketfft)."""
+    best = 1 << max(n - 1, 0).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            length = power35 << max(-(-n // power35) - 1, 0).bit_length()  # power35 * 2**k >= n
+            best = min(best, length)
+            power35 *= 3
+        power5 *= 5
+    return best
 
 
 def level_gain(audio: np.ndarray) -> float:

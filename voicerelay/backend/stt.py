@@ -134,7 +134,75 @@ before and 500 ms after, :func:`~voicerelay.backend.tts.add_noise` at 30 dB SNR.
   0.02 instead of ArpaBoLM's 0.5, and language weight 10 in all three passes (pocketsphinx's
   defaults are 6.5/8.5/9.5), raised the exact-sentence rate from 446/528 to 482/528. The
   weakest are single short words ("stop", "help"), more so at 20 dB SNR.
-- Speed: real-time factor ~0.04 on the domain path, ~0.2 on the general one.
+- Speed: real-time factor ~0.04 on the domain path, ~0.2 on the general one (wall clock; see
+  below for CPU time).
+
+Speed
+-----
+Recognition is what limits the backend's capacity, and pocketsphinx's acoustic scoring
+(``ptm_mgau_frame_eval``) is most of it. ``python benchmarks/speech_engines.py`` prints the CPU
+time of one :meth:`Recognizer.recognize` (this thread's CPU, best of 3, so other work on the
+machine matters less than to wall-clock figures). On 2026-12-06 (2 cores shared with other work,
+load average 4-5), before -> after the two changes below: the 5 recordings (1.9 s each)
+89.1 -> 71.8 ms per utterance (front end 5.5 -> 1.9 ms), CPU real-time factor 0.046 -> 0.037;
+the 24 domain sentences in alloy, padded (1.5 s each), 72.4 -> 58.7 ms (front end 4.0 -> 1.7 ms),
+0.048 -> 0.039. The changes:
+
+- the phone-loop lookahead is off (:data:`_PHONE_LOOKAHEAD_WINDOW`): with it, pocketsphinx
+  searches all context-independent phones every frame to prune the word search, which for a
+  vocabulary of a few dozen words costs more acoustic scoring than it saves;
+- the front end's high-pass FFT runs on a 2-3-5-smooth length (see :mod:`frontend`).
+
+Accuracy with them, the same day: ``speech_engines.py --accuracy`` unchanged (in domain 236/240
+exact, the same four misses, confidences min -27.6 / median -18.3 before and after); out of
+domain 192/200 fall back against 193/200 (8 kept against 7: "okay" -> "what can you do" in
+shimmer's voice too, "what is the capital of france" -> "what is the weather in london" in
+cedar's instead of shimmer's), final transcripts 84/200 exact against 85, word error rate 32 %
+both; ``python benchmarks/stt_channels.py --quick --no-browser --no-pulse`` the same intent
+counts in every channel (held-out 12/16 in all but the telephone's 6/16, own 8/8 and 7/8), out of
+domain taken for a domain phrase 2/40 -> 1/40. The full simulated set (``--no-browser
+--no-pulse``): the own voices the same in every channel (842/864); the held-out voices 887/1296
+against 886, up in three channels (clean +1, gain -20 dB +1, telephone +2) and down in two
+(noise -45 dBFS -1, browser (sim) -2; replayed alone, those two channels lost the same with
+``pl_window`` 0 and nothing with the front-end change alone); out of domain 3/100 taken for a
+domain phrase against 4/100 (the README has the table).
+
+Other settings were screened the same day by a throwaway script that replays the benchmarks'
+utterances in their order (its first row gives exactly the benchmarks' figures: 236/240, 7 kept;
+the README's held-out clean 100 and telephone 79): the accuracy benchmark's 240 + 200,
+``stt_channels --quick``'s 24 utterances through its 9 simulated channels, and its six held-out
+voices x 24 phrases clean and through the telephone line. "ms" is the domain decode's CPU per
+utterance over all 944 (one pass, under load); then in-domain exact of 240, out of domain kept
+of 200, quick intent right (held-out of 144, own of 72), held-out intent right (clean,
+telephone, of 144 each):
+
+=========================  =====  ======  ====  ==========  ========
+setting                    ms     domain  OOD   quick h/o   held c/t
+=========================  =====  ======  ====  ==========  ========
+before (``pl_window`` 5)   83.9   236     7     102 / 71    100 / 79
+``pl_window`` 0 (chosen)   76.4   236     8     102 / 71    101 / 81
+``fwdflat`` off            59.6   235     8      96 / 71    100 / 72
+``topn`` 2                 67.9   233     6      87 / 71     91 / 72
+``pl_window`` 0, topn 3    64.7   236     8      96 / 71    100 / 76
+``pl_window`` 0, topn 2    58.0   233     7      89 / 71     91 / 72
+``ds`` 2                   53.2   229     4      76 / 69     74 / 61
+=========================  =====  ======  ====  ==========  ========
+
+So the second (flat-lexicon) search pass, four Gaussians per codebook and every frame's scoring
+are what the voices the recogniser was not tuned on need: dropping any of them lost held-out
+intents (``fwdflat`` off 6 of the quick set and 7 through the telephone), and all but
+``pl_window`` 0 with ``topn`` 3 lost sentences in the backend's own voices too. Best of 3 on 53
+of these utterances, the decode alone took 71.4 ms with the defaults, 61.3 without the
+lookahead, 49.7 without ``fwdflat`` (with ``bestpath`` off too 49.3: the lattice pass costs ~1
+ms), 58.2 with ``topn`` 2, 48.2 with ``topn`` 1, 42.8 with ``ds`` 2. Narrower beams (``beam``
+1e-30 with ``wbeam`` 1e-20, ``pbeam`` and ``lpbeam`` 1e-30, ``lponlybeam`` and ``wbeam`` 1e-20,
+``fwdflatbeam`` 1e-30) saved 2-8 % and changed words; ``maxhmmpf`` 3000, ``maxwpf`` 5 and
+``topn_beam`` changed nothing (the search is small: scoring, not searching, is the cost); a
+narrower flat pass (``fwdflatsfwin`` 5, ``fwdflatefwid`` 2) saved ~7 % without changing a word
+of the 53, not measured further.
+
+Outside pocketsphinx, per utterance: the front end 1.5-1.9 ms (above), the n-best near-miss
+check and the confidence ~0.1 ms together.
 """
 
 from __future__ import annotations
@@ -199,6 +267,12 @@ _FILLERS = frozenset({"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]"})
 #: Language-model settings, tuned on espeak-ng speech (see module doc).
 _DISCOUNT_MASS = 0.02
 _LANGUAGE_WEIGHT = 10.0
+
+#: pocketsphinx's phone-loop lookahead (``pl_window``, default 5 frames) off for the domain decoders:
+#: it runs a second search over all context-independent phones every frame to prune the word
+#: search, which for a vocabulary of a few dozen words costs more acoustic scoring than it saves.
+#: Off, the domain decode took 9-15 % less CPU, with the same in-domain accuracy (module doc, "Speed").
+_PHONE_LOOKAHEAD_WINDOW = 0
 
 _MODEL_DIR = os.path.join(pocketsphinx.get_model_path(), "en-us")
 _ACOUSTIC_MODEL = os.path.join(_MODEL_DIR, "en-us")
@@ -402,6 +476,7 @@ class Recognizer:
                 lw=_LANGUAGE_WEIGHT,
                 fwdflatlw=_LANGUAGE_WEIGHT,
                 bestpathlw=_LANGUAGE_WEIGHT,
+                pl_window=_PHONE_LOOKAHEAD_WINDOW,
                 loglevel="FATAL",
             )
         finally:
