@@ -50,15 +50,19 @@ session (server VAD: 500 ms of silence ends a turn; no input transcription).
    marked "[other load on the machine]" and run again (``--retries``). The load average is printed
    at the start and the end.
 
-Measured on 2 cores, with ``--foreign-limit 1.0 --quiet-wait 10 --retries 1``. While the other
-work on the machine was idle (under 0.05 cores busy): continuous speech 32 sessions held
+Measured on 2 cores, with ``--foreign-limit 1.0 --quiet-wait 10 --retries 1``, nothing else
+running (2026-12-06), after the domain decoders dropped the phone-loop lookahead and the backend
+moved to orjson: continuous speech 56 sessions held (``--steps 48,56,64,72 --max-sessions 80
+--resolution 4``; 60 failed: slow replies), ``--duty 0.2 --steps 88,96,104,112 --resolution 4``:
+108 (112 failed: slow replies; at 108 recognition workers 113 %, loop 41 %, clients 40 %).
+Earlier, while the other work on the machine was idle (under 0.05 cores busy): continuous speech 32 sessions held
 (``--steps 16,24,32,40,48``; 34 failed once other work took 0.55 cores), ``--duty 0.2 --steps
 72,80,96 --resolution 8``: 88 (96 failed with both cores full: recognition workers 107 %, the
 backend's loop 47 %, clients 41 %). With other work keeping 0.3-0.9 cores busy: continuous 28,
 ``--duty 0.2``: 32-52. Before recognition started early, without permessage-deflate and with a
 thread held per turn waiting for recognition, under that load: continuous 12-20, 20 %: 12-24.
-Recognition costs about 85 ms of CPU per turn (pocketsphinx, 81 % of it in the acoustic model's
-scoring): it is what gives out first.
+Recognition cost about 85 ms of CPU per turn then, about 70 now (pocketsphinx, 81 % of it in the
+acoustic model's scoring): it is what gives out first.
 
 Targets printed beside the figures (not asserted): first delta p50 <= 250 ms; STT RTF <= 0.1.
 """
