@@ -81,9 +81,7 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
     playback_seen: list[str] = []  # the playback buffer line, while it was not empty
 
     def sample() -> None:
-        label = text_of(app, "#state").split("   ")[0].removeprefix("● ")
-        if not states or states[-1] != label:
-            states.append(label)
+        note_state(text_of(app, "#state"))
         playback_seen.extend(line for line in text_of(app, "#queues").splitlines()
                              if line.startswith("playback buffer") and line != "playback buffer 0 ms")
 
@@ -92,7 +90,22 @@ async def test_a_live_session_fills_the_screen(rig_devices: audio_rig.AudioRig, 
             sample()
             await asyncio.sleep(0.01)
 
+    def note_state(shown: str) -> None:
+        label = shown.split("   ")[0].removeprefix("● ")
+        if not states or states[-1] != label:
+            states.append(label)
+
     async with app.run_test(size=(150, 44)) as pilot:
+        # every label the state widget is given, however briefly it shows (THINKING can last less
+        # than a millisecond once recognition finished during the turn's closing silence)
+        state_widget = app.query_one("#state", Static)
+        show = state_widget.update
+
+        def update(content: Any = "", *args: Any, **kwargs: Any) -> None:
+            show(content, *args, **kwargs)
+            note_state(str(content))
+
+        state_widget.update = update  # type: ignore[method-assign]
         watcher = asyncio.create_task(watch())
         await until(lambda: app.talk is not None and "LISTENING" in text_of(app, "#state"))
         assert "talking to" in str(app.sub_title) and "REC" in text_of(app, "#state")
