@@ -208,6 +208,7 @@ check and the confidence ~0.1 ms together.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import itertools
 import logging
@@ -218,10 +219,10 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pocketsphinx
@@ -243,6 +244,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Sample rate :meth:`Recognizer.transcribe` expects.
 INPUT_RATE = frontend.INPUT_RATE
@@ -494,14 +496,24 @@ class Recognizer:
             warped.append(decoder)
         return tuple(warped)
 
+    @contextlib.contextmanager
+    def _borrowed(self, idle: list[_T], make: Callable[[], _T]) -> Iterator[_T]:
+        """An idle member of the pool ``idle`` (one caller at a time uses it), else a new one from
+        ``make``; back in the pool afterwards."""
+        with self._pool_lock:
+            member = idle.pop() if idle else None
+        if member is None:
+            member = make()
+        try:
+            yield member
+        finally:
+            with self._pool_lock:
+                idle.append(member)
+
     def _second_opinion(self, pcm16k: np.ndarray) -> tuple[str, float] | None:
         """The most confident of the warped decodes that is one of the sentences, at a confidence of
         at least :data:`FALLBACK_CONFIDENCE`; None when there is none."""
-        with self._pool_lock:
-            decoders = self._idle_warped.pop() if self._idle_warped else None
-        if decoders is None:
-            decoders = self._new_warped_decoders()
-        try:
+        with self._borrowed(self._idle_warped, self._new_warped_decoders) as decoders:
             best: tuple[str, float] | None = None
             for decoder in decoders:
                 text, confidence = _decode(decoder, pcm16k)
@@ -509,24 +521,14 @@ class Recognizer:
                         and (best is None or confidence > best[1])):
                     best = (text, confidence)
             return best
-        finally:
-            with self._pool_lock:
-                self._idle_warped.append(decoders)
 
     def _decode_domain(self, pcm16k: np.ndarray) -> tuple[str, float, str | None]:
         """(text, confidence, a near sentence): the best path, and when it is not one of the
         sentences, the first sentence among the decoder's n-best that scores nearly as well."""
-        with self._pool_lock:
-            decoder = self._idle.pop() if self._idle else None
-        if decoder is None:
-            decoder = self._new_decoder()
-        try:
+        with self._borrowed(self._idle, self._new_decoder) as decoder:
             text, confidence = _decode(decoder, pcm16k)
             near = None if not text or text in self._sentence_set else self._near_sentence(decoder, pcm16k.size)
             return text, confidence, near
-        finally:
-            with self._pool_lock:
-                self._idle.append(decoder)
 
     def _near_sentence(self, decoder: pocketsphinx.Decoder, samples: int) -> str | None:
         """The first sentence in the last decode's :data:`_NBEST` best paths that scores within
