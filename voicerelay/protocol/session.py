@@ -262,6 +262,14 @@ class RealtimeSession:
             self.turns.append(self._current)
         return self._current
 
+    def _user_turn(self, event: Event) -> Turn:
+        """The turn whose user audio the server names in ``event`` (``item_id``), known by that item from now on."""
+        turn = self._turn()
+        turn.user_item_id = event.get("item_id")
+        if turn.user_item_id:
+            self._turn_by_item[turn.user_item_id] = turn
+        return turn
+
     @property
     def turn_detection(self) -> bool:
         return self.config.turn_detection_mode != "disabled"
@@ -457,10 +465,7 @@ class RealtimeSession:
         out: list[Effect] = []
         if self._playing_item is not None or self._active_response is not None:
             out += self._barge_in()
-        turn = self._turn()
-        turn.user_item_id = event.get("item_id")
-        if turn.user_item_id:
-            self._turn_by_item[turn.user_item_id] = turn
+        turn = self._user_turn(event)
         turn.audio_in_ms = -int(event.get("audio_start_ms", 0))  # completed by speech_stopped
         self._set_state(State.USER_SPEAKING, out)
         return out
@@ -478,10 +483,7 @@ class RealtimeSession:
         """Server VAD's ``idle_timeout_ms`` went by with no speech: the server commits the silence as
         the user's turn (its item is this event's) and answers it, usually prompting the user."""
         out: list[Effect] = []
-        turn = self._turn()
-        turn.user_item_id = event.get("item_id")
-        if turn.user_item_id:
-            self._turn_by_item[turn.user_item_id] = turn
+        turn = self._user_turn(event)
         turn.audio_in_ms = int(event.get("audio_end_ms", 0)) - int(event.get("audio_start_ms", 0))
         turn.ended_at = now
         turn.idle_timeout = True
