@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -66,6 +67,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,24 +163,27 @@ class SttClock:
     calls = 0
 
     @classmethod
+    @contextlib.contextmanager
+    def one(cls) -> Iterator[None]:
+        """Count one recognition and add up its wall time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            cls.seconds += time.perf_counter() - start
+            cls.calls += 1
+
+    @classmethod
     def install(cls) -> None:
         original, original_async = Engines.transcribe, Engines.transcribe_async
 
         def transcribe(self: Engines, pcm24: np.ndarray, extra_phrases: Any = ()) -> str:
-            start = time.perf_counter()
-            try:
+            with cls.one():
                 return original(self, pcm24, extra_phrases)
-            finally:
-                cls.seconds += time.perf_counter() - start
-                cls.calls += 1
 
         async def transcribe_async(self: Engines, pcm24: np.ndarray, extra_phrases: Any = ()) -> str:
-            start = time.perf_counter()
-            try:
+            with cls.one():
                 return await original_async(self, pcm24, extra_phrases)
-            finally:
-                cls.seconds += time.perf_counter() - start
-                cls.calls += 1
 
         Engines.transcribe = transcribe  # type: ignore[method-assign]
         Engines.transcribe_async = transcribe_async  # type: ignore[method-assign]
