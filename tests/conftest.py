@@ -15,6 +15,8 @@ import soundfile
 from voicerelay.backend.engines import Engines
 from voicerelay.backend.server import BackendServer
 
+from . import audio_rig
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "recordings"
 
@@ -49,6 +51,15 @@ def engines() -> Iterator[Engines]:
     shared.warm_up()
     yield shared
     shared.close()
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[audio_rig.AudioRig]:
+    """The session's one virtual sound card (PulseAudio in user mode: tests/audio_rig.py). Defined
+    here, once: a session fixture imported into several test modules is a separate fixture in each,
+    and would start a sound server per module."""
+    with audio_rig.AudioRig(tmp_path_factory.mktemp("pa")) as started:
+        yield started
 
 
 @pytest.fixture

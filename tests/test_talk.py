@@ -39,12 +39,6 @@ pytestmark = pytest.mark.skipif(not audio_rig.available(),
 LOUD = 8
 
 
-@pytest.fixture(scope="session")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[audio_rig.AudioRig]:
-    with audio_rig.AudioRig(tmp_path_factory.mktemp("pa")) as started:
-        yield started
-
-
 def _env(rig: audio_rig.AudioRig, **extra: str) -> dict[str, str]:
     env = {**rig.env(), "COLUMNS": "200", "NO_COLOR": "1", **extra}
     env.pop("OPENAI_API_KEY", None)

@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from .. import audio_rig
-from ..test_talk import rig  # noqa: F401 - the session's one virtual sound card
 
 pytestmark = pytest.mark.skipif(not audio_rig.available(), reason="needs PulseAudio: apt-get install pulseaudio")
 
@@ -29,7 +28,7 @@ def line(lines: list[str], pattern: str) -> str:
     return next(text for text in lines if re.search(pattern, text))
 
 
-def test_the_servers_defaults_are_marked(rig: audio_rig.AudioRig) -> None:  # noqa: F811
+def test_the_servers_defaults_are_marked(rig: audio_rig.AudioRig) -> None:
     lines = devices(rig.env(source=None, sink=None))  # the rig's server defaults: vr_mic, vr_speaker
     assert "* input and output" in line(lines, r"^\s+1\s+default\s")  # PortAudio's own default
     assert "*" not in line(lines, r"^\s+0\s+pulse\s")
@@ -39,7 +38,7 @@ def test_the_servers_defaults_are_marked(rig: audio_rig.AudioRig) -> None:  # no
     assert "vr_speaker (* default)" in sinks and sinks.count("*") == 1, sinks
 
 
-def test_pulse_source_and_sink_of_the_environment_are_marked(rig: audio_rig.AudioRig) -> None:  # noqa: F811
+def test_pulse_source_and_sink_of_the_environment_are_marked(rig: audio_rig.AudioRig) -> None:
     lines = devices(rig.env(source="vr_speaker.monitor", sink="vr_mic_feed"))
     sources = line(lines, r"^\s+sources:")
     sinks = line(lines, r"^\s+sinks:")

@@ -34,23 +34,31 @@ from voicerelay.tui.events_view import EventLog
 from voicerelay.tui.talk_app import HelpScreen, TalkApp
 
 from .. import audio_rig
-from ..test_talk import rig, say  # noqa: F401 - the session's one virtual sound card
+from ..test_talk import say
 
 pytestmark = pytest.mark.skipif(not audio_rig.available(),
                                 reason="needs PulseAudio for the virtual sound card: "
                                        "apt-get install pulseaudio pulseaudio-utils")
 
 
+#: The environment this process's PortAudio enumerated its devices under (it does so once, when
+#: sounddevice is first imported, and sounddevice has no public way to enumerate them again).
+_portaudio_env: dict[str, str] | None = None
+
+
 @pytest.fixture
-def rig_devices(rig: audio_rig.AudioRig, monkeypatch: pytest.MonkeyPatch) -> Iterator[audio_rig.AudioRig]:  # noqa: F811
+def rig_devices(rig: audio_rig.AudioRig, monkeypatch: pytest.MonkeyPatch) -> Iterator[audio_rig.AudioRig]:
     """This process's PortAudio on the rig: the Pulse server, its microphone and speakers."""
-    for key, value in rig.env().items():
-        if key in rig.client_env or key.startswith("PULSE_"):
-            monkeypatch.setenv(key, value)
-    if "sounddevice" in sys.modules:  # imported before the rig's environment was set: enumerate again
-        sd = sys.modules["sounddevice"]
-        sd._terminate()
-        sd._initialize()
+    global _portaudio_env
+    env = {key: value for key, value in rig.env().items() if key in rig.client_env or key.startswith("PULSE_")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "sounddevice" in sys.modules and _portaudio_env != env:
+        pytest.fail("sounddevice was imported in this process before the rig's environment was set, so PortAudio "
+                    "lists other devices: import it only under this fixture")
+    import sounddevice  # noqa: F401 - PortAudio enumerates the rig's devices now, once for the process
+
+    _portaudio_env = env
     yield rig
 
 
@@ -275,7 +283,7 @@ def _run_in_a_terminal(args: list[str], env: dict[str, str], ready: bytes, keys:
     return os.waitstatus_to_exitcode(status), out, (time.monotonic() - typed_at) if typed_at else -1.0
 
 
-async def test_talk_tui_in_a_terminal(rig: audio_rig.AudioRig, backend: BackendServer) -> None:  # noqa: F811
+async def test_talk_tui_in_a_terminal(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
     """The command itself: the screen comes up in a terminal, `q` ends it cleanly."""
     env = {**rig.env(), "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     env.pop("OPENAI_API_KEY", None)
@@ -289,7 +297,7 @@ async def test_talk_tui_in_a_terminal(rig: audio_rig.AudioRig, backend: BackendS
     assert re.sub(r"\x1b\[[<>?]?[\d;]*[a-zA-Z]", "", screen.rsplit("\x1b[?1049l", 1)[1]).strip() == ""
 
 
-def test_talk_tui_with_an_unusable_device_is_one_line(rig: audio_rig.AudioRig) -> None:  # noqa: F811
+def test_talk_tui_with_an_unusable_device_is_one_line(rig: audio_rig.AudioRig) -> None:
     result = subprocess.run([sys.executable, "-m", "voicerelay", "talk", "--tui", "--input-device", "no such mic"],
                             env={**rig.env(), "COLUMNS": "200"}, capture_output=True, text=True, timeout=30,
                             stdin=subprocess.DEVNULL, check=False)

@@ -17,7 +17,6 @@ from voicerelay.talk import TalkOptions
 from voicerelay.tui.talk_app import HelpScreen, TalkApp
 
 from .. import audio_rig
-from ..test_talk import rig  # noqa: F401 - the session's one virtual sound card
 from . import terminal
 from .test_talk_app import rig_devices, text_of, until  # noqa: F401
 
@@ -27,7 +26,7 @@ pytestmark = [
 ]
 
 
-def talk_in_a_terminal(rig: audio_rig.AudioRig, backend: BackendServer, *args: str) -> terminal.Terminal:  # noqa: F811
+def talk_in_a_terminal(rig: audio_rig.AudioRig, backend: BackendServer, *args: str) -> terminal.Terminal:
     env = rig.env()
     env.pop("OPENAI_API_KEY", None)
     return terminal.Terminal([sys.executable, "-m", "voicerelay", "talk", "--tui", "--backend", backend.url, *args],
@@ -39,7 +38,7 @@ def footer(screen: str) -> str:
 
 
 @pytest.mark.parametrize("flags", [(), ("--push-to-talk", "--text")])
-async def test_the_footer_shows_the_keys_that_apply(rig: audio_rig.AudioRig, backend: BackendServer,  # noqa: F811
+async def test_the_footer_shows_the_keys_that_apply(rig: audio_rig.AudioRig, backend: BackendServer,
                                                     flags: tuple[str, ...]) -> None:
     with talk_in_a_terminal(rig, backend, *flags) as term:
         await asyncio.to_thread(term.wait_for, "LISTENING|PUSH-TO-TALK|push-to-talk: space", 20)
@@ -58,7 +57,7 @@ async def test_the_footer_shows_the_keys_that_apply(rig: audio_rig.AudioRig, bac
         assert "push-to-talk" not in keys and "type" not in keys, keys
 
 
-async def test_ctrl_c_quits_from_the_help_screen(rig: audio_rig.AudioRig, backend: BackendServer) -> None:  # noqa: F811
+async def test_ctrl_c_quits_from_the_help_screen(rig: audio_rig.AudioRig, backend: BackendServer) -> None:
     with talk_in_a_terminal(rig, backend) as term:
         await asyncio.to_thread(term.wait_for, "LISTENING", 20)
         term.keys("?")
