@@ -395,6 +395,9 @@ class _GeneralModel:
         self._decoder: pocketsphinx.Decoder | None = None
 
     def transcribe16k(self, pcm16k: np.ndarray) -> str:
+        """The words in ``pcm16k`` (conditioned), decoded over its :func:`frontend.speech_span` only
+        (see the module doc's "Speed")."""
+        pcm16k = pcm16k[frontend.speech_span(pcm16k)]
         with self._lock:
             if self._decoder is None:
                 logger.info("loading the general pocketsphinx model")
