@@ -232,6 +232,7 @@ from voicerelay.backend import frontend, phrases
 
 __all__ = [
     "FALLBACK_CONFIDENCE",
+    "FIRST_PASS_CONFIDENCE",
     "INPUT_RATE",
     "NEAR_CONFIDENCE",
     "NEAR_MARGIN",
@@ -255,6 +256,9 @@ _DECODER_RATE = frontend.DECODER_RATE
 SECOND_OPINION_WARPS: tuple[float, ...] = (0.8, 0.88, 1.12, 1.2)
 #: Domain decodes whose confidence is below this go to the general model (see module doc).
 FALLBACK_CONFIDENCE = -35.0
+#: A first, cheaper domain decode (no flat-lexicon pass) is taken as it is when it is one of the sentences at
+#: a confidence of at least this; otherwise the full domain decode runs (see the module doc's "Speed").
+FIRST_PASS_CONFIDENCE = -25.0
 #: A near miss (see module doc) is taken for its sentence when the best path's confidence is at least this...
 NEAR_CONFIDENCE = -45.0
 #: ...and the sentence's path scores at most this much (log base 1.0001, per 10 ms frame) below the best.
@@ -460,11 +464,13 @@ class Recognizer:
         model.write(arpa)
         self._arpa = arpa.getvalue()
         self._idle: list[pocketsphinx.Decoder] = [self._new_decoder()]
+        #: First-pass decoders: the domain model without the flat-lexicon pass (see the module doc's "Speed").
+        self._idle_first: list[pocketsphinx.Decoder] = [self._new_decoder(flat_pass=False)]
         #: Sets of warped decoders, one per :data:`SECOND_OPINION_WARPS`, built when first needed.
         self._idle_warped: list[tuple[pocketsphinx.Decoder, ...]] = []
         self._pool_lock = threading.Lock()
 
-    def _new_decoder(self) -> pocketsphinx.Decoder:
+    def _new_decoder(self, flat_pass: bool = True) -> pocketsphinx.Decoder:
         workdir = tempfile.mkdtemp(prefix="voicerelay-stt-")
         try:
             lm_path = os.path.join(workdir, "domain.arpa")
@@ -482,6 +488,7 @@ class Recognizer:
                 fwdflatlw=_LANGUAGE_WEIGHT,
                 bestpathlw=_LANGUAGE_WEIGHT,
                 pl_window=_PHONE_LOOKAHEAD_WINDOW,
+                fwdflat=flat_pass,
                 loglevel="FATAL",
             )
         finally:
@@ -525,6 +532,13 @@ class Recognizer:
                     best = (text, confidence)
             return best
 
+    def _first_pass(self, pcm16k: np.ndarray) -> tuple[str, float] | None:
+        """The first-pass decode (no flat-lexicon pass) when it is one of the sentences at a confidence of
+        at least :data:`FIRST_PASS_CONFIDENCE`; None otherwise."""
+        with self._borrowed(self._idle_first, lambda: self._new_decoder(flat_pass=False)) as decoder:
+            text, confidence = _decode(decoder, pcm16k)
+        return (text, confidence) if text in self._sentence_set and confidence >= FIRST_PASS_CONFIDENCE else None
+
     def _decode_domain(self, pcm16k: np.ndarray) -> tuple[str, float, str | None]:
         """(text, confidence, a near sentence): the best path, and when it is not one of the
         sentences, the first sentence among the decoder's n-best that scores nearly as well."""
@@ -551,6 +565,8 @@ class Recognizer:
         pcm16k = _to_decoder_rate(pcm24)
         if pcm16k.size < _DECODER_RATE // _FRAMES_PER_SECOND:
             return Transcription("", "none", -math.inf)
+        if (first := self._first_pass(pcm16k)) is not None:
+            return Transcription(first[0], "domain", first[1])
         text, confidence, near = self._decode_domain(pcm16k)
         if text in self._sentence_set and confidence >= FALLBACK_CONFIDENCE:
             return Transcription(text, "domain", confidence)
@@ -571,7 +587,9 @@ class Recognizer:
         """Decode ``pcm24`` (a moment of silence) with the domain model only: what a first
         :meth:`transcribe` sets up, done now, without loading the general model, which a
         transcription of silence would (no words: it falls back)."""
-        self._decode_domain(_to_decoder_rate(pcm24))
+        pcm16k = _to_decoder_rate(pcm24)
+        self._first_pass(pcm16k)
+        self._decode_domain(pcm16k)
 
 
 _cache: OrderedDict[frozenset[str], Recognizer] = OrderedDict()
