@@ -102,22 +102,3 @@ def test_spectral_floor_fills_the_bands_a_telephone_line_removed(speech: np.ndar
     assert dbfs(np.fft.irfft(np.fft.rfft(floored) * (np.fft.rfftfreq(pcm.size, 1 / RATE) > 5000), pcm.size)) > -70
     in_band = slice(int(0.5 * RATE), int(1.5 * RATE))
     assert np.corrcoef(floored[in_band], narrow[in_band])[0, 1] > 0.99  # the speech itself passes
-
-
-def test_speech_span_cuts_the_silence_around_speech_and_keeps_a_margin(speech: np.ndarray) -> None:
-    pcm = frontend.condition(speech)
-    synthesized = Synthesizer().synthesize("what is the weather in paris").size * 2 // 3  # at 16 kHz
-    speech_start, speech_end = int(0.3 * RATE), int(0.3 * RATE) + synthesized
-    span = frontend.speech_span(pcm)
-    # the cut lands in the padding, at least the margin (less a 10 ms frame and espeak's own edges) from the speech
-    assert 0 < span.start <= speech_start - (frontend.SPAN_LEAD_MS - 60) * RATE // 1000
-    assert pcm.size > span.stop >= speech_end + (frontend.SPAN_TAIL_MS - 150) * RATE // 1000
-    assert span.stop - span.start < pcm.size - 0.2 * RATE
-
-
-@pytest.mark.parametrize("samples", [800, 2 * RATE])
-def test_speech_span_keeps_silence_noise_and_tiny_audio_whole(samples: int) -> None:
-    for audio in (np.zeros(samples), pink_noise(samples, dbfs_to_rms(-40.0), seed=6)):
-        pcm = frontend.condition(np.rint(audio).astype(np.int16))
-        assert frontend.speech_span(pcm) == slice(0, pcm.size)
-    assert frontend.speech_span(np.zeros(0, np.int16)) == slice(0, 0)

@@ -51,7 +51,6 @@ __all__ = [
     "high_pass",
     "level_gain",
     "spectral_floor",
-    "speech_span",
 ]
 
 #: The rate :func:`condition` takes (the Realtime protocol's) and the one it returns (the decoder's).
@@ -68,12 +67,6 @@ MAX_GAIN_DB = 30.0
 SPEECH_OVER_FLOOR_DB = 10.0
 #: The level of the pink noise added as a spectral floor (RMS, dB below full scale).
 FLOOR_DBFS = -48.0
-#: :func:`speech_span`: a 10 ms frame is speech when its level is this far above the utterance's quiet frames...
-SPAN_OVER_FLOOR_DB = 10.0
-#: ...and the span kept runs from this long before the first speech frame...
-SPAN_LEAD_MS = 250
-#: ...to this long after the last.
-SPAN_TAIL_MS = 300
 
 _FULL_SCALE = 32768.0
 _FRAME = DECODER_RATE // 100  # 10 ms
@@ -175,28 +168,6 @@ def spectral_floor(audio: np.ndarray) -> np.ndarray:
     out = np.fft.irfft(spectra, _FFT_SIZE, axis=1) * _WINDOW
     joined = (out[1:, :hop] + out[:-1, hop:]).reshape(-1)  # sample hop + i lies in frames i // hop and the next
     return joined[: audio.size]
-
-
-def speech_span(pcm16k: np.ndarray) -> slice:
-    """The part of a conditioned utterance (:func:`condition`'s output) worth decoding: from
-    :data:`SPAN_LEAD_MS` before its first speech frame to :data:`SPAN_TAIL_MS` after its last.
-
-    A 10 ms frame is speech when its level is at least :data:`SPAN_OVER_FLOOR_DB` above the
-    utterance's own floor (its 10th-percentile frame: after :func:`condition`, the spectral floor or
-    the channel's noise). Audio shorter than 100 ms, or with no frame over the floor, is kept whole.
-    """
-    frames = pcm16k.size // _FRAME
-    if frames < 10:
-        return slice(0, pcm16k.size)
-    blocks = pcm16k[: frames * _FRAME].astype(np.float64).reshape(frames, _FRAME)
-    levels = 10.0 * np.log10(np.mean(blocks * blocks, axis=1) + 1.0)
-    speech = np.flatnonzero(levels > np.percentile(levels, 10) + SPAN_OVER_FLOOR_DB)
-    if speech.size == 0:
-        return slice(0, pcm16k.size)
-    per_ms = DECODER_RATE // 1000
-    start = max(0, int(speech[0]) * _FRAME - SPAN_LEAD_MS * per_ms)
-    end = min(pcm16k.size, (int(speech[-1]) + 1) * _FRAME + SPAN_TAIL_MS * per_ms)
-    return slice(start, end)
 
 
 def condition(pcm24: np.ndarray) -> np.ndarray:

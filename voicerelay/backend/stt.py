@@ -203,6 +203,55 @@ of the 53, not measured further.
 
 Outside pocketsphinx, per utterance: the front end 1.5-1.9 ms (above), the n-best near-miss
 check and the confidence ~0.1 ms together.
+
+A first pass
+------------
+On 2026-12-07 (issue 16: ``replay --speed 0`` is bounded by the domain decode of each turn), each
+utterance is first decoded by a domain decoder without the flat-lexicon pass (``fwdflat`` off:
+~35 % less CPU, see above); when that result is one of the sentences at a confidence of at least
+:data:`FIRST_PASS_CONFIDENCE` (-25), it is taken as it is. Otherwise the full domain decode runs,
+with everything after it as before. ``fwdflat`` off alone lost held-out phrases (the table above);
+gated, only confident results are taken, where both passes agree. The backend's own voices are
+confident (median -18), so most of their utterances cost the first pass alone; a doubtful one pays
+it on top of the rest (about a third more).
+
+Measured first by a throwaway script as above (2 cores shared with other work, load average 4-10:
+CPU figures rough, counts exact; its baseline row gave exactly the benchmarks' figures), then with
+the benchmarks, before -> after on the same day and machine: ``speech_engines.py --accuracy`` in
+domain 237/240 -> 237/240 (the same three misses), out of domain 8/200 kept -> the same 8, final
+out-of-domain transcripts 84/200 exact both; ``stt_channels.py --no-pulse --no-browser --channels
+clean,telephone`` held-out clean 111 -> 111/144, telephone 86 -> 86/144, own 95 -> 95/96 and 88 ->
+88/96, out-of-domain speech taken for a domain phrase 4/100 -> the same 4. CPU of one
+``recognize``: the 24 padded domain sentences in alloy 69.0 -> 49.3 ms, the 5 recordings (1.9 s)
+90.2 -> 73.0 ms (``hello there`` can miss the gate, at -25.7), a turn as ``replay`` hands it over
+(a recording up to 150 ms after its speech, 1.4 s; best of 5) 69 -> 44 ms. Over every fourth of
+``stt_channels``' clean and telephone utterances, fallbacks included, the CPU real-time factor
+stayed 0.154 -> 0.156: doubtful utterances (most held-out ones) pay the first pass on top.
+
+Tried and left out (same script, same day, with the baseline above):
+
+- cutting every decode's input to its speech (250 ms before the first 10 ms frame 10 dB over the
+  utterance's quiet frames to 300 ms after the last): domain decode CPU 70.6 -> 55.5 ms per
+  in-domain utterance (1.5 s, padded with 0.8 s), in domain 237/240, held-out clean 113, telephone
+  86, own 95 and 89: no loss there, but out-of-domain speech taken for a domain sentence rose, 8 ->
+  10/200 (coral's "okay" and "music", marin's "what is the capital of france") and
+  ``stt_channels``' 4 -> 7/100. The model's ``feat.params`` say ``-cmn batch``: the cepstral mean is
+  the whole utterance's, so cutting silence moves every frame's features, and these came out more
+  confident. A tighter cut (200/250 ms, 15 dB) also lost an in-domain sentence (236/240). A turn
+  from the server holds ~450 ms of it anyway (300 ms of prefix padding, 150 ms after the speech);
+- the same cut for the general model's decode only: its CPU 936 -> 690 ms per decode on 29
+  out-of-domain utterances (every seventh of ``speech_engines``' 200) with the same word error rate
+  there, but over all of them (with the first pass) the word error rate went 32 -> 33 %, and the
+  general model alone got 121 of the 240 in-domain utterances exact against 126;
+- a flat-lexicon pass alone (``fwdtree`` off): 15 % less CPU, but held-out clean 101/144 and
+  telephone 76/144;
+- for the general model (CPU per decode on the 29 utterances, exact, word error rate; as it is:
+  936 ms, 13/29, 29.9 %): ``fwdflat`` off 643 ms, 14/29, 31.9 %; ``maxhmmpf`` 3000 453 ms, 12/29,
+  33.3 %; ``maxhmmpf`` 5000 525 ms, 13/29, 32.6 % (with the cut above, over all 200: 675 against
+  860 ms, 78 against 83 exact, 34.9 % against 33.3 %); narrower beams (``beam`` and ``pbeam``
+  1e-40, ``wbeam`` 1e-30) 426 ms, 46.5 %; ``fwdflatsfwin`` 5 with ``fwdflatefwid`` 2 682 ms, 33.3 %;
+  ``pl_window`` 0 1390 ms (the lookahead pays for itself with 135,000 words); ``maxwpf`` 10 no
+  change. Each cheaper setting lost words.
 """
 
 from __future__ import annotations
@@ -399,9 +448,6 @@ class _GeneralModel:
         self._decoder: pocketsphinx.Decoder | None = None
 
     def transcribe16k(self, pcm16k: np.ndarray) -> str:
-        """The words in ``pcm16k`` (conditioned), decoded over its :func:`frontend.speech_span` only
-        (see the module doc's "Speed")."""
-        pcm16k = pcm16k[frontend.speech_span(pcm16k)]
         with self._lock:
             if self._decoder is None:
                 logger.info("loading the general pocketsphinx model")
