@@ -246,6 +246,55 @@ of the 53, not measured further.
 
 Outside pocketsphinx, per utterance: the front end 1.5-1.9 ms (above), the n-best near-miss
 check and the confidence ~0.1 ms together.
+
+A first pass
+------------
+On 2026-12-07 (issue 16: ``replay --speed 0`` is bounded by the domain decode of each turn), each
+utterance is first decoded by a domain decoder without the flat-lexicon pass (``fwdflat`` off:
+~35 % less CPU, see above); when that result is one of the sentences at a confidence of at least
+:data:`FIRST_PASS_CONFIDENCE` (-25), it is taken as it is. Otherwise the full domain decode runs,
+with everything after it as before. ``fwdflat`` off alone lost held-out phrases (the table above);
+gated, only confident results are taken, where both passes agree. The backend's own voices are
+confident (median -18), so most of their utterances cost the first pass alone; a doubtful one pays
+it on top of the rest (about a third more).
+
+Measured first by a throwaway script as above (2 cores shared with other work, load average 4-10:
+CPU figures rough, counts exact; its baseline row gave exactly the benchmarks' figures), then with
+the benchmarks, before -> after on the same day and machine: ``speech_engines.py --accuracy`` in
+domain 237/240 -> 237/240 (the same three misses), out of domain 8/200 kept -> the same 8, final
+out-of-domain transcripts 84/200 exact both; ``stt_channels.py --no-pulse --no-browser --channels
+clean,telephone`` held-out clean 111 -> 111/144, telephone 86 -> 86/144, own 95 -> 95/96 and 88 ->
+88/96, out-of-domain speech taken for a domain phrase 4/100 -> the same 4. CPU of one
+``recognize``: the 24 padded domain sentences in alloy 69.0 -> 49.3 ms, the 5 recordings (1.9 s)
+90.2 -> 73.0 ms (``hello there`` can miss the gate, at -25.7), a turn as ``replay`` hands it over
+(a recording up to 150 ms after its speech, 1.4 s; best of 5) 69 -> 44 ms. Over every fourth of
+``stt_channels``' clean and telephone utterances, fallbacks included, the CPU real-time factor
+stayed 0.154 -> 0.156: doubtful utterances (most held-out ones) pay the first pass on top.
+
+Tried and left out (same script, same day, with the baseline above):
+
+- cutting every decode's input to its speech (250 ms before the first 10 ms frame 10 dB over the
+  utterance's quiet frames to 300 ms after the last): domain decode CPU 70.6 -> 55.5 ms per
+  in-domain utterance (1.5 s, padded with 0.8 s), in domain 237/240, held-out clean 113, telephone
+  86, own 95 and 89: no loss there, but out-of-domain speech taken for a domain sentence rose, 8 ->
+  10/200 (coral's "okay" and "music", marin's "what is the capital of france") and
+  ``stt_channels``' 4 -> 7/100. The model's ``feat.params`` say ``-cmn batch``: the cepstral mean is
+  the whole utterance's, so cutting silence moves every frame's features, and these came out more
+  confident. A tighter cut (200/250 ms, 15 dB) also lost an in-domain sentence (236/240). A turn
+  from the server holds ~450 ms of it anyway (300 ms of prefix padding, 150 ms after the speech);
+- the same cut for the general model's decode only: its CPU 936 -> 690 ms per decode on 29
+  out-of-domain utterances (every seventh of ``speech_engines``' 200) with the same word error rate
+  there, but over all of them (with the first pass) the word error rate went 32 -> 33 %, and the
+  general model alone got 121 of the 240 in-domain utterances exact against 126;
+- a flat-lexicon pass alone (``fwdtree`` off): 15 % less CPU, but held-out clean 101/144 and
+  telephone 76/144;
+- for the general model (CPU per decode on the 29 utterances, exact, word error rate; as it is:
+  936 ms, 13/29, 29.9 %): ``fwdflat`` off 643 ms, 14/29, 31.9 %; ``maxhmmpf`` 3000 453 ms, 12/29,
+  33.3 %; ``maxhmmpf`` 5000 525 ms, 13/29, 32.6 % (with the cut above, over all 200: 675 against
+  860 ms, 78 against 83 exact, 34.9 % against 33.3 %); narrower beams (``beam`` and ``pbeam``
+  1e-40, ``wbeam`` 1e-30) 426 ms, 46.5 %; ``fwdflatsfwin`` 5 with ``fwdflatefwid`` 2 682 ms, 33.3 %;
+  ``pl_window`` 0 1390 ms (the lookahead pays for itself with 135,000 words); ``maxwpf`` 10 no
+  change. Each cheaper setting lost words.
 """
 
 from __future__ import annotations
@@ -275,6 +324,7 @@ from voicerelay.backend import frontend, phrases
 
 __all__ = [
     "FALLBACK_CONFIDENCE",
+    "FIRST_PASS_CONFIDENCE",
     "INPUT_RATE",
     "NEAR_CONFIDENCE",
     "NEAR_MARGIN",
@@ -298,6 +348,9 @@ _DECODER_RATE = frontend.DECODER_RATE
 SECOND_OPINION_WARPS: tuple[float, ...] = (0.8, 0.88, 1.12, 1.2)
 #: Domain decodes whose confidence is below this go to the general model (see module doc).
 FALLBACK_CONFIDENCE = -35.0
+#: A first, cheaper domain decode (no flat-lexicon pass) is taken as it is when it is one of the sentences at
+#: a confidence of at least this; otherwise the full domain decode runs (see the module doc's "Speed").
+FIRST_PASS_CONFIDENCE = -25.0
 #: A near miss (see module doc) is taken for its sentence when the best path's confidence is at least this...
 NEAR_CONFIDENCE = -45.0
 #: ...and the sentence's path scores at most this much (log base 1.0001, per 10 ms frame) below the best.
@@ -510,11 +563,13 @@ class Recognizer:
         model.write(arpa)
         self._arpa = arpa.getvalue()
         self._idle: list[pocketsphinx.Decoder] = [self._new_decoder()]
+        #: First-pass decoders: the domain model without the flat-lexicon pass (see the module doc's "Speed").
+        self._idle_first: list[pocketsphinx.Decoder] = [self._new_decoder(flat_pass=False)]
         #: Sets of warped decoders, one per :data:`SECOND_OPINION_WARPS`, built when first needed.
         self._idle_warped: list[tuple[pocketsphinx.Decoder, ...]] = []
         self._pool_lock = threading.Lock()
 
-    def _new_decoder(self) -> pocketsphinx.Decoder:
+    def _new_decoder(self, flat_pass: bool = True) -> pocketsphinx.Decoder:
         workdir = tempfile.mkdtemp(prefix="voicerelay-stt-")
         try:
             lm_path = os.path.join(workdir, "domain.arpa")
@@ -533,6 +588,7 @@ class Recognizer:
                 fwdflatlw=_LANGUAGE_WEIGHT,
                 bestpathlw=_LANGUAGE_WEIGHT,
                 pl_window=_PHONE_LOOKAHEAD_WINDOW,
+                fwdflat=flat_pass,
                 loglevel="FATAL",
             )
         finally:
@@ -576,6 +632,13 @@ class Recognizer:
                     best = (text, confidence)
             return best
 
+    def _first_pass(self, pcm16k: np.ndarray) -> tuple[str, float] | None:
+        """The first-pass decode (no flat-lexicon pass) when it is one of the sentences at a confidence of
+        at least :data:`FIRST_PASS_CONFIDENCE`; None otherwise."""
+        with self._borrowed(self._idle_first, lambda: self._new_decoder(flat_pass=False)) as decoder:
+            text, confidence = _decode(decoder, pcm16k)
+        return (text, confidence) if text in self._sentence_set and confidence >= FIRST_PASS_CONFIDENCE else None
+
     def _decode_domain(self, pcm16k: np.ndarray) -> tuple[str, float, str | None]:
         """(text, confidence, a near sentence): the best path, and when it is not one of the
         sentences, the first sentence among the decoder's n-best that scores nearly as well."""
@@ -602,6 +665,8 @@ class Recognizer:
         pcm16k = _to_decoder_rate(pcm24)
         if pcm16k.size < _DECODER_RATE // _FRAMES_PER_SECOND:
             return Transcription("", "none", -math.inf)
+        if (first := self._first_pass(pcm16k)) is not None:
+            return Transcription(first[0], "domain", first[1])
         text, confidence, near = self._decode_domain(pcm16k)
         if text in self._sentence_set and confidence >= FALLBACK_CONFIDENCE:
             return Transcription(text, "domain", confidence)
@@ -622,7 +687,9 @@ class Recognizer:
         """Decode ``pcm24`` (a moment of silence) with the domain model only: what a first
         :meth:`transcribe` sets up, done now, without loading the general model, which a
         transcription of silence would (no words: it falls back)."""
-        self._decode_domain(_to_decoder_rate(pcm24))
+        pcm16k = _to_decoder_rate(pcm24)
+        self._first_pass(pcm16k)
+        self._decode_domain(pcm16k)
 
 
 _cache: OrderedDict[frozenset[str], Recognizer] = OrderedDict()
