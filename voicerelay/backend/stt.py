@@ -167,8 +167,9 @@ What choosing differently among these decodes cannot do
 --------------------------------------------------------
 Issue 16 asks for 95 % of the right intents in voices the recogniser was not tuned on. Choosing
 among what the decoders above already hear gets nowhere near it, so the rules above stay as they
-are (2026-12-07, with the plain model, before the adaptation above: it is what moved the figures). Measured by replaying decision rules offline, in a throwaway script, over one
-dump of decodes: the tuning set above and eight other espeak-ng voices that are neither held out
+are (2026-12-07, with the plain model, before the adaptation above: it is what moved the figures).
+Measured by replaying decision rules offline, in a throwaway script, over one dump of decodes: the
+tuning set above and eight other espeak-ng voices that are neither held out
 nor backend voices (``en-gb+Alex``, ``en-us+Alicia``, ``en-gb-x-rp+f1``, ``en-us+Denis``,
 ``en+john``, ``en-us+linda``, ``en-029+m3``, ``en-gb-scotland+m2``, 150-180 words per minute,
 pitch 40-60), each x 24 sentences, clean and through the telephone line; the ten own voices the
