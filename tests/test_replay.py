@@ -278,10 +278,12 @@ async def test_a_quiet_file_with_a_manual_commit_finishes_when_answered(backend:
     from voicerelay.protocol.config import RealtimeConfig
 
     started = time.monotonic()
-    code, out, err = await run_replay(_noise_wav(tmp_path), backend, timeout=20.0,
+    code, out, err = await run_replay(_noise_wav(tmp_path), backend, timeout=60.0,
                                       config=RealtimeConfig(turn_detection_mode="disabled"))
-    assert code == 0, err
-    assert time.monotonic() - started < 8  # not the --timeout: the (empty) transcript and the response came
+    assert code == 0, err  # (a --timeout that expired is exit 1)
+    # and not by waiting for the --timeout: the (empty) transcript and the response came (the run takes
+    # ~7 s on a quiet machine, the file's length; 8.9 s was seen under load, so the margin is wide)
+    assert time.monotonic() - started < 30
     # nothing was heard, so nothing is said (as on OpenAI, no "Sorry..." reply), and the turn still ends
     assert "turn 1: completed, no audio" in out and "assistant  " not in out
 
