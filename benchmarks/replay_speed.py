@@ -49,6 +49,12 @@ lookahead; about 21x when the issue was filed), recognition 82 % of the wall tim
 turn, one utterance at a time); through the command line 24.8x; 8 files ``--jobs 1`` 3.18 s,
 ``--jobs 2`` 2.20 s (1.45x faster, 50x real time together). The target is not met for one file:
 its turns are answered one after another, so recognition's ~57 ms a turn bounds it.
+
+Again on 2026-12-07, same command, quiet (load 0.8), after recognition's cheaper first pass and the
+acoustic model adapted to espeak-ng (``stt.py``): one file, warm, p50 45.6x (best 47.2x),
+recognition 65 % of the wall time (44 ms a turn); through the command line 21.7x; 8 files
+``--jobs 1`` 3.60 s, ``--jobs 2`` 3.16 s (1.14x). Still short of 50x for one file; the 8-file
+figures moved the wrong way against the day before and were not looked into.
 """
 
 from __future__ import annotations
