@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from voicerelay.backend import responder, stt
@@ -22,6 +24,7 @@ CASES = [
 
 def test_the_adapted_parameters_ship_with_the_package() -> None:
     assert set(stt.ADAPTED_PARAMETERS) == {"mean", "var", "tmat", "sendump"}
+    assert all(os.path.getsize(path) > 0 for path in stt.ADAPTED_PARAMETERS.values())
 
 
 @pytest.mark.parametrize(("voice", "words_per_minute", "pitch", "text", "channel"), CASES)

@@ -459,12 +459,12 @@ _GENERAL_DICT = os.path.join(_MODEL_DIR, "cmudict-en-us.dict")
 
 #: The en-us model's parameters MAP-adapted to espeak-ng speech (module doc, "Adapted to espeak-ng"),
 #: made by ``tools/adapt_acoustic_model.py``: the domain decoders read these files in place of the
-#: model's own (its mdef, feat.params and noisedict stay). Empty: the plain model.
+#: model's own (its mdef, feat.params and noisedict stay). All four or none (empty: the plain model);
+#: they ship as package data.
 _ADAPTED_DIR = os.path.join(os.path.dirname(__file__), "acoustic_espeak")
 ADAPTED_PARAMETERS: dict[str, str] = {
     option: os.path.join(_ADAPTED_DIR, name)
     for option, name in (("mean", "means"), ("var", "variances"), ("tmat", "transition_matrices"), ("sendump", "sendump"))
-    if os.path.exists(os.path.join(_ADAPTED_DIR, name))
 }
 
 _RECOGNIZER_CACHE_SIZE = 8
