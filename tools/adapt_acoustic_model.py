@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pocketsphinx
+from stt_channels import LEAD_S, RATE, SNR_DB, TRAIL_S
 
 from tests import channels
 from voicerelay.backend import frontend, phrases
@@ -88,12 +89,13 @@ def voices() -> list[tuple[str, str, int, int]]:
 def _render(job: tuple[int, str, str, int, int, str, str, str]) -> str:
     index, _label, voice, wpm, pitch, text, channel, wavdir = job
     pcm = Synthesizer(voice, wpm, pitch).synthesize(text)
-    pad = lambda s: np.zeros(int(24_000 * s), dtype=np.int16)
-    pcm = add_noise(np.concatenate([pad(0.3), pcm, pad(0.5)]), 35.0, seed=index)
+    pad = lambda s: np.zeros(int(RATE * s), dtype=np.int16)
+    pcm = add_noise(np.concatenate([pad(LEAD_S), pcm, pad(TRAIL_S)]), SNR_DB, seed=index)  # as the benchmark does
     if channel == "telephone":
         pcm = channels.telephone(pcm)
     fileid = f"u{index:05d}"
-    soundfile.write(os.path.join(wavdir, fileid + ".wav"), frontend.condition(pcm), 16_000, subtype="PCM_16")
+    soundfile.write(os.path.join(wavdir, fileid + ".wav"), frontend.condition(pcm), frontend.DECODER_RATE,
+                   subtype="PCM_16")
     return f"<s> {text} </s> ({fileid})"
 
 
@@ -150,7 +152,7 @@ def train(work: Path, out: Path, mllr: bool) -> None:
     shutil.copytree(MODEL, model)
     run("pocketsphinx_mdef_convert", "-text", model / "mdef", model / "mdef.txt", cwd=work)
     sendump_to_mixture_weights(model / "sendump", model / "mixture_weights")
-    run("sphinx_fe", "-argfile", model / "feat.params", "-samprate", "16000", "-c", work / "adapt.fileids",
+    run("sphinx_fe", "-argfile", model / "feat.params", "-samprate", str(frontend.DECODER_RATE), "-c", work / "adapt.fileids",
         "-di", work / "wav", "-do", work / "mfc", "-ei", "wav", "-eo", "mfc", "-mswav", "yes", cwd=work)
     accum = work / "accum"
     accum.mkdir(exist_ok=True)
