@@ -62,11 +62,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -103,12 +105,15 @@ from voicerelay.upstream import UpstreamSpec  # noqa: E402
 RATE = 24_000
 FRAME_SAMPLES = RATE // 50  # 20 ms
 TARGET_SPEED = 50.0
+#: Other work busier than this (cores, median over the many-file commands) and the --jobs
+#: comparison is flagged as not a quiet machine's.
+QUIET_CORES = 0.3
 
 
 # ------------------------------------------------------------------------------------ audio
 
 
-from common import read_recording, room_noise  # noqa: E402
+from common import foreign_cores, machine_ticks, read_recording, room_noise  # noqa: E402
 
 
 def long_input(path: Path, repeat: int) -> tuple[float, list[str]]:
@@ -289,33 +294,58 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def cli_replay(paths: list[Path], report: Path, jobs: int | None = None) -> tuple[float, int, str]:
-    """``python -m voicerelay replay PATHS --speed 0 --json REPORT [--jobs N]``: (wall s, exit code, stderr)."""
+def compile_bytecode() -> None:
+    """Write voicerelay's bytecode before the command-line runs, as pip does when it installs the
+    package: with PYTHONDONTWRITEBYTECODE set (as on this project's machines) nothing writes it,
+    and every new process, each ``--jobs`` worker too, compiled all of voicerelay's sources again
+    (~85 ms of CPU a process)."""
+    import compileall
+
+    compileall.compile_dir(ROOT / "voicerelay", quiet=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CliRun:
+    wall: float
+    code: int
+    stderr: str
+    cpu: float  # the command's CPU seconds, its worker processes included
+    others: float  # cores busy with other work meanwhile (the machine's busy time less ours)
+
+
+def cli_replay(paths: list[Path], report: Path, jobs: int | None = None) -> CliRun:
+    """``python -m voicerelay replay PATHS --speed 0 --json REPORT [--jobs N]``, timed."""
     command = [sys.executable, "-m", "voicerelay", "replay", *map(str, paths), "--speed", "0", "--json", str(report)]
     if jobs is not None:
         command += ["--jobs", str(jobs)]
+    before, machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     started = time.monotonic()
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=cli_env())
-    return time.monotonic() - started, result.returncode, result.stderr
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # (the command and its workers, all waited for)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return CliRun(wall, result.returncode, result.stderr, cpu, foreign_cores(cpu / wall, machine, machine_ticks()))
 
 
 def cli_one_file(path: Path, seconds: float, said: list[str], workdir: Path, runs: int) -> None:
     print(f"\n== one file through the command line (a new process each time: Python and the imports "
           f"included), {runs} runs ==")
-    walls = []
+    walls, cpus = [], []
     for run in range(1, runs + 1):
         report = workdir / f"cli{run}.json"
-        wall, code, stderr = cli_replay([path], report)
-        problem = f"exit code {code}: {stderr.strip()[:200]}" if code else ""
+        done = cli_replay([path], report)
+        problem = f"exit code {done.code}: {done.stderr.strip()[:200]}" if done.code else ""
         if not problem:
             data = json.loads(report.read_text())
             problem = check(data["turns"], [t["user"] for t in data["turns"]], said)
-        print(f"{run:>4} {wall:>6.2f}s {seconds / wall:>6.1f}x  " + (f"WRONG: {problem}" if problem else "right"))
+        print(f"{run:>4} {done.wall:>6.2f}s {seconds / done.wall:>6.1f}x  CPU {done.cpu:.2f}s  other work "
+              f"{done.others:.1f} cores  " + (f"WRONG: {problem}" if problem else "right"))
         if not problem:
-            walls.append(wall)
+            walls.append(done.wall)
+            cpus.append(done.cpu)
     if walls:
         print(f"  right runs: {len(walls)}/{runs}, p50 {statistics.median(walls):.2f} s = "
-              f"{seconds / statistics.median(walls):.1f}x real time")
+              f"{seconds / statistics.median(walls):.1f}x real time (CPU p50 {statistics.median(cpus):.2f} s)")
 
 
 def many_files(workdir: Path, count: int, rounds: int, settings: list[int]) -> None:
@@ -336,29 +366,38 @@ def many_files(workdir: Path, count: int, rounds: int, settings: list[int]) -> N
           f"{sum(map(len, expected))} utterances in all; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}) ==")
     walls: dict[int, list[float]] = {n: [] for n in settings}
+    cpus: dict[int, list[float]] = {n: [] for n in settings}
+    others: list[float] = []
     for round_ in range(1, rounds + 1):
         for jobs in (settings if round_ % 2 else settings[::-1]):  # who goes first alternates
             report = workdir / f"many{jobs}.json"
-            wall, code, stderr = cli_replay(paths, report, jobs or None)
-            problem = f"exit code {code}: {stderr.strip()[:200]}" if code else ""
+            done = cli_replay(paths, report, jobs or None)
+            wall = done.wall
+            problem = f"exit code {done.code}: {done.stderr.strip()[:200]}" if done.code else ""
             if not problem:
                 files = json.loads(report.read_text())["files"]
                 problems = [f"{path.name}: {p}" for path, data, said in zip(paths, files, expected)
                             if (p := check(data["turns"], [t["user"] for t in data["turns"]], said))]
                 problem = "; ".join(problems) if len(files) == count else f"{len(files)} reports for {count} files"
             print(f"  round {round_} {'--jobs ' + str(jobs) if jobs else 'no --jobs'}: {wall:6.2f} s  "
-                  f"{seconds / wall:5.1f}x  "
+                  f"{seconds / wall:5.1f}x  CPU {done.cpu:5.2f} s  other work {done.others:.1f} cores  "
                   + (f"WRONG: {problem}" if problem else f"right ({count} files, every utterance answered)"))
+            others.append(done.others)
             if not problem:
                 walls[jobs].append(wall)
+                cpus[jobs].append(done.cpu)
     for jobs, right in walls.items():
         if right:
             print(f"  {'--jobs ' + str(jobs) if jobs else 'no --jobs'}: median of {len(right)} right runs "
-                  f"{statistics.median(right):.2f} s")
+                  f"{statistics.median(right):.2f} s, CPU {statistics.median(cpus[jobs]):.2f} s")
     if walls.get(1) and walls.get(2):
         one, two = statistics.median(walls[1]), statistics.median(walls[2])
         print(f"  median of the right runs: --jobs 1 {one:.2f} s, --jobs 2 {two:.2f} s: {one / two:.2f}x faster "
               f"(load average now {os.getloadavg()[0]:.1f})")
+        busy = statistics.median(others)
+        if busy >= QUIET_CORES:
+            print(f"  NOT a quiet machine's figure: other work kept {busy:.1f} of {os.cpu_count()} cores busy "
+                  "(median over the commands); --jobs 2 needs the second core, so it gains less, or nothing")
 
 
 # ------------------------------------------------------------------------------------ relay overhead
@@ -483,6 +522,8 @@ async def main_async(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         path = workdir / "long_input.wav"
         seconds, said = long_input(path, args.repeat)
+        if args.runs > 0 or args.files > 0:
+            compile_bytecode()
         if args.runs > 0:
             await replay_runs(path, seconds, said, args.runs, workdir)
             await asyncio.to_thread(cli_one_file, path, seconds, said, workdir, min(args.runs, 3))
