@@ -55,6 +55,63 @@ acoustic model adapted to espeak-ng (``stt.py``): one file, warm, p50 45.6x (bes
 recognition 65 % of the wall time (44 ms a turn); through the command line 21.7x; 8 files
 ``--jobs 1`` 3.60 s, ``--jobs 2`` 3.16 s (1.14x). Still short of 50x for one file; the 8-file
 figures moved the wrong way against the day before and were not looked into.
+
+Where the time went, and what was done about it (2026-12-07, 2 cores with 1-1.6 of them busy with
+other work throughout, so CPU time and profiles decided, not wall time). py-spy over 20 warm
+in-process replays of the one-file input: recognition (``stt.py``, its front end included) was 62 %
+of the busy CPU samples; of the rest, the two speech detectors 24 % (the replay's own, fed 20 ms at a
+time, 18 %: a soxr call, numpy and webrtcvad per frame), the relay's client side 15 %, synthesis 10 %,
+printing (rich) 7 %, reading the WAV 6 %, the backend's handling of appends and replies most of the
+remainder. Per warm run, in each thread's CPU time: recognition 390-410 ms, synthesis 30-34 ms,
+the engines' warm-up 7-10 ms, everything else ~140 ms. Changes, each A/B'd in one process (12 warm
+runs each, interleaved, CPU min / median):
+
+- ``replay --speed 0`` reads the input and asks its detector 80 ms at a time (``replay.PIECE_MS``):
+  534 / 627 -> 495 / 577 ms;
+- the embedded backend's speech cache is one per process (``engines._SpeechCache``): every file of
+  a many-file replay (one backend per file) and every warm run here found the replies said before
+  instead of synthesising them again, 617 -> 576 ms median; a single command-line run does not
+  gain from it;
+- espeak-ng's private data directory is built once and kept in the user's cache (``tts.py``), not
+  built (~230 files: 15-55 ms of CPU, up to 0.2 s of a busy disk) and removed at exit (~50 ms) by
+  every process, each ``--jobs`` worker included;
+- this benchmark writes voicerelay's bytecode before the command-line runs, as pip does at install:
+  with PYTHONDONTWRITEBYTECODE set, as on this project's machines, every process compiled all of
+  voicerelay's sources again (~85 ms of CPU; each ``--jobs`` worker too).
+
+After them, recognition is 74-77 % of the busy samples, and what remains outside it is spread thin
+(the detectors' resampling and webrtcvad ~25 % of it, base64, JSON, websockets, rich).
+
+Why ``--jobs 2`` gained so little on 2026-12-07: the machine, not the code. The code of the
+2026-12-06 figures (5d22d56) and of 2026-12-07 (7b8d073), run alternately under the same load,
+one file / 8 files ``--jobs 1`` / ``--jobs 2``, median CPU: 1.63 / 4.42 / 5.54 s against 1.35 / 3.12 /
+3.90 s, ``--jobs 2`` costing 0.8-1.1 s of CPU more than ``--jobs 1`` in both. ``--jobs 1`` got
+slower that day (3.18 -> 3.60 s) although recognition had become ~13 ms a turn cheaper (~0.5 s less
+work over 40 turns): something else was running, and ``--jobs 2`` needs the second core, so it lost
+most. The command-line rows now print their CPU time and how many cores other work kept busy
+meanwhile, and a ``--jobs`` comparison made with more than ``QUIET_CORES`` of them busy says it is
+not a quiet machine's figure (with 1.3-1.6 busy, ``--jobs 2`` ran 0.7x as fast as ``--jobs 1``).
+What ``--jobs 2`` costs more is its workers' start: each is a new Python process that imports replay
+and the backend and loads the engines (~0.3 s of CPU each beyond the parent's). Forking the workers
+from the parent, which has imported all that already, cut ``--jobs 2``'s CPU from 3.76 to 3.31 s
+(``--jobs 1`` 2.77-2.93 s) in a trial; not kept: the parent runs an event loop and may run threads
+by then (``workers.py`` spawns for that reason), and a forkserver would keep a process alive beside
+the parent (the tests count a run's leftover processes) and change who a worker's parent is (its
+orphan watch).
+
+Tried or weighed and not kept:
+
+- reply audio in 1 s deltas instead of 100 ms at pace 0 (a tenth of the events on both sides):
+  CPU min 498 -> 501 ms, median 620 -> 621 ms, nothing: the per-event work is not where the time
+  goes;
+- a cheaper resampler for the speech detectors (soxr's quick quality resamples in about half the
+  time): it moves the turn boundaries, so the audio the recogniser hears, by a frame now and then;
+- no engines warm-up for a replay in a process that has loaded them (7-10 ms a run): the warm-up's
+  silence is part of what the pooled decoders heard before a replay, which their words depend on
+  (``stt.py``, "What a decoder heard before");
+- the command line's start: typer (0.29) coerces every option through a pydantic ``TypeAdapter``
+  (typer, pydantic and its plugin loader, ~0.1 s of each command's start), numpy ~50-70 ms, the
+  package's own modules' dataclasses ~20 ms; nothing of it is replay's own work.
 """
 
 from __future__ import annotations
