@@ -22,7 +22,10 @@ the input's sentences, in order; the summaries count the right runs only, and sa
    ``session.update`` answered), streaming (ready -> last audio sent, the closing silence
    included), settle (last audio -> replies and transcripts settled) and close. "STT" is the
    wall time the backend spent in ``Engines.transcribe``/``transcribe_async`` during the run (the
-   methods are wrapped to add it up). "from ready" is the speed without the start-up. Then the same input once through the command line
+   methods are wrapped to add it up). "from ready" is the speed without the start-up. "others" is
+   how many cores other work kept busy meanwhile (the machine's busy time less this process's):
+   the summary gives the warm runs' CPU, and their speed over the runs during which other work
+   kept under ``QUIET_CORES`` busy, or says that none did. Then the same input once through the command line
    (``python -m voicerelay replay FILE --speed 0``, a new process): what a user waits for,
    Python's start and the imports included.
 2. Many files (``--files N``, 0 skips it): N WAVs, each the five recordings once in a rotated
@@ -285,23 +288,26 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
     print(f"== one file, replay --speed 0, embedded backend in process: {seconds:.1f} s of audio, "
           f"{len(said)} utterances ==")
     print(f"{'run':>4} {'wall':>7} {'speed':>7} {'CPU':>6} {'start-up':>9} {'streaming':>10} {'settle':>7} "
-          f"{'close':>6} {'STT':>6}  {'from ready':>10}  right?")
+          f"{'close':>6} {'STT':>6}  {'from ready':>10} {'others':>6}  right?")
     voicerelay.replay.Relay = TimedRelay  # type: ignore[misc]  # this process only: see the module doc
     SttClock.install()
     totals: list[float] = []
     from_ready: list[float] = []
     streaming: list[float] = []
+    quiet: list[tuple[float, float]] = []  # (wall, CPU) of the warm runs while other work stayed under QUIET_CORES
+    cpus: list[float] = []
     wrong = 0
     for run in range(1, runs + 1):
         report = workdir / f"report{run}.json"
         options = ReplayOptions(path=path, speed=0, backend=None, json_path=str(report), progress=False)
         out, err = io.StringIO(), io.StringIO()
         stt_before = SttClock.seconds
-        cpu = time.process_time()
+        cpu, machine = time.process_time(), machine_ticks()
         started = time.monotonic()
         code = await replay(options, Console(file=out, width=200), Console(file=err, width=200))
         ended = time.monotonic()
         cpu = time.process_time() - cpu
+        others = foreign_cores(cpu / (ended - started), machine, machine_ticks())
         relay = TimedRelay.last
         if code != 0 or relay is None or None in (relay.ready_at, relay.last_frame_at, relay.stopped_at):
             print(f"{run:>4} replay failed (exit code {code}): {err.getvalue().strip()[:300]}")
@@ -313,7 +319,7 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         print(f"{run:>4} {wall:>6.2f}s {seconds / wall:>6.1f}x {cpu:>5.2f}s {relay.ready_at - started:>8.2f}s "
               f"{relay.last_frame_at - relay.ready_at:>9.2f}s {relay.stopped_at - relay.last_frame_at:>6.2f}s "
               f"{ended - relay.stopped_at:>5.2f}s {SttClock.seconds - stt_before:>5.2f}s  "
-              f"{seconds / (ended - relay.ready_at):>9.1f}x  "
+              f"{seconds / (ended - relay.ready_at):>9.1f}x {others:>6.1f}  "
               + (f"WRONG: {problem}" if problem else f"right ({len(said)}/{len(said)} answered, transcripts as said)")
               + ("  [cold]" if run == 1 else ""))
         if problem:
@@ -323,6 +329,9 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         streaming.append(relay.last_frame_at - relay.ready_at)
         if run > 1:
             from_ready.append(ended - relay.ready_at)
+            cpus.append(cpu)
+            if others < QUIET_CORES:
+                quiet.append((wall, cpu))
     print(f"{runs - wrong} of {runs} runs right" + (" (only those count below)" if wrong else ""))
     if not totals:
         return
@@ -334,6 +343,17 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         print(f"  warm runs only (engines already loaded):    p50 {statistics.median(warm):.1f}x  "
               f"best {max(warm):.1f}x   target >= {TARGET_SPEED:.0f}x: "
               f"{'meets target' if statistics.median(warm) >= TARGET_SPEED else 'MISSES target'}")
+    if cpus:
+        print(f"  warm runs' CPU (this process, all threads):  p50 {statistics.median(cpus):.2f} s  "
+              f"min {min(cpus):.2f} s")
+    if quiet:
+        fast = [seconds / wall for wall, _ in quiet]
+        print(f"  warm runs while other work kept under {QUIET_CORES} cores busy ({len(quiet)} of {len(cpus)}): "
+              f"p50 {statistics.median(fast):.1f}x  best {max(fast):.1f}x  (CPU p50 "
+              f"{statistics.median(cpu for _, cpu in quiet):.2f} s)")
+    elif cpus:
+        print(f"  no warm run had the machine otherwise quiet (other work under {QUIET_CORES} cores): "
+              "the wall figures above are a busy machine's")
     if from_ready:
         fast = [seconds / t for t in from_ready]
         print(f"  warm runs, from relay ready (no start-up):  p50 {statistics.median(fast):.1f}x  "
