@@ -83,7 +83,16 @@ runs each, interleaved, CPU min / median):
   voicerelay's sources again (~85 ms of CPU; each ``--jobs`` worker too).
 
 After them, recognition is 74-77 % of the busy samples, and what remains outside it is spread thin
-(the detectors' resampling and webrtcvad ~25 % of it, base64, JSON, websockets, rich).
+(the detectors' resampling and webrtcvad ~25 % of it, base64, JSON, websockets, rich). The code
+before (7b8d073) and after, alternately, six processes each of one cold and six warm replays, other
+work keeping 1.1-1.5 of the 2 cores busy (load average 6-9): warm CPU per replay, median of the
+processes' medians, 0.67 -> 0.49 s (lower in every pair), speed p50 29.2x -> 36.3x on that busy
+machine. This benchmark, same conditions: every run right; in the one stretch where the second core
+was mostly ours, three warm runs in a row at 53.9-55.9x (0.51-0.53 s, CPU 0.43-0.44 s, recognition
+0.39-0.42 s), and one more later at 56.1x; no such stretch for the code before. Through the command
+line, CPU p50 1.05-1.39 s against 1.17-1.47 s; 8 files ``--jobs 1`` CPU 2.71-3.24 s against
+2.82-3.47 s, ``--jobs 2`` 3.67-4.21 s against 4.15-4.66 s (their wall times, every one flagged as a
+busy machine's, say nothing about ``--jobs``).
 
 Why ``--jobs 2`` gained so little on 2026-12-07: the machine, not the code. The code of the
 2026-12-06 figures (5d22d56) and of 2026-12-07 (7b8d073), run alternately under the same load,
