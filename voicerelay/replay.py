@@ -1,8 +1,9 @@
 """``voicerelay replay``: push a WAV file or a recorded session through the pipeline.
 
-The input is streamed in 20 ms frames through a :class:`~voicerelay.conversation.Conversation`
-(reply audio goes to an :class:`~voicerelay.conversation.InstantPlayback`: the ``--out`` WAV, or
-nothing), paced at ``speed`` times real time. At speed 0 it goes as fast as the upstream takes
+The input is streamed in 20 ms frames (:data:`PIECE_MS` pieces at speed 0) through a
+:class:`~voicerelay.conversation.Conversation` (reply audio goes to an
+:class:`~voicerelay.conversation.InstantPlayback`: the ``--out`` WAV, or nothing), paced at
+``speed`` times real time. At speed 0 it goes as fast as the upstream takes
 it, one utterance at a time (:class:`_Utterances` finds where each ends; the next waits for its
 answer), in appends of up to :data:`BATCH_BYTES`. With server VAD, trailing silence closes the
 last turn; with turn detection disabled the relay commits. Then it waits for the replies (with a
