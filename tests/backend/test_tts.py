@@ -162,6 +162,16 @@ def test_engines_say_a_reply_again_with_the_same_samples_and_each_caller_gets_it
     assert np.array_equal(engines.synthesize(text, "coral"), Synthesizer().synthesize(text, "coral"))
 
 
+def test_a_reply_one_engines_said_is_not_synthesised_again_by_another() -> None:
+    """replay starts a backend, with engines of its own, per file; the replies repeat from file to file."""
+    from voicerelay.backend.engines import Engines
+
+    text = "Sorry, I did not catch that."
+    said = Engines(stt_processes=0).synthesize(text, "sage")
+    later = Engines(stt_processes=0)
+    assert np.array_equal(later.synthesize(text, "sage"), said)
+    assert later._tts is None  # its synthesizer was never needed
+
 def test_the_private_data_directory_is_built_once_and_kept(tmp_path, monkeypatch) -> None:
     """Every process used to build (and at exit remove) its own ~230 files; now the first one keeps it."""
     from voicerelay.backend import tts
