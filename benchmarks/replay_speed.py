@@ -109,7 +109,10 @@ from the parent, which has imported all that already, cut ``--jobs 2``'s CPU fro
 (``--jobs 1`` 2.77-2.93 s) in a trial; not kept: the parent runs an event loop and may run threads
 by then (``workers.py`` spawns for that reason), and a forkserver would keep a process alive beside
 the parent (the tests count a run's leftover processes) and change who a worker's parent is (its
-orphan watch).
+orphan watch). Another ~0.2 s of the critical path: the parent imports all of ``replay``'s
+modules (numpy, websockets, the relay: ~0.24 s of CPU) before it spawns the workers, which import
+them again; imported lazily there, the workers would start that much sooner (not done: the
+benchmark and tests reach ``voicerelay.replay.Relay`` and friends as module attributes).
 
 Tried or weighed and not kept:
 
