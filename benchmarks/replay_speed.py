@@ -22,7 +22,10 @@ the input's sentences, in order; the summaries count the right runs only, and sa
    ``session.update`` answered), streaming (ready -> last audio sent, the closing silence
    included), settle (last audio -> replies and transcripts settled) and close. "STT" is the
    wall time the backend spent in ``Engines.transcribe``/``transcribe_async`` during the run (the
-   methods are wrapped to add it up). "from ready" is the speed without the start-up. Then the same input once through the command line
+   methods are wrapped to add it up). "from ready" is the speed without the start-up. "others" is
+   how many cores other work kept busy meanwhile (the machine's busy time less this process's):
+   the summary gives the warm runs' CPU, and their speed over the runs during which other work
+   kept under ``QUIET_CORES`` busy, or says that none did. Then the same input once through the command line
    (``python -m voicerelay replay FILE --speed 0``, a new process): what a user waits for,
    Python's start and the imports included.
 2. Many files (``--files N``, 0 skips it): N WAVs, each the five recordings once in a rotated
@@ -55,6 +58,75 @@ acoustic model adapted to espeak-ng (``stt.py``): one file, warm, p50 45.6x (bes
 recognition 65 % of the wall time (44 ms a turn); through the command line 21.7x; 8 files
 ``--jobs 1`` 3.60 s, ``--jobs 2`` 3.16 s (1.14x). Still short of 50x for one file; the 8-file
 figures moved the wrong way against the day before and were not looked into.
+
+Where the time went, and what was done about it (2026-12-07, 2 cores with 1-1.6 of them busy with
+other work throughout, so CPU time and profiles decided, not wall time). py-spy over 20 warm
+in-process replays of the one-file input: recognition (``stt.py``, its front end included) was 62 %
+of the busy CPU samples; of the rest, the two speech detectors 24 % (the replay's own, fed 20 ms at a
+time, 18 %: a soxr call, numpy and webrtcvad per frame), the relay's client side 15 %, synthesis 10 %,
+printing (rich) 7 %, reading the WAV 6 %, the backend's handling of appends and replies most of the
+remainder. Per warm run, in each thread's CPU time: recognition 390-410 ms, synthesis 30-34 ms,
+the engines' warm-up 7-10 ms, everything else ~140 ms. Changes, each A/B'd in one process (12 warm
+runs each, interleaved, CPU min / median):
+
+- ``replay --speed 0`` reads the input and asks its detector 80 ms at a time (``replay.PIECE_MS``):
+  534 / 627 -> 495 / 577 ms;
+- the embedded backend's speech cache is one per process (``engines._SpeechCache``): every file of
+  a many-file replay (one backend per file) and every warm run here found the replies said before
+  instead of synthesising them again, 617 -> 576 ms median; a single command-line run does not
+  gain from it;
+- espeak-ng's private data directory is built once and kept in the user's cache (``tts.py``), not
+  built (~230 files: 15-55 ms of CPU, up to 0.2 s of a busy disk) and removed at exit (~50 ms) by
+  every process, each ``--jobs`` worker included;
+- this benchmark writes voicerelay's bytecode before the command-line runs, as pip does at install:
+  with PYTHONDONTWRITEBYTECODE set, as on this project's machines, every process compiled all of
+  voicerelay's sources again (~85 ms of CPU; each ``--jobs`` worker too).
+
+After them, recognition is 74-77 % of the busy samples, and what remains outside it is spread thin
+(the detectors' resampling and webrtcvad ~25 % of it, base64, JSON, websockets, rich). The code
+before (7b8d073) and after, alternately, six processes each of one cold and six warm replays, other
+work keeping 1.1-1.5 of the 2 cores busy (load average 6-9): warm CPU per replay, median of the
+processes' medians, 0.67 -> 0.49 s (lower in every pair), speed p50 29.2x -> 36.3x on that busy
+machine. This benchmark, same conditions: every run right; in the one stretch where the second core
+was mostly ours, three warm runs in a row at 53.9-55.9x (0.51-0.53 s, CPU 0.43-0.44 s, recognition
+0.39-0.42 s), and one more later at 56.1x; no such stretch for the code before. Through the command
+line, CPU p50 1.05-1.39 s against 1.17-1.47 s; 8 files ``--jobs 1`` CPU 2.71-3.24 s against
+2.82-3.47 s, ``--jobs 2`` 3.67-4.21 s against 4.15-4.66 s (their wall times, every one flagged as a
+busy machine's, say nothing about ``--jobs``).
+
+Why ``--jobs 2`` gained so little on 2026-12-07: the machine, not the code. The code of the
+2026-12-06 figures (5d22d56) and of 2026-12-07 (7b8d073), run alternately under the same load,
+one file / 8 files ``--jobs 1`` / ``--jobs 2``, median CPU: 1.63 / 4.42 / 5.54 s against 1.35 / 3.12 /
+3.90 s, ``--jobs 2`` costing 0.8-1.1 s of CPU more than ``--jobs 1`` in both. ``--jobs 1`` got
+slower that day (3.18 -> 3.60 s) although recognition had become ~13 ms a turn cheaper (~0.5 s less
+work over 40 turns): something else was running, and ``--jobs 2`` needs the second core, so it lost
+most. The command-line rows now print their CPU time and how many cores other work kept busy
+meanwhile, and a ``--jobs`` comparison made with more than ``QUIET_CORES`` of them busy says it is
+not a quiet machine's figure (with 1.3-1.6 busy, ``--jobs 2`` ran 0.7x as fast as ``--jobs 1``).
+What ``--jobs 2`` costs more is its workers' start: each is a new Python process that imports replay
+and the backend and loads the engines (~0.3 s of CPU each beyond the parent's). Forking the workers
+from the parent, which has imported all that already, cut ``--jobs 2``'s CPU from 3.76 to 3.31 s
+(``--jobs 1`` 2.77-2.93 s) in a trial; not kept: the parent runs an event loop and may run threads
+by then (``workers.py`` spawns for that reason), and a forkserver would keep a process alive beside
+the parent (the tests count a run's leftover processes) and change who a worker's parent is (its
+orphan watch). Another ~0.2 s of the critical path: the parent imports all of ``replay``'s
+modules (numpy, websockets, the relay: ~0.24 s of CPU) before it spawns the workers, which import
+them again; imported lazily there, the workers would start that much sooner (not done: the
+benchmark and tests reach ``voicerelay.replay.Relay`` and friends as module attributes).
+
+Tried or weighed and not kept:
+
+- reply audio in 1 s deltas instead of 100 ms at pace 0 (a tenth of the events on both sides):
+  CPU min 498 -> 501 ms, median 620 -> 621 ms, nothing: the per-event work is not where the time
+  goes;
+- a cheaper resampler for the speech detectors (soxr's quick quality resamples in about half the
+  time): it moves the turn boundaries, so the audio the recogniser hears, by a frame now and then;
+- no engines warm-up for a replay in a process that has loaded them (7-10 ms a run): the warm-up's
+  silence is part of what the pooled decoders heard before a replay, which their words depend on
+  (``stt.py``, "What a decoder heard before");
+- the command line's start: typer (0.29) coerces every option through a pydantic ``TypeAdapter``
+  (typer, pydantic and its plugin loader, ~0.1 s of each command's start), numpy ~50-70 ms, the
+  package's own modules' dataclasses ~20 ms; nothing of it is replay's own work.
 """
 
 from __future__ import annotations
@@ -62,11 +134,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -103,12 +177,15 @@ from voicerelay.upstream import UpstreamSpec  # noqa: E402
 RATE = 24_000
 FRAME_SAMPLES = RATE // 50  # 20 ms
 TARGET_SPEED = 50.0
+#: Other work busier than this (cores, median over the many-file commands) and the --jobs
+#: comparison is flagged as not a quiet machine's.
+QUIET_CORES = 0.3
 
 
 # ------------------------------------------------------------------------------------ audio
 
 
-from common import read_recording, room_noise  # noqa: E402
+from common import foreign_cores, machine_ticks, read_recording, room_noise  # noqa: E402
 
 
 def long_input(path: Path, repeat: int) -> tuple[float, list[str]]:
@@ -223,23 +300,26 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
     print(f"== one file, replay --speed 0, embedded backend in process: {seconds:.1f} s of audio, "
           f"{len(said)} utterances ==")
     print(f"{'run':>4} {'wall':>7} {'speed':>7} {'CPU':>6} {'start-up':>9} {'streaming':>10} {'settle':>7} "
-          f"{'close':>6} {'STT':>6}  {'from ready':>10}  right?")
+          f"{'close':>6} {'STT':>6}  {'from ready':>10} {'others':>6}  right?")
     voicerelay.replay.Relay = TimedRelay  # type: ignore[misc]  # this process only: see the module doc
     SttClock.install()
     totals: list[float] = []
     from_ready: list[float] = []
     streaming: list[float] = []
+    quiet: list[tuple[float, float]] = []  # (wall, CPU) of the warm runs while other work stayed under QUIET_CORES
+    cpus: list[float] = []
     wrong = 0
     for run in range(1, runs + 1):
         report = workdir / f"report{run}.json"
         options = ReplayOptions(path=path, speed=0, backend=None, json_path=str(report), progress=False)
         out, err = io.StringIO(), io.StringIO()
         stt_before = SttClock.seconds
-        cpu = time.process_time()
+        cpu, machine = time.process_time(), machine_ticks()
         started = time.monotonic()
         code = await replay(options, Console(file=out, width=200), Console(file=err, width=200))
         ended = time.monotonic()
         cpu = time.process_time() - cpu
+        others = foreign_cores(cpu / (ended - started), machine, machine_ticks())
         relay = TimedRelay.last
         if code != 0 or relay is None or None in (relay.ready_at, relay.last_frame_at, relay.stopped_at):
             print(f"{run:>4} replay failed (exit code {code}): {err.getvalue().strip()[:300]}")
@@ -251,7 +331,7 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         print(f"{run:>4} {wall:>6.2f}s {seconds / wall:>6.1f}x {cpu:>5.2f}s {relay.ready_at - started:>8.2f}s "
               f"{relay.last_frame_at - relay.ready_at:>9.2f}s {relay.stopped_at - relay.last_frame_at:>6.2f}s "
               f"{ended - relay.stopped_at:>5.2f}s {SttClock.seconds - stt_before:>5.2f}s  "
-              f"{seconds / (ended - relay.ready_at):>9.1f}x  "
+              f"{seconds / (ended - relay.ready_at):>9.1f}x {others:>6.1f}  "
               + (f"WRONG: {problem}" if problem else f"right ({len(said)}/{len(said)} answered, transcripts as said)")
               + ("  [cold]" if run == 1 else ""))
         if problem:
@@ -261,6 +341,9 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         streaming.append(relay.last_frame_at - relay.ready_at)
         if run > 1:
             from_ready.append(ended - relay.ready_at)
+            cpus.append(cpu)
+            if others < QUIET_CORES:
+                quiet.append((wall, cpu))
     print(f"{runs - wrong} of {runs} runs right" + (" (only those count below)" if wrong else ""))
     if not totals:
         return
@@ -272,6 +355,17 @@ async def replay_runs(path: Path, seconds: float, said: list[str], runs: int, wo
         print(f"  warm runs only (engines already loaded):    p50 {statistics.median(warm):.1f}x  "
               f"best {max(warm):.1f}x   target >= {TARGET_SPEED:.0f}x: "
               f"{'meets target' if statistics.median(warm) >= TARGET_SPEED else 'MISSES target'}")
+    if cpus:
+        print(f"  warm runs' CPU (this process, all threads):  p50 {statistics.median(cpus):.2f} s  "
+              f"min {min(cpus):.2f} s")
+    if quiet:
+        fast = [seconds / wall for wall, _ in quiet]
+        print(f"  warm runs while other work kept under {QUIET_CORES} cores busy ({len(quiet)} of {len(cpus)}): "
+              f"p50 {statistics.median(fast):.1f}x  best {max(fast):.1f}x  (CPU p50 "
+              f"{statistics.median(cpu for _, cpu in quiet):.2f} s)")
+    elif cpus:
+        print(f"  no warm run had the machine otherwise quiet (other work under {QUIET_CORES} cores): "
+              "the wall figures above are a busy machine's")
     if from_ready:
         fast = [seconds / t for t in from_ready]
         print(f"  warm runs, from relay ready (no start-up):  p50 {statistics.median(fast):.1f}x  "
@@ -289,33 +383,58 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def cli_replay(paths: list[Path], report: Path, jobs: int | None = None) -> tuple[float, int, str]:
-    """``python -m voicerelay replay PATHS --speed 0 --json REPORT [--jobs N]``: (wall s, exit code, stderr)."""
+def compile_bytecode() -> None:
+    """Write voicerelay's bytecode before the command-line runs, as pip does when it installs the
+    package: with PYTHONDONTWRITEBYTECODE set (as on this project's machines) nothing writes it,
+    and every new process, each ``--jobs`` worker too, compiled all of voicerelay's sources again
+    (~85 ms of CPU a process)."""
+    import compileall
+
+    compileall.compile_dir(ROOT / "voicerelay", quiet=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CliRun:
+    wall: float
+    code: int
+    stderr: str
+    cpu: float  # the command's CPU seconds, its worker processes included
+    others: float  # cores busy with other work meanwhile (the machine's busy time less ours)
+
+
+def cli_replay(paths: list[Path], report: Path, jobs: int | None = None) -> CliRun:
+    """``python -m voicerelay replay PATHS --speed 0 --json REPORT [--jobs N]``, timed."""
     command = [sys.executable, "-m", "voicerelay", "replay", *map(str, paths), "--speed", "0", "--json", str(report)]
     if jobs is not None:
         command += ["--jobs", str(jobs)]
+    before, machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     started = time.monotonic()
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=cli_env())
-    return time.monotonic() - started, result.returncode, result.stderr
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # (the command and its workers, all waited for)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return CliRun(wall, result.returncode, result.stderr, cpu, foreign_cores(cpu / wall, machine, machine_ticks()))
 
 
 def cli_one_file(path: Path, seconds: float, said: list[str], workdir: Path, runs: int) -> None:
     print(f"\n== one file through the command line (a new process each time: Python and the imports "
           f"included), {runs} runs ==")
-    walls = []
+    walls, cpus = [], []
     for run in range(1, runs + 1):
         report = workdir / f"cli{run}.json"
-        wall, code, stderr = cli_replay([path], report)
-        problem = f"exit code {code}: {stderr.strip()[:200]}" if code else ""
+        done = cli_replay([path], report)
+        problem = f"exit code {done.code}: {done.stderr.strip()[:200]}" if done.code else ""
         if not problem:
             data = json.loads(report.read_text())
             problem = check(data["turns"], [t["user"] for t in data["turns"]], said)
-        print(f"{run:>4} {wall:>6.2f}s {seconds / wall:>6.1f}x  " + (f"WRONG: {problem}" if problem else "right"))
+        print(f"{run:>4} {done.wall:>6.2f}s {seconds / done.wall:>6.1f}x  CPU {done.cpu:.2f}s  other work "
+              f"{done.others:.1f} cores  " + (f"WRONG: {problem}" if problem else "right"))
         if not problem:
-            walls.append(wall)
+            walls.append(done.wall)
+            cpus.append(done.cpu)
     if walls:
         print(f"  right runs: {len(walls)}/{runs}, p50 {statistics.median(walls):.2f} s = "
-              f"{seconds / statistics.median(walls):.1f}x real time")
+              f"{seconds / statistics.median(walls):.1f}x real time (CPU p50 {statistics.median(cpus):.2f} s)")
 
 
 def many_files(workdir: Path, count: int, rounds: int, settings: list[int]) -> None:
@@ -336,29 +455,38 @@ def many_files(workdir: Path, count: int, rounds: int, settings: list[int]) -> N
           f"{sum(map(len, expected))} utterances in all; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}) ==")
     walls: dict[int, list[float]] = {n: [] for n in settings}
+    cpus: dict[int, list[float]] = {n: [] for n in settings}
+    others: list[float] = []
     for round_ in range(1, rounds + 1):
         for jobs in (settings if round_ % 2 else settings[::-1]):  # who goes first alternates
             report = workdir / f"many{jobs}.json"
-            wall, code, stderr = cli_replay(paths, report, jobs or None)
-            problem = f"exit code {code}: {stderr.strip()[:200]}" if code else ""
+            done = cli_replay(paths, report, jobs or None)
+            wall = done.wall
+            problem = f"exit code {done.code}: {done.stderr.strip()[:200]}" if done.code else ""
             if not problem:
                 files = json.loads(report.read_text())["files"]
                 problems = [f"{path.name}: {p}" for path, data, said in zip(paths, files, expected)
                             if (p := check(data["turns"], [t["user"] for t in data["turns"]], said))]
                 problem = "; ".join(problems) if len(files) == count else f"{len(files)} reports for {count} files"
             print(f"  round {round_} {'--jobs ' + str(jobs) if jobs else 'no --jobs'}: {wall:6.2f} s  "
-                  f"{seconds / wall:5.1f}x  "
+                  f"{seconds / wall:5.1f}x  CPU {done.cpu:5.2f} s  other work {done.others:.1f} cores  "
                   + (f"WRONG: {problem}" if problem else f"right ({count} files, every utterance answered)"))
+            others.append(done.others)
             if not problem:
                 walls[jobs].append(wall)
+                cpus[jobs].append(done.cpu)
     for jobs, right in walls.items():
         if right:
             print(f"  {'--jobs ' + str(jobs) if jobs else 'no --jobs'}: median of {len(right)} right runs "
-                  f"{statistics.median(right):.2f} s")
+                  f"{statistics.median(right):.2f} s, CPU {statistics.median(cpus[jobs]):.2f} s")
     if walls.get(1) and walls.get(2):
         one, two = statistics.median(walls[1]), statistics.median(walls[2])
         print(f"  median of the right runs: --jobs 1 {one:.2f} s, --jobs 2 {two:.2f} s: {one / two:.2f}x faster "
               f"(load average now {os.getloadavg()[0]:.1f})")
+        busy = statistics.median(others)
+        if busy >= QUIET_CORES:
+            print(f"  NOT a quiet machine's figure: other work kept {busy:.1f} of {os.cpu_count()} cores busy "
+                  "(median over the commands); --jobs 2 needs the second core, so it gains less, or nothing")
 
 
 # ------------------------------------------------------------------------------------ relay overhead
@@ -483,6 +611,8 @@ async def main_async(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         path = workdir / "long_input.wav"
         seconds, said = long_input(path, args.repeat)
+        if args.runs > 0 or args.files > 0:
+            compile_bytecode()
         if args.runs > 0:
             await replay_runs(path, seconds, said, args.runs, workdir)
             await asyncio.to_thread(cli_one_file, path, seconds, said, workdir, min(args.runs, 3))

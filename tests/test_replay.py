@@ -604,6 +604,17 @@ async def test_at_speed_0_replay_ends_as_soon_as_every_utterance_is_answered(bac
     assert len(appends) < 20  # up to 1 s each, not one per 20 ms frame (about 375 here)
 
 
+def test_at_speed_0_the_audio_sent_past_an_utterances_end_cannot_start_the_next_turn() -> None:
+    """replay looks for utterance ends a piece at a time and sends the piece whole: what follows the
+    end in it must be too short to hold the voiced frames that start a turn (the next utterance
+    would interrupt this one's reply)."""
+    from voicerelay import replay as replay_module
+    from voicerelay.backend import vad
+
+    assert replay_module.PIECE_MS % vad.FRAME_MS == 0
+    assert replay_module.PIECE_MS - vad.FRAME_MS < vad.START_FRAMES * vad.FRAME_MS
+
+
 # ------------------------------------------------------------------------------------------- --jobs
 
 

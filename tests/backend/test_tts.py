@@ -160,3 +160,47 @@ def test_engines_say_a_reply_again_with_the_same_samples_and_each_caller_gets_it
     assert not np.array_equal(engines.synthesize(text, "ash"), again)  # the voice is part of what is kept
     again[:] = 0
     assert np.array_equal(engines.synthesize(text, "coral"), Synthesizer().synthesize(text, "coral"))
+
+
+def test_a_reply_one_engines_said_is_not_synthesised_again_by_another() -> None:
+    """replay starts a backend, with engines of its own, per file; the replies repeat from file to file."""
+    from voicerelay.backend.engines import Engines
+
+    text = "Sorry, I did not catch that."
+    said = Engines(stt_processes=0).synthesize(text, "sage")
+    later = Engines(stt_processes=0)
+    assert np.array_equal(later.synthesize(text, "sage"), said)
+    assert later._tts is None  # its synthesizer was never needed
+
+def test_the_private_data_directory_is_built_once_and_kept(tmp_path, monkeypatch) -> None:
+    """Every process used to build (and at exit remove) its own ~230 files; now the first one keeps it."""
+    from voicerelay.backend import tts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = tts._steady_data_dir()
+    assert first is not None and first.is_relative_to(tmp_path / "voicerelay")
+    assert (first.parent / "complete").is_file() and (first / "voices" / "!v" / "steady").is_file()
+    built = (first / "voices" / "!v" / "steady").stat().st_mtime_ns
+    assert tts._steady_data_dir() == first  # found, not built again
+    assert (first / "voices" / "!v" / "steady").stat().st_mtime_ns == built
+    assert [p.name for p in (tmp_path / "voicerelay").iterdir()] == [first.parent.name]  # nothing left half-built
+
+
+def test_a_data_directory_left_half_built_is_not_used(tmp_path, monkeypatch) -> None:
+    from voicerelay.backend import tts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kept = tts._steady_data_dir()
+    assert kept is not None
+    (kept.parent / "complete").unlink()  # as if its builder died before it was complete
+    assert tts._kept_data_dir(tts.Path(tts.espeakng_loader.get_data_path())) is None  # (it is not complete)
+
+
+def test_without_a_usable_cache_each_process_builds_its_own(tmp_path, monkeypatch) -> None:
+    from voicerelay.backend import tts
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # no folder can be made under it
+    data = tts._steady_data_dir()
+    assert data is not None and not data.is_relative_to(blocked) and (data / "voices" / "!v" / "steady").is_file()

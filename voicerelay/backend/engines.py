@@ -42,6 +42,45 @@ log = logging.getLogger(__name__)
 SPEECH_CACHE_BYTES = 16 * 1024 * 1024
 
 
+class _SpeechCache:
+    """The newest :data:`SPEECH_CACHE_BYTES` of speech synthesised in this process, by (text, voice).
+
+    One per process, shared by every :class:`Engines`: espeak-ng is loaded once per process anyway
+    (``tts.py``), and the same text and voice always give the same samples, so an entry is valid
+    for any of them. ``replay`` starts an embedded backend, with engines of its own, for each file,
+    and the replies repeat from file to file: kept per :class:`Engines`, every file synthesised
+    them again (about 5 of a file's 10 replies, ~20 ms of CPU of its ~500).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._speech: OrderedDict[tuple[str, str | None], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, str | None]) -> np.ndarray | None:
+        """A copy of the speech kept for ``key``, or None."""
+        with self._lock:
+            kept = self._speech.get(key)
+            if kept is None:
+                return None
+            self._speech.move_to_end(key)
+            return kept.copy()
+
+    def put(self, key: tuple[str, str | None], pcm: np.ndarray) -> None:
+        """Keep a copy of ``pcm`` (unless it alone is larger than the cache), dropping the oldest."""
+        if pcm.nbytes > SPEECH_CACHE_BYTES:
+            return
+        with self._lock:
+            if key not in self._speech:
+                self._speech[key] = pcm.copy()
+                self._bytes += pcm.nbytes
+            while self._bytes > SPEECH_CACHE_BYTES:
+                self._bytes -= self._speech.popitem(last=False)[1].nbytes
+
+
+_SPEECH = _SpeechCache()
+
+
 def _worker_ready() -> bool:
     return True
 
@@ -69,8 +108,6 @@ class Engines:
     def __init__(self, stt_processes: int | None = None) -> None:
         self._lock = threading.Lock()
         self._tts = None
-        self._speech: OrderedDict[tuple[str, str | None], np.ndarray] = OrderedDict()  # synthesised before
-        self._speech_bytes = 0
         self.stt_processes = min(4, os.cpu_count() or 1) if stt_processes is None else stt_processes
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._closed = False
@@ -127,23 +164,16 @@ class Engines:
 
         The same text and voice always give the same samples (``tts.py``), and the responder says
         the same few replies over and over, so the newest :data:`SPEECH_CACHE_BYTES` of speech
-        are kept and a reply said before is not synthesised again."""
+        are kept, for every Engines of the process (:class:`_SpeechCache`), and a reply said
+        before is not synthesised again."""
         if not isinstance(voice, (str, type(None))):  # (a voice object: synthesised as it is, not kept)
             return self._synthesizer().synthesize(text, voice)
         key = (text, voice)
-        with self._lock:
-            kept = self._speech.get(key)
-            if kept is not None:
-                self._speech.move_to_end(key)
-                return kept.copy()
+        kept = _SPEECH.get(key)
+        if kept is not None:
+            return kept
         pcm = self._synthesizer().synthesize(text, voice)
-        if pcm.nbytes <= SPEECH_CACHE_BYTES:
-            with self._lock:
-                if key not in self._speech:
-                    self._speech[key] = pcm.copy()
-                    self._speech_bytes += pcm.nbytes
-                while self._speech_bytes > SPEECH_CACHE_BYTES:
-                    self._speech_bytes -= self._speech.popitem(last=False)[1].nbytes
+        _SPEECH.put(key, pcm)
         return pcm
 
     def transcribe(self, pcm24: np.ndarray, extra_phrases: Iterable[str] = ()) -> str:

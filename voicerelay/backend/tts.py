@@ -16,16 +16,18 @@ counter that drives the "roughness" modulation, and the random generator of the 
 We want the same text and voice to give the same samples whatever was said before and by
 which thread (tests, recordings and replays rely on it), so:
 
-- libespeak-ng reads its data from a private directory (a temporary directory of symlinks to
-  the wheel's data) whose voice variants end with ``flutter 0`` and ``roughness 0``, and a
-  voice without a variant gets our ``steady`` variant, which says just that;
+- libespeak-ng reads its data from a private directory (symlinks to the wheel's data, built once
+  and kept in the user's cache, see :func:`_kept_data_dir`) whose voice variants end with
+  ``flutter 0`` and ``roughness 0``, and a voice without a variant gets our ``steady`` variant,
+  which says just that;
 - :func:`espeak_ng_SetRandSeed` runs before every synthesis.
 
 Measured: 400 syntheses of 3 texts in the 10 OpenAI voices, in random order, all equal the
 first synthesis of the same text and voice; with the wheel's data and no seed, all 400
 differed. The voices lose a little pitch jitter and roughness. A non-English voice reading
 English words switches to espeak-ng's plain English voice mid-text and is not deterministic.
-If the private directory cannot be created, the wheel's data is used as it is, with a warning.
+If the private directory cannot be kept, each process builds its own in a temporary directory;
+if that fails too, the wheel's data is used as it is, with a warning.
 
 espeak-ng produces 22,050 Hz mono PCM16; :class:`Synthesizer` resamples it to the 24 kHz of the
 Realtime protocol with soxr. Pauses in espeak's output are exact digital zeros, which real
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import logging
 import os
 import shutil
@@ -131,29 +134,83 @@ def _remove_if_owner(directory: Path, owner_pid: int) -> None:
 
 
 def _steady_data_dir() -> Path | None:
-    """Build the private espeak-ng data directory (see module doc); None if that fails."""
+    """The private espeak-ng data directory (see module doc); None if it cannot be had.
+
+    It is built once for the user and kept (:func:`_kept_data_dir`); where that is impossible,
+    each process builds one of its own in a temporary directory, removed when it exits."""
     source = Path(espeakng_loader.get_data_path())
+    kept = _kept_data_dir(source)
+    if kept is not None:
+        return kept
     try:
         top = Path(tempfile.mkdtemp(prefix="voicerelay-espeak-"))
         atexit.register(_remove_if_owner, top, os.getpid())
-        data = top / "espeak-ng-data"
-        data.mkdir()
-        for entry in source.iterdir():
-            if entry.name != "voices":
-                (data / entry.name).symlink_to(entry)
-        variants = data / "voices" / "!v"
-        variants.mkdir(parents=True)
-        for entry in (source / "voices").iterdir():
-            if entry.name != "!v":
-                (data / "voices" / entry.name).symlink_to(entry)
-        for variant in (source / "voices" / "!v").iterdir():
-            (variants / variant.name).write_bytes(variant.read_bytes() + _STEADY_SETTINGS.encode())
-        (variants / _STEADY_VARIANT).write_text(
-            f"language variant\nname {_STEADY_VARIANT}{_STEADY_SETTINGS}", encoding="utf-8"
-        )
+        return _build_data_dir(source, top)
     except OSError as exc:
         logger.warning("espeak-ng output will vary slightly between calls: %s", exc)
         return None
+
+
+#: Marks a kept data directory as complete (written last, before the directory takes its name).
+_COMPLETE = "complete"
+
+
+def _kept_data_dir(source: Path) -> Path | None:
+    """The data directory kept in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``, then
+    ``voicerelay/``), built there by the first process that needs it; None if that fails.
+
+    Building it makes ~230 files and links: ~55 ms of CPU and up to 0.2 s on a busy disk, then
+    as long again to remove at exit, in every process that spoke (a replay, each ``replay --jobs``
+    worker). Its name holds a digest of the wheel's data path, the modification time of its
+    variants folder (a reinstall or an upgrade changes it) and the settings appended, so a kept
+    directory always has what this process would build. It is built under a temporary name and
+    renamed when complete, so processes racing to build it never use a partial one."""
+    try:
+        variants = source / "voices" / "!v"
+        digest = hashlib.sha256(f"{source}\0{variants.stat().st_mtime_ns}\0{_STEADY_SETTINGS}\0{_STEADY_VARIANT}"
+                                .encode()).hexdigest()[:16]
+        home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        top = Path(home) / "voicerelay" / f"espeak-ng-data-{digest}"
+        if (top / _COMPLETE).is_file():
+            return top / "espeak-ng-data"
+        top.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f"{top.name}.", dir=top.parent))
+    except (OSError, RuntimeError) as exc:  # (RuntimeError: Path.home() without a home)
+        logger.debug("no kept espeak-ng data directory: %s", exc)
+        return None
+    try:
+        _build_data_dir(source, building)
+        (building / _COMPLETE).write_text("")
+        try:
+            building.rename(top)
+        except OSError:  # another process built it first: use theirs
+            shutil.rmtree(building, ignore_errors=True)
+            if not (top / _COMPLETE).is_file():
+                return None
+    except OSError as exc:
+        logger.debug("no kept espeak-ng data directory: %s", exc)
+        shutil.rmtree(building, ignore_errors=True)
+        return None
+    return top / "espeak-ng-data"
+
+
+def _build_data_dir(source: Path, top: Path) -> Path:
+    """Fill ``top`` with the private data directory (see module doc); returns it. Raises OSError."""
+    data = top / "espeak-ng-data"
+    data.mkdir()
+    for entry in source.iterdir():
+        if entry.name != "voices":
+            (data / entry.name).symlink_to(entry)
+    variants = data / "voices" / "!v"
+    variants.mkdir(parents=True)
+    for entry in (source / "voices").iterdir():
+        if entry.name != "!v":
+            (data / "voices" / entry.name).symlink_to(entry)
+    for variant in (source / "voices" / "!v").iterdir():
+        (variants / variant.name).write_bytes(variant.read_bytes() + _STEADY_SETTINGS.encode())
+    (variants / _STEADY_VARIANT).write_text(
+        f"language variant\nname {_STEADY_VARIANT}{_STEADY_SETTINGS}", encoding="utf-8"
+    )
     return data
 
 
