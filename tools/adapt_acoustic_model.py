@@ -27,14 +27,14 @@ voices of 96 each, out-of-domain speech taken for a domain phrase of 100; "SE": 
 ===========================================================  =========  =======  ===  ==
 data, passes, tau                                            held-out   own      OOD  SE
 ===========================================================  =========  =======  ===  ==
-first, 1 pass (shipped)                                      132 / 131  96 / 96  3    3
+first, 1 pass (shipped until 2026-12-07)                     132 / 131  96 / 96  3    3
 second, 1 pass                                               139 / 135  96 / 96  4    -
   fixed tau 1 (``--tau 1``)                                  140 / 139  96 / 96  -    -
   fixed tau 3                                                139 / 139  96 / 96  5    -
   fixed tau 10                                               139 / 135  96 / 95  -    -
   fixed tau 30                                               139 / 130  96 / 94  -    -
   fixed tau 3, 2 passes                                      139 / 141  96 / 96  5    -
-second, 2 passes                                             141 / 139  96 / 96  3    5
+second, 2 passes (shipped)                                   141 / 139  96 / 96  3    5
   the model's own mixture weights (``sendump``), the rest as  133 / 124  96 / 96  -    -
     above (other channels 132-134)
 ===========================================================  =========  =======  ===  ==
@@ -43,7 +43,9 @@ second, 2 passes                                             141 / 139  96 / 96 
 out-of-domain utterances ("sorry" -> "how are you", "okay" -> "thank you"). "second, 2 passes" met the
 95 % target in every simulated channel (139-142/144; own voices 96/96 in every channel; in domain 240/240),
 but ``speech_engines.py`` kept two more out-of-domain utterances ("music" -> "how are you today" four
-times, "sorry" -> "stop"), so it does not ship. Fixed taus adapt harder than map_adapt's own estimate:
+times, "sorry" -> "stop") with the recogniser's rule of the time; with the rule re-screened the same day
+(``stt.py``, no near miss, hopeless decodes to the general model) it keeps none, so it ships (figures in
+``stt.py``'s "The second adapted model"). Fixed taus adapt harder than map_adapt's own estimate:
 as good or better on held-out voices, worse on out-of-domain speech ("music" -> "how are you today",
 "okay" -> "goodbye"). A stricter confidence for the domain decode with such a model is the next thing
 to measure. The adapted mixture weights carry most of the gain: without them (the last row: the
@@ -86,7 +88,7 @@ EXCLUDED_VARIANTS = {"m7", "annie", "m8", "klatt", "klatt2", "klatt3", "klatt4",
                      "f3", "lee", "edward", "edward2", "andrea", "m2", "mike", "mike2", "f4", "gene",
                      "gene2", "robert", "steph", "steph2", "steph3"}
 #: The adaptation speech and passes of the shipped files (``--data``, ``--iterations``).
-DEFAULT_DATA, DEFAULT_ITERATIONS = "first", 1
+DEFAULT_DATA, DEFAULT_ITERATIONS = "second", 2
 #: Other espeak-ng voices for adaptation: (language, variant).
 ADAPT_ESPEAK = (
     ("en-gb", "m1"), ("en-gb-x-rp", "f5"), ("en-029", "m3"), ("en-gb-scotland", "m4"),
