@@ -167,17 +167,41 @@ def refine(capture: np.ndarray, reference: np.ndarray, guess: int, slack: int = 
     return low + int(np.argmax(scores))
 
 
+#: How far from where the capture's clock so far puts it an utterance is looked for: a real channel can
+#: drop or repeat a buffer mid-capture (Chromium's fake microphone did, once in a 10-minute tape), which
+#: shifts everything after it; less than half of :data:`GAP_S`, so a neighbour can never be taken for it.
+SEARCH_S = 0.4
+#: An utterance whose best match in the capture correlates less than this with what was said is
+#: counted lost (the capture is garbled there), not scored as misheard.
+MATCH_CORRELATION = 0.3
+
+
 def cut(capture: np.ndarray, tape: np.ndarray, starts: Sequence[int], items: Sequence[Utterance],
         looped: bool) -> list[np.ndarray | None]:
-    """The utterances as captured (None when one is not whole in the capture)."""
+    """The utterances as captured (None when one is not whole in the capture, or is garbled there).
+
+    One offset, found over the whole tape, puts each utterance near its place; each is then found
+    within :data:`SEARCH_S` of where the ones before it were (following any slip of the capture), and
+    kept only if it correlates with what was said."""
     offset = circular_offset(capture, tape) if looped else _linear_offset(capture, tape)
     found: list[np.ndarray | None] = []
+    slip = 0
     for start, item in zip(starts, items, strict=True):
-        guesses = [start - offset + k * tape.size for k in range(-1, 3)] if looped else [start - offset]
+        guesses = [start - offset + slip + k * tape.size for k in range(-1, 3)] if looped else [start - offset + slip]
         inside = [g for g in guesses if 0 <= g and g + item.pcm.size <= capture.size]
-        at = refine(capture, item.pcm, inside[0]) if inside else None
+        at = refine(capture, item.pcm, inside[0], slack=int(SEARCH_S * RATE)) if inside else None
+        if at is not None and correlation(capture[at : at + item.pcm.size], item.pcm) < MATCH_CORRELATION:
+            at = None
+        if at is not None:
+            slip += at - inside[0]
         found.append(None if at is None else capture[at : at + item.pcm.size])
     return found
+
+
+def correlation(heard: np.ndarray, said: np.ndarray) -> float:
+    """Normalised correlation of two equally long signals (1: the same up to a gain)."""
+    a, b = heard.astype(np.float64), said.astype(np.float64)
+    return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
 
 
 def _linear_offset(capture: np.ndarray, tape: np.ndarray) -> int:
