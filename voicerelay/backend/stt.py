@@ -273,11 +273,11 @@ STT real-time factor of CPU 0.028-0.039 per channel (wall 0.028-0.042). On clean
 benchmarks/speech_engines.py --accuracy``: in domain 240/240 exact (confidences min -15.9, median
 -9.5), out of domain 0/200 kept, its final transcripts 91/200 exact, white noise no words.
 Chromium's fake microphone could not be measured on the full tape that day: its 10-minute capture
-came back garbled in two runs, in a different part of the tape each time (held-out voices 90 then
-16/144, own voices 8 then 96/96; each run's garbled utterances decoded to unrelated words, and the
-other run heard them right), while ``--quick``'s one-minute tape came back whole and all right
-(24/24); with the first adapted model it had measured 131/144 and 96/96 (the same benchmark,
-2026-12-07). The long capture is the benchmark's problem to find.
+came back garbled in three runs, in a different part of the tape each time (held-out voices 90 then
+16/144, own voices 8 then 96/96; in the third, with the benchmark following slips of the capture,
+218 of 240 utterances did not correlate with what was said and were counted lost), while
+``--quick``'s one-minute tape came back whole and all right (24/24); with the first adapted model it
+had measured 131/144 and 96/96. The long capture is the benchmark's problem to find.
 
 What choosing differently among these decodes cannot do
 --------------------------------------------------------
