@@ -157,7 +157,7 @@ def circular_offset(capture: np.ndarray, tape: np.ndarray) -> int:
     return int(np.argmax(np.fft.irfft(np.conj(a) * b, period)))
 
 
-def refine(capture: np.ndarray, reference: np.ndarray, guess: int, slack: int = RATE // 20) -> int | None:
+def refine(capture: np.ndarray, reference: np.ndarray, guess: int, slack: int) -> int | None:
     """Where ``reference`` starts in ``capture``, within ``slack`` samples of ``guess``; None if it is not whole there."""
     low, high = max(guess - slack, 0), min(guess + slack, capture.size - reference.size)
     if high < low:
