@@ -57,7 +57,7 @@ Again on 2026-12-07, same command, quiet (load 0.8), after recognition's cheaper
 acoustic model adapted to espeak-ng (``stt.py``): one file, warm, p50 45.6x (best 47.2x),
 recognition 65 % of the wall time (44 ms a turn); through the command line 21.7x; 8 files
 ``--jobs 1`` 3.60 s, ``--jobs 2`` 3.16 s (1.14x). Still short of 50x for one file; the 8-file
-figures moved the wrong way against the day before and were not looked into.
+figures moved the wrong way against the day before (why: "Why ``--jobs 2`` gained so little" below).
 
 Where the time went, and what was done about it (2026-12-07, 2 cores with 1-1.6 of them busy with
 other work throughout, so CPU time and profiles decided, not wall time). py-spy over 20 warm

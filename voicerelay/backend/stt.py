@@ -570,7 +570,7 @@ _ACOUSTIC_MODEL = os.path.join(_MODEL_DIR, "en-us")
 _GENERAL_LM = os.path.join(_MODEL_DIR, "en-us.lm.bin")
 _GENERAL_DICT = os.path.join(_MODEL_DIR, "cmudict-en-us.dict")
 
-#: The en-us model's parameters MAP-adapted to espeak-ng speech (module doc, "Adapted to espeak-ng"),
+#: The en-us model's parameters MAP-adapted to espeak-ng speech (module doc, "An acoustic model adapted to espeak-ng"),
 #: made by ``tools/adapt_acoustic_model.py``: the domain decoders read these files in place of the
 #: model's own (its mdef, feat.params and noisedict stay). All four or none (empty: the plain model);
 #: they ship as package data.
