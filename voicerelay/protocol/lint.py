@@ -213,8 +213,9 @@ def _ms(seconds: float) -> str:
 def band_limit_hz(pcm: bytes) -> float | None:
     """The frequency above which ``pcm`` (PCM16 mono 24 kHz) holds nothing, or ``None`` if it is full band.
 
-    The long-term spectrum of its louder stretches (1024-sample frames above ``SPEECH_DBFS``) in
-    500 Hz bands: a band is empty when it is 60 dB below the loudest. Audio recorded at 24 kHz
+    The long-term spectrum of its louder stretches (1024-sample frames above ``SPEECH_DBFS``, at
+    most eight of them, spread over it) in 500 Hz bands: a band is empty when it is 60 dB below
+    the loudest. Audio recorded at 24 kHz
     has content (speech or the room's noise) up to about 11 kHz; audio that went through 8 kHz
     or 16 kHz has nothing above 4 or 8 kHz. ``None`` too when there is too little loud audio.
     """
@@ -237,6 +238,8 @@ def _band_limit(pcm: bytes) -> float | None | object:
         frames = frames[energy >= _SPEECH_POWER]
     if len(frames) < 4:
         return _UNJUDGED
+    if len(frames) > _MAX_FRAMES:  # evenly spread over the block: what is empty is empty in every frame
+        frames = frames[:: -(-len(frames) // _MAX_FRAMES)]
     power = (np.abs(np.fft.rfft(frames * window, axis=1)) ** 2).mean(0)
     levels = 10 * np.log10(np.add.reduceat(power, edges) / np.diff(np.append(edges, len(power))) + 1e-12)
     loudest = float(levels.max())
@@ -248,6 +251,10 @@ def _band_limit(pcm: bytes) -> float | None | object:
 
 
 _FRAME = 1024
+#: At most this many of a block's loud frames are analysed (their FFT is most of a live linter's
+#: cost): a band empty in the audio is empty in each of its frames, and eight frames of speech or
+#: room noise fill the bands a 24 kHz stream has.
+_MAX_FRAMES = 8
 #: Mean square of a PCM16 frame at SPEECH_DBFS.
 _SPEECH_POWER = (32768 * 10 ** (SPEECH_DBFS / 20)) ** 2
 _ANALYSIS: Any = None
@@ -322,7 +329,7 @@ class Linter:
         """One event of the session; the findings it settles (possibly about earlier events)."""
         self._out = []
         self._t = max(self._t, t)
-        if isinstance(event, Mapping) and isinstance(event.get("type"), str):
+        if (type(event) is dict or isinstance(event, Mapping)) and isinstance(event.get("type"), str):
             self._due(t)
             if direction == "up":
                 self._up(t, event, pcm)
@@ -550,7 +557,15 @@ class Linter:
                 self._set_dialect("beta")
             elif raw_type in _GA_ONLY_DOWN:
                 self._set_dialect("ga")
-        if kind in ("session.created", "session.updated"):
+        if kind == "response.output_audio.delta":  # first: most of what a server sends
+            s.audio_out = True
+            item_id = event.get("item_id")
+            if isinstance(item_id, str):
+                item = s.items.get(item_id)
+                if item is None:
+                    item = s.items[item_id] = _Item(t)
+                item.received += _audio_nbytes(event.get("delta")) or 0
+        elif kind in ("session.created", "session.updated"):
             self._session(event.get("session"))
         elif kind == "response.created":
             response = event.get("response")
@@ -567,12 +582,6 @@ class Linter:
                 s.in_band.discard(rid)
                 if in_band:
                     self._turn_done(t, response.get("usage"))
-        elif kind == "response.output_audio.delta":
-            s.audio_out = True
-            item_id = event.get("item_id")
-            if isinstance(item_id, str):
-                item = s.items.setdefault(item_id, _Item(t))
-                item.received += _audio_nbytes(event.get("delta")) or 0
         elif kind in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
             s.buffered = 0
         elif kind == "conversation.item.truncated":
