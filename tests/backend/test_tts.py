@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -81,6 +82,16 @@ def test_openai_voice_names_map_to_distinct_espeak_voices() -> None:
 def test_unknown_voice_names_fall_back_to_en_us(synthesizer: Synthesizer, name: str) -> None:
     assert espeak_voice_for(name) == DEFAULT_VOICE
     assert np.array_equal(synthesizer.synthesize("hello", name), synthesizer.synthesize("hello", "en-us"))
+
+
+def test_an_unknown_voice_name_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    name = "en-gb+m1"  # not an espeak-ng voice: British English is "en" (or "en-gb-x-rp")
+    with caplog.at_level(logging.WARNING, logger="voicerelay.backend.tts"):
+        assert espeak_voice_for(name) == DEFAULT_VOICE
+        assert espeak_voice_for(name) == DEFAULT_VOICE
+        assert espeak_voice_for("en") == "en"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"'en-gb+m1' is neither an OpenAI voice nor an espeak-ng voice: speaking {DEFAULT_VOICE}"]
 
 
 def test_espeak_voice_names_pass_through() -> None:

@@ -282,7 +282,9 @@ def espeak_voice_for(name: str) -> str:
 
     OpenAI Realtime voice names (alloy, ash, ballad, coral, echo, sage, shimmer, verse, marin,
     cedar; case-insensitive) map through :data:`OPENAI_VOICES`. A name espeak-ng itself knows
-    (``en-us``, ``en-gb-x-rp+f2``...) is returned as it is. Anything else gives ``en-us``.
+    (``en-us``, ``en-gb-x-rp+f2``...) is returned as it is. Anything else gives ``en-us``, with a
+    warning logged once per name (``en-gb`` is not an espeak-ng voice name: British English is
+    ``en`` or ``en-gb-x-rp``; a tool that meant it would otherwise get American English unawares).
     """
     key = name.strip().lower()
     if key in OPENAI_VOICES:
@@ -291,7 +293,13 @@ def espeak_voice_for(name: str) -> str:
     languages, variants = _known_voices()
     if language.lower() in languages and (not variant or variant in variants):
         return name.strip()
+    if name not in _WARNED_VOICES and len(_WARNED_VOICES) < 100:  # (a bound: names may come from clients)
+        _WARNED_VOICES.add(name)
+        logger.warning("%r is neither an OpenAI voice nor an espeak-ng voice: speaking %s", name, DEFAULT_VOICE)
     return DEFAULT_VOICE
+
+
+_WARNED_VOICES: set[str] = set()
 
 
 def add_noise(pcm: np.ndarray, snr_db: float = 30.0, seed: int = 0) -> np.ndarray:
