@@ -3,10 +3,12 @@ of ``benchmarks/stt_channels.py``. Correctness only (the right intent), never ti
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,3 +82,50 @@ def test_the_benchmark_short_form_through_a_real_pulseaudio_microphone(tmp_path:
     assert pulse["held_out"]["total"] == 6
     assert figures["channels"]["clean"]["own"]["right"] == 3
 
+
+
+def _benchmark() -> Any:
+    """``benchmarks/stt_channels.py`` as a module (it imports ``speech_engines`` from beside it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("stt_channels_benchmark", ROOT / "benchmarks" / "stt_channels.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # (its dataclasses look their module up)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_a_capture_that_slips_is_followed_and_a_spliced_utterance_is_captured_again(tmp_path: Path) -> None:
+    """What a CPU-starved browser did to the benchmark's tape (dropped 10 ms buffers, utterances cut
+    and spliced): the alignment follows the slips, counts a spliced utterance lost rather than
+    misheard, and :func:`capture_again` captures it again in a tape of its own."""
+    bench = _benchmark()
+    texts = ["hello there", "what is your name", "tell me a joke", "thank you"]
+    items = [bench.Utterance("alloy", text, utterance(text, "alloy")) for text in texts]
+    buffer = bench.RATE // 100  # 10 ms
+    passes: list[list[str]] = []
+    correlations: list[float] = []
+
+    def starved_browser(subset: list[Any], folder: Path) -> list[np.ndarray | None]:
+        """The tape as a starved browser captures it, the first time only."""
+        assert folder.is_dir()
+        tape, starts = bench.tape_of(subset)
+        capture = tape.copy()
+        if not passes:
+            second, third = starts[1], starts[2]
+            inner = slice(second + subset[1].pcm.size // 10, second + subset[1].pcm.size * 9 // 10)
+            blocks = np.array_split(capture[inner], 16)  # its speech cut in pieces and spliced out of order
+            capture[inner] = np.concatenate([blocks[i] for i in np.random.default_rng(7).permutation(16)])
+            correlations.append(bench.correlation(capture[second : second + subset[1].pcm.size], subset[1].pcm))
+            capture = np.delete(capture, slice(third - 30 * buffer, third - 25 * buffer))  # 50 ms dropped before the 3rd
+        passes.append([item.text for item in subset])
+        return bench.cut(capture, tape, starts, subset, looped=False)
+
+    found, counts = bench.capture_again(starved_browser, items, tmp_path)
+    assert correlations[0] < bench.MATCH_CORRELATION  # the spliced one does not pass for what was said
+    assert passes == [texts, ["what is your name"]] and counts == [1]
+    for item, pcm in zip(items, found, strict=True):
+        assert pcm is not None and bench.correlation(pcm, item.pcm) > 0.99, item.text  # the slip was followed
