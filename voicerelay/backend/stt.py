@@ -277,7 +277,10 @@ came back garbled in three runs, in a different part of the tape each time (held
 16/144, own voices 8 then 96/96; in the third, with the benchmark following slips of the capture,
 218 of 240 utterances did not correlate with what was said and were counted lost), while
 ``--quick``'s one-minute tape came back whole and all right (24/24); with the first adapted model it
-had measured 131/144 and 96/96. The long capture is the benchmark's problem to find.
+had measured 131/144 and 96/96. It was the machine: a browser whose audio threads are starved of
+CPU drops and repeats 10 ms buffers, and the benchmark now captures a spliced utterance again. With
+that, the same day, the whole benchmark: Chromium's fake microphone 141/144 and 96/96 (3 of 240
+utterances captured a second time), every other channel as above.
 
 What choosing differently among these decodes cannot do
 --------------------------------------------------------
