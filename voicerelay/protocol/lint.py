@@ -163,9 +163,11 @@ AHEAD_OF_REAL_TIME_MS = 300
 MIN_COMMIT_MS = 100
 #: VR111 looks at this many in-band turns.
 GROWTH_TURNS = 5
-#: VR108 judges input audio in blocks of this much audio (its stretches louder than SPEECH_DBFS);
+#: VR108 judges input audio once per block of this much audio, from a sample at the block's start
+#: (SPECTRUM_SAMPLE_S, its frames louder than SPEECH_DBFS; the rest of the block is not looked at,
+#: unless the sample was too quiet to judge);
 #: after three full-band blocks in a row it skips 1, 3, 7... blocks between judgements, at most
-#: SPECTRUM_MAX_SKIP; what is left at the end of the session is judged then.
+#: SPECTRUM_MAX_SKIP; a sample still being collected when the session ends is judged then.
 SPECTRUM_BLOCK_S = 1.0
 SPECTRUM_MAX_SKIP = 7
 SPEECH_DBFS = -50.0
@@ -255,6 +257,11 @@ _FRAME = 1024
 #: cost): a band empty in the audio is empty in each of its frames, and eight frames of speech or
 #: room noise fill the bands a 24 kHz stream has.
 _MAX_FRAMES = 8
+#: The stretch of each block VR108 decodes and judges: eight frames (about 0.34 s). Decoding a
+#: live stream's base64 costs more than the spectrum; a band empty in the audio is empty in any
+#: stretch of it. A sample with too little loud audio in it is followed by the next at once.
+_SAMPLE_BYTES = _MAX_FRAMES * _FRAME * 2
+SPECTRUM_SAMPLE_S = _SAMPLE_BYTES / (SAMPLE_RATE * 2)
 #: Mean square of a PCM16 frame at SPEECH_DBFS.
 _SPEECH_POWER = (32768 * 10 ** (SPEECH_DBFS / 20)) ** 2
 _ANALYSIS: Any = None
@@ -298,16 +305,14 @@ class _State:
     narrow_block: bytearray = field(default_factory=bytearray)
     narrow_reported: bool = False
     narrow_clean: int = 0  # blocks judged full band in a row
-    narrow_skip: int = 0  # blocks still to skip before the next judgement
-    narrow_skip_bytes: int = 0
-    narrow_target: int = _BLOCK_BYTES  # bytes to collect before the next judgement
+    narrow_wait: int = 0  # bytes of input audio to let pass before the next sample is collected
 
 
 class Linter:
     """The rules over one session's events, fed one at a time; findings as soon as they are known."""
 
     def __init__(self, ignore: Iterable[str] = (), spectrum_phase: float = 0.0) -> None:
-        """``spectrum_phase`` (0 to 1): the first VR108 block is that fraction of a block longer.
+        """``spectrum_phase`` (0 to 1): the first VR108 sample starts that fraction of a block late.
         Live linters of many sessions that started together take different phases, so that their
         spectra are not all computed in the same few milliseconds."""
         self.ignore = frozenset(code.upper() for code in ignore)
@@ -318,7 +323,7 @@ class Linter:
         self.truncates: list[TruncateAudit] = []
         self._s = _State()
         self.spectrum_phase = spectrum_phase % 1.0
-        self._s.narrow_target += int(self.spectrum_phase * _BLOCK_BYTES) & ~1
+        self._s.narrow_wait = int(self.spectrum_phase * _BLOCK_BYTES) & ~1
         self._played: dict[str, int] = {}
         self._t = 0.0
         self._out: list[Finding] = []
@@ -339,10 +344,10 @@ class Linter:
 
     @property
     def wants_pcm(self) -> bool:
-        """Whether the next append's PCM would be looked at (VR108 is on and not between two
-        judgements of the band): when not, the append's byte count, which its event carries, is
-        all the linter needs, and a caller with only base64 audio need not decode it."""
-        return not self._s.narrow_skip and "VR108" not in self.ignore
+        """Whether the next append's PCM would be looked at (VR108 is on and collecting a block's
+        sample): when not, the append's byte count, which its event carries, is all the linter
+        needs, and a caller with only base64 audio need not decode it."""
+        return self._s.narrow_wait <= 0 and "VR108" not in self.ignore
 
     def played(self, item_id: str, ms: int) -> None:
         """What the client's player has played of ``item_id`` (live use): shown in the truncate audit."""
@@ -418,44 +423,36 @@ class Linter:
         s = self._s
         nbytes = _audio_nbytes(event.get("audio"))
         s.buffered += nbytes or 0
-        if pcm:
+        if s.narrow_wait > 0:  # between two samples its size is enough (see wants_pcm)
+            s.narrow_wait -= len(pcm) if pcm else nbytes or 0
+        elif pcm:
             self._spectrum(t, pcm)
-        elif s.narrow_skip and nbytes:  # between judgements its size is enough (see wants_pcm)
-            self._skipped(nbytes)
 
     def _spectrum(self, t: float, pcm: bytes) -> None:
-        """Collect the input audio; judge its band every ``SPECTRUM_BLOCK_S`` of audio. A stream
-        judged full band several times running is judged less and less often (every 2nd, 4th...
-        block, at most every ``SPECTRUM_MAX_SKIP``): the rate of a stream seldom changes, and a
-        live linter must stay cheap (the rest of the blocks cost a copy into a buffer, or
-        nothing when the caller, asking :attr:`wants_pcm`, decodes nothing for them)."""
+        """Collect a sample of the input audio (``SPECTRUM_SAMPLE_S`` at the start of each
+        ``SPECTRUM_BLOCK_S``) and judge its band. A stream judged full band several times running
+        is judged less and less often (every 2nd, 4th... block, at most every
+        ``SPECTRUM_MAX_SKIP``): the rate of a stream seldom changes, and a live linter must stay
+        cheap (the audio between two samples costs nothing when the caller, asking
+        :attr:`wants_pcm`, decodes nothing for it)."""
         s = self._s
-        if s.narrow_skip:
-            self._skipped(len(pcm))
-            return
         s.narrow_block += pcm
-        if len(s.narrow_block) >= s.narrow_target:
+        if len(s.narrow_block) >= _SAMPLE_BYTES:
             self._judge_band(t)
-
-    def _skipped(self, nbytes: int) -> None:
-        s = self._s
-        s.narrow_skip_bytes += nbytes
-        if s.narrow_skip_bytes >= _BLOCK_BYTES:
-            s.narrow_skip_bytes -= _BLOCK_BYTES
-            s.narrow_skip -= 1
 
     def _judge_band(self, t: float) -> None:
         s = self._s
         cutoff = _band_limit(bytes(s.narrow_block))
+        waited = _BLOCK_BYTES - len(s.narrow_block)  # the rest of this block
         s.narrow_block.clear()
-        s.narrow_target = _BLOCK_BYTES
-        if cutoff is _UNJUDGED:
+        if cutoff is _UNJUDGED:  # too quiet to say: the next stretch is the next sample
             return
+        s.narrow_wait = waited
         if cutoff is None:
             s.narrow_reported = False
             s.narrow_clean += 1
             if s.narrow_clean >= 3:
-                s.narrow_skip = min(SPECTRUM_MAX_SKIP, 2 ** (s.narrow_clean - 2) - 1)
+                s.narrow_wait += min(SPECTRUM_MAX_SKIP, 2 ** (s.narrow_clean - 2) - 1) * _BLOCK_BYTES
         elif not s.narrow_reported:
             s.narrow_reported = True
             s.narrow_clean = 0
