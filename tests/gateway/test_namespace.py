@@ -14,6 +14,7 @@ import socketio
 from websockets.asyncio.server import serve
 
 from voicerelay.gateway.server import Gateway
+from voicerelay.gateway.session import GatewaySession
 
 from ..conftest import read_recording, room_noise
 from ..test_relay import Upstream
@@ -218,6 +219,45 @@ async def test_unknown_events_are_ignored(gateway: tuple[Gateway, str], browsers
     await browser.emit("text_input", {"text": "thanks"})
     assert (await browser.wait_for("ai_response"))["response"] == "You are welcome."
     assert not browser.of("error")
+
+
+async def test_audio_sent_right_after_start_session_is_heard(gateway: tuple[Gateway, str], browsers: Any) -> None:
+    """A browser need not wait for ``session_started``: its events are handled in the order it sent
+    them, so the audio that follows ``start_session`` at once (while the gateway still starts its
+    embedded backend, this being its first session) finds the session and is queued for the
+    upstream, not refused or lost."""
+    gw, url = gateway
+    assert gw.backend_server is None  # the first session: the backend starts with it
+    browser = await browsers().connect(url)
+    await browser.emit("start_session", {"chat_payload": {"contextId": "ctx-1", "metadata": {"message_log": []}}})
+    await send_wav(browser, np.concatenate((read_recording("hello_there"), room_noise(800))))
+    assert (await browser.wait_for("ai_response"))["transcript"] == "hello there"
+    assert not browser.of("error")
+
+
+async def test_a_bug_below_an_event_is_one_error_for_its_browser_and_the_session_goes_on(
+        gateway: tuple[Gateway, str], browsers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler that raises what the contract does not expect (a bug, injected here) answers its
+    browser ``error {code: "internal_error"}``; the connection, its session and the others go on."""
+    _, url = gateway
+    browser, neighbour = await browsers().connect(url), await browsers().connect(url)
+    await browser.start()
+    await neighbour.start()
+
+    def broken(self: GatewaySession, item_id: str, played_ms: float) -> None:
+        raise RuntimeError("injected bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GatewaySession, "playback_position", broken)
+        await browser.emit("playback_position", {"item_id": "item_1", "played_ms": 120})
+        error = await browser.wait_for("error")
+    assert error["code"] == "internal_error" and "RuntimeError: injected bug" in error["message"]
+    assert browser.sio.connected
+    await browser.emit("text_input", {"text": "thanks"})
+    assert (await browser.wait_for("ai_response"))["response"] == "You are welcome."
+    await neighbour.emit("text_input", {"text": "thanks"})
+    assert (await neighbour.wait_for("ai_response"))["response"] == "You are welcome."
+    assert len(browser.of("error")) == 1 and not neighbour.of("error")
 
 
 async def test_audio_faster_than_twice_real_time_is_cut_off(gateway: tuple[Gateway, str], browsers: Any) -> None:

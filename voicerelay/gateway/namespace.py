@@ -8,6 +8,16 @@ down) and refused with ``ConnectionRefusedError``. Every browser event runs unde
 ends it and closes the connection); what the event queued for the browser is sent before the
 next event is read. Unknown events are ignored.
 
+The server runs without python-socketio's task per event (``async_handlers=False``). The events
+of the browser's own session (:data:`INLINE`: ``start_session``, ``audio_data``,
+``commit_audio``, ``playback_position``) are handled on the connection's reader as they are read,
+strictly in order: audio sent right after ``start_session`` finds its session started (its relay
+queues audio until the upstream is connected), and an upstream that takes audio slower than it
+arrives holds the browser's reads back rather than piling up tasks. ``start_session`` waits at
+most for the embedded backend's first start; the actions, which may wait on Redis or on a
+session's end, each get a task of their own, as before, so that the connection's heartbeat is
+read meanwhile.
+
 A message too big for the transport to read closes the connection before any event is seen
 (:mod:`~voicerelay.gateway.wire` records it): the session ends as ``message_too_big`` (what a
 monitor sees) and the gateway logs one line; the browser sees its WebSocket closed with code
@@ -46,8 +56,11 @@ log = logging.getLogger(__name__)
 
 #: Events that act on a session, maybe on another node (``{session_id}`` names it).
 ROUTED = frozenset({c.TEXT_INPUT, c.SAY, c.INTERRUPT, c.END_SESSION, c.GET_STATE})
+#: Browser events handled on the connection's reader, in order, with no task each (see the
+#: module docstring).
+INLINE = frozenset({c.START_SESSION, c.AUDIO_DATA, c.COMMIT_AUDIO, c.PLAYBACK_POSITION})
 #: Browser events handled under the guard.
-GUARDED = ROUTED | {c.START_SESSION, c.AUDIO_DATA, c.COMMIT_AUDIO, c.PLAYBACK_POSITION}
+GUARDED = ROUTED | INLINE
 
 
 class NamespaceHost(Protocol):
@@ -86,6 +99,14 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 log.debug("ignoring unknown event %r", event)
                 return None
             return await super().trigger_event(event, *args)
+        if event in INLINE:
+            await self._guarded(event, args)
+        else:  # may wait on Redis or a session's end: in a task, as python-socketio's async_handlers would
+            self._spawn(self._guarded(event, args))
+        return None
+
+    async def _guarded(self, event: str, args: tuple[Any, ...]) -> None:
+        """One browser event under the guard (see the module docstring)."""
         sid = args[0]
         try:
             # each guarded event has its coroutine here: called as python-socketio's dispatch would
@@ -107,11 +128,17 @@ class GatewayNamespace(socketio.AsyncNamespace):
             if isinstance(target, str):  # an action on a named (followed) session: its handlers hear of it
                 payload["session_id"] = target
             await self.emit(c.ERROR, payload, to=sid, ignore_queue=True)  # the caller: connected here
-            if exc.code == "rate_limited":
-                if session is not None:
-                    await session.end("rate_limited")
-                await self.disconnect(sid)
-        return None
+            if exc.code == "rate_limited":  # ended and closed in a task: this may run on the connection's reader
+                self._spawn(self._end_rate_limited(sid, session))
+        except Exception as exc:  # a bug below: logged with its traceback, told to this browser alone
+            log.exception("%s event from %s failed", event, sid)
+            await self.emit(c.ERROR, c.error_payload("internal_error", f"{type(exc).__name__}: {exc}"), to=sid,
+                            ignore_queue=True)
+
+    async def _end_rate_limited(self, sid: str, session: GatewaySession | None) -> None:
+        if session is not None:
+            await session.end("rate_limited")
+        await self.disconnect(sid)
 
     def _session(self, sid: str) -> GatewaySession:
         session = self.registry.by_sid(sid)
@@ -289,7 +316,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("telling followers failed: %s", task.exception(), exc_info=task.exception())
+            log.error("a task of the browser contract failed: %s", task.exception(), exc_info=task.exception())
 
     async def act_locally(self, action: str, session_id: str, data: Any, reply_to: str) -> None:
         """Carry out an action on a session of this node, for ``reply_to`` (any node's client)."""

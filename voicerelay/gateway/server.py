@@ -122,8 +122,10 @@ class Gateway:
                                               function_map=function_map, tool_timeout=tool_timeout, lint=lint,
                                               max_backlog_bytes=max_backlog_bytes)
         # python-socketio and python-engineio given their loggers: left to themselves, they add a
-        # handler of their own to the root's and every line they log appears twice, in two formats
+        # handler of their own to the root's and every line they log appears twice, in two formats.
+        # No task per event: the namespace gives one to the events that may wait (see its docstring).
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=cors, client_manager=manager,
+                                        async_handlers=False,
                                         max_http_buffer_size=self.max_message_bytes, ping_interval=ping_interval,
                                         ping_timeout=ping_timeout, json=wirejson,
                                         logger=_library_logger("socketio.server"),
