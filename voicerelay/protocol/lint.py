@@ -334,6 +334,16 @@ class Linter:
         """One event of the session; the findings it settles (possibly about earlier events)."""
         self._out = []
         self._t = max(self._t, t)
+        if type(event) is dict and self._s.dialect is not None:  # the two events of every chunk, first
+            kind = event.get("type")
+            if kind == "input_audio_buffer.append" and direction == "up":  # (no dialect rule looks at it)
+                self._due(t)
+                self._on_append(t, event, pcm)
+                return self._drain()
+            if kind == "response.output_audio.delta" and direction == "down":  # (GA: normalize keeps it)
+                self._due(t)
+                self._on_audio_delta(t, event)
+                return self._drain()
         if (type(event) is dict or isinstance(event, Mapping)) and isinstance(event.get("type"), str):
             self._due(t)
             if direction == "up":
@@ -555,13 +565,7 @@ class Linter:
             elif raw_type in _GA_ONLY_DOWN:
                 self._set_dialect("ga")
         if kind == "response.output_audio.delta":  # first: most of what a server sends
-            s.audio_out = True
-            item_id = event.get("item_id")
-            if isinstance(item_id, str):
-                item = s.items.get(item_id)
-                if item is None:
-                    item = s.items[item_id] = _Item(t)
-                item.received += _audio_nbytes(event.get("delta")) or 0
+            self._on_audio_delta(t, event)
         elif kind in ("session.created", "session.updated"):
             self._session(event.get("session"))
         elif kind == "response.created":
@@ -588,6 +592,16 @@ class Linter:
                     break
         elif kind == "error":
             self._error(t, event.get("error"))
+
+    def _on_audio_delta(self, t: float, event: Mapping[str, Any]) -> None:
+        s = self._s
+        s.audio_out = True
+        item_id = event.get("item_id")
+        if isinstance(item_id, str):
+            item = s.items.get(item_id)
+            if item is None:
+                item = s.items[item_id] = _Item(t)
+            item.received += _audio_nbytes(event.get("delta")) or 0
 
     def _set_dialect(self, dialect: str) -> None:
         s = self._s
