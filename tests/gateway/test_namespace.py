@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import socketio
-
 from websockets.asyncio.server import serve
 
 from voicerelay.gateway.server import Gateway

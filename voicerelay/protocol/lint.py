@@ -166,8 +166,8 @@ GROWTH_TURNS = 5
 #: VR108 judges input audio once per block of this much audio, from a sample at the block's start
 #: (SPECTRUM_SAMPLE_S, its frames louder than SPEECH_DBFS; the rest of the block is not looked at,
 #: unless the sample was too quiet to judge);
-#: after three full-band blocks in a row it skips 1, 3, 7... blocks between judgements, at most
-#: SPECTRUM_MAX_SKIP; a sample still being collected when the session ends is judged then.
+#: after one, two, three full-band blocks in a row it skips 1, 3, 7 blocks before the next (at most
+#: SPECTRUM_MAX_SKIP); a sample still being collected when the session ends is judged then.
 SPECTRUM_BLOCK_S = 1.0
 SPECTRUM_MAX_SKIP = 7
 SPEECH_DBFS = -50.0
@@ -440,11 +440,10 @@ class Linter:
 
     def _spectrum(self, t: float, pcm: bytes) -> None:
         """Collect a sample of the input audio (``SPECTRUM_SAMPLE_S`` at the start of each
-        ``SPECTRUM_BLOCK_S``) and judge its band. A stream judged full band several times running
-        is judged less and less often (every 2nd, 4th... block, at most every
-        ``SPECTRUM_MAX_SKIP``): the rate of a stream seldom changes, and a live linter must stay
-        cheap (the audio between two samples costs nothing when the caller, asking
-        :attr:`wants_pcm`, decodes nothing for it)."""
+        ``SPECTRUM_BLOCK_S``) and judge its band. A stream judged full band is judged less and
+        less often (every 2nd, 4th, 8th block): the rate of a stream seldom changes, and a live
+        linter must stay cheap (the audio between two samples costs nothing when the caller,
+        asking :attr:`wants_pcm`, decodes nothing for it)."""
         s = self._s
         s.narrow_block += pcm
         if len(s.narrow_block) >= _SAMPLE_BYTES:
@@ -461,8 +460,7 @@ class Linter:
         if cutoff is None:
             s.narrow_reported = False
             s.narrow_clean += 1
-            if s.narrow_clean >= 3:
-                s.narrow_wait += min(SPECTRUM_MAX_SKIP, 2 ** (s.narrow_clean - 2) - 1) * _BLOCK_BYTES
+            s.narrow_wait += min(SPECTRUM_MAX_SKIP, 2 ** s.narrow_clean - 1) * _BLOCK_BYTES
         elif not s.narrow_reported:
             s.narrow_reported = True
             s.narrow_clean = 0
