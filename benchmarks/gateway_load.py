@@ -55,7 +55,8 @@ session grows with ``--duration`` up to about 1 MiB.
 
 ``--profile N`` then runs each system once more at N under cProfile (in the server process,
 over the streaming window only) and prints the own time per relayed chunk by package, and the
-functions with the most of it.
+functions with the most of it; ``--profile-out DIR`` also keeps each whole profile
+(``DIR/gateway.prof``, ``DIR/bare.prof``: ``python -m pstats DIR/gateway.prof``).
 
 Printed figures (not asserted): the gateway's server CPU per session over the bare relay's, over
 every N both ran to completion (every session started, nothing lost, no error; the p99 limit
@@ -216,7 +217,8 @@ def bare_relay_app(echo_url: str) -> Any:
     return socketio.ASGIApp(sio)
 
 
-def _server_main(conn: Any, kind: str, echo_url: str, max_sessions: int, profile: bool) -> None:
+def _server_main(conn: Any, kind: str, echo_url: str, max_sessions: int, profile: bool,
+                 profile_out: str | None = None) -> None:
     import uvicorn
 
     if kind == "gateway":
@@ -257,6 +259,8 @@ def _server_main(conn: Any, kind: str, echo_url: str, max_sessions: int, profile
 
     asyncio.run(main())
     if profiler is not None:
+        if profile_out is not None:  # the whole profile, for pstats or a viewer
+            profiler.dump_stats(str(Path(profile_out) / f"{kind}.prof"))
         conn.send(profile_summary(profiler))
 
 
@@ -484,7 +488,8 @@ class Child:
 
 def run_step(kind: str, n: int, echo: Child, echo_url: str, args: argparse.Namespace,
              profile: bool = False) -> dict[str, Any]:
-    server = Child(_server_main, (kind, echo_url, max(100, n + 10), profile), f"{kind} server")
+    profile_out = getattr(args, "profile_out", None) if profile else None
+    server = Child(_server_main, (kind, echo_url, max(100, n + 10), profile, profile_out), f"{kind} server")
     clients = Child(_clients_main, (n, args.duration), f"{n} clients")
     result: dict[str, Any] = {}
     try:
@@ -638,7 +643,15 @@ def main() -> None:
                         help="seconds to wait, before each step, for the machine to be free of other load")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the ramp, run the gateway once more at N sessions under cProfile and print it")
+    parser.add_argument("--profile-out", metavar="DIR",
+                        help="with --profile: also write each system's whole profile to DIR/<system>.prof "
+                             "(read it with python -m pstats)")
     args = parser.parse_args()
+    if args.profile_out is not None:
+        if not args.profile:
+            parser.error("--profile-out needs --profile N")
+        if not Path(args.profile_out).is_dir():
+            parser.error(f"--profile-out: {args.profile_out} is not a folder")
 
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip() and 0 < int(s) <= args.max_sessions})
     if not steps:
