@@ -55,7 +55,7 @@ async def closing_server() -> AsyncIterator[str]:
 
 async def test_a_closed_connection_is_connection_lost_with_its_code(closing_server: str) -> None:
     conn = await open_connection(UpstreamSpec(closing_server))
-    assert await conn.recv(5) == '{"type":"hello"}' and conn.extensions == []  # no permessage-deflate
+    assert await conn.recv(5) == b'{"type":"hello"}' and conn.extensions == []  # no permessage-deflate
     await conn.send("{}")
     with pytest.raises(ConnectionLost) as lost:
         await conn.recv(5)

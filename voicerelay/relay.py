@@ -66,7 +66,7 @@ class EventRecorder(Protocol):
 class Connection(Protocol):
     """One open connection to a Realtime server (see :class:`~voicerelay.upstream.UpstreamConnection`)."""
 
-    async def send(self, message: str) -> None: ...
+    async def send(self, message: str | bytes) -> None: ...
     async def recv(self, timeout: float | None = None) -> str | bytes: ...
     def frames(self) -> AsyncIterator[str | bytes]: ...
     async def close(self, timeout: float = 2.0) -> None: ...
@@ -348,7 +348,7 @@ class Relay:
             self.connection = None
 
     async def _send(self, conn: Connection, event: Event) -> None:
-        await conn.send(wirejson.dumps(event))
+        await conn.send(wirejson.dumpb(event))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("-> %s", elide(event))
         if self.recorder is not None:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .backoff import backoff_delays  # the project's one retry policy (importable from here as before)
 from .errors import (  # noqa: F401 - the upstream's errors, importable from here as before
@@ -169,24 +169,30 @@ class UpstreamConnection:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
 
-    async def send(self, message: str) -> None:
+    async def send(self, message: str | bytes) -> None:
+        """One text frame: a ``str``, or JSON already encoded as UTF-8 (sent as it is)."""
         try:
-            await self._ws.send(message)
+            await self._ws.send(message, text=True)
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
 
     async def recv(self, timeout: float | None = None) -> str | bytes:
-        """The next frame; :class:`TimeoutError` after ``timeout`` seconds."""
+        """The next frame, as bytes (a text frame not decoded: the JSON parser reads UTF-8);
+        :class:`TimeoutError` after ``timeout`` seconds."""
         try:
-            return await asyncio.wait_for(self._ws.recv(), timeout)
+            return await asyncio.wait_for(self._ws.recv(decode=False), timeout)
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
 
     async def frames(self) -> AsyncIterator[str | bytes]:
-        """Every frame until the connection closes (normally: the iteration ends; else ConnectionLost)."""
+        """Every frame, as bytes (as :meth:`recv`), until the connection closes (normally: the
+        iteration ends; else ConnectionLost)."""
+        recv = self._ws.recv
         try:
-            async for message in self._ws:
-                yield message
+            while True:
+                yield await recv(decode=False)
+        except ConnectionClosedOK:
+            return
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
 

@@ -239,7 +239,7 @@ class BackendServer:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("-> %s", elide(out))
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(wirejson.dumps(out))
+                await ws.send(wirejson.dumpb(out), text=True)
 
         state = ServerSession(model=model, expires_at=int(time.time() + self.max_session_seconds), dialect=dialect)
         session = SessionPump(state, send, self.engines, pace=self.pace)
