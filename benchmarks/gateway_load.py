@@ -488,7 +488,7 @@ class Child:
 
 def run_step(kind: str, n: int, echo: Child, echo_url: str, args: argparse.Namespace,
              profile: bool = False) -> dict[str, Any]:
-    profile_out = getattr(args, "profile_out", None) if profile else None
+    profile_out = args.profile_out if profile else None
     server = Child(_server_main, (kind, echo_url, max(100, n + 10), profile, profile_out), f"{kind} server")
     clients = Child(_clients_main, (n, args.duration), f"{n} clients")
     result: dict[str, Any] = {}

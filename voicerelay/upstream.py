@@ -176,7 +176,7 @@ class UpstreamConnection:
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
 
-    async def recv(self, timeout: float | None = None) -> str | bytes:
+    async def recv(self, timeout: float | None = None) -> bytes:
         """The next frame, as bytes (a text frame not decoded: the JSON parser reads UTF-8);
         :class:`TimeoutError` after ``timeout`` seconds."""
         try:
@@ -184,7 +184,7 @@ class UpstreamConnection:
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
 
-    async def frames(self) -> AsyncIterator[str | bytes]:
+    async def frames(self) -> AsyncIterator[bytes]:
         """Every frame, as bytes (as :meth:`recv`), until the connection closes (normally: the
         iteration ends; else ConnectionLost)."""
         recv = self._ws.recv

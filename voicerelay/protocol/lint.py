@@ -452,11 +452,11 @@ class Linter:
     def _judge_band(self, t: float) -> None:
         s = self._s
         cutoff = _band_limit(bytes(s.narrow_block))
-        waited = _BLOCK_BYTES - len(s.narrow_block)  # the rest of this block
+        rest_of_block = _BLOCK_BYTES - len(s.narrow_block)
         s.narrow_block.clear()
         if cutoff is _UNJUDGED:  # too quiet to say: the next stretch is the next sample
             return
-        s.narrow_wait = waited
+        s.narrow_wait = rest_of_block
         if cutoff is None:
             s.narrow_reported = False
             s.narrow_clean += 1

@@ -6,8 +6,8 @@ delta: 3.4 µs → 1.0 µs), which is most of what a relay does per chunk.
 bytes (what a WebSocket text frame carries: websockets sends them with ``text=True``, without a
 ``str`` in between); both fall back to the standard library for what orjson refuses (a lone
 surrogate in a string, an integer beyond 64 bits), so they never fail where ``json.dumps`` would
-not. ``loads`` takes ``str`` or the bytes of a text frame as received (``recv(decode=False)``).
-``loads`` raises a :class:`ValueError` on bad JSON, as ``json.loads`` does.
+not. ``loads`` takes ``str`` or the bytes of a text frame as received (``recv(decode=False)``),
+and raises a :class:`ValueError` on bad JSON, as ``json.loads`` does.
 """
 
 from __future__ import annotations
