@@ -3,6 +3,7 @@
     python benchmarks/gateway_load.py                    # about 3.5 minutes on 2 cores
     python benchmarks/gateway_load.py --duration 10 --steps 1,8,16,32,48,64
     python benchmarks/gateway_load.py --steps 1 --profile 16   # where each server spends its CPU
+    python benchmarks/gateway_load.py --paired 8 --steps 40 --duration 8   # the CPU ratio, side by side
 
 Three kinds of process, so that no two of them share a GIL or an event loop:
 
@@ -52,6 +53,15 @@ the benchmark waits up to ``--quiet-wait`` seconds for the other load to drop be
 The relay keeps every ``input_audio_buffer.append`` of a turn not yet answered (up to 15 s) to
 re-send it after a reconnect; the echo upstream never ends a turn, so the gateway's RSS per
 session grows with ``--duration`` up to about 1 MiB.
+
+``--paired ROUNDS`` measures the CPU ratio alone, more tightly than the ramps can: instead of one
+system after the other, both run at once, N sessions each (each N of ``--steps``), each server
+with its own process of clients and both with the one echo upstream, and their CPU per session is
+taken over the same streaming window, ROUNDS times with fresh servers. Whatever else the machine
+does (a neighbour's load, the CPU's clock) then weighs on both alike: one round's ratio varies by
+about 3 %, where a ramp's steps vary by 5 to 15 %. It prints each round, the mean ratio and its
+95 % confidence interval; the target is met when the whole interval is at most 1.0. Keep 2 N plus
+the clients and the echo under the machine's cores (N = 40 on 2 cores).
 
 ``--profile N`` then runs each system once more at N under cProfile (in the server process,
 over the streaming window only) and prints the own time per relayed chunk by package, and the
@@ -533,6 +543,82 @@ def run_step(kind: str, n: int, echo: Child, echo_url: str, args: argparse.Names
             result["profile"] = summary
 
 
+
+def run_pair(n: int, echo: Child, echo_url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Both systems at once, N sessions each, over the same streaming window (``--paired``): each
+    server has its own clients' process and the echo upstream is shared, so whatever else the
+    machine does in that window weighs on both alike."""
+    kinds = ("bare", "gateway")
+    servers = {k: Child(_server_main, (k, echo_url, max(100, n + 10), False), f"{k} server") for k in kinds}
+    clients = {k: Child(_clients_main, (n, args.duration), f"{n} clients of {k}") for k in kinds}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        ports = {k: servers[k].recv(60, "port") for k in kinds}
+        time.sleep(0.2)
+        rss0 = {k: rss_mib(servers[k].pid) for k in kinds}
+        for k in kinds:
+            clients[k].conn.send(f"http://127.0.0.1:{ports[k]}")
+        started = {k: clients[k].recv(60 + n, "sessions")[1] for k in kinds}
+        cpu_a = {k: cpu_seconds(servers[k].pid) for k in kinds}
+        t_a = time.monotonic()
+        for k in kinds:
+            clients[k].conn.send("go")
+        for k in kinds:
+            clients[k].recv(args.duration * 3 + 30, "end of streaming")
+        cpu_b = {k: cpu_seconds(servers[k].pid) for k in kinds}
+        wall = time.monotonic() - t_a
+        for k in kinds:
+            rss1 = rss_mib(servers[k].pid)
+            _, r = clients[k].recv(LOST_AFTER_S + 30, "results")
+            r.update({"system": k, "n": n, "wall": wall, "cpu": (cpu_b[k] - cpu_a[k]) / wall * 100,
+                      "rss": rss1, "rss0": rss0[k], "rss_per": (rss1 - rss0[k]) / n})
+            r["cpu_per"] = r["cpu"] / n
+            r["complete"] = started[k] == n and complete(r)
+            results[k] = r
+        return results
+    finally:
+        for k in kinds:
+            clients[k].stop(15)
+            servers[k].stop(15)
+
+
+def paired(steps: list[int], echo: Child, echo_url: str, args: argparse.Namespace) -> None:
+    """``--paired ROUNDS``: the CPU ratio measured side by side, ROUNDS times at each N of --steps."""
+    print(f"side by side: both systems at once, N sessions each, {args.paired} rounds per N; CPU per session over "
+          "the same window\n")
+    print(f"{'N':>5}{'round':>6}{'bare %/sess':>13}{'gateway %/sess':>16}{'ratio':>7}{'p99 bare':>10}"
+          f"{'p99 gw':>8}  verdict")
+    ratios: list[float] = []
+    for n in steps:
+        for i in range(args.paired):
+            wait_quiet(args.foreign_limit, args.quiet_wait)
+            r = run_pair(n, echo, echo_url, args)
+            b, g = r["bare"], r["gateway"]
+            ok = b["complete"] and g["complete"] and b["cpu_per"] > 0
+            why = "" if ok else " (not counted: " + "; ".join(
+                f"{k}: {x['started']} of {n} started, {x['lost']} lost, {x['error_count']} errors"
+                for k, x in r.items() if not x["complete"]) + ")"
+            ratio = g["cpu_per"] / b["cpu_per"] if b["cpu_per"] > 0 else float("nan")
+            if ok:
+                ratios.append(ratio)
+            print(f"{n:>5}{i + 1:>6}{b['cpu_per']:>13.3f}{g['cpu_per']:>16.3f}{ratio:>7.3f}{b['p99']:>10.1f}"
+                  f"{g['p99']:>8.1f}  {'counted' if ok else 'NOT counted'}{why}", flush=True)
+    if len(ratios) < 2:
+        print("\nserver CPU per session, gateway / bare relay, side by side: too few complete rounds to say")
+        return
+    mean = float(np.mean(ratios))
+    half = 1.96 * float(np.std(ratios, ddof=1)) / len(ratios) ** 0.5
+    if mean + half <= CPU_TARGET_RATIO:
+        verdict = "meets target"
+    elif mean - half > CPU_TARGET_RATIO:
+        verdict = "MISSES target"
+    else:
+        verdict = "cannot tell from these rounds: run more"
+    print(f"\nserver CPU per session, gateway / bare relay, side by side over {len(ratios)} rounds: mean {mean:.3f} "
+          f"(95 % CI {mean - half:.3f}-{mean + half:.3f}), median {float(np.median(ratios)):.3f}, range "
+          f"{min(ratios):.3f}-{max(ratios):.3f}  (target: at most {CPU_TARGET_RATIO}: {verdict})")
+
+
 HEADER = (f"{'system':<8}{'N':>5}{'p50':>7}{'p95':>7}{'p99':>7}{'max':>7}{'lost':>7}"
           f"{'srv CPU':>8}{'/sess':>6}{'RSS':>6}{'/sess':>6}"
           f"{'client':>7}{'echo':>6}{'other':>6}{'late99':>7}  verdict")
@@ -641,12 +727,17 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=1, help="runs again of a step failed under other load")
     parser.add_argument("--quiet-wait", type=float, default=2.0,
                         help="seconds to wait, before each step, for the machine to be free of other load")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the ramps, run both systems at once at each N of --steps, ROUNDS times, "
+                             "and print their CPU ratio with its confidence interval")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the ramp, run the gateway once more at N sessions under cProfile and print it")
     parser.add_argument("--profile-out", metavar="DIR",
                         help="with --profile: also write each system's whole profile to DIR/<system>.prof "
                              "(read it with python -m pstats)")
     args = parser.parse_args()
+    if args.paired < 0:
+        parser.error("--paired takes a number of rounds (at least 1)")
     if args.profile_out is not None:
         if not args.profile:
             parser.error("--profile-out needs --profile N")
@@ -675,6 +766,9 @@ def main() -> None:
     try:
         echo_port = echo.recv(30, "port")
         echo_url = f"ws://127.0.0.1:{echo_port}/v1/realtime"
+        if args.paired:
+            paired(steps, echo, echo_url, args)
+            return  # (the finally below stops the echo; the time and children left are printed after it)
         print(HEADER)
         print(UNITS)
         plans = {kind: ramp(steps, args.resolution) for kind in systems}
@@ -733,9 +827,9 @@ def main() -> None:
             profile_both(args.profile, systems, echo, echo_url, args)
     finally:
         echo.stop(10)
-    left = multiprocessing.active_children()
-    print(f"\n{time.monotonic() - started:.0f} s; load average now {loadavg()}; "
-          f"child processes left: {len(left)}")
+        left = multiprocessing.active_children()
+        print(f"\n{time.monotonic() - started:.0f} s; load average now {loadavg()}; "
+              f"child processes left: {len(left)}")
 
 
 if __name__ == "__main__":
