@@ -202,14 +202,17 @@ class Relay:
             return False
         effects = self.session.audio_b64(audio_b64, nbytes)
         conn = self.connection
-        if not (self._sending and conn is not None and self._out.empty() and not self._inflight):
+        if not (self._sending and conn is not None and not self._inflight and self._out.empty()):
             self._dispatch(effects)
             return True
         for effect in effects:  # audio_b64 has no effect but this SendEvent (or none)
             assert isinstance(effect, SendEvent)
-            self.queued_audio_ms += append_ms(effect.event)  # until it is sent, as if queued
-            with contextlib.suppress(ConnectionLost):  # then it stays in flight for the next connection
-                await self._transmit(conn, effect.event)
+            ms = nbytes / BYTES_PER_MS
+            self.queued_audio_ms += ms  # until it is sent, as if queued
+            try:
+                await self._transmit(conn, effect.event, ms)
+            except ConnectionLost:  # it stays in flight for the next connection
+                pass
         return True
 
     def commit(self) -> None:
@@ -358,25 +361,33 @@ class Relay:
         while True:
             await self._transmit(conn, await self._out.get())
 
-    async def _transmit(self, conn: Connection, event: Event) -> None:
+    async def _transmit(self, conn: Connection, event: Event, ms: float | None = None) -> None:
         """Send one event taken from the queue (or handed over directly), with its bookkeeping.
 
         Until it is sent it is in flight (a new connection sends it again); an append counts in
         ``queued_audio_ms`` until then, and is kept for resending, numbered in the order written.
+        ``ms`` is an append's audio, if the caller knows it.
         """
         append = event["type"] == "input_audio_buffer.append"
-        self._inflight.append(event)
+        inflight = self._inflight
+        inflight.append(event)
         if append:
             seq = self.resend.number()  # send() writes before its first await: this is the order on the wire
         await self._send(conn, event)
-        for i, flying in enumerate(self._inflight):
-            if flying is event:
-                del self._inflight[i]
-                break
+        if inflight[-1] is event:  # (nothing was sent meanwhile: the usual case)
+            inflight.pop()
+        else:
+            for i, flying in enumerate(inflight):
+                if flying is event:
+                    del inflight[i]
+                    break
         if append:
-            self.resend.written(seq, event)
-            self.queued_audio_ms = max(0.0, self.queued_audio_ms - append_ms(event))
-            if self.queued_audio_ms < self.max_queued_audio_ms:
+            if ms is None:
+                ms = append_ms(event)
+            self.resend.written(seq, event, ms)
+            queued = self.queued_audio_ms - ms
+            self.queued_audio_ms = queued if queued > 0.0 else 0.0
+            if queued < self.max_queued_audio_ms:
                 self._space.set()
 
     async def _reader(self, conn: Connection) -> None:

@@ -173,6 +173,15 @@ def test_odd_server_events_never_raise(event: Any) -> None:
     assert all(isinstance(e, Error) for e in effects)
 
 
+def test_a_flood_of_made_up_event_types_is_ignored_and_remembers_a_bounded_number() -> None:
+    s = ready_session()
+    for i in range(2000):
+        assert s.server_event({"type": f"x.made_up_{i}", "event_id": f"e{i}"}, 1.0) == []
+    assert len(RealtimeSession._handlers) <= 256  # the per-type lookup cache does not grow with what a server sends
+    out = reply(s, 2.0)  # the known types are still handled
+    assert len(of(out, PlayAudio)) == 3 and s.state is State.SPEAKING
+
+
 def test_history_is_replayed_when_reconnecting() -> None:
     s = ready_session()
     s.user_text("hello", 1.0)

@@ -61,6 +61,7 @@ ROUTED = frozenset({c.TEXT_INPUT, c.SAY, c.INTERRUPT, c.END_SESSION, c.GET_STATE
 INLINE = frozenset({c.START_SESSION, c.AUDIO_DATA, c.COMMIT_AUDIO, c.PLAYBACK_POSITION})
 #: Browser events handled under the guard.
 GUARDED = ROUTED | INLINE
+_HANDLER = {event: "on_" + event for event in GUARDED}
 
 
 class NamespaceHost(Protocol):
@@ -112,11 +113,11 @@ class GatewayNamespace(socketio.AsyncNamespace):
             # each guarded event has its coroutine here: called as python-socketio's dispatch would
             # (a cancelled handler returns nothing), without inspecting it again for every audio chunk
             try:
-                await getattr(self, "on_" + event)(*args)
+                await getattr(self, _HANDLER[event])(*args)
             except asyncio.CancelledError:
                 pass
             session = self.registry.by_sid(sid)
-            if session is not None:
+            if session is not None and session.has_output:
                 await session.flush()  # what the action queued for the browser
         except c.ContractError as exc:
             session = self.registry.by_sid(sid)

@@ -183,6 +183,11 @@ class GatewaySession:
         if self._outbox and not self._flushing and not self.ended:
             self._spawn(self.flush())
 
+    @property
+    def has_output(self) -> bool:
+        """Whether something waits in the queue for the browser (:meth:`flush` sends it)."""
+        return bool(self._outbox)
+
     async def flush(self) -> None:
         """Send what the observers queued for the browser, in order (one flush at a time: a flush
         that finds another under way leaves the queue to it). Cheap when nothing is queued."""
@@ -190,8 +195,13 @@ class GatewaySession:
             return
         self._flushing = True
         try:
-            while self._outbox:
-                await self.emit(*self._outbox.popleft(), False)
+            outbox = self._outbox
+            while outbox:
+                name, data = outbox.popleft()
+                if self.followers or type(data) is not dict or "session_id" not in data:
+                    await self.emit(name, data, False)
+                else:  # (what emit does then)
+                    await self._to_browser(name, data, False)
         finally:
             self._flushing = False
 

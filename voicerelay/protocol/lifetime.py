@@ -80,8 +80,9 @@ class ResendLedger:
         self._seq += 1
         return self._seq
 
-    def written(self, seq: int, event: Event) -> None:
-        """Keep append ``seq`` (from :meth:`number`) until its turn is answered."""
+    def written(self, seq: int, event: Event, ms: float | None = None) -> None:
+        """Keep append ``seq`` (from :meth:`number`) until its turn is answered (``ms``: its audio,
+        if the caller knows it)."""
         seqs = self._seqs
         if seqs and seqs[-1] > seq:  # one written after it waited less to be sent
             i = len(seqs)
@@ -92,7 +93,7 @@ class ResendLedger:
         else:
             seqs.append(seq)
             self._events.append(event)
-        self._ms += append_ms(event)
+        self._ms += append_ms(event) if ms is None else ms
         while self._ms > self.max_ms and len(self._events) > 1:
             self._drop_oldest()
         if self.server_vad and not self.speaking and seqs[0] >= self._committed_upto:

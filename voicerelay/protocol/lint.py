@@ -193,6 +193,8 @@ _GA_ONLY_DOWN = frozenset({"response.output_audio.delta", "response.output_audio
 
 def _audio_nbytes(value: Any) -> int | None:
     """Bytes of PCM an event carries: a recording's reference, or base64 as sent. ``None``: unusable."""
+    if type(value) is str:  # (live: every chunk)
+        return len(value.rstrip("=")) * 3 // 4
     if isinstance(value, Mapping):
         n = value.get("bytes")
         return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
@@ -706,7 +708,7 @@ class StreamLinter:
         if self._t0 is None:
             self._t0 = now
         pcm = None
-        if direction == "up" and event.get("type") == "input_audio_buffer.append" and self.linter.wants_pcm:
+        if direction == "up" and self.linter.wants_pcm and event.get("type") == "input_audio_buffer.append":
             audio = event.get("audio")
             if isinstance(audio, str):
                 self.decoded += 1

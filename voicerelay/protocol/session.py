@@ -37,7 +37,8 @@ import base64
 import dataclasses
 import enum
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from .audio import BYTES_PER_MS, AudioFormatError, b64_pcm16_nbytes, pcm16_to_b64
 from .config import RealtimeConfig
@@ -68,6 +69,10 @@ class State(str, enum.Enum):
 
 
 # ------------------------------------------------------------------------------------ effects
+
+
+_UNKNOWN: Any = object()
+_HANDLERS_KEPT = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,6 +227,13 @@ BENIGN_CODES = frozenset({"response_cancel_not_active"})
 
 
 class RealtimeSession:
+    #: event type -> its ``_on_...`` function, or None (filled as types are seen; see server_event)
+    _handlers: ClassVar[dict[str, Callable[..., list[Effect]] | None]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = {}  # a subclass's own methods
+
     def __init__(self, config: RealtimeConfig, dialect: Dialect = Dialect.GA) -> None:
         self.config = config
         self.dialect = dialect
@@ -440,11 +452,16 @@ class RealtimeSession:
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             return [Error("invalid_server_event", "the server sent an event without a type")]
         event = normalize(raw)
-        handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
+        handlers = type(self)._handlers
+        handler = handlers.get(event["type"], _UNKNOWN)
+        if handler is _UNKNOWN:  # each type's method looked up once (most events are reply audio)
+            handler = getattr(type(self), "_on_" + event["type"].replace(".", "_"), None)
+            if len(handlers) < _HANDLERS_KEPT:  # (a server's made-up types must not grow it)
+                handlers[event["type"]] = handler
         if handler is None:
             return []
         try:
-            return handler(event, now)
+            return handler(self, event, now)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             return [Error("invalid_server_event", f"could not read {event['type']}: {exc!r}")]
 
