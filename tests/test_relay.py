@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from voicerelay.protocol.config import RealtimeConfig
+from voicerelay.protocol.lifetime import append_ms
 from voicerelay.protocol.session import PlayAudio
 from voicerelay.relay import Relay
 from voicerelay.upstream import UpstreamSpec
@@ -100,6 +101,19 @@ async def test_forwarded_audio_is_sent_by_the_callers_task_when_nothing_is_queue
         await until(lambda: upstream.appends() == [1])
         assert upstream.connections[-1][-1]["audio"] == chunk(1)  # the caller's base64, as it is
         assert relay.session.audio_sent_ms == 40
+
+
+async def test_the_resend_ledger_drops_forwarded_audio_as_it_counted_it(upstream: Upstream) -> None:
+    relay = relay_for(upstream)
+    padded = base64.b64encode(b"\x01\x00" * 961).decode()  # 1922 bytes: its base64 ends in "="
+    assert padded.endswith("=")
+    async with running(relay):
+        for _ in range(500):  # 20 s: past the ledger's bound, so it drops the oldest as it goes
+            await relay.forward_audio(padded)
+        await until(lambda: len(upstream.appends()) == 500)
+        held = len(relay.resend)
+        assert 0 < held < 500
+        assert relay.resend.ms == pytest.approx(held * append_ms({"audio": padded}))  # no drift per chunk
 
 
 async def test_forwarded_audio_keeps_its_place_behind_queued_events(upstream: Upstream) -> None:

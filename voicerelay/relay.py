@@ -207,7 +207,7 @@ class Relay:
             return True
         for effect in effects:  # audio_b64 has no effect but this SendEvent (or none)
             assert isinstance(effect, SendEvent)
-            ms = nbytes / BYTES_PER_MS
+            ms = append_ms(effect.event)  # (as the ledger counts it when it drops the append)
             self.queued_audio_ms += ms  # until it is sent, as if queued
             try:
                 await self._transmit(conn, effect.event, ms)
@@ -366,7 +366,7 @@ class Relay:
 
         Until it is sent it is in flight (a new connection sends it again); an append counts in
         ``queued_audio_ms`` until then, and is kept for resending, numbered in the order written.
-        ``ms`` is an append's audio, if the caller knows it.
+        ``ms`` is an append's :func:`append_ms`, if the caller computed it already.
         """
         append = event["type"] == "input_audio_buffer.append"
         inflight = self._inflight

@@ -81,8 +81,8 @@ class ResendLedger:
         return self._seq
 
     def written(self, seq: int, event: Event, ms: float | None = None) -> None:
-        """Keep append ``seq`` (from :meth:`number`) until its turn is answered (``ms``: its audio,
-        if the caller knows it)."""
+        """Keep append ``seq`` (from :meth:`number`) until its turn is answered (``ms``: its
+        :func:`append_ms`, if the caller computed it already)."""
         seqs = self._seqs
         if seqs and seqs[-1] > seq:  # one written after it waited less to be sent
             i = len(seqs)
