@@ -738,6 +738,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.paired < 0:
         parser.error("--paired takes a number of rounds (at least 1)")
+    if args.paired and args.profile:
+        parser.error("--paired and --profile are separate runs: give one of them")
+    if args.paired and {x.strip() for x in args.systems.split(",") if x.strip()} != {"bare", "gateway"}:
+        parser.error("--paired runs both systems: leave out --systems")
     if args.profile_out is not None:
         if not args.profile:
             parser.error("--profile-out needs --profile N")
