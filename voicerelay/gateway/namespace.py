@@ -201,7 +201,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
         await session.start(spec, gateway.config)
 
     async def on_audio_data(self, sid: str, data: Any = None) -> None:
-        session = self.registry.by_sid(sid) or self._session(sid)  # (the latter raises no_session)
+        session = self._session(sid)
         await session.audio(*c.check_audio(data, self.gateway.max_chunk_b64))
 
     async def on_commit_audio(self, sid: str, data: Any = None) -> None:

@@ -369,8 +369,7 @@ class GatewaySession:
     # ----------------------------------------------------------------------------- from the relay
 
     def _observe(self, obs: Observation | Interrupted) -> None:
-        if self.monitor.watchers:
-            self.monitor.touch(self)  # a set insertion; the monitor publishes at most 10/s
+        self.monitor.touch(self)  # a set insertion; the monitor publishes at most 10/s
         if isinstance(obs, PlayAudio):  # (the Conversation fed it to self.playback)
             self._delta_index += 1
             # the server's base64 as it is (checked by the session); session_id as emit() adds it

@@ -120,8 +120,7 @@ class ResendLedger:
             if (response.get("metadata") or {}).get("voicerelay") == "say":
                 self._say.add(str(response.get("id")))
             return
-        if self._seqs and self._seqs[0] < self._committed_upto and (  # (else nothing to forget)
-                etype == "input_audio_buffer.cleared" or (etype in ANSWERS and self._in_band(event))):
+        if etype == "input_audio_buffer.cleared" or (etype in ANSWERS and self._in_band(event)):
             while self._seqs and self._seqs[0] < self._committed_upto:
                 self._drop_oldest()
 

@@ -339,15 +339,13 @@ class Linter:
         if type(event) is dict and self._s.dialect is not None:  # the two events of every chunk, first
             kind = event.get("type")
             if kind == "input_audio_buffer.append" and direction == "up":  # (no dialect rule looks at it)
-                if self._s.pending_outputs:
-                    self._due(t)
+                self._due(t)
                 self._on_append(t, event, pcm)
-                return self._drain() if self._out else self._out
+                return self._drain()
             if kind == "response.output_audio.delta" and direction == "down":  # (GA: normalize keeps it)
-                if self._s.pending_outputs:
-                    self._due(t)
+                self._due(t)
                 self._on_audio_delta(t, event)
-                return self._drain() if self._out else self._out
+                return self._drain()
         if (type(event) is dict or isinstance(event, Mapping)) and isinstance(event.get("type"), str):
             self._due(t)
             if direction == "up":
@@ -718,10 +716,7 @@ class StreamLinter:
                     pcm = base64.b64decode(audio, validate=True)
                 except (binascii.Error, ValueError):
                     pcm = None  # (the server answers bad audio; the linter counts what it can)
-        found = self.linter.feed(direction, now - self._t0, event, pcm)
-        if found or len(self.linter.truncates) > self.keep:
-            self._kept(found)
-        return found
+        return self._kept(self.linter.feed(direction, now - self._t0, event, pcm))
 
     def finish(self, now: float | None = None) -> list[Finding]:
         """The session ended: what only its end settles."""

@@ -565,15 +565,12 @@ class RealtimeSession:
         self._response_items[item_id] = response_id
         self._playing_item = item_id
         if response_id not in self._say_responses:
-            turn = self._current
-            if turn is None or turn.done_at is not None:
-                turn = self._turn()
+            turn = self._turn()
             if turn.first_delta_at is None:
                 turn.first_delta_at = now
             turn.audio_out_ms += nbytes // BYTES_PER_MS
         out.append(PlayAudio(None, response_id, item_id, audio_b64=delta, nbytes=nbytes))
-        if self.state is not State.SPEAKING:
-            self._set_state(State.SPEAKING, out)
+        self._set_state(State.SPEAKING, out)
         return out
 
     def _on_response_output_audio_transcript_delta(self, event: Event, now: float) -> list[Effect]:
