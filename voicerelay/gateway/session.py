@@ -195,13 +195,8 @@ class GatewaySession:
             return
         self._flushing = True
         try:
-            outbox = self._outbox
-            while outbox:
-                name, data = outbox.popleft()
-                if self.followers or type(data) is not dict or "session_id" not in data:
-                    await self.emit(name, data, False)
-                else:  # (what emit does then)
-                    await self._to_browser(name, data, False)
+            while self._outbox:
+                await self.emit(*self._outbox.popleft(), False)
         finally:
             self._flushing = False
 
