@@ -3,6 +3,8 @@ are known, audio as base64 (what a proxy sees) rather than a recording's referen
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,48 @@ def test_a_live_linter_without_vr108_decodes_nothing() -> None:
     stream.feed("down", 0.0, GA_CREATED)
     _stream_all(stream, through(read_recording("what_can_you_do"), 8000), 1.0)
     assert stream.decoded == 0 and stream.count == 0
+
+
+def test_a_live_linter_counts_every_chunk_as_a_linter_fed_event_by_event_does() -> None:
+    """The live linter counts the two events of every chunk (an append up, a delta down) in one
+    step; what it finds, when, and what its truncate audit says are what a linter fed every event
+    whole (and every append's PCM) finds: too little audio committed, a truncate past what was
+    received, a function output left waiting while the audio goes on, beta audio events."""
+    rng = np.random.default_rng(3)
+
+    def chunk(ms: int) -> bytes:
+        return rng.normal(0, 2000, 24 * ms).astype("<i2").tobytes()
+
+    def delta(item: str, ms: int) -> dict[str, object]:
+        return {"type": "response.output_audio.delta", "response_id": "r1", "item_id": item, "output_index": 0,
+                "content_index": 0, "delta": pcm16_to_b64(chunk(ms))}
+
+    vad_off = {"type": "session.created", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+    script: list[tuple[str, dict[str, object]]] = [("down", vad_off)]
+    script += [("up", {"type": "input_audio_buffer.append", "audio": pcm16_to_b64(chunk(20))})] * 3
+    script += [("up", {"type": "input_audio_buffer.commit"})]  # 60 ms: VR113
+    script += [("up", {"type": "input_audio_buffer.append", "audio": pcm16_to_b64(chunk(20))}) for _ in range(150)]
+    script += [("up", {"type": "input_audio_buffer.commit"}), ("up", {"type": "response.create"}),
+               ("down", {"type": "response.created", "response": {"id": "r1", "conversation_id": "c"}})]
+    script += [("down", delta("i1", 25)) for _ in range(20)]  # 500 ms
+    script += [("up", {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0,
+                       "audio_end_ms": 501}),  # VR101
+               ("up", {"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": "call_1", "output": "{}"}})]
+    script += [("down", delta("i2", 40)) for _ in range(200)]  # 8 s: the output's grace runs out (VR103)
+    script += [("down", {**delta("i2", 40), "item_id": ["not", "a", "string"]}),
+               ("down", {"type": "response.audio.delta", "response_id": "r1", "item_id": "i2", "delta": "AAAA"})]
+    script += [("up", {"type": "conversation.item.truncate", "item_id": "i2", "content_index": 0,
+                       "audio_end_ms": 8000})]
+
+    live = StreamLinter()
+    reference = Linter(spectrum_phase=live.linter.spectrum_phase)  # (the same samples of the band)
+    live_found, reference_found = [], []
+    for i, (direction, event) in enumerate(script):
+        t = 1.0 + i * 0.04
+        live_found += [(f.code, round(f.t, 3), f.message) for f in live.feed(direction, t, event)]
+        pcm = base64.b64decode(event["audio"]) if event["type"] == "input_audio_buffer.append" else None  # type: ignore[arg-type]
+        reference_found += [(f.code, round(f.t, 3), f.message) for f in reference.feed(direction, t - 1.0, event, pcm)]
+    assert [f[0] for f in live_found] == ["VR113", "VR101", "VR103"]
+    assert live_found == reference_found
+    assert live.linter.truncates == reference.truncates and len(live.linter.truncates) == 2

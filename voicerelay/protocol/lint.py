@@ -354,6 +354,40 @@ class Linter:
                 self._down(t, normalize(event if isinstance(event, dict) else dict(event)), event.get("type"))
         return self._drain()
 
+    def audio_chunk(self, direction: str, t: float, event: dict[str, Any]) -> bool:
+        """The two events of every chunk of a live session (an append's base64 audio going up, a
+        GA audio delta of an item already seen coming down) counted in one step, when nothing else
+        is due and VR108 does not want this append's PCM: what :meth:`feed` would do with them,
+        which finds nothing. ``False``: the event is not such a one, and :meth:`feed` takes it."""
+        s = self._s
+        if s.dialect is None or s.pending_outputs:
+            return False
+        kind = event.get("type")
+        if kind == "input_audio_buffer.append" and direction == "up":
+            audio = event.get("audio")
+            if type(audio) is not str:
+                return False
+            nbytes = len(audio.rstrip("=")) * 3 // 4
+            if s.narrow_wait > 0:
+                s.narrow_wait -= nbytes
+            elif "VR108" not in self.ignore:  # a sample of the band is being collected: it needs the PCM
+                return False
+            s.buffered += nbytes
+        elif kind == "response.output_audio.delta" and direction == "down":
+            item_id, delta = event.get("item_id"), event.get("delta")
+            if type(item_id) is not str or type(delta) is not str:
+                return False
+            item = s.items.get(item_id)
+            if item is None:  # (an item's first delta: feed notes the item)
+                return False
+            s.audio_out = True
+            item.received += len(delta.rstrip("=")) * 3 // 4
+        else:
+            return False
+        if t > self._t:
+            self._t = t
+        return True
+
     @property
     def wants_pcm(self) -> bool:
         """Whether the next append's PCM would be looked at (VR108 is on and collecting a block's
@@ -705,8 +739,11 @@ class StreamLinter:
         self._t0: float | None = None
 
     def feed(self, direction: str, now: float, event: Mapping[str, Any]) -> list[Finding]:
-        if self._t0 is None:
-            self._t0 = now
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = now
+        if type(event) is dict and self.linter.audio_chunk(direction, now - t0, event):
+            return []  # (every chunk's two events: counted, nothing found)
         pcm = None
         if direction == "up" and self.linter.wants_pcm and event.get("type") == "input_audio_buffer.append":
             audio = event.get("audio")
