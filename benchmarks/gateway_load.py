@@ -553,9 +553,10 @@ def run_step(kind: str, n: int, echo: Child, echo_url: str, args: argparse.Names
 
 
 def run_pair(n: int, echo: Child, echo_url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Both systems at once, N sessions each, over the same streaming window (``--paired``): each
+    """Both systems at once, N sessions each, streaming over the same window (``--paired``): each
     server has its own clients' process and the echo upstream is shared, so whatever else the
-    machine does in that window weighs on both alike."""
+    machine does meanwhile weighs on both alike. Each server's CPU is read at the end of the
+    window (``cpu_per``) and when its last echo is back (``us_per_chunk``: all its work)."""
     kinds = ("bare", "gateway")
     servers = {k: Child(_server_main, (k, echo_url, max(100, n + 10), False), f"{k} server") for k in kinds}
     clients = {k: Child(_clients_main, (n, args.duration), f"{n} clients of {k}") for k in kinds}

@@ -191,16 +191,18 @@ _GA_ONLY_DOWN = frozenset({"response.output_audio.delta", "response.output_audio
                            "conversation.item.done"})
 
 
+def _b64_len(text: str) -> int:
+    """Bytes that base64 ``text`` decodes to (counted, not checked: the server answers bad audio)."""
+    return len(text.rstrip("=")) * 3 // 4
+
+
 def _audio_nbytes(value: Any) -> int | None:
-    """Bytes of PCM an event carries: a recording's reference, or base64 as sent. ``None``: unusable."""
-    if type(value) is str:  # (live: every chunk)
-        return len(value.rstrip("=")) * 3 // 4
+    """Bytes of PCM an event carries: base64 as sent, or a recording's reference. ``None``: unusable."""
+    if isinstance(value, str):  # (live: every chunk)
+        return _b64_len(value)
     if isinstance(value, Mapping):
         n = value.get("bytes")
         return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
-    if isinstance(value, str):
-        stripped = value.rstrip("=")
-        return len(stripped) * 3 // 4
     return None
 
 
@@ -367,7 +369,7 @@ class Linter:
             audio = event.get("audio")
             if type(audio) is not str:
                 return False
-            nbytes = len(audio.rstrip("=")) * 3 // 4
+            nbytes = _b64_len(audio)
             if s.narrow_wait > 0:
                 s.narrow_wait -= nbytes
             elif "VR108" not in self.ignore:  # a sample of the band is being collected: it needs the PCM
@@ -381,7 +383,7 @@ class Linter:
             if item is None:  # (an item's first delta: feed notes the item)
                 return False
             s.audio_out = True
-            item.received += len(delta.rstrip("=")) * 3 // 4
+            item.received += _b64_len(delta)
         else:
             return False
         if t > self._t:
